@@ -1,0 +1,579 @@
+"""The run store: the on-disk contract between the training core (writer) and the dashboard (reader).
+
+Layout of one run, under a root that is a local folder or any fsspec URL::
+
+    <root>/<run_id>/run.json              metadata: config, architecture, status (rewritten atomically)
+    <root>/<run_id>/probe.npz             the probe set: labels, sample indices, inputs when small enough
+    <root>/<run_id>/history.json          Keras logs per epoch (rewritten atomically)
+    <root>/<run_id>/snapshots/s000000.npz one immutable file per snapshot
+
+Every write goes to a temporary name first and is then renamed into place (with fsync on local disks), so a
+reader never sees a partial file and a killed writer loses at most the file in progress. Snapshot files hold
+their scalars in a JSON header (`__meta__`) and their arrays as npz members, which numpy loads lazily, so a
+series over many snapshots reads only headers. This module is numpy-only: it never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+STATUSES = ("running", "finished", "failed", "interrupted")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SNAPSHOT_NAME = re.compile(r"^s(\d{6})\.npz$")
+META_KEY = "__meta__"
+TEMP_PREFIX = ".tmp-"
+
+
+class StoreError(Exception):
+    """A problem with the run store that the caller should show to the user as a message."""
+
+
+class RunNotFound(StoreError):
+    pass
+
+
+def is_valid_run_id(run_id: object) -> bool:
+    """True when `run_id` is safe to use as one path component (no separators, no `..`, bounded length)."""
+    return isinstance(run_id, str) and bool(RUN_ID_PATTERN.match(run_id)) and ".." not in run_id
+
+
+def checked_run_id(run_id: object) -> str:
+    if not is_valid_run_id(run_id):
+        raise StoreError(
+            f"Invalid run id {run_id!r}: ids use letters, digits, '.', '_' and '-' only (at most 128)."
+        )
+    return run_id
+
+
+def new_run_id(name: str | None = None, now: float | None = None) -> str:
+    """A sortable, collision-resistant id such as `20261127-031502-digits-3fa2`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name or "run").strip("-").lower()[:40] or "run"
+    return f"{stamp}-{slug}-{uuid.uuid4().hex[:4]}"
+
+
+def to_json_safe(value: Any) -> Any:
+    """Numpy scalars and arrays to plain Python; NaN and infinities to None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json_safe(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# File system access
+
+
+def _filesystem(root: str):
+    """(fs, path) for a local folder or an fsspec URL. fsspec is imported lazily: local use needs none of it."""
+    if "://" not in root:
+        return None, os.path.abspath(root)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(root)
+    return fs, path.rstrip("/")
+
+
+class _Files:
+    """The handful of file operations the store needs, on local disk (with fsync) or through fsspec."""
+
+    def __init__(self, root: str):
+        self.url = root
+        self.fs, self.root = _filesystem(root)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if self.fs else os.path.join(self.root, *parts)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path) if self.fs else os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(path) if self.fs else os.path.isdir(path)
+
+    def makedirs(self, path: str) -> None:
+        if self.fs:
+            self.fs.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names (not paths) of the entries in `path`; empty when it does not exist."""
+        try:
+            if self.fs:
+                return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def read_bytes(self, path: str) -> bytes:
+        if self.fs:
+            return self.fs.cat_file(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Write `data` to a temporary sibling, fsync it, then rename it over `path`."""
+        directory = path.rsplit("/", 1)[0] if self.fs else os.path.dirname(path)
+        if self.fs:
+            temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
+            try:
+                self.fs.pipe_file(temp, data)
+                self.fs.mv(temp, path)
+            except BaseException:
+                _ignore_errors(self.fs.rm, temp)
+                raise
+            return
+        handle, temp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            _ignore_errors(os.unlink, temp)
+            raise
+        _fsync_directory(directory)
+
+    def remove_tree(self, path: str) -> None:
+        if self.fs:
+            self.fs.rm(path, recursive=True)
+        else:
+            import shutil
+
+            shutil.rmtree(path)
+
+    def rename(self, source: str, target: str) -> None:
+        if self.fs:
+            self.fs.mv(source, target, recursive=True)
+        else:
+            os.replace(source, target)
+
+
+def _ignore_errors(function, *args) -> None:
+    try:
+        function(*args)
+    except Exception:
+        pass
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; not supported on every platform, and not fatal where it is not.
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray], meta: dict | None = None) -> bytes:
+    """Serialise arrays (and an optional JSON header) to npz bytes; nothing here ever needs pickle."""
+    payload = {key: np.asarray(value) for key, value in arrays.items()}
+    if meta is not None:
+        payload[META_KEY] = np.array(json.dumps(to_json_safe(meta), allow_nan=False))
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    return buffer.getvalue()
+
+
+def _json_bytes(value: dict) -> bytes:
+    return json.dumps(to_json_safe(value), indent=1, allow_nan=False).encode()
+
+
+def snapshot_name(seq: int) -> str:
+    return f"s{seq:06d}.npz"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+class RunWriter:
+    """Creates one run and writes its files. Used by `core.Recorder`; every method is one atomic write."""
+
+    def __init__(self, root: str, run_id: str, meta: dict):
+        self.files = _Files(root)
+        self.run_id = checked_run_id(run_id)
+        self.dir = self.files.join(self.run_id)
+        if self.files.exists(self.files.join(self.run_id, "run.json")):
+            raise StoreError(f"A run with id {run_id!r} already exists under {root}.")
+        self.files.makedirs(self.files.join(self.run_id, "snapshots"))
+        now = time.time()
+        self.meta = {
+            "format_version": FORMAT_VERSION,
+            "id": self.run_id,
+            "name": run_id,
+            "status": "running",
+            "created": now,
+            "updated": now,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            **meta,
+        }
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        self.files.write_atomic(self.files.join(self.run_id, "run.json"), _json_bytes(self.meta))
+
+    def update_meta(self, **fields: Any) -> None:
+        self.meta.update(fields, updated=time.time())
+        self._write_meta()
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}. Received: status={status!r}")
+        self.update_meta(status=status, **fields)
+
+    def write_probe(self, arrays: dict[str, np.ndarray]) -> None:
+        self.files.write_atomic(self.files.join(self.run_id, "probe.npz"), npz_bytes(arrays))
+
+    def write_history(self, history: dict[str, list]) -> None:
+        self.files.write_atomic(self.files.join(self.run_id, "history.json"), _json_bytes(history))
+
+    def write_snapshot(self, seq: int, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        header = {"format_version": FORMAT_VERSION, "seq": seq, **meta}
+        path = self.files.join(self.run_id, "snapshots", snapshot_name(seq))
+        self.files.write_atomic(path, npz_bytes(arrays, header))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fixed probe set every snapshot was computed on."""
+
+    y: np.ndarray | None  # (n,) int labels, or None when the run was recorded without labels
+    indices: np.ndarray  # (n,) positions of the probe samples in the user's data
+    x: np.ndarray | None  # (n, ...) inputs, stored when small enough (thumbnails, feature values)
+    plane: dict[str, np.ndarray] = field(default_factory=dict)  # input-plane grid for 2-D data sets
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.shape[0])
+
+
+class Snapshot:
+    """One immutable snapshot: `meta` holds the scalars, `array(key)` loads one array on demand."""
+
+    def __init__(self, meta: dict, data: bytes):
+        self.meta = meta
+        self._data = data
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def seq(self) -> int:
+        return int(self.meta["seq"])
+
+    @property
+    def epoch(self) -> float:
+        return float(self.meta["epoch"])
+
+    def keys(self) -> list[str]:
+        with np.load(io.BytesIO(self._data), allow_pickle=False) as npz:
+            return [k for k in npz.files if k != META_KEY]
+
+    def array(self, key: str) -> np.ndarray | None:
+        """The array stored under `key`, or None when this snapshot has none."""
+        if key not in self._arrays:
+            with np.load(io.BytesIO(self._data), allow_pickle=False) as npz:
+                if key not in npz.files:
+                    return None
+                self._arrays[key] = npz[key]
+        return self._arrays[key]
+
+    def layer(self, index: int) -> dict:
+        """The scalar record of layer `index` (see FORMAT.md), or {} when absent."""
+        layers = self.meta.get("layers", [])
+        return layers[index] if 0 <= index < len(layers) else {}
+
+
+def _parse_snapshot(data: bytes) -> Snapshot:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        meta = json.loads(str(npz[META_KEY]))
+    return Snapshot(meta, data)
+
+
+class Run:
+    """A reader of one run. Snapshots are immutable, so each is read once and kept."""
+
+    def __init__(self, files: _Files, run_id: str):
+        self.files = files
+        self.id = checked_run_id(run_id)
+        self._snapshots: dict[int, Snapshot] = {}
+        self._meta: dict | None = None
+        self.meta  # fail early with RunNotFound
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = self._read_meta()
+        return self._meta
+
+    def _read_meta(self) -> dict:
+        path = self.files.join(self.id, "run.json")
+        try:
+            meta = json.loads(self.files.read_bytes(path))
+        except FileNotFoundError:
+            raise RunNotFound(f"No run {self.id!r} in {self.files.url}.") from None
+        except (ValueError, OSError) as error:
+            raise StoreError(f"Run {self.id!r} has an unreadable run.json: {error}") from None
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise StoreError(
+                f"Run {self.id!r} was written by a newer Strata (format {meta['format_version']}); "
+                f"this one reads format {FORMAT_VERSION}. Upgrade Strata to view it."
+            )
+        return meta
+
+    def refresh(self) -> list[int]:
+        """Re-read the metadata and return the sequence numbers of snapshots that are new since last time."""
+        self._meta = self._read_meta()
+        return self.poll()
+
+    def poll(self) -> list[int]:
+        """Sequence numbers of complete snapshots not seen before. Unfinished or damaged files are skipped."""
+        new = []
+        for name in self.files.listdir(self.files.join(self.id, "snapshots")):
+            match = SNAPSHOT_NAME.match(name)
+            if not match or int(match.group(1)) in self._snapshots:
+                continue
+            try:
+                data = self.files.read_bytes(self.files.join(self.id, "snapshots", name))
+                snapshot = _parse_snapshot(data)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+                continue
+            self._snapshots[snapshot.seq] = snapshot
+            new.append(snapshot.seq)
+        return sorted(new)
+
+    @property
+    def status(self) -> str:
+        """The recorded status, except that a 'running' run whose process is gone reads as 'interrupted'."""
+        status = self.meta.get("status", "running")
+        if status == "running" and not _process_alive(self.meta):
+            return "interrupted"
+        return status
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or self.id
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.meta.get("layers", [])
+
+    def snapshots(self) -> list[Snapshot]:
+        """All complete snapshots, ordered by sequence number."""
+        self.poll()
+        return [self._snapshots[seq] for seq in sorted(self._snapshots)]
+
+    def snapshot(self, seq: int) -> Snapshot:
+        if seq not in self._snapshots:
+            self.poll()
+        if seq not in self._snapshots:
+            raise StoreError(f"Run {self.id!r} has no snapshot {seq}.")
+        return self._snapshots[seq]
+
+    def epoch_snapshots(self) -> list[Snapshot]:
+        """One snapshot per captured epoch (the end-of-epoch one), ordered by epoch."""
+        by_epoch: dict[float, Snapshot] = {}
+        for snapshot in self.snapshots():
+            if snapshot.meta.get("kind", "epoch") == "epoch":
+                by_epoch[snapshot.epoch] = snapshot
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def epochs(self) -> list[int]:
+        return [int(s.epoch) for s in self.epoch_snapshots()]
+
+    def probe(self) -> Probe:
+        if not hasattr(self, "_probe"):
+            try:
+                data = self.files.read_bytes(self.files.join(self.id, "probe.npz"))
+            except FileNotFoundError:
+                raise StoreError(f"Run {self.id!r} has no probe set yet.") from None
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+            plane = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("plane/")}
+            self._probe = Probe(y=arrays.get("y"), indices=arrays["indices"], x=arrays.get("x"), plane=plane)
+        return self._probe
+
+    def history(self) -> dict[str, list]:
+        """Keras logs per epoch: {'epoch': [1, 2, ...], 'loss': [...], 'val_accuracy': [...], ...}."""
+        try:
+            return json.loads(self.files.read_bytes(self.files.join(self.id, "history.json")))
+        except FileNotFoundError:
+            return {"epoch": []}
+        except (ValueError, OSError):
+            return {"epoch": []}
+
+    def layer_series(self, *path: str, snapshots: list[Snapshot] | None = None) -> np.ndarray:
+        """(snapshots, layers) float array of one scalar from each layer record, NaN where missing.
+
+        Example: `run.layer_series("grad", "kernel", "norm")` is the kernel gradient norm of every layer at
+        every captured epoch.
+        """
+        snapshots = self.epoch_snapshots() if snapshots is None else snapshots
+        values = np.full((len(snapshots), len(self.layers)), np.nan)
+        for row, snapshot in enumerate(snapshots):
+            for column, record in enumerate(snapshot.meta.get("layers", [])[: len(self.layers)]):
+                values[row, column] = _dig(record, path)
+        return values
+
+
+def _dig(record: dict, path: tuple[str, ...]) -> float:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return math.nan
+        value = value[key]
+    return math.nan if value is None else float(value)
+
+
+def _process_alive(meta: dict) -> bool:
+    """Whether the writing process still lives. Only checkable on the host that wrote the run."""
+    if meta.get("host") != socket.gethostname():
+        return True
+    pid = meta.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _pid_is_not_zombie(pid)
+
+
+def _pid_is_not_zombie(pid: int) -> bool:
+    # A killed child that its parent has not reaped yet still answers kill(0); /proc tells the truth.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().split(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the run list."""
+
+    id: str
+    name: str
+    status: str
+    dataset: str
+    epochs_done: int
+    epochs_planned: int
+    created: float
+    error: str | None = None
+
+
+class RunStore:
+    """The reader's entry point: list, open, rename, delete and export runs under one root."""
+
+    def __init__(self, root: str = "runs"):
+        self.files = _Files(str(root))
+        self.url = str(root)
+        self._runs: dict[str, Run] = {}
+
+    def run_ids(self) -> list[str]:
+        return [
+            name
+            for name in self.files.listdir(self.files.root)
+            if is_valid_run_id(name) and self.files.exists(self.files.join(name, "run.json"))
+        ]
+
+    def run(self, run_id: str) -> Run:
+        """The reader for `run_id` (cached). Raises StoreError for an invalid id, RunNotFound if absent."""
+        checked_run_id(run_id)
+        if run_id not in self._runs:
+            self._runs[run_id] = Run(self.files, run_id)
+        return self._runs[run_id]
+
+    def list_runs(self) -> list[RunSummary]:
+        """Summaries of every readable run, newest first. Unreadable runs are skipped, not fatal."""
+        summaries = []
+        for run_id in self.run_ids():
+            try:
+                run = Run(self.files, run_id)
+            except StoreError:
+                continue
+            summaries.append(summarize(run))
+        return sorted(summaries, key=lambda s: s.created, reverse=True)
+
+    def rename(self, run_id: str, name: str) -> None:
+        """Change a run's display name (its id, and so every link to it, stays the same)."""
+        run = self.run(run_id)
+        meta = run._read_meta()
+        meta["name"] = str(name).strip()[:200] or run_id
+        self.files.write_atomic(self.files.join(run_id, "run.json"), _json_bytes(meta))
+        run._meta = None
+
+    def delete(self, run_id: str) -> None:
+        self.run(run_id)
+        self.files.remove_tree(self.files.join(run_id))
+        self._runs.pop(run_id, None)
+
+    def zip_bytes(self, run_id: str) -> bytes:
+        """The whole run folder as a zip archive, for download."""
+        self.run(run_id)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for relative in self._walk(run_id):
+                archive.writestr(f"{run_id}/{relative}", self.files.read_bytes(self.files.join(run_id, *relative.split("/"))))
+        return buffer.getvalue()
+
+    def _walk(self, run_id: str, prefix: str = "") -> Iterator[str]:
+        directory = self.files.join(run_id, *prefix.split("/")) if prefix else self.files.join(run_id)
+        for name in self.files.listdir(directory):
+            if name.startswith(TEMP_PREFIX):
+                continue
+            relative = f"{prefix}/{name}" if prefix else name
+            if self.files.isdir(self.files.join(run_id, *relative.split("/"))):
+                yield from self._walk(run_id, relative)
+            else:
+                yield relative
+
+
+def summarize(run: Run) -> RunSummary:
+    meta = run.meta
+    return RunSummary(
+        id=run.id,
+        name=run.name,
+        status=run.status,
+        dataset=str(meta.get("dataset", {}).get("name", "custom")),
+        epochs_done=int(meta.get("epochs_done", 0)),
+        epochs_planned=int(meta.get("epochs_planned") or 0),
+        created=float(meta.get("created", 0.0)),
+        error=meta.get("error"),
+    )

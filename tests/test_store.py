@@ -1,0 +1,192 @@
+"""The run store on its own: atomic writes, tolerant incremental reads, id safety, fsspec roots."""
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+
+import numpy as np
+import pytest
+
+from core.store import (
+    FORMAT_VERSION,
+    RunNotFound,
+    RunStore,
+    RunWriter,
+    StoreError,
+    is_valid_run_id,
+    new_run_id,
+    snapshot_name,
+)
+
+
+def _layer_meta():
+    return {"layers": [{"index": 0, "name": "dense_0", "type": "Dense"}], "dataset": {"name": "toy"}}
+
+
+def _write_snapshots(writer, count, start=0):
+    for seq in range(start, start + count):
+        meta = {"kind": "epoch", "epoch": seq, "layers": [{"grad": {"kernel": {"norm": 0.5 * (seq + 1)}}}]}
+        writer.write_snapshot(seq, meta, {"L0/pca": np.full((20, 3), seq, np.float32)})
+
+
+@pytest.fixture(params=["local", "memory"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    return f"memory://strata-test-{uuid.uuid4().hex}"
+
+
+def test_written_run_reads_back(root):
+    writer = RunWriter(root, "run-a", _layer_meta())
+    writer.write_probe({"indices": np.arange(20), "y": np.arange(20) % 2})
+    writer.write_history({"epoch": [1, 2], "loss": [0.9, 0.5]})
+    _write_snapshots(writer, 3)
+    writer.set_status("finished")
+
+    run = RunStore(root).run("run-a")
+    assert run.meta["format_version"] == FORMAT_VERSION
+    assert run.status == "finished"
+    assert run.epochs() == [0, 1, 2]
+    assert run.history()["loss"] == [0.9, 0.5]
+    assert run.probe().size == 20
+    np.testing.assert_array_equal(run.snapshot(2).array("L0/pca"), np.full((20, 3), 2, np.float32))
+    np.testing.assert_allclose(run.layer_series("grad", "kernel", "norm")[:, 0], [0.5, 1.0, 1.5])
+    assert run.snapshot(1).array("missing") is None
+
+
+def test_poll_returns_only_new_snapshots(root):
+    writer = RunWriter(root, "run-b", _layer_meta())
+    run_reader = RunStore(root).run("run-b")
+    assert run_reader.poll() == []
+    _write_snapshots(writer, 2)
+    assert run_reader.poll() == [0, 1]
+    assert run_reader.poll() == []
+    _write_snapshots(writer, 1, start=2)
+    assert run_reader.refresh() == [2]
+
+
+def test_partial_and_temporary_files_are_not_finished_snapshots(tmp_path):
+    root = str(tmp_path)
+    writer = RunWriter(root, "run-c", _layer_meta())
+    _write_snapshots(writer, 1)
+    snapshots = tmp_path / "run-c" / "snapshots"
+    (snapshots / ".tmp-abc").write_bytes(b"half")
+    good = (snapshots / snapshot_name(0)).read_bytes()
+    (snapshots / snapshot_name(1)).write_bytes(good[: len(good) // 2])  # a torn file from an old, non-atomic copy
+    run = RunStore(root).run("run-c")
+    assert [s.seq for s in run.snapshots()] == [0]
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    writer = RunWriter(str(tmp_path), "run-d", _layer_meta())
+    _write_snapshots(writer, 3)
+    names = os.listdir(tmp_path / "run-d" / "snapshots")
+    assert sorted(names) == [snapshot_name(i) for i in range(3)]
+
+
+def test_failed_write_keeps_earlier_snapshots(tmp_path, monkeypatch):
+    import errno
+
+    writer = RunWriter(str(tmp_path), "run-e", _layer_meta())
+    _write_snapshots(writer, 2)
+
+    def disk_full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        _write_snapshots(writer, 1, start=2)
+    monkeypatch.undo()
+    assert RunStore(str(tmp_path)).run("run-e").epochs() == [0, 1]
+    assert sorted(os.listdir(tmp_path / "run-e" / "snapshots")) == [snapshot_name(0), snapshot_name(1)]
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "", ".hidden", "x" * 200, "a..b", None, 7, "a b"])
+def test_unsafe_run_ids_never_reach_the_filesystem(tmp_path, bad):
+    assert not is_valid_run_id(bad)
+    with pytest.raises(StoreError):
+        RunStore(str(tmp_path)).run(bad)
+
+
+def test_generated_ids_are_valid_and_unique():
+    ids = {new_run_id("Digits / 128-64 relu!") for _ in range(50)}
+    assert len(ids) == 50 and all(is_valid_run_id(i) for i in ids)
+
+
+def test_missing_run_and_unreadable_metadata(tmp_path):
+    store = RunStore(str(tmp_path))
+    with pytest.raises(RunNotFound):
+        store.run("nope")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+    with pytest.raises(StoreError):
+        store.run("broken")
+    assert store.list_runs() == []  # listed runs skip the unreadable one instead of failing
+
+
+def test_newer_format_is_refused_with_a_message(tmp_path):
+    RunWriter(str(tmp_path), "future", {"format_version": FORMAT_VERSION + 1})
+    with pytest.raises(StoreError, match="newer Strata"):
+        RunStore(str(tmp_path)).run("future")
+
+
+def test_rename_delete_and_zip(root):
+    writer = RunWriter(root, "run-f", _layer_meta())
+    _write_snapshots(writer, 2)
+    store = RunStore(root)
+    store.rename("run-f", "My run")
+    assert store.run("run-f").name == "My run"
+    assert [s.name for s in store.list_runs()] == ["My run"]
+    with zipfile.ZipFile(io.BytesIO(store.zip_bytes("run-f"))) as archive:
+        names = set(archive.namelist())
+    assert {"run-f/run.json", "run-f/snapshots/s000000.npz", "run-f/snapshots/s000001.npz"} <= names
+    store.delete("run-f")
+    assert store.list_runs() == []
+
+
+def test_crashed_writer_reads_as_interrupted(tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, '.');"
+        "from core.store import RunWriter;"
+        f"RunWriter({str(tmp_path)!r}, 'dead', {{}})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    run = RunStore(str(tmp_path)).run("dead")
+    assert run.meta["status"] == "running" and run.status == "interrupted"
+
+
+def test_concurrent_reader_never_sees_a_partial_snapshot(tmp_path):
+    root = str(tmp_path)
+    writer = RunWriter(root, "live", _layer_meta())
+    big = np.random.default_rng(0).random((2000, 400), dtype=np.float32)  # ~3 MB per file
+    errors, seen = [], []
+    done = threading.Event()
+
+    def read_continuously():
+        reader = RunStore(root).run("live")
+        while not done.is_set():
+            try:
+                for seq in reader.poll():
+                    np.testing.assert_array_equal(reader.snapshot(seq).array("L0/pca"), big + seq)
+                    seen.append(seq)
+            except Exception as error:  # any failure here is a test failure
+                errors.append(error)
+
+    thread = threading.Thread(target=read_continuously)
+    thread.start()
+    for seq in range(15):
+        writer.write_snapshot(seq, {"kind": "epoch", "epoch": seq, "layers": []}, {"L0/pca": big + seq})
+    done.set()
+    thread.join()
+    reader = RunStore(root).run("live")
+    assert not errors
+    assert sorted(set(seen) | set(reader.poll())) == list(range(15))
+
+
+def test_reader_does_not_import_tensorflow():
+    code = "import core, core.store, core.summary, core.cli, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
