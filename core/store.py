@@ -149,6 +149,7 @@ class _Files:
             return
         handle, temp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
         try:
+            os.fchmod(handle, 0o644)  # mkstemp makes 0600; runs are meant to be read by a dashboard process
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
                 out.flush()

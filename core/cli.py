@@ -1,0 +1,114 @@
+"""The `python -m core` command line: train a built-in model, list runs, show one as JSON.
+
+Only `train` imports TensorFlow; the read commands use the numpy-only store reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from core.store import RunStore, StoreError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, StoreError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Strata: record and inspect what hidden layers learn.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a built-in model and record it; prints the run id last")
+    train.add_argument("--dataset", default="spiral", help="moons, circles, spiral, xor, blobs, digits, iris, wine, breast_cancer, or a .npz/.csv path")
+    train.add_argument("--noise", type=float, default=0.1, help="noise of the 2-D data sets (default 0.1)")
+    train.add_argument("--label-column", default=None, help="label column of a .csv data set")
+    train.add_argument("--hidden", default="32,32,32", help="hidden layer sizes, e.g. 128,64,32")
+    train.add_argument("--activation", default="relu")
+    train.add_argument("--init", default="glorot_uniform", help="any Keras initializer name, e.g. he_normal")
+    train.add_argument("--optimizer", default="adam")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--l2", type=float, default=0.0)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--batch-norm", action="store_true")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--probe-size", type=int, default=2000)
+    train.add_argument("--every", type=int, default=1, help="capture every N epochs")
+    train.add_argument("--batch-every", type=int, default=None, help="also capture every N batches")
+    train.add_argument("--runs", default="runs", help="run store: a folder or an fsspec URL (default ./runs)")
+    train.add_argument("--name", default=None)
+    train.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    train.set_defaults(handler=_train)
+
+    runs = commands.add_parser("runs", help="list runs with status, data set and epochs")
+    runs.add_argument("--runs", default="runs")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=_list_runs)
+
+    show = commands.add_parser("show", help="summarise one run")
+    show.add_argument("run")
+    show.add_argument("--runs", default="runs")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=_show)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from core.training import TrainingSpec, train
+
+    spec = TrainingSpec.from_args(args)
+    run_id = train(spec, progress=None if args.quiet else _print_progress)
+    print(run_id)
+    return 0
+
+
+def _print_progress(epoch: int, epochs: int, logs: dict) -> None:
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float))
+    print(f"epoch {epoch}/{epochs}  {metrics}", file=sys.stderr, flush=True)
+
+
+def _list_runs(args: argparse.Namespace) -> int:
+    summaries = RunStore(args.runs).list_runs()
+    if args.json:
+        print(json.dumps([s.__dict__ for s in summaries], indent=1))
+        return 0
+    if not summaries:
+        print(f"No runs in {args.runs}. Start one with: python -m core train --dataset spiral")
+        return 0
+    print(f"{'id':<40} {'status':<12} {'dataset':<14} {'epochs':>9}  name")
+    for s in summaries:
+        epochs = f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done)
+        print(f"{s.id:<40} {s.status:<12} {s.dataset:<14} {epochs:>9}  {s.name}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from core.summary import run_summary
+
+    run = RunStore(args.runs).run(args.run)
+    summary = run_summary(run)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{summary['name']} ({summary['id']}): {summary['status']}, {len(summary['epochs'])} snapshots")
+    for layer in summary["layers"]:
+        print(f"  {layer['name']:<24} {layer['type']:<20} {str(layer['output_shape']):<16} {layer['params']:>8} params")
+    history = summary["metrics"]
+    if history.get("loss"):
+        print(f"final loss {history['loss'][-1]}  " + "  ".join(f"{k} {v[-1]}" for k, v in history.items() if k not in ("epoch", "loss") and v))
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary["created"]))
+    print(f"created {created}")
+    return 0

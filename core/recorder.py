@@ -1,0 +1,439 @@
+"""`Recorder`: the Keras callback that records what every layer learns into a Strata run store."""
+
+from __future__ import annotations
+
+import atexit
+import math
+import warnings
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core import analysis
+from core.datasets import stratified_subset
+from core.graph import RecordedLayer, forward_recording, recorded_layers
+from core.snapshot import RawCapture, SnapshotBuilder
+from core.store import RunWriter, StoreError, new_run_id
+from core.worker import Worker
+
+MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
+PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records each layer's outputs, activation and gradient statistics and the predictions on a fixed probe set.
+
+    A snapshot is taken before training (epoch 0) and then every `every` epochs (and, optionally, every
+    `batch_every` batches). Each snapshot holds, per layer: the layer's output on the probe set reduced to its
+    top principal components (aligned with the previous snapshot so axes never flip), explained variance,
+    activation percentiles and histogram, dead and saturated units, gradient statistics for every weight and
+    for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA. The
+    numpy analysis and all writing happen on a background thread; a failure there warns and never stops `fit`.
+
+    Args:
+        log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
+        probe: `(x, y)` or `x`. The inputs the layers are observed on, and optionally their labels (integer
+            or one-hot). Without labels, views colour points by prediction and no gradients are recorded.
+        every: take a snapshot every this many epochs (the last epoch is always captured).
+        name: a display name for the run; the run id is derived from it.
+        batch_every: also take a snapshot every this many training batches (None: epochs only).
+        probe_size: at most this many probe samples, picked stratified by label (default 2,000).
+        components: principal components kept per layer (default 10).
+        seed: seeds the probe subsample and the randomized parts of the analysis.
+        image_shape: the shape of one input image when `x` holds flattened images (e.g. `(8, 8)`).
+        class_names, feature_names: labels for the dashboard.
+        dataset: a dict describing the data set, stored in the run metadata.
+        config: any JSON-serialisable dict (hyper-parameters); stored so a run can be reproduced.
+        run_id: use this id instead of a generated one.
+        plane: record unit responses over the input plane; "auto" turns it on for 2-D inputs.
+
+    Example:
+
+    ```python
+    import keras, numpy as np
+    from core import Recorder
+
+    x = np.random.rand(200, 2).astype("float32"); y = (x[:, 0] > x[:, 1]).astype("int64")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    recorder = Recorder("runs", probe=(x, y), name="demo")
+    model.fit(x, y, epochs=5, callbacks=[recorder], verbose=0)
+    print(recorder.run_id)  # open it with: streamlit run dashboard/app.py
+    ```
+    """
+
+    def __init__(
+        self,
+        log_dir: str = "runs",
+        probe: Any = None,
+        every: int = 1,
+        name: str | None = None,
+        *,
+        batch_every: int | None = None,
+        probe_size: int = 2000,
+        components: int = 10,
+        seed: int = 0,
+        image_shape: tuple[int, ...] | None = None,
+        class_names: list[str] | None = None,
+        feature_names: list[str] | None = None,
+        dataset: dict | None = None,
+        config: dict | None = None,
+        run_id: str | None = None,
+        plane: str | bool = "auto",
+    ):
+        super().__init__()
+        _require_int("every", every, minimum=1)
+        _require_int("probe_size", probe_size, minimum=10)
+        _require_int("components", components, minimum=1)
+        if batch_every is not None:
+            _require_int("batch_every", batch_every, minimum=1)
+        if plane not in ("auto", True, False):
+            raise ValueError(f"plane must be 'auto', True or False. Received: plane={plane!r}")
+        self.log_dir = str(log_dir)
+        self.every = every
+        self.batch_every = batch_every
+        self.components = components
+        self.seed = seed
+        self.name = name
+        self.run_id = run_id or new_run_id(name)
+        x, y_for_loss, labels = _split_probe(probe)
+        rows = _probe_rows(len(x), labels, probe_size, seed)
+        self._x = np.ascontiguousarray(x[rows])
+        self._y_for_loss = None if y_for_loss is None else y_for_loss[rows]
+        self.labels = None if labels is None else labels[rows]
+        self.probe_indices = rows
+        self.image_shape = tuple(image_shape) if image_shape else (tuple(x.shape[1:]) if x.ndim in (3, 4) else None)
+        self._plane = plane is True or (plane == "auto" and self._x.ndim == 2 and self._x.shape[1] == 2)
+        self._extra_meta = {
+            "dataset": {
+                "kind": "image" if self.image_shape else ("plane" if self._plane else "tabular"),
+                "class_names": list(class_names) if class_names is not None else None,
+                "feature_names": list(feature_names) if feature_names is not None else None,
+                "image_shape": list(self.image_shape) if self.image_shape else None,
+                **(dataset or {}),
+            },
+            "config": config or {},
+        }
+        self._writer: RunWriter | None = None
+        self._active = False  # recording: between a successful start and end()
+        self._worker: Worker | None = None
+        self._history: dict[str, list] = {"epoch": []}
+        self._seq = 0
+        self._step = 0
+        self._last_captured_epoch = -1
+        self._nan_epoch: int | None = None
+
+    # ------------------------------------------------------------------------------------------------------
+    # Keras hooks: each hands the work to a helper.
+
+    def on_train_begin(self, logs=None):
+        self._start()
+        self._capture("epoch", epoch=0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.batch_every and self._step % self.batch_every == 0 and self._active:
+            self._capture("batch", epoch=self._epoch, batch=batch + 1, logs=logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._active:
+            return
+        self._log_epoch(epoch + 1, logs or {})
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs"):
+            self._capture("epoch", epoch=epoch + 1, logs=logs)
+
+    def on_train_end(self, logs=None):
+        if not self._active:
+            return
+        last_epoch = len(self._history["epoch"])
+        if last_epoch and self._last_captured_epoch != last_epoch:
+            self._capture("epoch", epoch=last_epoch, logs=logs)
+        self.end("finished")
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        model = self.model
+        layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
+        _check_model_io(model, self._x, self._y_for_loss)
+        self._layers = layers
+        self._capture_fn = _capture_function(model, layers, with_loss=self._y_for_loss is not None, plane=self._plane)
+        self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
+        self._builder = SnapshotBuilder(
+            activations=[layer.activation for layer in layers],
+            labels=self.labels,
+            components=self.components,
+            seed=self.seed,
+            kernel_layer=next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
+        )
+        try:
+            self._writer = RunWriter(self.log_dir, self.run_id, self._run_meta(layers))
+        except (OSError, StoreError) as error:
+            warnings.warn(f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.")
+            return
+        self._worker = Worker()
+        self._active = True
+        self._worker.submit(self._write_probe)
+        atexit.register(self._end_at_exit)
+
+    def _run_meta(self, layers: list[RecordedLayer]) -> dict:
+        params = self.params or {}
+        return {
+            "name": self.name or self.run_id,
+            **self._extra_meta,
+            "layers": [layer.describe(i) for i, layer in enumerate(layers)],
+            "model": {"name": self.model.name, "params": int(self.model.count_params())},
+            "probe": {
+                "size": int(len(self._x)),
+                "has_labels": self.labels is not None,
+                "input_shape": list(self._x.shape[1:]),
+                "plane": self._plane,
+            },
+            "every": self.every,
+            "batch_every": self.batch_every,
+            "components": self.components,
+            "seed": self.seed,
+            "epochs_planned": params.get("epochs"),
+            "steps_per_epoch": params.get("steps"),
+            "epochs_done": 0,
+            "snapshots": 0,
+        }
+
+    def _plane_grid(self) -> np.ndarray:
+        low, high = self._x.min(axis=0), self._x.max(axis=0)
+        pad = 0.1 * (high - low)
+        xs = np.linspace(low[0] - pad[0], high[0] + pad[0], PLANE_RESOLUTION)
+        ys = np.linspace(low[1] - pad[1], high[1] + pad[1], PLANE_RESOLUTION)
+        grid_x, grid_y = np.meshgrid(xs, ys)  # row = y, column = x
+        self._plane_axes = (xs, ys)
+        return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(self._x.dtype)  # (G*G, 2)
+
+    def _write_probe(self) -> None:
+        arrays = {"indices": self.probe_indices.astype(np.int64)}
+        if self.labels is not None:
+            arrays["y"] = self.labels.astype(np.int64)
+        if self._x.nbytes <= MAX_STORED_INPUT_BYTES:
+            arrays["x"] = self._x.astype(np.float32)
+        if self._plane:
+            arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
+        flat = self._x.reshape(len(self._x), -1).astype(np.float32)
+        baseline = analysis.pca(flat, k=self.components, seed=self.seed)
+        arrays["input/pca"] = baseline.coords.astype(np.float32)
+        self._writer.write_probe(arrays)
+        summary = {"explained_variance_ratio": np.asarray(baseline.explained_variance_ratio).tolist()}
+        if self.labels is not None:
+            summary["linear_probe"] = analysis.linear_probe_accuracy(flat, self.labels, seed=self.seed)
+            summary["separation"] = analysis.class_separation(baseline.coords, self.labels, seed=self.seed)
+        self._writer.update_meta(input=summary)
+
+    def _capture(self, kind: str, epoch: int, batch: int | None = None, logs=None) -> None:
+        if not self._active:
+            return
+        raw = self._run_capture_pass(kind, epoch, batch, dict(logs or {}))
+        seq = self._seq
+        self._seq += 1
+        if kind == "epoch":
+            self._last_captured_epoch = epoch
+        self._worker.submit(lambda: self._write_snapshot(seq, raw))
+
+    def _run_capture_pass(self, kind: str, epoch: int, batch: int | None, logs: dict) -> RawCapture:
+        result = self._capture_fn(*self._inputs)
+        result = {key: _to_numpy(value) for key, value in result.items()}
+        roles = [_roles(layer) for layer in self._layers]
+        return RawCapture(
+            kind=kind,
+            epoch=epoch,
+            step=self._step,
+            batch=batch,
+            logs={k: float(v) for k, v in logs.items() if _is_number(v)},
+            outputs=result["outputs"],
+            predictions=result["predictions"],
+            loss=None if result["loss"] is None else float(result["loss"]),
+            weights=[dict(zip(r, w)) for r, w in zip(roles, result["weights"])],
+            weight_grads=[dict(zip(r, g)) for r, g in zip(roles, result["weight_grads"])] if result["loss"] is not None else [],
+            output_grads=result["output_grads"] if result["loss"] is not None else [None] * len(self._layers),
+            plane_outputs=result.get("plane_outputs"),
+            plane_predictions=result.get("plane_predictions"),
+        )
+
+    def _write_snapshot(self, seq: int, raw: RawCapture) -> None:
+        meta, arrays = self._builder.build(raw)
+        self._writer.write_snapshot(seq, meta, arrays)
+        self._writer.update_meta(snapshots=seq + 1)
+
+    def _log_epoch(self, epoch: int, logs: dict) -> None:
+        self._history["epoch"].append(epoch)
+        for key, value in logs.items():
+            if _is_number(value):
+                self._history.setdefault(key, [None] * (len(self._history["epoch"]) - 1)).append(float(value))
+        for values in self._history.values():
+            values.extend([None] * (len(self._history["epoch"]) - len(values)))
+        loss = logs.get("loss")
+        if self._nan_epoch is None and _is_number(loss) and not math.isfinite(float(loss)):
+            self._nan_epoch = epoch
+        history = {k: list(v) for k, v in self._history.items()}
+        nan_epoch = self._nan_epoch
+        self._worker.submit(lambda: self._write_epoch(epoch, history, nan_epoch))
+
+    def _write_epoch(self, epoch: int, history: dict, nan_epoch: int | None) -> None:
+        self._writer.write_history(history)
+        self._writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)
+
+    def end(self, status: str, **fields) -> None:
+        """Mark the run `status` ("finished", "failed" or "interrupted") once every queued snapshot is written.
+
+        `fit` calls this itself when it completes; call it when `fit` raised, so the run is not left "running".
+        """
+        if not self._active:
+            return
+        self._active = False
+        self._worker.submit(lambda: self._writer.set_status(status, **fields))
+        self._worker.close()
+        atexit.unregister(self._end_at_exit)
+
+    def _end_at_exit(self) -> None:
+        # fit() ended by an exception or Ctrl-C never calls on_train_end; say so instead of "running" forever.
+        self.end("interrupted")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The compiled probe pass
+
+
+def _capture_function(model: keras.Model, layers: list[RecordedLayer], with_loss: bool, plane: bool):
+    """One tf.function that returns every layer's output, all gradients and the weights in a single pass."""
+    weights = [list(layer.layer.trainable_weights) for layer in layers]
+
+    def forward(x):
+        outputs: dict = {}
+        predictions = forward_recording(model, x, outputs)
+        return predictions, [outputs[id(layer.layer)] for layer in layers]
+
+    @tf.function(reduce_retracing=True)
+    def capture(x, y, grid):
+        with tf.GradientTape() as tape:
+            predictions, outputs = forward(x)
+            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False) if with_loss else None
+        result = {
+            "predictions": predictions,
+            "outputs": outputs,
+            "loss": loss,
+            "weights": [[tf.convert_to_tensor(v) for v in vs] for vs in weights],
+        }
+        if with_loss:
+            flat = [v for vs in weights for v in vs]
+            gradients = tape.gradient(loss, flat + outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            result["weight_grads"] = _regroup(gradients[: len(flat)], weights)
+            result["output_grads"] = gradients[len(flat) :]
+        else:
+            result["weight_grads"] = [[] for _ in weights]
+            result["output_grads"] = [None] * len(weights)
+        if plane:
+            result["plane_predictions"], result["plane_outputs"] = forward(grid)
+        return result
+
+    return capture
+
+
+def _regroup(flat: list, groups: list[list]) -> list[list]:
+    regrouped, start = [], 0
+    for group in groups:
+        regrouped.append(flat[start : start + len(group)])
+        start += len(group)
+    return regrouped
+
+
+def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None):
+    # Converted once: passing numpy each time would copy the probe into TensorFlow at every capture.
+    return (
+        tf.constant(x),
+        tf.constant(y) if y is not None else None,
+        tf.constant(grid) if grid is not None else None,
+    )
+
+
+def _to_numpy(value):
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_to_numpy(v) for v in value]
+    return value.numpy()
+
+
+def _roles(layer: RecordedLayer) -> list[str]:
+    return [v.path.rsplit("/", 1)[-1] for v in layer.layer.trainable_weights]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _require_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) or (
+        hasattr(value, "shape") and getattr(value, "shape", None) == () and hasattr(value, "dtype")
+    )
+
+
+def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(x, y as given for the loss, integer labels) from `probe=(x, y)` or `probe=x`."""
+    if probe is None:
+        raise ValueError(
+            "Recorder needs a probe set: pass `probe=(x_val, y_val)` (or `probe=x_val` without labels), "
+            "a fixed sample of inputs the layers are observed on."
+        )
+    x, y = (probe[0], probe[1] if len(probe) > 1 else None) if isinstance(probe, (tuple, list)) else (probe, None)
+    x = np.asarray(x)
+    if x.ndim < 2 or len(x) < 2 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(
+            f"The probe inputs must be a numeric array of shape (samples, features...) with at least 2 samples. "
+            f"Received: x with shape {x.shape} and dtype {x.dtype}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    if y is None:
+        return x, None, None
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(
+            f"The probe labels must have one entry per input. Received: {len(x)} inputs and {len(y)} labels."
+        )
+    labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(len(y), -1)[:, 0]
+    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)):
+        raise ValueError(f"The probe labels must be integer class ids or one-hot rows. Received dtype {y.dtype}.")
+    return x, y, labels.astype(np.int64)
+
+
+def _probe_rows(count: int, labels: np.ndarray | None, size: int, seed: int) -> np.ndarray:
+    if count <= size:
+        return np.arange(count)
+    if labels is None:
+        return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
+    return stratified_subset(labels, size, seed=seed)
+
+
+def _check_model_io(model: keras.Model, x: np.ndarray, y: np.ndarray | None) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"Recorder supports models with one input and one output. Received: model `{model.name}` with "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    received = tuple(x.shape[1:])
+    if len(expected) != len(received) or any(e is not None and e != r for e, r in zip(expected, received)):
+        raise ValueError(
+            f"The probe inputs do not fit the model: model `{model.name}` takes samples of shape {expected}, "
+            f"the probe has samples of shape {received}. Pass probe inputs shaped like the training inputs."
+        )
+    if y is not None and model.compiled_loss is None and getattr(model, "loss", None) is None:
+        raise ValueError("Compile the model with a loss before fit: Recorder measures gradients of that loss.")

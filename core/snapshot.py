@@ -1,0 +1,190 @@
+"""Turns one raw capture (numpy arrays from the compiled probe pass) into a snapshot record: scalars and arrays.
+
+This is the numpy analysis that runs off the training thread. It keeps the little state that must carry from
+one snapshot to the next: each layer's previous principal components (so axes never flip or swap) and
+previous weights (for the update-to-weight ratio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core import analysis
+
+TOP_SAMPLES = 8  # probe samples kept per unit, most and least activating
+MAX_UNITS_RANKED = 256  # wider layers keep top samples for their first 256 units only
+CKA_SKETCH_POINTS = 256  # probe points kept per layer to compare a layer with its own final state (CKA)
+
+
+@dataclass
+class RawCapture:
+    """What the compiled pass returns for one snapshot, already converted to numpy."""
+
+    kind: str  # "epoch" or "batch"
+    epoch: int
+    step: int
+    batch: int | None
+    logs: dict
+    outputs: list[np.ndarray]  # per layer (n, ...) output on the probe set
+    predictions: np.ndarray  # (n, classes)
+    loss: float | None
+    weights: list[dict[str, np.ndarray]]  # per layer {role: value}
+    weight_grads: list[dict[str, np.ndarray]]  # per layer {role: gradient}, empty without labels
+    output_grads: list[np.ndarray | None]  # per layer gradient of the loss w.r.t. the layer output
+    plane_outputs: list[np.ndarray] | None = None  # per layer output on the input-plane grid
+    plane_predictions: np.ndarray | None = None  # (grid points, classes)
+
+
+@dataclass
+class SnapshotBuilder:
+    """Analyses raw captures in order. One builder per run; not thread-safe (one worker owns it)."""
+
+    activations: list[str | None]  # per layer Keras activation name
+    labels: np.ndarray | None  # (n,) int probe labels
+    components: int = 10
+    seed: int = 0
+    kernel_layer: int | None = None  # the first layer with a kernel: its weights are stored whole
+    _previous_components: dict[int, np.ndarray] = field(default_factory=dict)
+    _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    _sketch_rows: np.ndarray | None = None
+
+    def build(self, raw: RawCapture) -> tuple[dict, dict[str, np.ndarray]]:
+        """(meta, arrays) for `RunWriter.write_snapshot`."""
+        arrays: dict[str, np.ndarray] = {}
+        layers = []
+        features = []
+        for index, output in enumerate(raw.outputs):
+            flat = _as_matrix(output)  # (n, d)
+            features.append(flat)
+            layers.append(self._layer_record(index, raw, flat, arrays))
+        predictions = raw.predictions.astype(np.float32)
+        arrays["pred/probs"] = predictions
+        meta = {
+            "kind": raw.kind,
+            "epoch": raw.epoch,
+            "step": raw.step,
+            "batch": raw.batch,
+            "logs": {k: float(v) for k, v in raw.logs.items() if np.isscalar(v)},
+            "probe_loss": raw.loss,
+            "probe_model_accuracy": self._model_accuracy(predictions),
+            "layers": layers,
+            "cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]],
+            "nonfinite": bool(not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))),
+        }
+        if raw.plane_predictions is not None:
+            arrays["pred/plane_probs"] = raw.plane_predictions.astype(np.float16)
+        return meta, arrays
+
+    def _model_accuracy(self, predictions: np.ndarray) -> float | None:
+        if self.labels is None or predictions.ndim != 2 or predictions.shape[1] < 2:
+            return None
+        return float(np.mean(predictions.argmax(axis=1) == self.labels))
+
+    def _layer_record(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
+        prefix = f"L{index}/"
+        finite = np.isfinite(flat).all()
+        record: dict = {}
+        if finite:
+            record.update(self._projection(index, raw, flat, arrays))
+        stats = analysis.activation_stats(raw.outputs[index], activation=self.activations[index])
+        arrays[prefix + "act_hist_counts"] = stats["hist_counts"]
+        arrays[prefix + "act_hist_edges"] = stats["hist_edges"]
+        arrays[prefix + "dead_units"] = stats["dead_units"]
+        arrays[prefix + "saturated_units"] = stats["saturated_units"]
+        arrays[prefix + "unit_mean"] = stats["unit_mean"]
+        record["activation"] = {
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "percentiles": np.asarray(stats["percentiles"]).tolist(),
+            "dead_fraction": stats["dead_fraction"],
+            "saturated_fraction": stats["saturated_fraction"],
+        }
+        record.update(self._gradients(index, raw, arrays))
+        if finite:
+            arrays.update(self._unit_rankings(prefix, raw.outputs[index]))
+        return record
+
+    def _projection(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
+        prefix = f"L{index}/"
+        fitted = analysis.pca(flat, k=self.components, seed=self.seed)
+        aligned, order = analysis.align_pca(fitted, self._previous_components.get(index))
+        self._previous_components[index] = aligned.components
+        arrays[prefix + "pca"] = aligned.coords.astype(np.float32)
+        arrays[prefix + "cka_sketch"] = self._sketch(flat)
+        if raw.plane_outputs is not None:
+            plane = _as_matrix(raw.plane_outputs[index])
+            arrays[prefix + "plane_pca"] = ((plane - aligned.mean) @ aligned.components.T).astype(np.float32)
+            arrays[prefix + "plane_units"] = _unit_matrix(raw.plane_outputs[index]).astype(np.float16)
+        record = {
+            "pca": {
+                "explained_variance_ratio": np.asarray(aligned.explained_variance_ratio).tolist(),
+                "order": np.asarray(order).tolist(),
+                "method": aligned.method,
+                "total_variance": aligned.total_variance,
+            },
+            "dimensionality": analysis.effective_dimensionality(fitted),
+        }
+        if self.labels is not None:
+            record["linear_probe"] = analysis.linear_probe_accuracy(flat, self.labels, seed=self.seed)
+            record["separation"] = analysis.class_separation(aligned.coords, self.labels, seed=self.seed)
+        return record
+
+    def _sketch(self, flat: np.ndarray) -> np.ndarray:
+        """A fixed subsample of centred features (or their Gram matrix when wider) for CKA across snapshots."""
+        if self._sketch_rows is None:
+            rng = np.random.default_rng(self.seed)
+            count = min(CKA_SKETCH_POINTS, flat.shape[0])
+            self._sketch_rows = np.sort(rng.choice(flat.shape[0], size=count, replace=False))
+        rows = flat[self._sketch_rows].astype(np.float64)
+        rows -= rows.mean(axis=0)
+        if rows.shape[1] > rows.shape[0]:
+            rows = rows @ rows.T  # (m, m) Gram: smaller than (m, d) for wide layers
+        return rows.astype(np.float32)
+
+    def _gradients(self, index: int, raw: RawCapture, arrays: dict) -> dict:
+        prefix = f"L{index}/"
+        weights = raw.weights[index]
+        record: dict = {"weight_norm": {}, "update_ratio": {}}
+        previous = self._previous_weights.get(index)
+        for role, value in weights.items():
+            norm = float(np.linalg.norm(value))
+            record["weight_norm"][role] = norm
+            if previous is not None and role in previous:
+                change = float(np.linalg.norm(value - previous[role]))
+                record["update_ratio"][role] = change / norm if norm > 0 else None
+        self._previous_weights[index] = {role: value.copy() for role, value in weights.items()}
+        if index == self.kernel_layer and "kernel" in weights:
+            arrays[prefix + "kernel"] = weights["kernel"].astype(np.float32)  # drawn as images for image data
+        if raw.weight_grads:
+            record["grad"] = {}
+            for role, gradient in raw.weight_grads[index].items():
+                stats = analysis.tensor_stats(gradient)
+                arrays[f"{prefix}grad_{role}_log_hist"] = stats.pop("log_hist_counts")
+                record["grad"][role] = stats
+            output_grad = raw.output_grads[index]
+            if output_grad is not None:
+                record["grad"]["output"] = {"norm": float(np.linalg.norm(output_grad.astype(np.float64)))}
+        return record
+
+    def _unit_rankings(self, prefix: str, output: np.ndarray) -> dict:
+        units = _unit_matrix(output)[:, :MAX_UNITS_RANKED]  # (n, units)
+        count = min(TOP_SAMPLES, units.shape[0])
+        order = np.argsort(units, axis=0, kind="stable")  # (n, units) ascending
+        return {
+            prefix + "unit_top": order[::-1][:count].T.astype(np.int32),  # (units, count) most active first
+            prefix + "unit_bottom": order[:count].T.astype(np.int32),
+        }
+
+
+def _as_matrix(output: np.ndarray) -> np.ndarray:
+    """(n, d) view of a layer output of any rank."""
+    return output.reshape(output.shape[0], -1)
+
+
+def _unit_matrix(output: np.ndarray) -> np.ndarray:
+    """(n, units): conv outputs average over positions so a unit is a channel."""
+    if output.ndim > 2:
+        return output.reshape(output.shape[0], -1, output.shape[-1]).mean(axis=1)
+    return output

@@ -1,0 +1,110 @@
+"""Trains a built-in model on a built-in or user-supplied data set and records it: what `python -m core train` runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+from core.datasets import load_dataset, split
+from core.models import ModelConfig, parse_hidden
+
+MAX_EPOCHS = 10_000
+
+
+@dataclass
+class TrainingSpec:
+    """Everything that defines a training run; stored whole in the run's config, so a run can be repeated."""
+
+    dataset: str = "spiral"
+    noise: float = 0.1  # only for the 2-D data sets
+    label_column: str | None = None  # only for .csv data sets
+    hidden: tuple[int, ...] = (32, 32, 32)
+    activation: str = "relu"
+    init: str = "glorot_uniform"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 30
+    l2: float = 0.0
+    dropout: float = 0.0
+    batch_norm: bool = False
+    seed: int = 0
+    probe_size: int = 2000
+    every: int = 1
+    batch_every: int | None = None
+    runs: str = "runs"
+    name: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "TrainingSpec":
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        if isinstance(values.get("hidden"), str):
+            values["hidden"] = parse_hidden(values["hidden"])
+        return cls(**values).validate()
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            hidden=tuple(self.hidden), activation=self.activation, init=self.init, optimizer=self.optimizer,
+            lr=self.lr, l2=self.l2, dropout=self.dropout, batch_norm=self.batch_norm, seed=self.seed,
+        )
+
+    def validate(self) -> "TrainingSpec":
+        for name, low, high in (("epochs", 1, MAX_EPOCHS), ("batch_size", 1, 1_000_000), ("every", 1, MAX_EPOCHS), ("probe_size", 10, 1_000_000)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}]. Received: {value!r}")
+        if self.batch_every is not None and self.batch_every < 1:
+            raise ValueError(f"--batch-every must be >= 1. Received: {self.batch_every!r}")
+        self.model_config().validate()
+        return self
+
+
+def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None = None) -> str:
+    """Train and record one run; returns its id. The run is marked failed or interrupted if training stops early."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not the user's business
+    import keras
+
+    from core.models import build_model
+    from core.recorder import Recorder
+
+    spec.validate()
+    data = load_dataset(spec.dataset, noise=spec.noise, seed=spec.seed, label_column=spec.label_column)
+    x_train, y_train, x_val, y_val = split(data, seed=spec.seed)
+    model = build_model(data.x.shape[1:], data.n_classes, spec.model_config())
+    recorder = Recorder(
+        spec.runs,
+        probe=(data.x, data.y),
+        every=spec.every,
+        name=spec.name or f"{data.name} {'-'.join(map(str, spec.hidden))} {spec.activation}",
+        batch_every=spec.batch_every,
+        probe_size=spec.probe_size,
+        seed=spec.seed,
+        image_shape=data.image_shape,
+        class_names=list(data.class_names),
+        feature_names=list(data.feature_names),
+        dataset={"name": data.name, "kind": data.kind, "source": data.source, "n_samples": int(len(data.y)), "n_classes": data.n_classes},
+        config={**asdict(spec), "hidden": list(spec.hidden)},
+        run_id=spec.run_id,
+    )
+    callbacks = [recorder]
+    if progress:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: progress(e + 1, spec.epochs, dict(logs or {}))))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a cancelled job ends as "interrupted"
+    try:
+        model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=spec.epochs, batch_size=spec.batch_size, callbacks=callbacks, verbose=0)
+    except KeyboardInterrupt:
+        recorder.end("interrupted")
+        raise
+    except Exception as error:
+        recorder.end("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return recorder.run_id
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
