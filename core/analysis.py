@@ -39,7 +39,9 @@ EXACT_MAX_FLOPS = 2e10
 RANDOMIZED_OVERSAMPLES = 10
 RANDOMIZED_POWER_ITERATIONS = 1
 # Row chunks stay cache-sized, so fused multiply passes and centred temporaries never copy all of x.
+# Statistics work in float64 with several temporaries per chunk, hence smaller chunks.
 CHUNK_BYTES = 16 * 2**20
+STATS_CHUNK_BYTES = 4 * 2**20
 # Implicit centring in float32 cancels when the mean dwarfs the spread (measured: relative error 4e-7
 # at |mean|^2 / spread = 30, 1e-4 at 3000). Past this ratio the randomized PCA subtracts a rough mean
 # from every chunk, which costs a single-threaded pass per product (~+0.5 s at 10,000 x 16,384).
@@ -102,7 +104,12 @@ class PCAResult:
 
 
 def pca(x, k=10, method="auto", seed=0) -> PCAResult:
-    """Top-k PCA of the rows of x (n, d); `method` is "auto", "covariance", "gram" or "randomized"."""
+    """Top-k PCA of the rows of x (n, d); `method` is "auto", "covariance", "gram" or "randomized".
+
+    x is used as C-contiguous float32 (a copy only if it is not already). k is clipped to min(k, n, d).
+    "auto" takes an exact method when cheap (see EXACT_MAX_DIM, EXACT_MAX_FLOPS), else "randomized".
+    Components are sign-fixed like scikit-learn's svd_flip: the largest-|value| entry is positive.
+    """
     x = _float32_matrix(x)
     n, d = x.shape
     if n < 2:
@@ -160,14 +167,13 @@ def _pca_gram(x, k):
     eigenvalues, eigenvectors = np.maximum(eigenvalues[::-1], 0.0), eigenvectors[:, ::-1]
     singular_values = np.sqrt(eigenvalues[:k])
     left = eigenvectors[:, :k].astype(np.float32)  # (n, k)
-    # Right singular vectors x_c^T u / s; directions of zero variance have none, so complete the basis.
+    # Right singular vectors are x_c^T u / s. A float32 Gram resolves variances only down to ~1e-6 of
+    # the largest, so directions below that (zero variance included) are completed to an orthonormal set.
     unscaled = (x.T @ left - np.outer(mean, left.sum(axis=0))).T  # (k, d)
-    degenerate = singular_values <= 1e-6 * max(singular_values[0], 1e-30)
+    resolved = singular_values > 1e-3 * max(singular_values[0], 1e-30)
     with np.errstate(divide="ignore", invalid="ignore"):
         components = (unscaled / singular_values[:, None]).astype(np.float32)
-    if degenerate.any():
-        components = _orthonormal_completion(components, ~degenerate)
-    components = _flip_signs(components)
+    components = _flip_signs(_orthonormal_completion(components, resolved))
     coords = x @ components.T - mean @ components.T  # (n, k), exact projections even if degenerate
     spectrum = _clean_spectrum(eigenvalues[: min(n, d)] / (n - 1))
     return _pca_result(coords, components, mean, spectrum[:k], np.trace(gram) / (n - 1), "gram", spectrum)
@@ -176,9 +182,11 @@ def _pca_gram(x, k):
 def _pca_randomized(x, k, seed):
     """Randomized PCA (Halko et al. 2011) on the row space, centring implicitly: x - mean is never built.
 
-    The rows of x are multiplied by a random (d, l) basis and by x^T again in one fused pass per power
-    iteration. The final basis P spans the leading right singular vectors, so the small (n, l) matrix
-    x_c P yields exact projections, variances and components by an l x l eigendecomposition.
+    Each power iteration multiplies a (d, l) block by x_c^T x_c in one fused pass over row chunks. All
+    blocks together span a block Krylov space (Musco & Musco 2015) that contains the plain power-
+    iteration subspace, at no extra pass: one more product x_c P costs about the same for 2l columns as
+    for l. Since the components lie in span(P), the small matrix x_c P gives their exact projections and
+    variances through an eigendecomposition of (x_c P)^T (x_c P).
     """
     n, d = x.shape
     size = min(k + RANDOMIZED_OVERSAMPLES, n, d)
@@ -189,14 +197,15 @@ def _pca_randomized(x, k, seed):
     total_variance = (square_sum - n * float(mean_shifted.astype(np.float64) @ mean_shifted)) / (n - 1)
     if not np.isfinite(total_variance):
         raise ValueError("pca received x with NaN or Inf values")
-    basis = _orthonormal_columns(product - _mean_term(n, mean_shifted, basis))
+    blocks = [_orthonormal_columns(product - _mean_term(n, mean_shifted, basis))]
     for _ in range(RANDOMIZED_POWER_ITERATIONS):
-        product, _, _ = _fused_normal_product(x, basis, shift)
-        basis = _orthonormal_columns(product - _mean_term(n, mean_shifted, basis))
-    projected = _shifted_product(x, basis, shift) - mean_shifted @ basis  # (n, l), x_c P
+        product, _, _ = _fused_normal_product(x, blocks[-1], shift)
+        blocks.append(_orthonormal_columns(product - _mean_term(n, mean_shifted, blocks[-1])))
+    basis = _orthonormal_columns(np.hstack(blocks))  # (d, l * (q + 1)), a block Krylov space
+    projected = _shifted_product(x, basis, shift) - mean_shifted @ basis  # (n, l (q + 1)), x_c P
     squares = projected.astype(np.float64)
-    eigenvalues, rotation = np.linalg.eigh(squares.T @ squares)  # (l,), (l, l) ascending
-    rotation = rotation[:, ::-1][:, :k].astype(np.float32)  # (l, k)
+    eigenvalues, rotation = np.linalg.eigh(squares.T @ squares)  # ascending
+    rotation = rotation[:, ::-1][:, :k].astype(np.float32)  # (l (q + 1), k)
     rotation *= _sign_convention((basis @ rotation).T)
     components = (basis @ rotation).T  # (k, d)
     coords = projected @ rotation  # (n, k), exactly x_c components^T since components lie in span(P)
@@ -294,7 +303,8 @@ def _orthonormal_columns(matrix):
 
 
 def _orthonormal_completion(rows, keep):
-    """Rows where `keep` is true, the others replaced by directions that make all rows orthonormal."""
+    """Rows where `keep` (a leading run) is true, re-orthonormalised, and the others replaced by
+    directions that make all rows orthonormal."""
     filled = rows.astype(np.float64)
     filled[~keep] = np.random.default_rng(0).standard_normal(filled[~keep].shape)
     basis = np.linalg.qr(filled.T)[0].T  # (k, d); kept rows come back unchanged up to sign
@@ -306,8 +316,8 @@ def _column_mean(x):
     return (np.ones(len(x), np.float32) @ x / len(x)).astype(np.float32)  # BLAS pass, no temporary
 
 
-def _row_chunks(x):
-    rows_per_chunk = max(1, CHUNK_BYTES // max(1, x.itemsize * int(np.prod(x.shape[1:]))))
+def _row_chunks(x, chunk_bytes=CHUNK_BYTES):
+    rows_per_chunk = max(1, chunk_bytes // max(1, x.itemsize * int(np.prod(x.shape[1:]))))
     for start in range(0, len(x), rows_per_chunk):
         yield slice(start, start + rows_per_chunk)
 
@@ -341,7 +351,7 @@ def align_pca(result: PCAResult, previous: np.ndarray | None) -> tuple[PCAResult
             f"previous components must have shape (k, {result.components.shape[1]}). "
             f"Received: shape {previous.shape}"
         )
-    overlap = result.components.astype(np.float64) @ previous.T  # (k, k_prev)
+    overlap = np.nan_to_num(result.components.astype(np.float64) @ previous.T)  # (k, k_prev)
     size = max(overlap.shape)
     cost = np.zeros((size, size))
     cost[: overlap.shape[0], : overlap.shape[1]] = -np.abs(overlap)
@@ -452,6 +462,7 @@ def _activation_name(activation):
     return {"swish": "silu", "hard_swish": "hard_silu"}.get(name, name)
 
 
+@np.errstate(invalid="ignore")  # NaN/Inf make their unit's moments NaN, which is the honest answer
 def _unit_moments(values, bounds):
     """Per-unit mean, squared deviation, min, max and count at a bound, merged over row chunks (Chan)."""
     units = values.shape[1]
@@ -461,7 +472,7 @@ def _unit_moments(values, bounds):
     minimum = np.full(units, np.inf)
     maximum = np.full(units, -np.inf)
     near_bound = np.zeros(units, np.int64)
-    for rows in _row_chunks(values):
+    for rows in _row_chunks(values, STATS_CHUNK_BYTES):
         chunk = values[rows].astype(np.float64, copy=False)
         chunk_mean = chunk.mean(axis=0)
         chunk_square_deviation = ((chunk - chunk_mean) ** 2).sum(axis=0)
@@ -531,7 +542,7 @@ def tensor_stats(g) -> dict:
     size = flat.size
     totals = {"sum": 0.0, "square": 0.0, "abs": 0.0, "max_abs": 0.0, "zeros": 0, "finite": 0}
     counts = np.zeros(len(LOG_HIST_EDGES) - 1, np.int64)
-    for rows in _row_chunks(flat.reshape(-1, 1)):
+    for rows in _row_chunks(flat.reshape(-1, 1), STATS_CHUNK_BYTES):
         chunk = flat[rows].astype(np.float64)
         chunk = chunk[np.isfinite(chunk)]
         magnitude = np.abs(chunk)
@@ -546,10 +557,10 @@ def tensor_stats(g) -> dict:
     mean = totals["sum"] / finite
     return {
         "norm": float(np.sqrt(totals["square"])),
-        "mean_abs": totals["abs"] / finite,
+        "mean_abs": float(totals["abs"] / finite),
         "std": float(np.sqrt(max(totals["square"] / finite - mean**2, 0.0))),
-        "max_abs": totals["max_abs"],
-        "zero_fraction": totals["zeros"] / max(size, 1),
+        "max_abs": float(totals["max_abs"]),
+        "zero_fraction": float(totals["zeros"] / max(size, 1)),
         "log_hist_counts": counts,
         "nonfinite": int(size - totals["finite"]),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import warnings
 from typing import Any
 
@@ -11,12 +12,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core import analysis
 from core.datasets import stratified_subset
 from core.graph import RecordedLayer, forward_recording, recorded_layers
-from core.snapshot import RawCapture, SnapshotBuilder
-from core.store import RunWriter, StoreError, new_run_id
-from core.worker import Worker
+from core.snapshot import RawCapture
+from core.store import new_run_id
+from core.worker import start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
@@ -30,7 +30,7 @@ class Recorder(keras.callbacks.Callback):
     top principal components (aligned with the previous snapshot so axes never flip), explained variance,
     activation percentiles and histogram, dead and saturated units, gradient statistics for every weight and
     for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA. The
-    numpy analysis and all writing happen on a background thread; a failure there warns and never stops `fit`.
+    numpy analysis and all writing happen in a separate process; a failure there warns and never stops `fit`.
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
@@ -48,6 +48,8 @@ class Recorder(keras.callbacks.Callback):
         config: any JSON-serialisable dict (hyper-parameters); stored so a run can be reproduced.
         run_id: use this id instead of a generated one.
         plane: record unit responses over the input plane; "auto" turns it on for 2-D inputs.
+        analysis: where the numpy analysis and the writes run: "process" (a child process, so they never
+            compete with training for the GIL), "thread", or "auto" (a process, except for `memory://` roots).
 
     Example:
 
@@ -83,6 +85,7 @@ class Recorder(keras.callbacks.Callback):
         config: dict | None = None,
         run_id: str | None = None,
         plane: str | bool = "auto",
+        analysis: str = "auto",
     ):
         super().__init__()
         _require_int("every", every, minimum=1)
@@ -90,9 +93,12 @@ class Recorder(keras.callbacks.Callback):
         _require_int("components", components, minimum=1)
         if batch_every is not None:
             _require_int("batch_every", batch_every, minimum=1)
+        if analysis not in ("auto", "process", "thread"):
+            raise ValueError(f"analysis must be 'auto', 'process' or 'thread'. Received: analysis={analysis!r}")
         if plane not in ("auto", True, False):
             raise ValueError(f"plane must be 'auto', True or False. Received: plane={plane!r}")
         self.log_dir = str(log_dir)
+        self.analysis = analysis
         self.every = every
         self.batch_every = batch_every
         self.components = components
@@ -117,7 +123,7 @@ class Recorder(keras.callbacks.Callback):
             },
             "config": config or {},
         }
-        self._writer: RunWriter | None = None
+        self._worker = None
         self._active = False  # recording: between a successful start and end()
         self._worker: Worker | None = None
         self._history: dict[str, list] = {"epoch": []}
@@ -165,22 +171,36 @@ class Recorder(keras.callbacks.Callback):
         self._layers = layers
         self._capture_fn = _capture_function(model, layers, with_loss=self._y_for_loss is not None, plane=self._plane)
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
-        self._builder = SnapshotBuilder(
-            activations=[layer.activation for layer in layers],
-            labels=self.labels,
-            components=self.components,
-            seed=self.seed,
-            kernel_layer=next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
-        )
-        try:
-            self._writer = RunWriter(self.log_dir, self.run_id, self._run_meta(layers))
-        except (OSError, StoreError) as error:
-            warnings.warn(f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.")
+        if not self._prepare_root():
             return
-        self._worker = Worker()
+        self._worker = start_worker(self.log_dir, self.analysis)
         self._active = True
-        self._worker.submit(self._write_probe)
+        builder = {
+            "activations": [layer.activation for layer in layers],
+            "labels": self.labels,
+            "components": self.components,
+            "seed": self.seed,
+            "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
+        }
+        self._send("start", root=self.log_dir, run_id=self.run_id, meta=self._run_meta(layers), builder=builder)
+        self._send("probe", arrays=self._probe_arrays(), x=self._x, components=self.components, seed=self.seed)
         atexit.register(self._end_at_exit)
+
+    def _prepare_root(self) -> bool:
+        """Whether the store root is usable; warns (never raises) when it is not, and the run goes unrecorded."""
+        if "://" in self.log_dir:
+            return True
+        try:
+            os.makedirs(self.log_dir, exist_ok=True)
+            if not os.access(self.log_dir, os.W_OK):
+                raise PermissionError(f"no write permission on {self.log_dir!r}")
+        except OSError as error:
+            warnings.warn(f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.", RuntimeWarning, stacklevel=3)
+            return False
+        return True
+
+    def _send(self, kind: str, **payload) -> None:
+        self._worker.submit((kind, payload))
 
     def _run_meta(self, layers: list[RecordedLayer]) -> dict:
         params = self.params or {}
@@ -214,7 +234,7 @@ class Recorder(keras.callbacks.Callback):
         self._plane_axes = (xs, ys)
         return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(self._x.dtype)  # (G*G, 2)
 
-    def _write_probe(self) -> None:
+    def _probe_arrays(self) -> dict:
         arrays = {"indices": self.probe_indices.astype(np.int64)}
         if self.labels is not None:
             arrays["y"] = self.labels.astype(np.int64)
@@ -222,15 +242,7 @@ class Recorder(keras.callbacks.Callback):
             arrays["x"] = self._x.astype(np.float32)
         if self._plane:
             arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
-        flat = self._x.reshape(len(self._x), -1).astype(np.float32)
-        baseline = analysis.pca(flat, k=self.components, seed=self.seed)
-        arrays["input/pca"] = baseline.coords.astype(np.float32)
-        self._writer.write_probe(arrays)
-        summary = {"explained_variance_ratio": np.asarray(baseline.explained_variance_ratio).tolist()}
-        if self.labels is not None:
-            summary["linear_probe"] = analysis.linear_probe_accuracy(flat, self.labels, seed=self.seed)
-            summary["separation"] = analysis.class_separation(baseline.coords, self.labels, seed=self.seed)
-        self._writer.update_meta(input=summary)
+        return arrays
 
     def _capture(self, kind: str, epoch: int, batch: int | None = None, logs=None) -> None:
         if not self._active:
@@ -240,7 +252,7 @@ class Recorder(keras.callbacks.Callback):
         self._seq += 1
         if kind == "epoch":
             self._last_captured_epoch = epoch
-        self._worker.submit(lambda: self._write_snapshot(seq, raw))
+        self._send("snapshot", seq=seq, raw=raw)
 
     def _run_capture_pass(self, kind: str, epoch: int, batch: int | None, logs: dict) -> RawCapture:
         result = self._capture_fn(*self._inputs)
@@ -262,11 +274,6 @@ class Recorder(keras.callbacks.Callback):
             plane_predictions=result.get("plane_predictions"),
         )
 
-    def _write_snapshot(self, seq: int, raw: RawCapture) -> None:
-        meta, arrays = self._builder.build(raw)
-        self._writer.write_snapshot(seq, meta, arrays)
-        self._writer.update_meta(snapshots=seq + 1)
-
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self._history["epoch"].append(epoch)
         for key, value in logs.items():
@@ -278,12 +285,7 @@ class Recorder(keras.callbacks.Callback):
         if self._nan_epoch is None and _is_number(loss) and not math.isfinite(float(loss)):
             self._nan_epoch = epoch
         history = {k: list(v) for k, v in self._history.items()}
-        nan_epoch = self._nan_epoch
-        self._worker.submit(lambda: self._write_epoch(epoch, history, nan_epoch))
-
-    def _write_epoch(self, epoch: int, history: dict, nan_epoch: int | None) -> None:
-        self._writer.write_history(history)
-        self._writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)
+        self._send("epoch", epoch=epoch, history=history, nan_epoch=self._nan_epoch)
 
     def end(self, status: str, **fields) -> None:
         """Mark the run `status` ("finished", "failed" or "interrupted") once every queued snapshot is written.
@@ -293,7 +295,7 @@ class Recorder(keras.callbacks.Callback):
         if not self._active:
             return
         self._active = False
-        self._worker.submit(lambda: self._writer.set_status(status, **fields))
+        self._send("end", status=status, fields=fields)
         self._worker.close()
         atexit.unregister(self._end_at_exit)
 
@@ -315,7 +317,9 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], with_loss
         predictions = forward_recording(model, x, outputs)
         return predictions, [outputs[id(layer.layer)] for layer in layers]
 
-    @tf.function(reduce_retracing=True)
+    # autograph=False: the function has no tensor-dependent Python control flow, and skipping the source
+    # conversion cuts the one-off tracing cost several times over.
+    @tf.function(autograph=False, reduce_retracing=True)
     def capture(x, y, grid):
         with tf.GradientTape() as tape:
             predictions, outputs = forward(x)

@@ -15,7 +15,8 @@ from core import analysis
 
 TOP_SAMPLES = 8  # probe samples kept per unit, most and least activating
 MAX_UNITS_RANKED = 256  # wider layers keep top samples for their first 256 units only
-CKA_SKETCH_POINTS = 256  # probe points kept per layer to compare a layer with its own final state (CKA)
+CKA_SKETCH_POINTS = 256
+SEPARATION_POINTS = 500  # silhouette is O(n^2): a fixed subsample keeps it a few milliseconds per layer  # probe points kept per layer to compare a layer with its own final state (CKA)
 
 
 @dataclass
@@ -128,7 +129,9 @@ class SnapshotBuilder:
         }
         if self.labels is not None:
             record["linear_probe"] = analysis.linear_probe_accuracy(flat, self.labels, seed=self.seed)
-            record["separation"] = analysis.class_separation(aligned.coords, self.labels, seed=self.seed)
+            record["separation"] = analysis.class_separation(
+                aligned.coords, self.labels, max_points=SEPARATION_POINTS, seed=self.seed
+            )
         return record
 
     def _sketch(self, flat: np.ndarray) -> np.ndarray:
@@ -169,13 +172,19 @@ class SnapshotBuilder:
         return record
 
     def _unit_rankings(self, prefix: str, output: np.ndarray) -> dict:
-        units = _unit_matrix(output)[:, :MAX_UNITS_RANKED]  # (n, units)
-        count = min(TOP_SAMPLES, units.shape[0])
-        order = np.argsort(units, axis=0, kind="stable")  # (n, units) ascending
+        units = _unit_matrix(output)[:, :MAX_UNITS_RANKED].T  # (units, n)
         return {
-            prefix + "unit_top": order[::-1][:count].T.astype(np.int32),  # (units, count) most active first
-            prefix + "unit_bottom": order[:count].T.astype(np.int32),
+            prefix + "unit_top": _extreme_rows(-units, TOP_SAMPLES),  # (units, count) most active first
+            prefix + "unit_bottom": _extreme_rows(units, TOP_SAMPLES),
         }
+
+
+def _extreme_rows(values: np.ndarray, count: int) -> np.ndarray:
+    """(units, count) column indices of the `count` smallest values per row, in ascending order."""
+    count = min(count, values.shape[1])
+    picked = np.argpartition(values, count - 1, axis=1)[:, :count]  # O(n) instead of a full sort
+    order = np.argsort(np.take_along_axis(values, picked, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(picked, order, axis=1).astype(np.int32)
 
 
 def _as_matrix(output: np.ndarray) -> np.ndarray:

@@ -1,55 +1,105 @@
-"""A background thread that analyses captures and writes them to the store, so training never waits on numpy or disk.
+"""Carries recorder messages to a `RunSink` off the training thread: in a child process, or in a thread.
 
-Failures here never reach the user's `fit`: the first one is warned about, and later writes keep being tried
-(a disk that was full may have room again). The queue is short, so a slow disk slows capture rather than
-letting memory grow without bound.
+Both transports take messages in order through a short queue, so a slow disk or slow analysis slows capture
+rather than letting memory grow without bound. Neither ever raises into the user's `fit`.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import threading
 import warnings
-from typing import Callable
 
-QUEUE_DEPTH = 2  # raw captures waiting at most; a SIGKILL loses only these and the one in progress
+import core
+from core.sink import RunSink, write_frame
+
+QUEUE_DEPTH = 4  # messages waiting at most in the training process
 
 
-class Worker:
-    """Runs submitted jobs one at a time, in order, on a daemon thread."""
+class _QueuedWorker:
+    """A daemon thread that drains a bounded queue into `self._deliver`."""
 
-    def __init__(self, name: str = "strata-recorder"):
-        self._jobs: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    def __init__(self, name: str):
+        self._messages: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._warned = False
-        self.failures = 0
         self._thread.start()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue `job`; blocks while the queue is full (back-pressure instead of unbounded memory)."""
+    def submit(self, message: tuple) -> None:
         if self._thread.is_alive():
-            self._jobs.put(job)
+            self._messages.put(message)
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish every queued job, then stop the thread."""
+        """Deliver everything queued, then stop."""
         if self._thread.is_alive():
-            self._jobs.put(None)
+            self._messages.put(None)
             self._thread.join(timeout)
+        self._stop()
 
     def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception as error:  # a logging problem must never end the user's training
-                self.failures += 1
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(
-                        f"Strata could not record a snapshot ({type(error).__name__}: {error}). "
-                        "Training continues; Strata keeps trying and earlier snapshots are intact.",
-                        RuntimeWarning,
-                        stacklevel=1,
-                    )
+        while (message := self._messages.get()) is not None:
+            self._deliver(message)
+
+    def _deliver(self, message: tuple) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        pass
+
+
+class ThreadWorker(_QueuedWorker):
+    """Runs the sink in this process. Needed for in-memory fsspec roots, which a child process cannot see."""
+
+    def __init__(self):
+        self.sink = RunSink()
+        super().__init__("strata-sink")
+
+    def _deliver(self, message: tuple) -> None:
+        self.sink.handle(message)
+
+
+class ProcessWorker(_QueuedWorker):
+    """Feeds a `python -m core.sink` child over a pipe; the child does the numpy analysis and the writes."""
+
+    def __init__(self):
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+            # One BLAS thread: the matrices are small, and training needs the other core.
+            OPENBLAS_NUM_THREADS="1",
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+        )
+        self._process = subprocess.Popen([sys.executable, "-m", "core.sink"], stdin=subprocess.PIPE, env=env)
+        self._broken = False
+        super().__init__("strata-sink-feeder")
+
+    def _deliver(self, message: tuple) -> None:
+        if self._broken:
+            return
+        try:
+            write_frame(self._process.stdin, message)
+        except (BrokenPipeError, OSError) as error:
+            self._broken = True
+            warnings.warn(f"Strata's recording process stopped ({error}); the rest of this run is not recorded.", RuntimeWarning, stacklevel=1)
+
+    def _stop(self) -> None:
+        try:
+            self._process.stdin.close()
+        except OSError:
+            pass
+        self._process.wait()
+
+
+def start_worker(root: str, mode: str = "auto"):
+    """A ProcessWorker, except for in-memory roots or `mode="thread"`; falls back to a thread if spawning fails."""
+    if mode == "thread" or root.startswith("memory://"):
+        return ThreadWorker()
+    try:
+        return ProcessWorker()
+    except OSError as error:
+        warnings.warn(f"Strata could not start its recording process ({error}); recording in a thread instead.", RuntimeWarning, stacklevel=2)
+        return ThreadWorker()

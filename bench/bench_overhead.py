@@ -1,0 +1,93 @@
+"""What recording costs: wall time of `fit` with `Recorder` against plain `fit`, side by side in one process.
+
+Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32, a probe of 1,000 samples,
+a capture every epoch. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
+naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
+Variants are interleaved round by round so machine noise hits them alike; the ratios are medians over rounds.
+
+    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from core import Recorder  # noqa: E402
+from core.datasets import load_dataset, stratified_subset  # noqa: E402
+from core.models import ModelConfig, build_model  # noqa: E402
+from core.store import RunStore  # noqa: E402
+
+
+class NaiveCapture(keras.callbacks.Callback):
+    """The obvious way: a new extractor model, `predict`, and scikit-learn PCA on every layer, every epoch."""
+
+    def __init__(self, probe_x):
+        super().__init__()
+        self.probe_x = probe_x
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.decomposition import PCA
+
+        layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        extractor = keras.Model(self.model.inputs, [layer.output for layer in layers])
+        for output in extractor.predict(self.probe_x, verbose=0):
+            PCA(n_components=min(10, output.shape[1])).fit_transform(output.reshape(len(output), -1))
+
+
+def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None) -> float:
+    model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
+    callbacks = {
+        "plain": [],
+        "recorder": lambda: [Recorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
+        "naive": lambda: [NaiveCapture(probe[0])],
+    }[variant]
+    callbacks = callbacks() if callable(callbacks) else callbacks
+    start = time.perf_counter()
+    model.fit(data.x, data.y, epochs=epochs, batch_size=32, callbacks=callbacks, verbose=0)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-every", type=int, default=None, help="also snapshot every N batches")
+    parser.add_argument("--variants", default="plain,recorder,tensorboard,naive")
+    args = parser.parse_args()
+    data = load_dataset("digits")
+    rows = stratified_subset(data.y, 1000, seed=0)
+    probe = (data.x[rows], data.y[rows])
+    variants = args.variants.split(",")
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as root:
+        fit_seconds("plain", data, probe, 1, root, None)  # warm-up: first TF use pays one-off costs
+        for round_index in range(args.rounds):
+            for variant in variants:
+                times[variant].append(fit_seconds(variant, data, probe, args.epochs, root, args.batch_every))
+            print(f"round {round_index + 1}: " + "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
+        runs = RunStore(root).list_runs()
+        snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
+    print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
+          + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
+    print(f"{'variant':<12} {'median fit':>10} {'ratio':>7}")
+    ratios = {}
+    for variant in variants:
+        ratio = statistics.median(t / p for t, p in zip(times[variant], times["plain"]))
+        ratios[variant] = ratio
+        print(f"{variant:<12} {statistics.median(times[variant]):>9.2f}s {ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The receiving end of a recording: analyses each capture and writes the run, in a process of its own.
+
+`core.Recorder` sends plain messages (numpy arrays and dicts); `RunSink` turns them into store files. By
+default the sink runs in a child process (`python -m core.sink`, fed pickled frames on stdin), so the numpy
+analysis never competes with training for the GIL. If the parent dies, even by SIGKILL, the child still
+finishes every capture it has received, then exits at end of input. This module is numpy-only.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+import warnings
+
+import numpy as np
+
+from core import analysis
+from core.snapshot import RawCapture, SnapshotBuilder
+from core.store import RunWriter
+
+FRAME_HEADER = struct.Struct("<Q")  # byte length of the pickled message that follows
+
+
+class RunSink:
+    """Applies recorder messages, in order, to one run. Messages are `(kind, payload)` tuples."""
+
+    def __init__(self):
+        self.writer: RunWriter | None = None
+        self.builder: SnapshotBuilder | None = None
+        self._warned = False
+
+    def handle(self, message: tuple) -> None:
+        kind, payload = message
+        try:
+            getattr(self, f"_on_{kind}")(**payload)
+        except Exception as error:  # a logging problem must never end the user's training
+            self._warn(kind, error)
+
+    def _warn(self, kind: str, error: Exception) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"Strata could not record ({kind}: {type(error).__name__}: {error}). Training continues; "
+            "Strata keeps trying, and what was already written stays intact.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def _on_start(self, root: str, run_id: str, meta: dict, builder: dict) -> None:
+        self.builder = SnapshotBuilder(**builder)
+        self.writer = RunWriter(root, run_id, meta)
+
+    def _on_probe(self, arrays: dict, x: np.ndarray, components: int, seed: int) -> None:
+        flat = x.reshape(len(x), -1).astype(np.float32)
+        baseline = analysis.pca(flat, k=components, seed=seed)
+        self.writer.write_probe({**arrays, "input/pca": baseline.coords.astype(np.float32)})
+        summary = {"explained_variance_ratio": np.asarray(baseline.explained_variance_ratio).tolist()}
+        labels = self.builder.labels
+        if labels is not None:
+            summary["linear_probe"] = analysis.linear_probe_accuracy(flat, labels, seed=seed)
+            summary["separation"] = analysis.class_separation(baseline.coords, labels, seed=seed)
+        self.writer.update_meta(input=summary)
+
+    def _on_snapshot(self, seq: int, raw: RawCapture) -> None:
+        meta, arrays = self.builder.build(raw)
+        self.writer.write_snapshot(seq, meta, arrays)
+        self.writer.update_meta(snapshots=seq + 1)
+
+    def _on_epoch(self, epoch: int, history: dict, nan_epoch: int | None) -> None:
+        self.writer.write_history(history)
+        self.writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)
+
+    def _on_end(self, status: str, fields: dict) -> None:
+        self.writer.set_status(status, **fields)
+
+
+def write_frame(stream, message: tuple) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(FRAME_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def read_frames(stream):
+    """Messages from `stream` until end of input; a truncated last frame (writer killed) ends it quietly."""
+    while True:
+        header = stream.read(FRAME_HEADER.size)
+        if len(header) < FRAME_HEADER.size:
+            return
+        (size,) = FRAME_HEADER.unpack(header)
+        data = stream.read(size)
+        if len(data) < size:
+            return
+        yield pickle.loads(data)
+
+
+def main() -> int:
+    sink = RunSink()
+    for message in read_frames(sys.stdin.buffer):
+        sink.handle(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""core.Recorder on real tiny Keras models: what it writes, that it is right, and that it survives bad days."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from core import Recorder  # noqa: E402
+from core.store import RunStore  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _toy_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    return x, y
+
+
+def _mlp(activation="relu", seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation=activation, name="hidden_a"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(6, activation=activation, name="hidden_b"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _fit(model, recorder, epochs=3, x=None, y=None):
+    if x is None:
+        x, y = _toy_data()
+    model.fit(x, y, epochs=epochs, batch_size=16, callbacks=[recorder], verbose=0)
+
+
+def test_sequential_run_has_every_snapshot_and_field(tmp_path):
+    x, y = _toy_data()
+    recorder = Recorder(str(tmp_path), probe=(x, y), name="toy", components=3)
+    _fit(_mlp(), recorder, epochs=3)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.status == "finished"
+    assert [layer["name"] for layer in run.layers] == ["hidden_a", "hidden_b", "out"]  # Dropout skipped
+    assert run.epochs() == [0, 1, 2, 3]
+    assert run.meta["epochs_done"] == 3 and run.meta["input"]["linear_probe"] > 0.5
+    history = run.history()
+    assert history["epoch"] == [1, 2, 3] and len(history["loss"]) == 3
+    last = run.epoch_snapshots()[-1]
+    assert last.array("L0/pca").shape == (64, 3)
+    assert last.array("pred/probs").shape == (64, 2)
+    record = last.layer(0)
+    assert set(record["grad"]) == {"kernel", "bias", "output"}
+    assert record["update_ratio"]["kernel"] > 0
+    assert len(record["activation"]["percentiles"]) == 5
+    assert 0 <= record["linear_probe"] <= 1
+    assert np.allclose(np.asarray(last.meta["cka"]).diagonal(), 1)
+    assert run.probe().x.shape == (64, 4) and run.probe().size == 64
+    assert last.array("L0/plane_units") is None  # 4-D input: no input plane
+
+
+def test_gradient_statistics_match_gradient_tape(tmp_path):
+    x, y = _toy_data()
+    model = _mlp()
+    recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
+    model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+    gradients = tape.gradient(loss, model.trainable_weights)
+    by_path = {"/".join(v.path.split("/")[-2:]): g.numpy() for v, g in zip(model.trainable_weights, gradients)}
+    last = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1]
+    for index, name in enumerate(["hidden_a", "hidden_b", "out"]):
+        for role in ("kernel", "bias"):
+            expected = by_path[f"{name}/{role}"]
+            stats = last.layer(index)["grad"][role]
+            np.testing.assert_allclose(stats["norm"], np.linalg.norm(expected), rtol=1e-4)
+            np.testing.assert_allclose(stats["max_abs"], np.abs(expected).max(), rtol=1e-4)
+            np.testing.assert_allclose(stats["mean_abs"], np.abs(expected).mean(), rtol=1e-4)
+
+
+def test_pca_axes_do_not_flip_between_epochs(tmp_path):
+    x, y = _toy_data(200)
+    recorder = Recorder(str(tmp_path), probe=(x, y), components=2)
+    model = _mlp("tanh")
+    model.compile(keras.optimizers.SGD(1e-4), "sparse_categorical_crossentropy")  # tiny steps: axes barely move
+    _fit(model, recorder, epochs=3, x=x, y=y)
+    snapshots = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()
+    for before, after in zip(snapshots, snapshots[1:]):
+        a, b = before.array("L1/pca"), after.array("L1/pca")
+        correlation = [np.corrcoef(a[:, c], b[:, c])[0, 1] for c in range(2)]
+        assert min(correlation) > 0.99, correlation
+
+
+def test_functional_model_with_nested_block_is_flattened(tmp_path):
+    block = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, activation="tanh", name="inner")], name="block")
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu", name="first")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", name="last")(block(hidden))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = _toy_data()
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    _fit(model, recorder, epochs=1)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert [layer["name"] for layer in run.layers] == ["first", "block/inner", "last"]
+    assert run.epoch_snapshots()[-1].layer(1)["grad"]["kernel"]["norm"] > 0
+
+
+def test_conv_model_and_image_probe(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 8, 8, 1), dtype=np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int64")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    _fit(model, recorder, epochs=1, x=x, y=y)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.meta["dataset"]["kind"] == "image" and run.meta["dataset"]["image_shape"] == [8, 8, 1]
+    last = run.epoch_snapshots()[-1]
+    assert last.array("L0/pca").shape[0] == 40
+    assert last.array("L0/unit_mean").shape == (4,)  # a conv unit is a channel
+
+
+def test_plane_inputs_record_unit_maps(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (80, 2)).astype("float32")
+    y = (x[:, 0] * x[:, 1] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    _fit(model, recorder, epochs=1, x=x, y=y)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    grid = run.probe().plane
+    last = run.epoch_snapshots()[-1]
+    assert last.array("L0/plane_units").shape == (len(grid["xs"]) * len(grid["ys"]), 5)
+    assert last.array("pred/plane_probs").shape[1] == 2
+
+
+def test_probe_without_labels_records_projections_but_no_gradients(tmp_path):
+    x, _ = _toy_data()
+    recorder = Recorder(str(tmp_path), probe=x)
+    model = _mlp()
+    model.fit(x, _toy_data()[1], epochs=1, callbacks=[recorder], verbose=0)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    last = run.epoch_snapshots()[-1]
+    assert run.probe().y is None and "grad" not in last.layer(0)
+    assert last.array("L0/pca") is not None
+
+
+def test_large_probe_is_subsampled_stratified(tmp_path):
+    x, y = _toy_data(300)
+    recorder = Recorder(str(tmp_path), probe=(x, y), probe_size=100)
+    assert len(recorder.probe_indices) == 100
+    assert abs(recorder.labels.mean() - y.mean()) < 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"probe": None}, "probe set"),
+        ({"probe": (np.zeros((5, 4)), np.zeros(4))}, "5 inputs and 4 labels"),
+        ({"probe": (np.zeros(5), None)}, "shape"),
+        ({"probe": (np.zeros((5, 4)), None), "every": 0}, "every=0"),
+        ({"probe": (np.zeros((5, 4)), None), "components": "10"}, "components='10'"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Recorder(str(tmp_path), **kwargs)
+
+
+def test_probe_of_the_wrong_shape_fails_at_start_naming_the_fix(tmp_path):
+    x, y = _toy_data()
+    recorder = Recorder(str(tmp_path), probe=(np.zeros((10, 3), "float32"), np.zeros(10, "int64")))
+    with pytest.raises(ValueError, match=r"takes samples of shape \(4,\)"):
+        _fit(_mlp(), recorder, x=x, y=y)
+
+
+def test_subclassed_model_is_refused_with_instructions(tmp_path):
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2, activation="softmax")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Custom()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = _toy_data()
+    with pytest.raises(ValueError, match="functional API"):
+        _fit(model, Recorder(str(tmp_path), probe=(x, y)), x=x, y=y)
+
+
+def test_nan_loss_is_recorded_and_marked(tmp_path):
+    x, y = _toy_data()
+    model = _mlp()
+    model.compile(keras.optimizers.SGD(1e6), "sparse_categorical_crossentropy")  # diverges at once
+    recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fit(model, recorder, epochs=3, x=x * 100, y=y)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.meta["nan_epoch"] == 1
+    assert run.status == "finished" and run.epochs() == [0, 1, 2, 3]
+    assert run.epoch_snapshots()[-1].meta["nonfinite"]
+
+
+def test_unwritable_store_warns_and_training_goes_on(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store should be")
+    x, y = _toy_data()
+    model = _mlp()
+    with pytest.warns(RuntimeWarning, match="cannot write"):
+        _fit(model, Recorder(str(blocker / "runs"), probe=(x, y)), epochs=2, x=x, y=y)
+    assert len(model.history.history["loss"]) == 2
+
+
+def test_write_failure_mid_run_warns_keeps_training_and_earlier_snapshots(tmp_path, monkeypatch):
+    import errno
+
+    from core import store
+
+    x, y = _toy_data()
+    model = _mlp()
+    recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
+    original = store._Files.write_atomic
+    writes = {"count": 0}
+
+    def fill_disk_after_a_few_writes(self, path, data):
+        writes["count"] += 1
+        if writes["count"] > 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, path, data)
+
+    monkeypatch.setattr(store._Files, "write_atomic", fill_disk_after_a_few_writes)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        _fit(model, recorder, epochs=4, x=x, y=y)
+    monkeypatch.undo()
+    assert len(model.history.history["loss"]) == 4
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    for snapshot in run.snapshots():
+        assert snapshot.array("L0/pca").shape == (64, 2) or snapshot.array("L0/pca").shape[0] == 64
+
+
+def test_memory_filesystem_root(tmp_path):
+    root = f"memory://strata-{uuid.uuid4().hex}"
+    x, y = _toy_data()
+    recorder = Recorder(root, probe=(x, y))
+    _fit(_mlp(), recorder, epochs=1)
+    run = RunStore(root).run(recorder.run_id)
+    assert run.status == "finished" and run.epochs() == [0, 1]
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    import keras, numpy as np
+    from core import Recorder
+
+    class SlowDown(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            print("epoch", epoch + 1, flush=True)
+            time.sleep(0.3)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1000, batch_size=32, verbose=0,
+              callbacks=[Recorder({root!r}, probe=(x, y), run_id="crash"), SlowDown()])
+    """
+)
+
+
+def test_sigkill_mid_run_leaves_every_completed_snapshot_readable(tmp_path):
+    root = str(tmp_path)
+    script = CRASH_SCRIPT.format(repo=REPO, root=root)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    for line in process.stdout:
+        if line.strip() == "epoch 6":
+            break
+    reader = RunStore(root).run("crash")
+    seen_while_running = reader.poll()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)  # the analysis process finishes what it had received, then sees end of input
+    reader = RunStore(root).run("crash")
+    snapshots = reader.snapshots()
+    assert len(snapshots) >= 5 and set(seen_while_running) <= {s.seq for s in snapshots}
+    for snapshot in snapshots:
+        assert snapshot.array("L0/pca").shape == (256, 10)
+    assert reader.status == "interrupted"
+
+
+def test_concurrent_reader_follows_a_live_training_run(tmp_path):
+    root = str(tmp_path)
+    script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("epochs=1000", "epochs=8")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    seen, deadline = [], time.time() + 120
+    reader = None
+    while time.time() < deadline and process.poll() is None:
+        try:
+            reader = reader or RunStore(root).run("crash")
+            for seq in reader.poll():
+                assert reader.snapshot(seq).array("pred/probs").shape == (256, 2)
+                seen.append(seq)
+        except Exception as error:
+            if type(error).__name__ != "RunNotFound":
+                raise
+        time.sleep(0.05)
+    assert process.wait(timeout=120) == 0
+    final = RunStore(root).run("crash")
+    assert final.status == "finished"
+    assert sorted(set(seen) | set(final.poll())) == list(range(9))
+    assert len(seen) >= 2  # it really was read while being written
