@@ -128,7 +128,9 @@ class Recorder(keras.callbacks.Callback):
         self._worker: Worker | None = None
         self._history: dict[str, list] = {"epoch": []}
         self._seq = 0
-        self._step = 0
+        self._epoch = 0
+        if batch_every is not None:
+            self.on_train_batch_end = self._on_train_batch_end
         self._last_captured_epoch = -1
         self._nan_epoch: int | None = None
 
@@ -139,9 +141,11 @@ class Recorder(keras.callbacks.Callback):
         self._start()
         self._capture("epoch", epoch=0)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.batch_every and self._step % self.batch_every == 0 and self._active:
+    def _on_train_batch_end(self, batch, logs=None):
+        # Installed as `on_train_batch_end` only when batch captures are asked for: any batch hook makes Keras
+        # give up dispatching callbacks asynchronously, which slows every step of training.
+        step = self._epoch * (self.params.get("steps") or 0) + batch + 1
+        if step % self.batch_every == 0 and self._active:
             self._capture("batch", epoch=self._epoch, batch=batch + 1, logs=logs)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -261,7 +265,7 @@ class Recorder(keras.callbacks.Callback):
         return RawCapture(
             kind=kind,
             epoch=epoch,
-            step=self._step,
+            step=self._steps_done(epoch, batch),
             batch=batch,
             logs={k: float(v) for k, v in logs.items() if _is_number(v)},
             outputs=result["outputs"],
@@ -273,6 +277,11 @@ class Recorder(keras.callbacks.Callback):
             plane_outputs=result.get("plane_outputs"),
             plane_predictions=result.get("plane_predictions"),
         )
+
+    def _steps_done(self, epoch: int, batch: int | None) -> int:
+        """Optimizer steps taken when a capture happens (epoch is the number of completed epochs)."""
+        steps_per_epoch = (self.params or {}).get("steps") or 0
+        return epoch * steps_per_epoch if batch is None else self._epoch * steps_per_epoch + batch
 
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self._history["epoch"].append(epoch)

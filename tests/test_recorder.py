@@ -341,3 +341,14 @@ def test_concurrent_reader_follows_a_live_training_run(tmp_path):
     assert final.status == "finished"
     assert sorted(set(seen) | set(final.poll())) == list(range(9))
     assert len(seen) >= 2  # it really was read while being written
+
+
+def test_batch_snapshots_every_n_batches(tmp_path):
+    x, y = _toy_data()  # 64 samples, batch 16: 4 steps per epoch
+    recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=2, analysis="thread")
+    _fit(_mlp(), recorder, epochs=2)
+    snapshots = RunStore(str(tmp_path)).run(recorder.run_id).snapshots()
+    batches = [(s.meta["epoch"], s.meta["batch"], s.meta["step"]) for s in snapshots if s.meta["kind"] == "batch"]
+    assert batches == [(0, 2, 2), (0, 4, 4), (1, 2, 6), (1, 4, 8)]
+    epochs = [(s.meta["epoch"], s.meta["step"]) for s in snapshots if s.meta["kind"] == "epoch"]
+    assert epochs == [(0, 0), (1, 4), (2, 8)]
