@@ -1,0 +1,92 @@
+"""`python -m core`: train prints the run id last, the read commands summarise it, bad input reads as a message."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _core(*args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli_runs"))
+    result = _core("train", "--dataset", "moons", "--hidden", "8,8", "--epochs", "2", "--runs", root, "--name", "cli moons")
+    return root, result
+
+
+def test_train_prints_the_run_id_last_and_progress_per_epoch(trained):
+    root, result = trained
+    run_id = result.stdout.strip().splitlines()[-1]
+    assert os.path.isfile(os.path.join(root, run_id, "run.json"))
+    assert "epoch 2/2" in result.stderr
+
+
+def test_runs_lists_status_dataset_and_epochs(trained):
+    root, result = trained
+    listing = _core("runs", "--runs", root).stdout
+    run_id = result.stdout.strip().splitlines()[-1]
+    line = next(line for line in listing.splitlines() if line.startswith(run_id))
+    assert "finished" in line and "moons" in line and "2/2" in line
+
+
+def test_show_json_is_a_complete_machine_readable_summary(trained):
+    root, result = trained
+    run_id = result.stdout.strip().splitlines()[-1]
+    summary = json.loads(_core("show", run_id, "--runs", root, "--json").stdout)
+    assert summary["id"] == run_id and summary["status"] == "finished"
+    assert [layer["name"] for layer in summary["layers"]] == ["dense_0", "dense_1", "output"]
+    assert {"type", "output_shape", "params"} <= set(summary["layers"][0])
+    assert summary["epochs"] == [0, 1, 2]
+    assert len(summary["metrics"]["loss"]) == 2 and len(summary["metrics"]["val_accuracy"]) == 2
+    dense = summary["per_layer"]["dense_0"]
+    assert len(dense["gradient_norm"]) == 3 and all(g > 0 for g in dense["gradient_norm"])
+    assert len(dense["explained_variance_ratio"][0]) == 8
+    assert summary["probe_accuracy"]["input"] is not None
+    assert np.asarray(summary["cka"]["matrix"]).shape == (3, 3)
+
+
+def test_csv_data_set_with_a_label_column(tmp_path):
+    rows = ["a,b,c,species"] + [f"{i % 7},{(i * 3) % 5},{i % 2},{'x' if i % 2 else 'y'}" for i in range(60)]
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows))
+    result = _core("train", "--dataset", str(path), "--label-column", "species", "--hidden", "4", "--epochs", "1", "--runs", str(tmp_path / "runs"), "--quiet")
+    assert result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", "nope"], "Unknown dataset 'nope'"),
+        (["train", "--activation", "relux", "--epochs", "1"], "relux"),
+        (["train", "--hidden", "12,,x"], "hidden"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["show", "../etc"], "Invalid run id"),
+        (["show", "no-such-run"], "No run 'no-such-run'"),
+    ],
+)
+def test_bad_input_is_a_message_and_exit_code_2(tmp_path, args, message):
+    result = _core(*args, "--runs", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_read_commands_do_not_import_tensorflow(trained):
+    root, _ = trained
+    code = (
+        "import sys, runpy; sys.argv = ['core', 'runs', '--runs', %r];"
+        "import core.cli; core.cli.main(sys.argv[1:]);"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'" % root
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
