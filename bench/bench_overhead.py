@@ -3,9 +3,10 @@
 Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32, a probe of 1,000 samples,
 a capture every epoch. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
+`recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder.
 Variants are interleaved round by round so machine noise hits them alike; the ratios are medians over rounds.
 
-    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N]
+    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ class NaiveCapture(keras.callbacks.Callback):
             PCA(n_components=min(10, output.shape[1])).fit_transform(output.reshape(len(output), -1))
 
 
-def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None) -> float:
+def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> float:
     model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
     callbacks = {
         "plain": [],
         "recorder": lambda: [Recorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "recorder+grad": lambda: [Recorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],
     }[variant]
@@ -64,7 +66,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-every", type=int, default=None, help="also snapshot every N batches")
-    parser.add_argument("--variants", default="plain,recorder,tensorboard,naive")
+    parser.add_argument("--grad-every", type=int, default=10, help="recorder+grad: gradient norms every N batches")
+    parser.add_argument("--variants", default="plain,recorder,recorder+grad,tensorboard,naive")
     args = parser.parse_args()
     data = load_dataset("digits")
     rows = stratified_subset(data.y, 1000, seed=0)
@@ -75,18 +78,18 @@ def main() -> None:
         fit_seconds("plain", data, probe, 1, root, None)  # warm-up: first TF use pays one-off costs
         for round_index in range(args.rounds):
             for variant in variants:
-                times[variant].append(fit_seconds(variant, data, probe, args.epochs, root, args.batch_every))
+                times[variant].append(fit_seconds(variant, data, probe, args.epochs, root, args.batch_every, args.grad_every))
             print(f"round {round_index + 1}: " + "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
         runs = RunStore(root).list_runs()
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
-    print(f"{'variant':<12} {'median fit':>10} {'ratio':>7}")
+    print(f"{'variant':<14} {'median fit':>10} {'ratio':>7}")
     ratios = {}
     for variant in variants:
         ratio = statistics.median(t / p for t, p in zip(times[variant], times["plain"]))
         ratios[variant] = ratio
-        print(f"{variant:<12} {statistics.median(times[variant]):>9.2f}s {ratio:>6.2f}x")
+        print(f"{variant:<14} {statistics.median(times[variant]):>9.2f}s {ratio:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.analysis import pca  # noqa: E402
 
 SHAPES = [(2000, 512), (1000, 4096), (2000, 16384), (10000, 16384)]
-REPEATS = 3
+REPEATS = 5
 
 
 def planted_activations(n, d, rank=20, seed=0):
@@ -26,7 +26,8 @@ def planted_activations(n, d, rank=20, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d), dtype=np.float32)
     scales = np.geomspace(8.0, 1.0, rank).astype(np.float32)
-    x += (rng.standard_normal((n, rank), dtype=np.float32) * scales) @ rng.standard_normal((rank, d), dtype=np.float32)
+    signal = rng.standard_normal((n, rank), dtype=np.float32) * scales  # (n, rank)
+    x += signal @ rng.standard_normal((rank, d), dtype=np.float32)
     x += rng.random(d, dtype=np.float32)
     return x
 
@@ -84,7 +85,8 @@ def main():
         rss = rss_peak_growth_mb(x, args.k)
         print(
             f"pca {n}x{d} k={args.k}: {seconds:.2f} s, extra peak {traced:.0f} MB traced "
-            f"({rss:.0f} MB RSS), input {x.nbytes / 2**20:.0f} MB, method={method}",
+            f"({rss:.0f} MB RSS), input {x.nbytes / 2**20:.0f} MB, method={method}, "
+            f"load average {os.getloadavg()[0]:.1f}",  # other processes on 2 cores distort timings
             flush=True,
         )
         del x

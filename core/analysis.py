@@ -34,14 +34,17 @@ __all__ = [
 # ~1.5 s at 2048, so wider problems (and ones whose covariance/Gram product is too costly) go randomized.
 EXACT_MAX_DIM = 1024
 EXACT_MAX_FLOPS = 2e10
-# Halko et al. 2011: oversampling ~10 columns and one power iteration already give near-exact leading
-# components when the spectrum decays; each iteration costs two more passes over x.
+# Halko et al. 2011: oversampling ~10 columns and one power iteration give near-exact leading
+# components when the spectrum decays. Each iteration is one more fused pass over x (~0.25 s at
+# 10,000 x 16,384); a second would push that case past its 1 s budget.
 RANDOMIZED_OVERSAMPLES = 10
 RANDOMIZED_POWER_ITERATIONS = 1
 # Row chunks stay cache-sized, so fused multiply passes and centred temporaries never copy all of x.
 # Statistics work in float64 with several temporaries per chunk, hence smaller chunks.
 CHUNK_BYTES = 16 * 2**20
 STATS_CHUNK_BYTES = 4 * 2**20
+# Directions whose singular value is below this fraction of the largest are float32 round-off.
+RANK_TOLERANCE = 1e-5
 # Implicit centring in float32 cancels when the mean dwarfs the spread (measured: relative error 4e-7
 # at |mean|^2 / spread = 30, 1e-4 at 3000). Past this ratio the randomized PCA subtracts a rough mean
 # from every chunk, which costs a single-threaded pass per product (~+0.5 s at 10,000 x 16,384).
@@ -201,7 +204,7 @@ def _pca_randomized(x, k, seed):
     for _ in range(RANDOMIZED_POWER_ITERATIONS):
         product, _, _ = _fused_normal_product(x, blocks[-1], shift)
         blocks.append(_orthonormal_columns(product - _mean_term(n, mean_shifted, blocks[-1])))
-    basis = _orthonormal_columns(np.hstack(blocks))  # (d, l * (q + 1)), a block Krylov space
+    basis = _at_least_columns(_orthonormal_columns(np.hstack(blocks)), k, seed)  # (d, <= l (q + 1))
     projected = _shifted_product(x, basis, shift) - mean_shifted @ basis  # (n, l (q + 1)), x_c P
     squares = projected.astype(np.float64)
     eigenvalues, rotation = np.linalg.eigh(squares.T @ squares)  # ascending
@@ -299,7 +302,29 @@ def _clean_spectrum(eigenvalues):
 
 
 def _orthonormal_columns(matrix):
-    return np.linalg.qr(matrix)[0]
+    """An orthonormal basis (d, <= l) of the columns of `matrix` (d, l), dropping numerically null directions.
+
+    Uses the eigendecomposition of the small Gram matrix, twice (like CholeskyQR2): two matrix products
+    and an l x l eigh. LAPACK's Householder QR is as accurate but, multithreaded on a busy 2-core machine,
+    took up to seconds for a (16384, 20) matrix.
+    """
+    basis = matrix
+    for _ in range(2):
+        wide = basis.astype(np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(wide.T @ wide)  # (l,), (l, l) ascending
+        kept = eigenvalues > RANK_TOLERANCE**2 * max(eigenvalues[-1], 1e-300)
+        scaling = eigenvectors[:, kept] / np.sqrt(eigenvalues[kept])  # (l, r)
+        basis = (wide @ scaling).astype(matrix.dtype)  # (d, r)
+    return basis
+
+
+def _at_least_columns(basis, k, seed):
+    """`basis` (d, r) completed by random orthonormal directions to at least k columns."""
+    if basis.shape[1] >= k:
+        return basis
+    extra = np.random.default_rng(seed).standard_normal((len(basis), k - basis.shape[1]))
+    completed = np.linalg.qr(np.hstack([basis.astype(np.float64), extra]))[0]  # rare: rank(x_c) < k
+    return completed.astype(basis.dtype)
 
 
 def _orthonormal_completion(rows, keep):
@@ -732,41 +757,46 @@ def linear_cka(x, y) -> float:
 def cka_matrix(features: list) -> np.ndarray:
     """(L, L) symmetric linear CKA between every pair of layers, ones on the diagonal.
 
-    Each layer is centred once and keeps either its centred Gram matrix (when wider than the number of
-    samples) or its features; a pair costs one Gram inner product or one feature cross-product.
-    Pairs involving a constant layer are nan.
+    Each layer is centred once and kept as its centred Gram matrix K = X_c X_c^T when it is wider than the
+    number of samples, else as its centred features X_c; every pair then costs one product on the
+    smaller side. Pairs involving a constant layer are nan.
     """
-    layers = [_centred_features(f) for f in features]
-    if len({len(layer) for layer in layers}) > 1:
-        raise ValueError(f"cka_matrix needs the same samples for every layer. Received: {[f.shape for f in layers]}")
-    grams = [layer @ layer.T if layer.shape[1] > len(layer) else None for layer in layers]
-    norms = [_self_similarity_norm(layer, gram) for layer, gram in zip(layers, grams)]
+    layers = [_cka_representation(f) for f in features]
+    if len({len(matrix) for _, matrix in layers}) > 1:
+        shapes = [np.shape(f) for f in features]
+        raise ValueError(f"cka_matrix needs the same samples for every layer. Received shapes: {shapes}")
+    norms = [np.sqrt(_hsic(layer, layer)) for layer in layers]
     size = len(layers)
     similarity = np.eye(size)
     for i in range(size):
         for j in range(i + 1, size):
-            if grams[i] is not None and grams[j] is not None:
-                cross = float(np.vdot(grams[i], grams[j]))
-            else:
-                cross = float(np.sum((layers[j].T @ layers[i]) ** 2))
             denominator = norms[i] * norms[j]
-            similarity[i, j] = similarity[j, i] = cross / denominator if denominator > 0 else np.nan
+            value = _hsic(layers[i], layers[j]) / denominator if denominator > 0 else np.nan
+            similarity[i, j] = similarity[j, i] = value
     return similarity
 
 
-def _centred_features(features):
+def _cka_representation(features):
+    """("gram", K (n, n)) for layers wider than n samples, else ("features", X_c (n, d)); float64."""
     x = np.asarray(features).reshape(len(features), -1)
     if x.shape[1] > CKA_PROJECTION_THRESHOLD:
         x = _random_projection(x, CKA_PROJECTION_DIM)
     x = x.astype(np.float64)
-    return x - x.mean(axis=0)
+    x -= x.mean(axis=0)
+    if x.shape[1] > len(x):
+        return "gram", x @ x.T
+    return "features", x
 
 
-def _self_similarity_norm(layer, gram):
-    """||X_c^T X_c||_F, equal to ||X_c X_c^T||_F; computed on the smaller side."""
-    if gram is not None:
-        return float(np.linalg.norm(gram))
-    return float(np.linalg.norm(layer.T @ layer))
+def _hsic(first, second):
+    """<K_first, K_second>_F = ||Y_c^T X_c||_F^2, the unnormalised linear HSIC, on the cheaper side."""
+    (first_kind, a), (second_kind, b) = first, second
+    if first_kind == second_kind == "gram":
+        return float(np.vdot(a, b))
+    if first_kind == second_kind == "features":
+        return float(np.sum((b.T @ a) ** 2))
+    gram, x = (a, b) if first_kind == "gram" else (b, a)
+    return float(np.sum(x * (gram @ x)))  # tr(X^T K X)
 
 
 def class_separation(coords, labels, max_points=1000, seed=0) -> float:
@@ -827,23 +857,26 @@ def effective_dimensionality(result: PCAResult) -> dict:
         total = float(eigenvalues.sum())
     else:
         eigenvalues = np.sort(result.explained_variance)[::-1]
+    exact = result.spectrum is not None
     if total <= 0:
-        return {"n90": None, "participation_ratio": float("nan"), "participation_ratio_upper": float("nan"),
-                "participation_ratio_exact": result.spectrum is not None}
+        return _dimensionality(None, float("nan"), float("nan"), exact)
     reached = np.flatnonzero(np.cumsum(eigenvalues) / total >= 0.9 - 1e-12)
     n90 = int(reached[0]) + 1 if reached.size else None
     squares = float(eigenvalues @ eigenvalues)
-    if result.spectrum is not None:
-        ratio = total**2 / squares
-        return {"n90": n90, "participation_ratio": ratio, "participation_ratio_upper": ratio,
-                "participation_ratio_exact": True}
+    if exact:
+        return _dimensionality(n90, total**2 / squares, total**2 / squares, exact)
     n, d = result.coords.shape[0], result.components.shape[1]
     remaining = max(total - float(eigenvalues.sum()), 0.0)
     unseen = max(min(n - 1, d) - len(eigenvalues), 1)
-    smallest = float(eigenvalues[-1]) if eigenvalues.size else 0.0
+    lower = total**2 / (squares + remaining * float(eigenvalues[-1]))  # tail packed into copies of l_k
+    upper = total**2 / (squares + remaining**2 / unseen)  # tail spread evenly (Cauchy-Schwarz)
+    return _dimensionality(n90, lower, upper, exact)
+
+
+def _dimensionality(n90, participation_ratio, upper, exact):
     return {
         "n90": n90,
-        "participation_ratio": total**2 / (squares + remaining * smallest) if squares + remaining * smallest > 0 else float("nan"),
-        "participation_ratio_upper": total**2 / (squares + remaining**2 / unseen),
-        "participation_ratio_exact": False,
+        "participation_ratio": float(participation_ratio),
+        "participation_ratio_upper": float(upper),
+        "participation_ratio_exact": exact,
     }

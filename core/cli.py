@@ -1,4 +1,4 @@
-"""The `python -m core` command line: train a built-in model, list runs, show one as JSON.
+"""The `python -m core` command line: train a built-in model, list runs, show one as JSON, diagnose one.
 
 Only `train` imports TensorFlow; the read commands use the numpy-only store reader.
 """
@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 
-from core.store import RunStore, StoreError
+from core.store import RunStore, StoreError, to_json_safe
 
+EXIT_FINDINGS = 1  # `diagnose` found a problem: CI pipelines can gate on training health
 EXIT_USAGE = 2
 
 
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--probe-size", type=int, default=2000)
     train.add_argument("--every", type=int, default=1, help="capture every N epochs")
     train.add_argument("--batch-every", type=int, default=None, help="also capture every N batches")
+    train.add_argument("--grad-every", type=int, default=None, help="also measure per-layer gradient norms every N batches (cheap)")
     train.add_argument("--runs", default="runs", help="run store: a folder or an fsspec URL (default ./runs)")
     train.add_argument("--name", default=None)
     train.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
@@ -63,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--runs", default="runs")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=_show)
+
+    diagnose = commands.add_parser("diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any")
+    diagnose.add_argument("run")
+    diagnose.add_argument("--runs", default="runs")
+    diagnose.add_argument("--json", action="store_true", help="machine-readable output")
+    diagnose.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                          help="override a threshold, e.g. vanishing_ratio=1e-3 (repeatable; see core/DIAGNOSIS.md)")
+    diagnose.set_defaults(handler=_diagnose)
     return parser
 
 
@@ -111,4 +122,24 @@ def _show(args: argparse.Namespace) -> int:
         print(f"final loss {history['loss'][-1]}  " + "  ".join(f"{k} {v[-1]}" for k, v in history.items() if k not in ("epoch", "loss") and v))
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary["created"]))
     print(f"created {created}")
+    problems = summary["diagnosis"]
+    print(f"diagnosis: {len(problems)} finding(s)" + (f" ({', '.join(p['kind'] for p in problems)}); details: python -m core diagnose {run.id}" if problems else ", healthy"))
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from core.diagnosis import Thresholds, diagnose
+
+    thresholds = Thresholds().with_overrides(args.threshold)
+    run = RunStore(args.runs).run(args.run)
+    findings = diagnose(run, thresholds)
+    if args.json:
+        print(json.dumps(to_json_safe({"run": run.id, "healthy": not findings, "thresholds": asdict(thresholds),
+                                       "findings": [asdict(f) for f in findings]}), indent=1))
+    elif not findings:
+        print(f"{run.name} ({run.id}): no problems found in {len(run.epochs())} snapshots.")
+    else:
+        print(f"{run.name} ({run.id}): {len(findings)} problem(s)")
+        for finding in findings:
+            print(f"\n[{finding.kind}] {finding.layer or 'model'}, from epoch {finding.epoch}\n  {finding.message}")
+    return EXIT_FINDINGS if findings else 0

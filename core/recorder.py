@@ -20,6 +20,7 @@ from core.worker import start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
+GRAD_PROBE_SIZE = 256  # probe samples the per-batch gradient norms are measured on: a stable norm, still cheap
 
 
 class Recorder(keras.callbacks.Callback):
@@ -39,6 +40,8 @@ class Recorder(keras.callbacks.Callback):
         every: take a snapshot every this many epochs (the last epoch is always captured).
         name: a display name for the run; the run id is derived from it.
         batch_every: also take a snapshot every this many training batches (None: epochs only).
+        grad_every: also measure each layer's gradient norm every this many training batches, on a fixed
+            subset of at most 256 probe samples (None: off). One small compiled pass, no snapshot; needs labels.
         probe_size: at most this many probe samples, picked stratified by label (default 2,000).
         components: principal components kept per layer (default 10).
         seed: seeds the probe subsample and the randomized parts of the analysis.
@@ -75,6 +78,7 @@ class Recorder(keras.callbacks.Callback):
         name: str | None = None,
         *,
         batch_every: int | None = None,
+        grad_every: int | None = None,
         probe_size: int = 2000,
         components: int = 10,
         seed: int = 0,
@@ -93,6 +97,8 @@ class Recorder(keras.callbacks.Callback):
         _require_int("components", components, minimum=1)
         if batch_every is not None:
             _require_int("batch_every", batch_every, minimum=1)
+        if grad_every is not None:
+            _require_int("grad_every", grad_every, minimum=1)
         if analysis not in ("auto", "process", "thread"):
             raise ValueError(f"analysis must be 'auto', 'process' or 'thread'. Received: analysis={analysis!r}")
         if plane not in ("auto", True, False):
@@ -101,6 +107,7 @@ class Recorder(keras.callbacks.Callback):
         self.analysis = analysis
         self.every = every
         self.batch_every = batch_every
+        self.grad_every = grad_every
         self.components = components
         self.seed = seed
         self.name = name
@@ -129,8 +136,10 @@ class Recorder(keras.callbacks.Callback):
         self._history: dict[str, list] = {"epoch": []}
         self._seq = 0
         self._epoch = 0
-        if batch_every is not None:
+        if batch_every is not None or grad_every is not None:
             self.on_train_batch_end = self._on_train_batch_end
+        self._grad_norm_fn = None
+        self._batch_gradients: list[tuple[int, Any]] = []  # (step, (layers,) norms tensor) measured this epoch
         self._last_captured_epoch = -1
         self._nan_epoch: int | None = None
 
@@ -142,10 +151,12 @@ class Recorder(keras.callbacks.Callback):
         self._capture("epoch", epoch=0)
 
     def _on_train_batch_end(self, batch, logs=None):
-        # Installed as `on_train_batch_end` only when batch captures are asked for: any batch hook makes Keras
-        # give up dispatching callbacks asynchronously, which slows every step of training.
+        # Installed as `on_train_batch_end` only when batch captures or gradient norms are asked for: any batch
+        # hook makes Keras give up dispatching callbacks asynchronously, which slows every step of training.
         step = self._epoch * (self.params.get("steps") or 0) + batch + 1
-        if step % self.batch_every == 0 and self._active:
+        if self._grad_norm_fn is not None and step % self.grad_every == 0 and self._active:
+            self._measure_gradient_norms(step)
+        if self.batch_every and step % self.batch_every == 0 and self._active:
             self._capture("batch", epoch=self._epoch, batch=batch + 1, logs=logs)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -155,6 +166,7 @@ class Recorder(keras.callbacks.Callback):
         if not self._active:
             return
         self._log_epoch(epoch + 1, logs or {})
+        self._send_batch_gradients(epoch + 1)
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs"):
             self._capture("epoch", epoch=epoch + 1, logs=logs)
 
@@ -175,6 +187,10 @@ class Recorder(keras.callbacks.Callback):
         self._layers = layers
         self._capture_fn = _capture_function(model, layers, with_loss=self._y_for_loss is not None, plane=self._plane)
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
+        if self.grad_every and self._y_for_loss is not None:
+            rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
+            self._grad_norm_fn = _gradient_norm_function(model, layers)
+            self._grad_inputs = (tf.constant(self._x[rows]), tf.constant(self._y_for_loss[rows]))
         if not self._prepare_root():
             return
         self._worker = start_worker(self.log_dir, self.analysis)
@@ -221,6 +237,7 @@ class Recorder(keras.callbacks.Callback):
             },
             "every": self.every,
             "batch_every": self.batch_every,
+            "grad_every": self.grad_every if self._grad_norm_fn is not None else None,
             "components": self.components,
             "seed": self.seed,
             "epochs_planned": params.get("epochs"),
@@ -283,6 +300,22 @@ class Recorder(keras.callbacks.Callback):
         steps_per_epoch = (self.params or {}).get("steps") or 0
         return epoch * steps_per_epoch if batch is None else self._epoch * steps_per_epoch + batch
 
+    def _measure_gradient_norms(self, step: int) -> None:
+        try:
+            self._batch_gradients.append((step, self._grad_norm_fn(*self._grad_inputs)))
+        except Exception as error:  # an optional extra: stop measuring, never stop training
+            self._grad_norm_fn = None
+            warnings.warn(f"Strata stopped measuring per-batch gradient norms ({type(error).__name__}: {error}); "
+                          "training and snapshots continue.", RuntimeWarning, stacklevel=2)
+
+    def _send_batch_gradients(self, epoch: int) -> None:
+        if not self._batch_gradients:
+            return
+        steps = np.asarray([step for step, _ in self._batch_gradients], np.int64)
+        norms = np.stack([_to_numpy(value) for _, value in self._batch_gradients])  # (measurements, layers)
+        self._batch_gradients = []
+        self._send("batch_gradients", epoch=epoch, steps=steps, norms=norms)
+
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self._history["epoch"].append(epoch)
         for key, value in logs.items():
@@ -303,6 +336,7 @@ class Recorder(keras.callbacks.Callback):
         """
         if not self._active:
             return
+        self._send_batch_gradients(self._epoch + 1)  # an epoch cut short keeps what it measured
         self._active = False
         self._send("end", status=status, fields=fields)
         self._worker.close()
@@ -352,6 +386,25 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], with_loss
         return result
 
     return capture
+
+
+def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer]):
+    """One tf.function returning a (layers,) vector: the L2 norm of each layer's loss gradient over all its
+    weights (NaN for layers without weights), on a fixed batch. The per-layer loop runs at trace time only."""
+    weights = [list(layer.layer.trainable_weights) for layer in layers]
+    flat = [v for vs in weights for v in vs]
+
+    @tf.function(autograph=False, reduce_retracing=True)  # no tensor-dependent control flow, as in capture
+    def gradient_norms(x, y):
+        with tf.GradientTape() as tape:
+            predictions = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
+        gradients = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients]
+        per_layer = [tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in _regroup(squares, weights)]
+        return tf.stack(per_layer)  # (layers,)
+
+    return gradient_norms
 
 
 def _regroup(flat: list, groups: list[list]) -> list[list]:

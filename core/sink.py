@@ -68,6 +68,9 @@ class RunSink:
         self.writer.write_snapshot(seq, meta, arrays)
         self.writer.update_meta(snapshots=seq + 1)
 
+    def _on_batch_gradients(self, epoch: int, steps: np.ndarray, norms: np.ndarray) -> None:
+        self.writer.write_batch_gradients(epoch, steps, norms)
+
     def _on_epoch(self, epoch: int, history: dict, nan_epoch: int | None) -> None:
         self.writer.write_history(history)
         self.writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)

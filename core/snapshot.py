@@ -15,8 +15,8 @@ from core import analysis
 
 TOP_SAMPLES = 8  # probe samples kept per unit, most and least activating
 MAX_UNITS_RANKED = 256  # wider layers keep top samples for their first 256 units only
-CKA_SKETCH_POINTS = 256
-SEPARATION_POINTS = 500  # silhouette is O(n^2): a fixed subsample keeps it a few milliseconds per layer  # probe points kept per layer to compare a layer with its own final state (CKA)
+CKA_SKETCH_POINTS = 256  # probe points kept per layer to compare a layer with its own final state (CKA)
+SEPARATION_POINTS = 500  # silhouette is O(n^2): a fixed subsample keeps it a few milliseconds per layer
 
 
 @dataclass

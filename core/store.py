@@ -6,6 +6,7 @@ Layout of one run, under a root that is a local folder or any fsspec URL::
     <root>/<run_id>/probe.npz             the probe set: labels, sample indices, inputs when small enough
     <root>/<run_id>/history.json          Keras logs per epoch (rewritten atomically)
     <root>/<run_id>/snapshots/s000000.npz one immutable file per snapshot
+    <root>/<run_id>/batch_gradients/e000001.npz  per-batch gradient norms of one epoch (optional, immutable)
 
 Every write goes to a temporary name first and is then renamed into place (with fsync on local disks), so a
 reader never sees a partial file and a killed writer loses at most the file in progress. Snapshot files hold
@@ -34,6 +35,8 @@ FORMAT_VERSION = 1
 STATUSES = ("running", "finished", "failed", "interrupted")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SNAPSHOT_NAME = re.compile(r"^s(\d{6})\.npz$")
+BATCH_GRADIENTS_DIR = "batch_gradients"
+BATCH_GRADIENTS_NAME = re.compile(r"^e(\d{6})\.npz$")
 META_KEY = "__meta__"
 TEMP_PREFIX = ".tmp-"
 
@@ -214,6 +217,10 @@ def snapshot_name(seq: int) -> str:
     return f"s{seq:06d}.npz"
 
 
+def batch_gradients_name(epoch: int) -> str:
+    return f"e{epoch:06d}.npz"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Writing
 
@@ -264,6 +271,13 @@ class RunWriter:
         header = {"format_version": FORMAT_VERSION, "seq": seq, **meta}
         path = self.files.join(self.run_id, "snapshots", snapshot_name(seq))
         self.files.write_atomic(path, npz_bytes(arrays, header))
+
+    def write_batch_gradients(self, epoch: int, steps: np.ndarray, norms: np.ndarray) -> None:
+        """The per-batch gradient norms measured during `epoch` (1-based): steps (m,), norms (m, layers)."""
+        directory = self.files.join(self.run_id, BATCH_GRADIENTS_DIR)
+        self.files.makedirs(directory)
+        arrays = {"steps": np.asarray(steps, np.int64), "norms": np.asarray(norms, np.float32)}
+        self.files.write_atomic(self.files.join(self.run_id, BATCH_GRADIENTS_DIR, batch_gradients_name(epoch)), npz_bytes(arrays))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,6 +346,7 @@ class Run:
         self.files = files
         self.id = checked_run_id(run_id)
         self._snapshots: dict[int, Snapshot] = {}
+        self._batch_gradients: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._meta: dict | None = None
         self.meta  # fail early with RunNotFound
 
@@ -436,6 +451,27 @@ class Run:
             return {"epoch": []}
         except (ValueError, OSError):
             return {"epoch": []}
+
+    def batch_gradient_norms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps (m,) int, norms (m, layers) float): each layer's gradient norm every `grad_every` batches.
+
+        The norm is over all of a layer's trainable weights, on a fixed subset of the probe; NaN for layers
+        without weights. Empty arrays when the run was recorded without `grad_every`.
+        """
+        directory = self.files.join(self.id, BATCH_GRADIENTS_DIR)
+        for name in self.files.listdir(directory):
+            if not BATCH_GRADIENTS_NAME.match(name) or name in self._batch_gradients:
+                continue
+            try:
+                data = self.files.read_bytes(self.files.join(self.id, BATCH_GRADIENTS_DIR, name))
+                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                    self._batch_gradients[name] = (npz["steps"], npz["norms"])
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+                continue  # being written: read next time
+        parts = [self._batch_gradients[name] for name in sorted(self._batch_gradients)]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, len(self.layers)), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def layer_series(self, *path: str, snapshots: list[Snapshot] | None = None) -> np.ndarray:
         """(snapshots, layers) float array of one scalar from each layer record, NaN where missing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.diagnosis import diagnose
 from core.store import Run, to_json_safe
 
 
@@ -43,6 +44,7 @@ def run_summary(run: Run) -> dict:
         "metrics": run.history(),
         "per_layer": per_layer,
         "probe_accuracy": _probe_accuracy(run, snapshots, layer_names),
+        "diagnosis": [finding.brief() for finding in diagnose(run)],
         "cka": {"layers": layer_names, "epoch": epochs[-1] if epochs else None, "matrix": snapshots[-1].meta.get("cka") if snapshots else None},
     }
     return to_json_safe(summary)

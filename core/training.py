@@ -34,6 +34,7 @@ class TrainingSpec:
     probe_size: int = 2000
     every: int = 1
     batch_every: int | None = None
+    grad_every: int | None = None  # per-batch gradient norms every N batches (cheap; None: off)
     runs: str = "runs"
     name: str | None = None
     run_id: str | None = None
@@ -58,6 +59,8 @@ class TrainingSpec:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}]. Received: {value!r}")
         if self.batch_every is not None and self.batch_every < 1:
             raise ValueError(f"--batch-every must be >= 1. Received: {self.batch_every!r}")
+        if self.grad_every is not None and self.grad_every < 1:
+            raise ValueError(f"--grad-every must be >= 1. Received: {self.grad_every!r}")
         self.model_config().validate()
         return self
 
@@ -80,6 +83,7 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         every=spec.every,
         name=spec.name or f"{data.name} {'-'.join(map(str, spec.hidden))} {spec.activation}",
         batch_every=spec.batch_every,
+        grad_every=spec.grad_every,
         probe_size=spec.probe_size,
         seed=spec.seed,
         image_shape=data.image_shape,

@@ -1,0 +1,62 @@
+"""Real runs for the diagnosis and the Gradients page, trained once per test session in one subprocess.
+
+Healthy and pathological, few epochs each and a 300-sample probe, so the whole set trains in well under a minute.
+The runs go to a folder under pytest's session temp dir, so every test module that imports `gradient_runs` shares
+one training (pytest would otherwise build a session fixture once per importing module).
+
+    vanishing   digits, 6 x 64 sigmoid, SGD lr 0.01          (Glorot & Bengio 2010: the classic vanishing case)
+    relu_he     the same with ReLU + He initialization, and per-batch gradient norms every 5 batches
+    iris        iris, 32-32-32 ReLU, Adam                    (healthy)
+    exploding   digits, 64-64-64 linear, SGD lr 1            (diverges to NaN in the first epoch)
+    dead        digits, 64-64-64 ReLU, Adam lr 0.1           (most units die in the first epoch)
+    saturated   digits, 64-64-64 sigmoid, SGD lr 20          (units pinned at 0 or 1; loss rises)
+    slow        digits, 32-32 ReLU, SGD lr 1e-6              (the weights barely move)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPECS = {
+    "vanishing": dict(dataset="digits", hidden=(64,) * 6, activation="sigmoid", optimizer="sgd", lr=0.01, epochs=3),
+    "relu_he": dict(dataset="digits", hidden=(64,) * 6, activation="relu", init="he_normal", optimizer="sgd", lr=0.01,
+                    epochs=3, grad_every=5),
+    "iris": dict(dataset="iris", hidden=(32, 32, 32), activation="relu", optimizer="adam", lr=1e-3, epochs=8),
+    "exploding": dict(dataset="digits", hidden=(64, 64, 64), activation="linear", optimizer="sgd", lr=1.0, epochs=2),
+    "dead": dict(dataset="digits", hidden=(64, 64, 64), activation="relu", optimizer="adam", lr=0.1, epochs=4),
+    "saturated": dict(dataset="digits", hidden=(64, 64, 64), activation="sigmoid", optimizer="sgd", lr=20.0, epochs=3),
+    "slow": dict(dataset="digits", hidden=(32, 32), activation="relu", optimizer="sgd", lr=1e-6, epochs=3),
+}
+
+_TRAIN = """
+import json, sys
+from core.training import TrainingSpec, train
+root, specs = sys.argv[1], json.loads(sys.argv[2])
+ids = {name: train(TrainingSpec(**{**spec, "hidden": tuple(spec["hidden"])}, probe_size=300, runs=root, run_id=name, name=name))
+       for name, spec in specs.items()}
+print(json.dumps(ids))
+"""
+
+
+@pytest.fixture(scope="session")
+def gradient_runs(tmp_path_factory) -> str:
+    """The root of a store holding every run of SPECS, under its SPECS name as run id."""
+    root = tmp_path_factory.getbasetemp() / "gradient-runs"
+    done = root / "ids.json"
+    if not done.exists():
+        root.mkdir(exist_ok=True)
+        result = subprocess.run(
+            [sys.executable, "-c", _TRAIN, str(root), json.dumps(SPECS)], cwd=REPO, capture_output=True, text=True,
+            timeout=400, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        assert result.returncode == 0, f"training the gradient runs failed:\n{result.stderr[-3000:]}"
+        done.write_text(result.stdout.strip().splitlines()[-1])
+    return str(root)

@@ -1,0 +1,67 @@
+"""`Recorder(grad_every=N)`: per-batch gradient norms, checked against tf.GradientTape, and how the store keeps them."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from core import Recorder  # noqa: E402
+from core.store import RunStore, RunWriter  # noqa: E402
+
+
+def toy(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"), keras.layers.Dropout(0.2),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model, x, y
+
+
+def test_norms_every_n_batches_match_gradient_tape(tmp_path):
+    model, x, y = toy()
+    recorder = Recorder(str(tmp_path), probe=(x, y), grad_every=2, analysis="thread")
+    model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)  # 4 batches per epoch
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    steps, norms = run.batch_gradient_norms()
+    assert run.meta["grad_every"] == 2
+    assert steps.tolist() == [2, 4, 6, 8, 10, 12] and norms.shape == (6, 2)
+    with tf.GradientTape() as tape:  # the last measurement saw the final weights
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+    gradients = tape.gradient(loss, model.trainable_weights)  # hidden kernel, bias, out kernel, bias
+    expected = [np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:])]
+    assert np.allclose(norms[-1], expected, rtol=1e-4)
+    assert len(run.epoch_snapshots()) == 4  # measuring norms takes no snapshots
+
+
+def test_grad_every_is_validated_and_off_by_default(tmp_path):
+    _, x, y = toy()
+    with pytest.raises(ValueError, match="grad_every=0"):
+        Recorder(str(tmp_path), probe=(x, y), grad_every=0)
+    plain = Recorder(str(tmp_path), probe=(x, y))
+    assert "on_train_batch_end" not in vars(plain)  # no batch hook: Keras keeps dispatching callbacks asynchronously
+
+
+def test_without_labels_nothing_is_measured(tmp_path):
+    model, x, y = toy()
+    recorder = Recorder(str(tmp_path), probe=x, grad_every=1, analysis="thread")
+    model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.meta["grad_every"] is None and run.batch_gradient_norms()[0].size == 0
+
+
+def test_reader_skips_a_half_written_epoch_file(tmp_path):
+    writer = RunWriter(str(tmp_path), "r", {"layers": [{"name": "a"}, {"name": "b"}]})
+    writer.write_batch_gradients(1, np.array([1, 2]), np.ones((2, 2)))
+    (tmp_path / "r" / "batch_gradients" / "e000002.npz").write_bytes(b"PK\x03\x04 not finished")
+    run = RunStore(str(tmp_path)).run("r")
+    steps, norms = run.batch_gradient_norms()
+    assert steps.tolist() == [1, 2] and norms.dtype == np.float32
+    writer.write_batch_gradients(2, np.array([3]), np.zeros((1, 2)))  # finished later: read on the next call
+    assert run.batch_gradient_norms()[0].tolist() == [1, 2, 3]
