@@ -172,7 +172,7 @@ class SnapshotBuilder:
         return record
 
     def _unit_rankings(self, prefix: str, output: np.ndarray) -> dict:
-        units = _unit_matrix(output)[:, :MAX_UNITS_RANKED].T  # (units, n)
+        units = np.ascontiguousarray(_unit_matrix(output)[:, :MAX_UNITS_RANKED].T)  # (units, n), rows contiguous
         return {
             prefix + "unit_top": _extreme_rows(-units, TOP_SAMPLES),  # (units, count) most active first
             prefix + "unit_bottom": _extreme_rows(units, TOP_SAMPLES),
