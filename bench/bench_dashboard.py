@@ -1,0 +1,211 @@
+"""How fast the dashboard views a run: rerun time, time to first chart in a browser, memory, and no TensorFlow.
+
+Workload (issue 3): a synthetic but format-valid run of 8 layers x 50 snapshots x 2,000 probe points, written
+with `core.store.RunWriter` (no TensorFlow involved), plus a 100,000-point run for the large-probe check.
+
+    python bench/bench_dashboard.py [--reruns 15] [--skip-browser]
+
+Measures:
+  * the Embeddings page script per rerun after a widget change (AppTest; median over layer, epoch and colour
+    changes) - goal <= 200 ms;
+  * time from opening a share link in headless Chromium to the first chart on screen - goal <= 3 s;
+  * the server process's RSS after serving the page (psutil) - goal < 300 MB - and whether it loaded TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dashboard.synthetic import synthetic_run  # noqa: E402
+
+APP = str(REPO / "dashboard" / "app.py")
+CHROMIUM = "/usr/bin/chromium"
+WARM_OPENS = 3
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _app_test(root: str, run_id: str):
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.testing.v1 import AppTest
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):  # as a server does after its first run; see tests/conftest.py
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    PagesManager.__init__ = init
+    os.environ["STRATA_RUNS"] = root
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["run"] = run_id
+    return at
+
+
+def rerun_times(root: str, run_id: str, reruns: int) -> tuple[float, list[float]]:
+    """(first run, rerun times) of the Embeddings page, cycling through layer, epoch and colour changes."""
+    at = _app_test(root, run_id)
+    start = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - start
+    assert not at.exception, at.exception
+    layers = at.sidebar.selectbox(key="layer").options
+    epochs = at.sidebar.select_slider(key="epoch").options
+    changes = [
+        lambda i: at.sidebar.selectbox(key="layer").set_value(layers[i % len(layers)]),
+        lambda i: at.sidebar.select_slider(key="epoch").set_value(epochs[(7 * i) % len(epochs)]),
+        lambda i: at.sidebar.selectbox(key="color").set_value(["pred", "label", "confidence"][i % 3]),
+    ]
+    times = []
+    for i in range(reruns):
+        changes[i % len(changes)](i)
+        start = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - start)
+        assert not at.exception, at.exception
+    return first, times
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BASELINE_APP = """
+import plotly.graph_objects as go
+import streamlit as st
+st.title("baseline")
+st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2])))
+"""
+
+
+def start_server(script: str, root: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO, env={**os.environ, "STRATA_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{base}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server, base
+
+
+def baseline_first_chart(root: str) -> float:
+    """Median time to first chart of a one-chart Streamlit page: what this machine's browser costs by itself."""
+    from playwright.sync_api import sync_playwright
+
+    script = os.path.join(root, "baseline_app.py")
+    Path(script).write_text(BASELINE_APP)
+    server, base = start_server(script, root)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            timings = []
+            for _ in range(1 + WARM_OPENS):
+                page = browser.new_page()
+                start = time.perf_counter()
+                page.goto(base)
+                page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
+                timings.append(time.perf_counter() - start)
+                page.close()
+            browser.close()
+        return statistics.median(timings[1:])
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def browser_numbers(root: str, run_id: str) -> dict:
+    """Time to first chart (cold server, then warm), all four charts, RSS and TensorFlow in the server."""
+    import psutil
+    from playwright.sync_api import sync_playwright
+
+    server, base = start_server(APP, root)
+    try:
+        results = {}
+        link = f"{base}/?run={run_id}&layer=dense_3&epoch=25"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            timings = []
+            for _ in range(1 + WARM_OPENS):  # the first open after the server starts is the cold one
+                page = browser.new_page(viewport={"width": 1400, "height": 1600})
+                start = time.perf_counter()
+                page.goto(link)
+                page.locator(".js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
+                first = time.perf_counter() - start
+                page.locator(".js-plotly-plot").nth(3).wait_for(state="visible", timeout=60_000)
+                timings.append((first, time.perf_counter() - start))
+                page.close()
+            browser.close()
+        results["first chart (cold server)"] = timings[0][0]
+        results[f"first chart (warm, median of {WARM_OPENS})"] = statistics.median(t[0] for t in timings[1:])
+        results[f"all 4 charts (warm, median of {WARM_OPENS})"] = statistics.median(t[1] for t in timings[1:])
+        process = psutil.Process(server.pid)
+        results["server RSS MB"] = process.memory_info().rss / 2**20
+        maps = {m.path for m in process.memory_maps()}
+        results["tensorflow loaded"] = any("tensorflow" in path for path in maps)
+        return results
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reruns", type=int, default=15)
+    parser.add_argument("--skip-browser", action="store_true")
+    args = parser.parse_args()
+    root = tempfile.mkdtemp(prefix="strata-bench-")
+    t = time.perf_counter()
+    synthetic_run(root, "bench-8x50x2000", layers=8, snapshots=50, points=2000)
+    synthetic_run(root, "bench-100k", layers=4, snapshots=10, points=100_000)
+    print(f"wrote the synthetic runs in {time.perf_counter() - t:.1f} s under {root}")
+
+    rows = []
+    first, times = rerun_times(root, "bench-8x50x2000", args.reruns)
+    rows += [("8x50x2000", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
+             ("8x50x2000", f"AppTest rerun after a widget change, median of {len(times)}",
+              f"{statistics.median(times) * 1000:.0f} ms", "<= 200 ms"),
+             ("8x50x2000", "AppTest rerun, slowest", f"{max(times) * 1000:.0f} ms", "")]
+    first, times = rerun_times(root, "bench-100k", max(3, args.reruns // 3))
+    rows += [("100k points", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
+             ("100k points", "AppTest rerun, median", f"{statistics.median(times) * 1000:.0f} ms", "usable")]
+    if not args.skip_browser and os.path.exists(CHROMIUM):
+        rows.append(("baseline", f"browser: first chart of a 1-chart page (warm, median of {WARM_OPENS})",
+                     f"{baseline_first_chart(root):.2f} s", "reference"))
+        for run_id, label in (("bench-8x50x2000", "8x50x2000"), ("bench-100k", "100k points")):
+            numbers = browser_numbers(root, run_id)
+            for name, value in numbers.items():
+                goal = ("<= 3 s" if name.startswith("first chart") else {"server RSS MB": "< 300 MB",
+                        "tensorflow loaded": "False"}.get(name, "")) if label == "8x50x2000" else ""
+                shown = f"{value:.2f} s" if isinstance(value, float) and "MB" not in name else (
+                    f"{value:.0f} MB" if "MB" in name else str(value))
+                rows.append((label, f"browser: {name}", shown, goal))
+    rows.append(("machine", "load average (1, 5, 15 min) at the end", " ".join(f"{v:.1f}" for v in os.getloadavg()),
+                 f"{os.cpu_count()} CPUs"))
+    width = max(len(r[1]) for r in rows)
+    print(f"\n{'workload':<12} {'measure':<{width}} {'result':>10}  goal")
+    for workload, name, value, goal in rows:
+        print(f"{workload:<12} {name:<{width}} {value:>10}  {goal}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Strata's dashboard: `streamlit run dashboard/app.py` (reads STRATA_RUNS, default ./runs)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/, not the repo, on the path
+
+import importlib  # noqa: E402
+
+import streamlit as st  # noqa: E402
+
+from core.store import StoreError  # noqa: E402
+from dashboard import context, sidebar  # noqa: E402
+from dashboard.pages import embeddings, runs  # noqa: E402
+
+
+def page_render(module: str):
+    """`render` of a page module; a page that is not built yet shows a placeholder instead of breaking the app."""
+    try:
+        return importlib.import_module(module).render
+    except ModuleNotFoundError as error:
+        if error.name != module:
+            raise
+        return lambda: st.info(f"This page (`{module}`) is not available in this version of Strata.")
+
+
+st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
+
+pages = [
+    st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", default=True),
+    st.Page(page_render("dashboard.pages.gradients"), title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
+    st.Page(page_render("dashboard.pages.layers"), title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
+]
+page = st.navigation(pages)
+try:
+    context.prepare()
+    sidebar.render(embeddings_page=page.url_path == "")
+except (StoreError, OSError, ValueError, ImportError) as error:  # a bad store (unreachable URL, no permission) must read as a message
+    st.error(f"Cannot read the run store `{context.runs_root()}`: {type(error).__name__}: {error}")
+    st.stop()
+if context.notices():
+    lines = "\n".join(f"- {notice}" for notice in context.notices())
+    st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
+page.run()
+context.finish()

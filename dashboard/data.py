@@ -1,0 +1,97 @@
+"""Reads what the Embeddings views need out of a run (numpy-only, through `core.store`; no Streamlit).
+
+The dashboard only reads projections the recorder already made; it never fits a PCA itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.store import Run, Snapshot
+from dashboard.views.embeddings import Frame, Panel, coloring, frame_subset
+
+
+def snapshot_at(run: Run, epoch: int | None) -> Snapshot | None:
+    """The end-of-epoch snapshot of `epoch` (None: the latest); None while the run has none."""
+    snapshots = run.epoch_snapshots()
+    if not snapshots:
+        return None
+    if epoch is None:
+        return snapshots[-1]
+    return min(snapshots, key=lambda s: (abs(s.epoch - epoch), s.epoch))
+
+
+def labels(run: Run) -> np.ndarray | None:
+    try:
+        return run.probe().y
+    except Exception:  # a probe still being written reads as "no labels yet"
+        return None
+
+
+def class_names(run: Run) -> list[str]:
+    return list(run.meta.get("dataset", {}).get("class_names") or [])
+
+
+def layer_variance(snapshot: Snapshot, index: int) -> np.ndarray | None:
+    ratios = snapshot.layer(index).get("pca", {}).get("explained_variance_ratio")
+    return None if ratios is None else np.asarray([np.nan if r is None else r for r in ratios], dtype=np.float64)
+
+
+def input_panel(run: Run) -> Panel | None:
+    """The raw input's PCA (fixed through training): the strip's first panel."""
+    try:
+        probe_file = run.files.read_bytes(run.files.join(run.id, "probe.npz"))
+    except (FileNotFoundError, OSError):
+        return None
+    import io
+
+    with np.load(io.BytesIO(probe_file), allow_pickle=False) as npz:
+        if "input/pca" not in npz.files:
+            return None
+        coords = npz["input/pca"]
+    ratios = run.meta.get("input", {}).get("explained_variance_ratio")
+    return Panel("input", coords, None if ratios is None else np.asarray(ratios, dtype=np.float64))
+
+
+def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
+    """Input first, then every recorded layer at `snapshot`."""
+    panels = [p for p in [input_panel(run)] if p is not None]
+    for index, layer in enumerate(run.layers):
+        coords = snapshot.array(f"L{index}/pca")
+        if coords is not None:
+            panels.append(Panel(layer.get("name", f"layer {index}"), coords, layer_variance(snapshot, index)))
+    return panels
+
+
+def focus_frames(run: Run, layer: int, color_mode: str, chosen_epoch: int | None) -> tuple[list[Frame], int]:
+    """The animation frames of one layer (at most `MAX_FRAMES` epochs) and the position of `chosen_epoch`."""
+    snapshots = run.epoch_snapshots()
+    epochs = [int(s.epoch) for s in snapshots]
+    chosen = epochs[-1] if chosen_epoch is None and epochs else chosen_epoch
+    truth, names = labels(run), class_names(run)
+    frames = []
+    for position in frame_subset(epochs, chosen):
+        snapshot = snapshots[position]
+        coords = snapshot.array(f"L{layer}/pca")
+        if coords is None:
+            continue
+        color = coloring(color_mode, truth, snapshot.array("pred/probs"), names)
+        frames.append(Frame(int(snapshot.epoch), coords, layer_variance(snapshot, layer), color))
+    start = next((i for i, f in enumerate(frames) if f.epoch == chosen), len(frames) - 1)
+    return frames, max(start, 0)
+
+
+def scree_inputs(run: Run, snapshot: Snapshot) -> tuple[list[str], list, list]:
+    """(names, explained variance ratios, components for 90%) for the input and every layer."""
+    names, variances, n90 = [], [], []
+    base = run.meta.get("input", {}).get("explained_variance_ratio")
+    if base is not None:
+        names.append("input")
+        variances.append(base)
+        n90.append(None)
+    for index, layer in enumerate(run.layers):
+        record = snapshot.layer(index)
+        names.append(layer.get("name", f"layer {index}"))
+        variances.append(record.get("pca", {}).get("explained_variance_ratio"))
+        n90.append(record.get("dimensionality", {}).get("n90"))
+    return names, variances, n90

@@ -1,0 +1,152 @@
+"""Embeddings page: how each layer's representation of the probe set changes with depth and with training."""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # Streamlit's legacy `pages/` discovery ran this file as a script: run the app instead
+    import runpy, pathlib; runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"))  # noqa: E401, E702
+
+import streamlit as st
+
+from core.store import StoreError
+from dashboard import context, data, sidebar
+from dashboard.jobs import DEMO
+from dashboard.views import embeddings as views
+
+CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
+
+
+def render() -> None:
+    st.title("Embeddings")
+    run = context.current_run()
+    if run is None:
+        first_contact()
+        return
+    live = context.is_live(run)
+
+    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
+    def charts() -> None:
+        try:
+            if live:
+                run.refresh()
+            show(run, context.view_state(), live)
+        except StoreError as error:
+            st.error(f"Run `{run.id}` cannot be read: {error}")
+
+    charts()
+
+
+def first_contact() -> None:
+    st.markdown(
+        "Strata shows **what the hidden layers of a network learn**: every layer's outputs on a fixed probe set, "
+        "projected onto their principal components, epoch by epoch. There are no runs in "
+        f"`{context.runs_root()}` yet."
+    )
+    if context.jobs().limits.viewer_mode:
+        st.info("Record a run with `python -m core train --dataset spiral` (or `core.Recorder` in your own `fit`).")
+        return
+    st.markdown(f"Train a small demo: a {DEMO.hidden.replace(',', '-')} ReLU network on the two-arm spiral, "
+                f"{DEMO.epochs} epochs, about half a minute. The charts fill in while it trains.")
+    if st.button("Train a demo run", type="primary", key="demo", icon=":material/play_arrow:"):
+        sidebar.start_training(DEMO)
+
+
+def show(run, view, live: bool) -> None:
+    snapshot = data.snapshot_at(run, view.epoch)
+    if snapshot is None:
+        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon=":material/hourglass_top:")
+        return
+    epoch = int(snapshot.epoch)
+    count = len(run.epoch_snapshots())
+    if live:
+        st.caption(f":green[:material/pending:] Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+    key = (run.id, count, view.color, view.size, view.opacity, view.sel)
+
+    st.subheader(f"Every layer at epoch {epoch}")
+    st.plotly_chart(views.SpecFigure(strip(*key, epoch, (view.pcx, view.pcy))), key="strip", on_select=_selected("strip"),
+                    selection_mode=("points", "box", "lasso"), config=CHART_CONFIG)
+    st.caption("Read left to right, input to output: classes that overlap in early layers come apart in later ones. "
+               "Axis titles give each component's share of that layer's variance. Drag a box or lasso to select samples.")
+
+    layer = context.layer_index()
+    focus_col, samples_col = st.columns([3, 2], gap="medium")
+    with focus_col:
+        st.subheader(f"Focus: {run.layers[layer]['name'] if run.layers else 'layer'} over training")
+        three = view.dims == "3d"
+        pcs = (view.pcx, view.pcy, view.pcz)
+        st.plotly_chart(views.SpecFigure(focus(*key, layer, epoch, view.dims, pcs)), key="focus", config=CHART_CONFIG,
+                        on_select="ignore" if three else _selected("focus"), selection_mode=("points", "box", "lasso"))
+        st.caption("Press ▶ to replay training in the browser. Components are aligned from epoch to epoch, so what "
+                   "moves is the representation, not the PCA flipping axes.")
+    with samples_col:
+        selected_samples(run, snapshot, view.sel)
+
+    scree_col, curves_col = st.columns(2, gap="medium")
+    with scree_col:
+        st.subheader("Explained variance")
+        st.plotly_chart(views.SpecFigure(scree(run.id, count, epoch)), key="scree", config=CHART_CONFIG)
+        st.caption("How many directions each layer uses: the bars count components for 90% of the variance. "
+                   "Layers that compress need few; the output needs about one per class.")
+    with curves_col:
+        st.subheader("Training curves")
+        st.plotly_chart(views.SpecFigure(views.curves_figure(run.history(), epoch)), key="curves", config=CHART_CONFIG)
+        st.caption("Train solid, validation dashed. A growing gap between them is overfitting; the dotted line is "
+                   "the epoch on view.")
+
+
+def selected_samples(run, snapshot, rows) -> None:
+    st.subheader("Selected samples")
+    if not rows:
+        st.caption("Select points in the strip or the focus view (box, lasso or click): they are outlined in every "
+                   "layer, listed here, and kept in the link.")
+        return
+    probe = run.probe()
+    dataset = run.meta.get("dataset", {})
+    probs = snapshot.array("pred/probs")
+    table = views.sample_table(rows, probe.y, probs, dataset.get("class_names"),
+                               features=None if dataset.get("image_shape") else probe.x,
+                               feature_names=dataset.get("feature_names"))
+    correct = sum(1 for row in table if row.get("correct"))
+    st.caption(f"{len(rows)} selected · {correct} of {len(table)} shown predicted correctly at epoch {int(snapshot.epoch)}")
+    if dataset.get("image_shape") and probe.x is not None:
+        images = views.thumbnails(probe.x, rows, dataset["image_shape"])
+        captions = [f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else str(r.get("prediction", "")) for r in table[: len(images)]]
+        st.image(images, caption=captions, width=70, clamp=True)
+    st.dataframe(table, hide_index=True, height=min(320, 38 + 35 * len(table)))
+    st.button("Clear selection", key="clear_selection", on_click=context.set_selection, args=((),))
+
+
+def _selected(chart: str):
+    def on_select() -> None:
+        context.set_selection(views.selection_rows(st.session_state.get(chart)))
+
+    return on_select
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cached figures. Keys include the number of snapshots, so a growing run rebuilds and a finished one never does.
+# cache_resource keeps the specs themselves (no pickling per rerun); nothing mutates them after they are built.
+
+
+def _run(run_id: str):
+    return context.store().run(run_id)
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def strip(run_id, count, color, size, opacity, sel, epoch, pcs):
+    run = _run(run_id)
+    snapshot = data.snapshot_at(run, epoch)
+    coloring = views.coloring(color, data.labels(run), snapshot.array("pred/probs"), data.class_names(run))
+    return views.strip_figure(data.strip_panels(run, snapshot), coloring, pcs, sel, size, opacity)
+
+
+@st.cache_resource(max_entries=12, show_spinner=False)
+def focus(run_id, count, color, size, opacity, sel, layer, epoch, dims, pcs):
+    run = _run(run_id)
+    frames, start = data.focus_frames(run, layer, color, epoch)
+    return views.focus_figure(frames, start, dims, pcs, sel, size, opacity)
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def scree(run_id, count, epoch):
+    run = _run(run_id)
+    return views.scree_figure(*data.scree_inputs(run, data.snapshot_at(run, epoch)))

@@ -1,0 +1,217 @@
+"""Gradients & activations page: is every layer learning? Gradient flow, update sizes, activations and a diagnosis."""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # Streamlit's legacy `pages/` discovery ran this file as a script: run the app instead
+    import runpy, pathlib; runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"))  # noqa: E401, E702
+
+
+import streamlit as st
+
+from core.diagnosis import diagnose
+from core.store import StoreError
+from dashboard import context
+from dashboard.data import snapshot_at
+from dashboard.views import gradients as views
+
+CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
+ROLES = ("kernel", "bias")
+
+
+def render() -> None:
+    st.title("Gradients & activations")
+    st.markdown(
+        "Hidden layers learn only from the error signal that backpropagation carries down to them. In a deep stack "
+        "it can **vanish** or **explode** on the way, and units can **die** or **saturate**. This page shows where "
+        "the signal goes, how far each layer's weights move, and names what looks wrong."
+    )
+    run = context.current_run()
+    if run is None:
+        st.info(f"No run to show: there are no runs in `{context.runs_root()}` yet. Train one from the sidebar or with "
+                "`python -m core train`.")
+        return
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    with left:
+        role = st.segmented_control("Weights", ROLES, default="kernel", required=True, key="grad_role", bind="query-params",
+                                    help="Gradient of the layer's kernel (weight matrix) or of its bias.")
+    with right:
+        others = context.compare_runs("Overlay other runs")
+    live = context.is_live(run)
+
+    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
+    def charts() -> None:
+        try:
+            if live:
+                run.refresh()
+            show(run, [o for o in others if o.id != run.id], role or "kernel", live)
+        except StoreError as error:
+            st.error(f"Run `{run.id}` cannot be read: {error}")
+
+    charts()
+
+
+def show(run, others, role: str, live: bool) -> None:
+    view = context.view_state()
+    snapshot = snapshot_at(run, view.epoch)
+    if snapshot is None:
+        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon=":material/hourglass_empty:")
+        return
+    epoch, layer = int(snapshot.epoch), context.layer_index()
+    keys = tuple((r.id, len(r.epoch_snapshots())) for r in [run, *others])
+    if live:
+        st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+    diagnosis(run, others, keys)
+    has_gradients = bool(run.meta.get("probe", {}).get("has_labels", True))
+    if not has_gradients:
+        st.info("This run was recorded without labels, so it has no gradients: only the activation charts below apply.")
+
+    st.subheader("Gradient flow")
+    lines, heat = st.columns(2, gap="medium")
+    with lines:
+        st.plotly_chart(flow(keys, role, epoch), key="grad_flow", config=CHART_CONFIG)
+        st.caption(f"‖∇ {role}‖ of each layer on the probe set, log scale; dark lines are near the input. Lines that sit "
+                   "orders of magnitude apart mean the early layers get almost no gradient.")
+    with heat:
+        st.plotly_chart(heatmap(keys[0], role, epoch), key="grad_heatmap", config=CHART_CONFIG)
+        st.caption("The selected run's norms as colour, layer by epoch (log scale). Dark rows at the top over bright "
+                   "rows at the bottom: the gradient fades on its way back to the input.")
+
+    signal_col, update_col = st.columns(2, gap="medium")
+    with signal_col:
+        st.subheader("Error signal per layer")
+        st.plotly_chart(error_signal(keys, epoch), key="error_signal", config=CHART_CONFIG)
+        st.caption("‖∂loss/∂output‖: how much error each hidden layer receives from above. It should stay within an "
+                   "order of magnitude from layer to layer.")
+    with update_col:
+        st.subheader("Update-to-weight ratio")
+        st.plotly_chart(updates(keys, epoch), key="update_ratio", config=CHART_CONFIG)
+        st.caption("‖Δw‖/‖w‖ per epoch. The green band (1e-5 to 1e-1, centred on the customary 1e-3) is healthy; above "
+                   "it while the loss rises means the learning rate is too high, below it the weights barely move.")
+
+    name = run.layers[layer]["name"] if run.layers else "layer"
+    st.subheader(f"Histograms over time: `{name}`")
+    grad_col, act_col = st.columns(2, gap="medium")
+    with grad_col:
+        st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
+        st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting down "
+                   "toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
+    with act_col:
+        st.plotly_chart(histograms(keys[0], layer, "activation", role, epoch), key="act_hist", config=CHART_CONFIG)
+        st.caption("Share of activation values per bin at each epoch. Mass piling up at a bound (0 and 1 for sigmoid, "
+                   "±1 for tanh) is saturation; a single bar at 0 for ReLU is dead units.")
+
+    st.subheader("Activation percentiles per layer")
+    st.plotly_chart(percentiles(keys, epoch), key="percentiles", config=CHART_CONFIG)
+    st.caption("As in Glorot & Bengio (2010), figure 2: per hidden layer, the median (line), 25–75% (band) and 2% and "
+               "98% (dotted) of its activations on the probe set. Bands collapsing onto a bound mean saturated units.")
+
+    fraction_col, strip_col = st.columns([3, 2], gap="medium")
+    with fraction_col:
+        st.subheader("Dead and saturated units")
+        st.plotly_chart(unit_fractions(keys, epoch), key="unit_fractions", config=CHART_CONFIG)
+        st.caption("Share of each hidden layer's units that are dead (zero on every probe sample) or saturated (at a "
+                   "bound on 95% of them). Either way they pass no gradient.")
+    with strip_col:
+        st.subheader("Which units")
+        st.plotly_chart(unit_strip(keys[0], epoch), key="unit_strip", config=CHART_CONFIG)
+        st.caption(f"Every unit of every hidden layer at epoch {epoch} (the sidebar's epoch): grey is active, black "
+                   f"dead, red saturated. Layers wider than {views.MAX_UNITS} show their first {views.MAX_UNITS} units.")
+
+    st.subheader("Per-batch gradient norms")
+    measured = {key: r.meta["grad_every"] for key, r in zip(keys, [run, *others]) if r.meta.get("grad_every")}
+    if not measured:
+        st.caption("Not recorded for this run. Train with `--grad-every 10` (or `Recorder(grad_every=10)`) to measure each "
+                   "layer's gradient norm every 10 batches, between the epoch snapshots.")
+        return
+    st.plotly_chart(batch_norms(tuple(measured), epoch), key="batch_norms", config=CHART_CONFIG)
+    every = " or ".join(sorted({str(n) for n in measured.values()}))
+    st.caption(f"Each layer's gradient norm (all its weights together) every {every} batches, on a fixed subset of the "
+               "probe: the spikes and drifts that epoch snapshots average away.")
+
+
+def diagnosis(run, others, keys) -> None:
+    """Callouts at the top: one per finding of the current run, and a line per compared run."""
+    findings = findings_for(*keys[0])
+    if not findings:
+        st.success(f"No problems found in `{run.name}`: gradients reach every layer, no layer is mostly dead or "
+                   "saturated, and the update sizes are in their band.", icon=":material/check_circle:")
+    for finding in findings:
+        if finding.severe:
+            st.error(views.finding_markdown(finding), icon=":material/error:")
+        else:
+            st.warning(views.finding_markdown(finding), icon=":material/warning:")
+    for other, key in zip(others, keys[1:]):
+        st.caption("Compared run " + views.findings_summary(other.name, findings_for(*key)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cached figures and findings. Keys carry (run id, snapshot count), so a growing run rebuilds and a finished one
+# never does. cache_resource keeps the objects themselves (no pickling); Streamlit serialises them without mutation.
+
+
+def _run(run_id: str):
+    return context.store().run(run_id)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _series(run_id: str, count: int, epoch: int):
+    return views.layer_series(_run(run_id), epoch)
+
+
+def _all_series(keys, epoch):
+    return [_series(run_id, count, epoch) for run_id, count in keys]
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def findings_for(run_id: str, count: int):
+    return diagnose(_run(run_id))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def flow(keys, role, epoch):
+    return views.gradient_flow_figure(_all_series(keys, epoch), role, epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def heatmap(key, role, epoch):
+    return views.gradient_heatmap_figure(_series(*key, epoch), role, epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def error_signal(keys, epoch):
+    return views.error_signal_figure(_all_series(keys, epoch), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def updates(keys, epoch):
+    return views.update_ratio_figure(_all_series(keys, epoch), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def histograms(key, layer, kind, role, epoch):
+    snapshots = views.bounded_snapshots(_run(key[0]), epoch)
+    if kind == "gradient":
+        return views.histogram_heatmap_figure(views.gradient_histograms(snapshots, layer, role), f"|∇ {role}| histogram", epoch)
+    return views.histogram_heatmap_figure(views.activation_histograms(snapshots, layer), "activation histogram", epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def percentiles(keys, epoch):
+    return views.percentile_figure(_all_series(keys, epoch), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_fractions(keys, epoch):
+    return views.unit_fraction_figure(_all_series(keys, epoch), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_strip(key, epoch):
+    run = _run(key[0])
+    layers = [layer.get("name", f"layer {i}") for i, layer in enumerate(run.layers)]
+    return views.unit_strip_figure(views.unit_states(snapshot_at(run, epoch), layers), layers, epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def batch_norms(keys, epoch):
+    return views.batch_norm_figure([norms for key in keys if (norms := views.batch_norms(_run(key[0]))) is not None], epoch)

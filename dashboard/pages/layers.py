@@ -1,0 +1,293 @@
+"""Layers page: what each layer and each unit learned (probe accuracy, CKA, separation, dimensionality, unit views)."""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # Streamlit's legacy `pages/` discovery ran this file as a script: run the app instead
+    import runpy, pathlib; runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"))  # noqa: E401, E702
+
+import numpy as np
+import streamlit as st
+
+from core import metrics
+from core.store import StoreError
+from dashboard import context
+from dashboard.data import snapshot_at
+from dashboard.views import layers as views
+
+CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
+
+
+def render() -> None:
+    st.title("Layers")
+    run = context.current_run()
+    if run is None:
+        st.info("No run to show yet: record one with `python -m core train --dataset spiral` or the sidebar's ➕ New run.")
+        return
+    st.caption("Numbers and concrete examples for what each layer and each unit has learned. Pick the layer and the "
+               "epoch in the sidebar; every choice here is kept in the link.")
+    live = context.is_live(run)
+
+    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
+    def page() -> None:
+        try:
+            if live:
+                run.refresh()
+            show(run, live)
+        except StoreError as error:
+            st.error(f"Run `{run.id}` cannot be read: {error}")
+
+    page()
+
+
+def show(run, live: bool) -> None:
+    snapshot = context.snapshot()
+    if snapshot is None:
+        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon="⏳")
+        return
+    view, layer = context.view_state(), context.layer_index()
+    epoch, count = int(snapshot.epoch), len(run.epoch_snapshots())
+    if live:
+        st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+    key = (run.id, count, epoch)
+    layer_name = run.layers[layer]["name"] if run.layers else None
+    if not run.meta.get("probe", {}).get("has_labels", True):
+        st.info("This run was recorded without labels: probe accuracy and class separation need them.")
+
+    st.header("Linear probe accuracy")
+    left, right = st.columns(2, gap="medium")
+    chart(left, "probe_heatmap", probe_heatmap(*key))
+    chart(right, "probe_depth", probe_depth(*key, layer_name))
+
+    st.header("Representation similarity (CKA)")
+    left, right = st.columns(2, gap="medium")
+    chart(left, "cka_heatmap", cka_heatmap(*key))
+    chart(right, "cka_final", cka_final(*key))
+
+    st.header("Separation and dimensionality")
+    chart(st, "depth", depth_metrics(*key, layer_name))
+    chart(st, "time", time_metrics(*key))
+
+    units(run, snapshot, layer, key, (view.pcx, view.pcy))
+
+
+def chart(where, name: str, figure, title: str | None = None) -> None:
+    """One figure (under an optional subheader) and the one-line caption that says how to read it."""
+    if title:
+        where.subheader(title)
+    where.plotly_chart(figure, key=name, config=CHART_CONFIG)
+    where.caption(views.CAPTIONS[name])
+
+
+def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) -> None:
+    name = run.layers[layer]["name"] if run.layers else "layer"
+    count = unit_count(snapshot, layer)
+    st.header(f"Units of {name}")
+    if not count:
+        st.info(f"`{name}` has no recorded unit statistics at epoch {key[2]}.")
+        return
+    unit = unit_picker(count, name)
+    probe, dataset = run.probe(), run.meta.get("dataset", {})
+    dead = is_dead(snapshot, layer, unit)
+    mean = snapshot.array(f"L{layer}/unit_mean")
+    facts = [f"unit {unit} of {count}", f"mean activation {float(mean[unit]):.3g}"]
+    st.markdown(" · ".join(facts + (["**dead**: zero for every probe sample, so no sample drives it more than another"] if dead else [])))
+    examples = unit_examples(snapshot, layer, unit)
+    if examples is None and not dead:
+        st.info(f"No probe samples are ranked for unit {unit} at epoch {key[2]}: the recorder ranks the first 256 units "
+                "of a layer, and none while its outputs are not finite.")
+    if dataset.get("image_shape") and probe.x is not None:
+        if examples is not None:
+            chart(st, "unit_images", unit_images(*key, layer, unit), f"Unit {unit}: its most and least activating images")
+        if snapshot.array(f"L{layer}/unit_top") is not None:
+            chart(st, "prototypes", prototypes(*key, layer, unit), "Every unit's favourite input")
+        kernel = kernel_figure(*key, layer, unit)
+        if kernel is not None:
+            chart(st, "kernel_images", kernel, "First-layer weights as images")
+    elif snapshot.array(f"L{layer}/plane_units") is not None and probe.plane:
+        chart(st, "unit_grid", unit_grid(*key, layer, unit), "Every unit over the input plane")
+        chart(st, "unit_plane", unit_plane(*key, layer, unit), f"Unit {unit} and the decision boundary")
+        chart(st, "bent_plane", bent_plane(*key, layer, components), "How each layer bends the input plane")
+    elif examples is not None and probe.x is not None:
+        chart(st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples")
+    if examples is not None:
+        table = views.unit_examples_table(None if dataset.get("image_shape") else probe.x, probe.y,
+                                          snapshot.array("pred/probs"), examples.top, examples.bottom,
+                                          dataset.get("class_names"), dataset.get("feature_names"))
+        with st.expander(f"The {len(examples.top)} most and least activating probe samples of unit {unit}"):
+            st.dataframe(table, hide_index=True)
+
+
+def is_dead(snapshot, layer: int, unit: int) -> bool:
+    dead = snapshot.array(f"L{layer}/dead_units")
+    return bool(dead is not None and unit < len(dead) and dead[unit])
+
+
+def unit_examples(snapshot, layer: int, unit: int) -> metrics.UnitExamples | None:
+    """The unit's most and least activating probe rows; None for a dead unit, whose samples all tie at zero."""
+    return None if is_dead(snapshot, layer, unit) else metrics.unit_examples(snapshot, layer, unit)
+
+
+def unit_count(snapshot, layer: int) -> int:
+    means = snapshot.array(f"L{layer}/unit_mean")
+    return 0 if means is None else int(len(means))
+
+
+def unit_picker(count: int, layer_name: str) -> int:
+    """The `unit` control, bound to the link. A link's unit this layer does not have falls back to unit 0."""
+    requested = st.query_params.get("unit")
+    if requested is not None and requested not in {str(u) for u in range(count)}:
+        st.warning(f"The link's `unit={requested[:20]}` is not a unit of `{layer_name}` (0–{count - 1}); showing unit 0.",
+                   icon=":material/link_off:")
+    unit = st.selectbox("Unit", list(range(count)), key="unit", bind="query-params",
+                        help="The unit (channel, for convolutions) of the chosen layer whose samples are shown.")
+    return int(unit or 0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cached figures. Keys hold the number of snapshots, so a growing run rebuilds and a finished one never does.
+
+
+def _run(run_id: str):
+    return context.store().run(run_id)
+
+
+def _snapshot(run, epoch: int):
+    return snapshot_at(run, epoch)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def layer_metrics(run_id: str, count: int) -> metrics.LayerMetrics:
+    return metrics.layer_metrics(_run(run_id))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def cka_series(run_id: str, count: int):
+    return metrics.cka_to_final(_run(run_id))
+
+
+def _chance(run) -> float | None:
+    classes = run.meta.get("dataset", {}).get("n_classes") or len(run.meta.get("dataset", {}).get("class_names") or [])
+    return 1.0 / classes if classes else None
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def probe_heatmap(run_id, count, epoch):
+    found = layer_metrics(run_id, count)
+    return views.probe_heatmap(found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def probe_depth(run_id, count, epoch, chosen):
+    found = layer_metrics(run_id, count)
+    row = found.at(epoch)
+    initial = found.probe[0] if row > 0 else None
+    return views.probe_depth_figure(found.layers, found.probe[row], found.input_probe, found.epochs[row], initial,
+                                    _chance(_run(run_id)), chosen)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def cka_heatmap(run_id, count, epoch):
+    run = _run(run_id)
+    found = layer_metrics(run_id, count)
+    return views.cka_heatmap(found.layers, _snapshot(run, epoch).meta.get("cka"), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def cka_final(run_id, count, epoch):
+    epochs, values = cka_series(run_id, count)
+    return views.cka_final_figure(epochs, layer_metrics(run_id, count).layers, values, epoch)
+
+
+def _measures(found: metrics.LayerMetrics, row=slice(None)) -> dict[str, np.ndarray]:
+    return {"separation": found.separation[row], "n90": found.n90[row], "participation": found.participation[row]}
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def depth_metrics(run_id, count, epoch, chosen):
+    found = layer_metrics(run_id, count)
+    row = found.at(epoch)
+    initial = _measures(found, 0) if row > 0 else None
+    return views.depth_metrics_figure(found.layers, _measures(found, row), found.epochs[row], initial, found.input_separation,
+                                      chosen)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def time_metrics(run_id, count, epoch):
+    found = layer_metrics(run_id, count)
+    return views.time_metrics_figure(found.epochs, found.layers, _measures(found), epoch)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_grid(run_id, count, epoch, layer, unit):
+    snapshot = _snapshot(_run(run_id), epoch)
+    plane = _run(run_id).probe().plane
+    return views.unit_grid_figure(snapshot.array(f"L{layer}/plane_units"), plane["xs"], plane["ys"], unit,
+                                  snapshot.array(f"L{layer}/dead_units"))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_plane(run_id, count, epoch, layer, unit):
+    run = _run(run_id)
+    snapshot, probe = _snapshot(run, epoch), run.probe()
+    examples = unit_examples(snapshot, layer, unit)
+    top, bottom = (examples.top, examples.bottom) if examples else ([], [])
+    return views.unit_plane_figure(snapshot.array(f"L{layer}/plane_units")[:, unit], snapshot.array("pred/plane_probs"),
+                                   probe.plane["xs"], probe.plane["ys"], probe.x, probe.y, top, bottom, unit,
+                                   run.meta.get("dataset", {}).get("class_names"))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def bent_plane(run_id, count, epoch, layer, components):
+    run = _run(run_id)
+    snapshot, plane = _snapshot(run, epoch), run.probe().plane
+    grid_x, grid_y = np.meshgrid(plane["xs"], plane["ys"])  # grid point r*G + c is (xs[c], ys[r])
+    panels = [("input", np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))]
+    for index, info in enumerate(run.layers):
+        coords = snapshot.array(f"L{index}/plane_pca")
+        if coords is not None:
+            picked = [min(c, coords.shape[1]) - 1 for c in components]
+            panels.append((info.get("name", f"layer {index}"), coords[:, picked]))
+    chosen = run.layers[layer].get("name") if run.layers else None
+    return views.bent_plane_figure(panels, snapshot.array("pred/plane_probs"), len(plane["xs"]), chosen,
+                                   (f"PC{components[0]}", f"PC{components[1]}"))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_features(run_id, count, epoch, layer, unit):
+    run = _run(run_id)
+    examples = unit_examples(_snapshot(run, epoch), layer, unit)
+    return views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, run.meta.get("dataset", {}).get("feature_names"))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def unit_images(run_id, count, epoch, layer, unit):
+    run = _run(run_id)
+    examples, dataset = unit_examples(_snapshot(run, epoch), layer, unit), run.meta["dataset"]
+    return views.unit_images_figure(run.probe().x, examples.top, examples.bottom, dataset["image_shape"], run.probe().y,
+                                    dataset.get("class_names"))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def prototypes(run_id, count, epoch, layer, unit):
+    run = _run(run_id)
+    snapshot = _snapshot(run, epoch)
+    dead = snapshot.array(f"L{layer}/dead_units")
+    images = views.prototype_images(run.probe().x, snapshot.array(f"L{layer}/unit_top"), run.meta["dataset"]["image_shape"], dead)
+    titles = [f"{u}" + (" · dead" if dead is not None and dead[u] else "") for u in range(len(images))]
+    return views.image_grid_figure(images, titles, views.GRID_COLUMNS * 2, chosen=unit)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def kernel_figure(run_id, count, epoch, layer, unit):
+    """The first Dense layer's weights as images, or None when the run stored no kernel that fits the images."""
+    run = _run(run_id)
+    snapshot = _snapshot(run, epoch)
+    keys = [k for k in snapshot.keys() if k.endswith("/kernel")]
+    if not keys:
+        return None
+    images = views.kernel_images(snapshot.array(keys[0]), run.meta["dataset"]["image_shape"])
+    if images is None:
+        return None
+    kernel_layer = int(keys[0].split("/")[0][1:])
+    return views.image_grid_figure(images, [str(u) for u in range(len(images))], views.GRID_COLUMNS * 2, scale=views.UNIT_SCALE,
+                                   symmetric=True, chosen=unit if kernel_layer == layer else None)

@@ -1,0 +1,91 @@
+"""Runs page: list the runs, compare their settings and results, rename, download or delete one."""
+
+from __future__ import annotations
+
+if __name__ == "__main__":  # Streamlit's legacy `pages/` discovery ran this file as a script: run the app instead
+    import runpy, pathlib; runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"))  # noqa: E401, E702
+
+import streamlit as st
+
+from core.store import StoreError
+from dashboard import context
+from dashboard.views import runs as views
+
+
+def render() -> None:
+    st.title("Runs")
+    summaries = context.run_summaries()
+    if not summaries:
+        st.info(f"No runs in `{context.runs_root()}` yet. Start one from the sidebar or with `python -m core train`.")
+        return
+    store = context.store()
+    histories = {s.id: _history(store, s.id) for s in summaries}
+    st.dataframe(views.run_rows(summaries, histories), hide_index=True, key="run_list")
+    st.caption("Pick a run in the sidebar to view it. Status `interrupted` means training stopped early (cancelled, "
+               "or its process died); its snapshots up to then are intact.")
+
+    st.subheader("Compare")
+    current = context.current_run()
+    others = context.compare_runs("Compare the selected run with")
+    chosen = ([current] if current else []) + others
+    if len(chosen) > 0:
+        table = views.compare_table([{"name": r.name, "meta": r.meta, "history": r.history()} for r in chosen])
+        differs = set(views.differing_rows(table))
+        st.dataframe(table, hide_index=True, height=38 + 35 * len(table["setting"]), key="compare_table")
+        if len(chosen) > 1:
+            names = [table["setting"][i] for i in sorted(differs)]
+            st.caption("They differ in: " + (", ".join(names) if names else "nothing recorded"))
+
+    if current is not None:
+        manage(current)
+
+
+def manage(run) -> None:
+    st.subheader(f"Manage `{run.name}`")
+    viewer = context.jobs().limits.viewer_mode
+    st.download_button("Download as zip", data=lambda: context.store().zip_bytes(run.id), file_name=f"{run.id}.zip",
+                       mime="application/zip", on_click="ignore", icon=":material/download:", key="download")
+    if viewer:
+        st.caption("Renaming and deleting are off in viewer mode.")
+        return
+    with st.form("rename", border=False):
+        name = st.text_input("Display name", run.name, help="The id (and so every link) stays the same.")
+        if st.form_submit_button("Rename"):
+            _rename(run.id, name)
+    running = run.status == "running"
+    confirm = st.checkbox(f"Yes, delete `{run.name}` and all of its snapshots", key="confirm_delete", disabled=running)
+    st.button("Delete run", type="primary", disabled=not confirm or running, on_click=_delete, args=(run.id,), key="delete")
+    if running:
+        st.caption("Cancel training (sidebar) before deleting this run.")
+
+
+def _history(store, run_id: str) -> dict:
+    try:
+        return store.run(run_id).history()
+    except StoreError:
+        return {}
+
+
+def _rename(run_id: str, name: str) -> None:
+    try:
+        context.store().rename(run_id, name)
+    except (StoreError, OSError) as error:
+        st.error(f"Could not rename: {error}")
+        return
+    context.refresh_runs()
+    st.toast(f"Renamed to {name.strip() or run_id}")
+    st.rerun()
+
+
+def _delete(run_id: str) -> None:
+    """A button callback: it runs before the script, so it may move the bound `run` widget to another run."""
+    try:
+        context.store().delete(run_id)
+    except (StoreError, OSError) as error:
+        context.add_notice(f"Could not delete run `{run_id}`: {error}")
+        return
+    context.refresh_runs()
+    remaining = [s.id for s in context.run_summaries() if s.id != run_id]
+    st.session_state["run"] = remaining[0] if remaining else None
+    st.session_state["confirm_delete"] = False
+    st.toast(f"Deleted run {run_id}")

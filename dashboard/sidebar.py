@@ -1,0 +1,215 @@
+"""The sidebar every page shares: run picker, "New run" form, view controls and the Share link.
+
+View controls are widgets bound to the URL (`bind="query-params"`, key = parameter name), so the address bar
+always holds the view; `context.prepare()` has already made their session-state values valid for the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from core.datasets import DATASETS, PLANE_DATASETS
+from core.store import StoreError
+from dashboard import context
+from dashboard import state as schema
+from dashboard.jobs import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, TrainForm, JobRefused
+
+STATUS_ICONS = {"running": ":green[:material/pending:]", "finished": ":blue[:material/check_circle:]",
+                "failed": ":red[:material/cancel:]", "interrupted": ":orange[:material/stop_circle:]"}
+_PENDING = "_strata_pending_run"  # a run started from this session that has not written run.json yet
+_FORM_OPEN = "_strata_new_run_open"  # the New run dialog stays open across reruns until submitted or dismissed
+
+
+def render(embeddings_page: bool) -> None:
+    with st.sidebar:
+        run = context.current_run()
+        _run_picker(run)
+        _new_run()
+        view = _view_controls(run, embeddings_page)
+        context.publish(view)
+        with st.expander("Share this view", icon=":material/link:", key="share_open", on_change="rerun") as share:
+            if share.open:  # drawn only when opened: the code block's highlighter is slow to start in a browser
+                st.code(context.share_link(view), language=None, wrap_lines=True)
+                st.caption("Opening this link shows the same run, layer, epoch, components, colours and selection.")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def _run_picker(run) -> None:
+    summaries = {s.id: s for s in context.run_summaries()}
+    options = list(summaries)
+    if run is not None and run.id not in options:
+        options.insert(0, run.id)  # just created: the cached list has not seen it yet
+    if not options:
+        st.caption("No runs yet.")
+        return
+    st.selectbox(
+        "Run", options, index=None, key="run", bind="query-params", placeholder="Choose a run",
+        help="Runs in " + context.runs_root() + ", newest first. The id is what links refer to.",
+    )
+    if run is not None:
+        _run_status(run.id)
+
+
+def _run_status(run_id: str) -> None:
+    """Status and progress of the selected run; polls while it trains."""
+    try:
+        live = context.is_live(context.store().run(run_id))
+    except StoreError:
+        return
+
+    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
+    def status() -> None:
+        try:
+            run = context.store().run(run_id)
+            if live:
+                run.refresh()
+        except StoreError as error:
+            st.error(str(error))
+            return
+        meta, status = run.meta, run.status
+        done, planned = int(meta.get("epochs_done") or 0), int(meta.get("epochs_planned") or 0)
+        st.caption(f"{STATUS_ICONS.get(status, '')} **{run.name}** · {status} · {meta.get('dataset', {}).get('name', '?')} · epoch {done}/{planned or '?'}")
+        if status == "running":
+            st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
+            job = context.jobs().get(run_id)
+            if job is not None and job.running and not context.jobs().limits.viewer_mode:
+                if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:"):
+                    context.jobs().cancel(run_id)
+                    st.toast("Cancel sent: the run stops after the current batch.")
+        elif live:
+            context.refresh_runs()
+            st.rerun(scope="app")  # it just finished: refresh the epoch slider and the charts once
+        if status == "failed" and meta.get("error"):
+            st.caption(f"Error: {meta['error']}")
+
+    status()
+
+
+def _new_run() -> None:
+    if context.jobs().limits.viewer_mode:
+        return
+    _pending_run()
+    st.button("New run", icon=":material/add:", key="new_run", width="stretch", on_click=_set_form_open, args=(True,))
+    if st.session_state.get(_FORM_OPEN):
+        _new_run_dialog()
+
+
+def _set_form_open(is_open: bool) -> None:
+    st.session_state[_FORM_OPEN] = is_open
+
+
+@st.dialog("New run", width="large", on_dismiss=lambda: _set_form_open(False))
+def _new_run_dialog() -> None:
+    """The training form, in a dialog so its widgets cost nothing until someone opens it."""
+    limits = context.jobs().limits
+    with st.form("new_run_form", border=False):
+        left, middle, right = st.columns(3)
+        dataset = left.selectbox("Data set", DATASETS, index=DATASETS.index("spiral"))
+        noise = middle.slider("Noise (2-D sets)", 0.0, 0.5, 0.05, 0.01)
+        hidden = right.text_input("Hidden layers", "32,32,32", help="Units per hidden layer, input side first.")
+        activation = left.selectbox("Activation", ACTIVATIONS)
+        init = middle.selectbox("Initializer", INITIALIZERS)
+        optimizer = right.selectbox("Optimizer", OPTIMIZERS)
+        lr = left.number_input("Learning rate", 1e-5, 1.0, 0.01, format="%.4f")
+        batch_size = middle.number_input("Batch size", 1, 4096, 16)
+        epochs = right.number_input("Epochs", 1, max(1, limits.max_epochs), min(30, limits.max_epochs))
+        l2 = left.number_input("L2", 0.0, 1.0, 0.0, format="%.4f")
+        dropout = middle.number_input("Dropout", 0.0, 0.9, 0.0, 0.05)
+        seed = right.number_input("Seed", 0, 2**31 - 1, 0)
+        batch_norm = left.checkbox("Batch norm")
+        name = middle.text_input("Name (optional)")
+        st.caption(f"Training runs in its own process. Limits here: {limits.max_jobs} job(s) at once, "
+                   f"{limits.max_epochs} epochs.")
+        submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:")
+    if submitted:
+        start_training(TrainForm(
+            dataset=dataset, noise=noise if dataset in PLANE_DATASETS else 0.1, hidden=hidden, activation=activation,
+            init=init, optimizer=optimizer, lr=float(lr), batch_size=int(batch_size), epochs=int(epochs), l2=float(l2),
+            dropout=float(dropout), batch_norm=batch_norm, seed=int(seed), name=name,
+        ))
+
+
+def start_training(form: TrainForm) -> None:
+    """Start a job for `form` and follow its run as soon as it appears; errors become messages."""
+    try:
+        job = context.jobs().start(form)
+    except JobRefused as error:
+        st.error(str(error))
+        return
+    st.session_state[_PENDING] = job.run_id
+    st.session_state[_FORM_OPEN] = False
+    context.refresh_runs()
+    st.rerun(scope="app")
+
+
+def _pending_run() -> None:
+    """Until a started run has written run.json (TensorFlow takes seconds to load), say so and poll."""
+    run_id = st.session_state.get(_PENDING)
+    if not run_id:
+        return
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        job = context.jobs().get(run_id)
+        try:
+            context.store().run(run_id)
+        except StoreError:
+            if job is not None and not job.running:
+                st.error(f"Training stopped before it started:\n\n```\n{job.log_tail()}\n```")
+                st.session_state.pop(_PENDING, None)
+                return
+            st.info(f"Starting `{run_id}` (loading TensorFlow)…", icon=":material/hourglass_top:")
+            return
+        st.session_state.pop(_PENDING, None)
+        st.session_state["run"] = run_id
+        context.request_url_sync()
+        context.refresh_runs()
+        st.rerun(scope="app")
+
+    waiting()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# View controls
+
+
+def _view_controls(run, embeddings_page: bool) -> schema.ViewState:
+    """Layer, epoch and the embedding controls; returns the ViewState they describe."""
+    selection = context.selection()
+    if run is None:
+        return replace(schema.DEFAULTS, sel=selection)
+    facts = context.run_facts(run)
+    st.divider()
+    layer = st.selectbox("Layer", facts.layers, key="layer", bind="query-params",
+                         help="The layer the focus view and the other pages show.") if facts.layers else None
+    epoch = None
+    if len(facts.epochs) > 1:
+        epoch = st.select_slider("Epoch", facts.epochs, value=facts.epochs[-1], key="epoch", bind="query-params",
+                                 help="Captured epochs; 0 is before training.")
+    elif facts.epochs:
+        live = context.is_live(run)
+        st.caption("Epoch: the newest, following the training" if live else f"Epoch {facts.epochs[0]} (the only snapshot)")
+        epoch = None if live else facts.epochs[0]
+    with st.expander("Embedding view", expanded=embeddings_page):
+        top = min(facts.components, schema.MAX_COMPONENT)
+        x, y, z = st.columns(3)
+        pcx = x.number_input("PC x", 1, top, 1, key="pcx", bind="query-params")
+        pcy = y.number_input("PC y", 1, top, 2 if top >= 2 else 1, key="pcy", bind="query-params")
+        dims = st.radio("Dimensions", schema.DIMS, key="dims", bind="query-params", horizontal=True)
+        pcz = z.number_input("PC z", 1, top, 3 if top >= 3 else 1, key="pcz", bind="query-params", disabled=dims != "3d")
+        colors = schema.COLORS if facts.has_labels else ("pred", "confidence")
+        color = st.selectbox("Colour by", colors, key="color", bind="query-params",
+                             help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability")
+        size = st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
+        opacity = st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")
+    following = epoch is not None and epoch == facts.epochs[-1] and context.is_live(run)
+    return schema.ViewState(
+        run=run.id, layer=layer, epoch=None if following else epoch, pcx=int(pcx), pcy=int(pcy), pcz=int(pcz),
+        dims=dims, color=color, size=int(size), opacity=float(opacity), sel=selection,
+        compare=tuple(st.session_state.get("compare") or ()),
+    )

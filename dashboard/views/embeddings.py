@@ -1,0 +1,538 @@
+"""Pure view functions of the Embeddings page: arrays in, plotly figures and plain tables out (no Streamlit).
+
+Every point cloud is drawn with `scattergl` and decimated deterministically above a documented cap, so a probe
+set of 100,000 points stays responsive: at most `POINTS_PER_PANEL` points per strip panel and
+`POINTS_PER_FRAME` per animation frame reach the browser. Selected points are always kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+POINTS_PER_PANEL = 5_000  # strip panels: ~10 panels x 5,000 points is what WebGL redraws without a stutter
+POINTS_PER_FRAME = 3_000  # focus view: every frame ships at once, so frames x points is the payload
+MAX_FRAMES = 60  # longer runs show every k-th captured epoch in the animation (the chosen epoch always)
+STRIP_COLUMNS = 5
+PANEL_HEIGHT = 250
+SELECTED_OUTLINE = "#111111"
+THUMBNAIL_BORDER = 3  # pixels of light frame around each thumbnail
+PALETTE = qualitative.Plotly + qualitative.Dark24  # 34 distinct colours; more classes cycle
+CONFIDENCE_SCALE = "Viridis"
+
+
+def decimate(count: int, cap: int, keep=(), seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most `cap` of `count` points (all of them when count <= cap), always with `keep`.
+
+    The choice depends only on (count, cap, seed), so the same points are shown in every panel and every rerun.
+    """
+    if count <= cap:
+        return np.arange(count)
+    chosen = np.random.default_rng(seed).choice(count, size=cap, replace=False)
+    keep = np.asarray([k for k in keep if 0 <= k < count], dtype=np.int64)
+    return np.union1d(chosen, keep)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Colour
+
+
+@dataclass(frozen=True)
+class Coloring:
+    """Per-point colour values: category indices into `names`, or a number in [0, 1] when `names` is empty."""
+
+    values: np.ndarray  # (n,)
+    names: tuple[str, ...]
+    title: str
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.names)
+
+    def marker(self, rows: np.ndarray) -> dict:
+        """Plotly marker colour settings for the points `rows`."""
+        if not self.categorical:
+            return dict(color=typed(self.values[rows]), colorscale=CONFIDENCE_SCALE, cmin=0.0, cmax=1.0)
+        count = len(self.names)
+        return dict(color=typed(self.values[rows]), colorscale=_discrete_scale(count), cmin=-0.5, cmax=count - 0.5)
+
+
+def _discrete_scale(count: int) -> list:
+    """A stepped colourscale so the integers 0..count-1 map to flat palette colours."""
+    scale = []
+    for i in range(count):
+        colour = PALETTE[i % len(PALETTE)]
+        scale += [[i / count, colour], [(i + 1) / count, colour]]
+    return scale
+
+
+def category_colour(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, class_names) -> Coloring:
+    """Colour by true `label`, predicted label (`pred`), `correct`/incorrect, or `confidence` (max probability).
+
+    Falls back to what the data allow: without labels, `label` and `correct` colour by prediction; without
+    predictions, everything colours by label.
+    """
+    names = tuple(class_names or ())
+    predicted = None if probs is None else np.argmax(probs, axis=1)
+    if predicted is not None and len(names) < probs.shape[1]:
+        names = names + tuple(str(i) for i in range(len(names), probs.shape[1]))
+    if labels is not None and len(names) <= int(labels.max(initial=0)):
+        names = names + tuple(str(i) for i in range(len(names), int(labels.max()) + 1))
+    if predicted is None and labels is not None:
+        return Coloring(labels.astype(np.int16), names, "true label")
+    if mode == "confidence" and probs is not None:
+        return Coloring(np.max(probs, axis=1).astype(np.float32), (), "confidence")
+    if mode == "correct" and labels is not None:
+        return Coloring((predicted != labels).astype(np.int16), ("correct", "wrong"), "prediction")
+    if mode == "label" and labels is not None:
+        return Coloring(labels.astype(np.int16), names, "true label")
+    if predicted is None:
+        return Coloring(np.zeros(0 if probs is None else len(probs), np.int16), ("all",), "")
+    return Coloring(predicted.astype(np.int16), names, "predicted label")
+
+
+def _legend_traces(color: Coloring, three: bool = False) -> list[dict]:
+    """Empty traces that only draw the legend: one per category (each cloud is a single trace). In 2-D they are
+    SVG traces: an empty WebGL trace would still cost the browser a WebGL scatter object each."""
+    traces = []
+    for index, name in enumerate(color.names):
+        trace = dict(type="scatter3d" if three else "scatter", x=[None], y=[None], mode="markers", name=name,
+                     showlegend=True, hoverinfo="skip", marker=dict(color=category_colour(index), size=9))
+        if three:
+            trace["z"] = [None]
+        traces.append(trace)
+    return traces
+
+
+def axis_title(component: int, variance: np.ndarray | None) -> str:
+    """ "PC2 · 18%": the component (counted from 1) and the share of the layer's variance it explains."""
+    if variance is None or component > len(variance) or variance[component - 1] is None:
+        return f"PC{component}"
+    share = float(variance[component - 1])
+    return f"PC{component} · {share:.0%}" if math.isfinite(share) else f"PC{component}"
+
+
+def columns(coords: np.ndarray, components: tuple[int, ...]) -> list[np.ndarray]:
+    """The coordinate columns for 1-based `components`; zeros where the layer stores fewer components."""
+    return [coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components]
+
+
+def figure(data: list[dict], layout: dict, frames: list[dict] | None = None) -> dict:
+    """A plotly figure spec: plain dicts, with arrays already in plotly.js's binary form (see `typed`)."""
+    spec = {"data": data, "layout": layout}
+    if frames:
+        spec["frames"] = frames
+    return spec
+
+
+class SpecFigure(go.Figure):
+    """Hands a prebuilt spec to `st.plotly_chart` as is.
+
+    Building `go.Figure` objects validates every property: about a second for an animation of 50 frames x
+    2,000 points, which the rerun budget (200 ms) cannot afford. The specs are built only in this module.
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+
+def typed(values) -> dict:
+    """A numpy array in plotly.js's typed-array form: base64 bytes instead of a JSON list (smaller, faster)."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        array = array.astype("<f4")  # coordinates need no more precision than a screen has
+    elif array.dtype.kind == "b":
+        array = array.astype("<u1")
+    elif array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        array = array.astype("<i4")
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<")))
+    return {"dtype": array.dtype.str[1:], "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def untyped(value) -> np.ndarray:
+    """The inverse of `typed`, for tests and for reading a spec back."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]).newbyteorder("<"))
+    return np.asarray(value)
+
+
+def grid(count: int, width: int, titles: list[str], hgap: float = 0.04, vgap: float = 0.14) -> tuple[dict, list[tuple[str, str]]]:
+    """Layout of `count` small 2-D panels in rows of `width`, and each panel's (xaxis, yaxis) trace references."""
+    width = max(1, min(width, count))
+    height = max(1, math.ceil(count / width))
+    w = (1 - hgap * (width - 1)) / width
+    h = (1 - vgap * (height - 1)) / height
+    layout: dict = {"annotations": []}
+    refs = []
+    for index in range(count):
+        row, col = divmod(index, width)
+        n = "" if index == 0 else str(index + 1)
+        x0, y1 = col * (w + hgap), 1 - row * (h + vgap)
+        layout[f"xaxis{n}"] = dict(domain=_unit([x0, x0 + w]), anchor=f"y{n}", type="linear")  # no type sniffing
+        layout[f"yaxis{n}"] = dict(domain=_unit([y1 - h, y1]), anchor=f"x{n}", type="linear")
+        layout["annotations"].append(dict(text=titles[index] if index < len(titles) else "", x=x0 + w / 2, y=y1, xref="paper",
+                                          yref="paper", xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
+        refs.append((f"x{n}", f"y{n}"))
+    return layout, refs
+
+
+def _unit(interval: list[float]) -> list[float]:
+    return [min(1.0, max(0.0, round(v, 6))) for v in interval]
+
+
+def _base_layout(height: int, legend_title: str = "") -> dict:
+    return dict(
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(title=dict(text=legend_title), orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0,
+                    itemsizing="constant"),
+        hovermode="closest",
+        uirevision="strata",  # keep zoom and legend toggles across reruns that only restyle
+    )
+
+
+def _cloud(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, opacity: float,
+           selected: bool = False, **extra) -> dict:
+    """One scatter trace of the probe `rows`; `selected` draws them large and outlined, on top."""
+    marker = dict(size=size + 4 if selected else size, opacity=1.0 if selected else opacity, **color.marker(rows))
+    if selected:
+        marker["line"] = dict(width=1.5, color=SELECTED_OUTLINE)
+    trace = dict(type=kind, mode="markers", customdata=typed(rows), marker=marker, showlegend=False,
+                 hovertemplate="row %{customdata}<extra></extra>", name="selected" if selected else "points", **extra)
+    for axis, values in zip("xyz", coords):
+        trace[axis] = typed(values[rows])
+    return trace
+
+
+def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring | None) -> dict:
+    """What an animation frame changes in a cloud: positions, and colours unless they are fixed (true labels)."""
+    trace = dict(type=kind) if color is None else dict(type=kind, marker=dict(color=typed(color.values[rows])))
+    for axis, values in zip("xyz", coords):
+        trace[axis] = typed(values[rows])
+    return trace
+
+
+def _colorbar(trace: dict) -> None:
+    trace["marker"].update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. Layer strip
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One layer's probe coordinates at one snapshot."""
+
+    name: str
+    coords: np.ndarray  # (n, k) on the aligned principal components
+    variance: np.ndarray | None  # (k,) explained variance ratio in the same column order
+
+
+def strip_figure(
+    panels: list[Panel],
+    color: Coloring,
+    components: tuple[int, int] = (1, 2),
+    selected=(),
+    size: float = 4,
+    opacity: float = 0.8,
+    cap: int = POINTS_PER_PANEL,
+) -> dict:
+    """Every layer's 2-D PCA as small multiples in one figure (one WebGL context), read left to right.
+
+    Selected probe rows are drawn on top with an outline in every panel, and the rest fade back.
+    """
+    count = len(panels[0].coords) if panels else 0
+    rows = decimate(count, cap, keep=selected)
+    chosen = _valid_rows(selected, count)
+    layout, refs = grid(len(panels), STRIP_COLUMNS, [p.name for p in panels])
+    layout.update(_base_layout(PANEL_HEIGHT * math.ceil(len(panels) / STRIP_COLUMNS) + 40, color.title), dragmode="lasso")
+    faded = opacity * (0.35 if len(chosen) else 1.0)
+    data = []
+    for index, (panel, (xref, yref)) in enumerate(zip(panels, refs)):
+        coords = columns(panel.coords, components)
+        data.append(_cloud("scattergl", coords, rows, color, size, faded, xaxis=xref, yaxis=yref))
+        if index == len(panels) - 1 and not color.categorical:
+            _colorbar(data[-1])
+        if len(chosen):
+            data.append(_cloud("scattergl", coords, chosen, color, size, 1.0, selected=True, xaxis=xref, yaxis=yref))
+        n = xref[1:]
+        ranges = _balanced([_span([coords[0][rows]]), _span([coords[1][rows]])])
+        for axis, component, span in (("xaxis", components[0], ranges[0]), ("yaxis", components[1], ranges[1])):
+            layout[axis + n].update(title=dict(text=axis_title(component, panel.variance), font=dict(size=11), standoff=2),
+                                    range=span, showticklabels=False, zeroline=False)
+    return figure(data + _legend_traces(color), layout)
+
+
+def _valid_rows(selected, count: int) -> np.ndarray:
+    return np.asarray(sorted({int(s) for s in selected if 0 <= int(s) < count}), dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. Focus view
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One layer at one captured epoch, for the animation."""
+
+    epoch: int
+    coords: np.ndarray  # (n, k)
+    variance: np.ndarray | None
+    color: Coloring  # predictions change with the epoch, so colours may too
+
+
+def frame_subset(epochs: list[int], chosen: int | None, limit: int = MAX_FRAMES) -> list[int]:
+    """Positions of at most `limit` epochs spread evenly over `epochs`, always including the first, the last and
+    `chosen`."""
+    if len(epochs) <= limit:
+        return list(range(len(epochs)))
+    picks = set(np.linspace(0, len(epochs) - 1, limit - 1).round().astype(int).tolist())
+    if chosen in epochs:
+        picks.add(epochs.index(chosen))
+    return sorted(picks)
+
+
+def focus_figure(
+    frames: list[Frame],
+    start: int,
+    dims: str = "2d",
+    components: tuple[int, int, int] = (1, 2, 3),
+    selected=(),
+    size: float = 5,
+    opacity: float = 0.8,
+    cap: int = POINTS_PER_FRAME,
+) -> dict:
+    """One layer in 2-D or 3-D with an epoch slider and a Play button that animate in the browser.
+
+    The coordinates are the recorder's aligned components, and the axis ranges cover every frame, so the
+    cloud moves only as much as the representation does. `start` is the position of the frame shown first.
+    """
+    three = dims == "3d"
+    kind = "scatter3d" if three else "scattergl"
+    count = len(frames[0].coords)
+    rows = decimate(count, cap, keep=selected)
+    chosen = _valid_rows(selected, count)
+    axes = components if three else components[:2]
+    ranges = _balanced([_span([columns(f.coords, axes)[i][rows] for f in frames]) for i in range(len(axes))])
+    point_size = max(1.5, size * 0.6) if three else size
+    shown = frames[start]
+
+    def traces(frame: Frame) -> list[dict]:
+        coords = columns(frame.coords, axes)
+        cloud = _cloud(kind, coords, rows, frame.color, point_size, opacity * (0.35 if len(chosen) else 1.0))
+        if not frame.color.categorical:
+            _colorbar(cloud)
+        return [cloud, _cloud(kind, coords, chosen, frame.color, point_size, 1.0, selected=True)]
+
+    fixed = all(np.array_equal(f.color.values, shown.color.values) for f in frames)
+
+    def moved(frame: Frame) -> list[dict]:
+        coords = columns(frame.coords, axes)
+        color = None if fixed else frame.color
+        return [_moved(kind, coords, rows, color), _moved(kind, coords, chosen, color)]
+
+    layout = _base_layout(620, shown.color.title)
+    titles = [axis_title(c, shown.variance) for c in axes]
+    axis_specs = [dict(title=dict(text=t), range=r, zeroline=False, type="linear") for t, r in zip(titles, ranges)]
+    if three:
+        layout["scene"] = dict(xaxis=axis_specs[0], yaxis=axis_specs[1], zaxis=axis_specs[2], aspectmode="cube")
+    else:
+        layout["xaxis"], layout["yaxis"] = axis_specs
+    layout.update(
+        margin=dict(l=10, r=10, t=50, b=110),
+        dragmode="orbit" if three else "lasso",
+        updatemenus=[_play_buttons()],
+        sliders=[_epoch_slider(frames, start)],
+    )
+    animation = [dict(name=str(f.epoch), data=moved(f), traces=[0, 1], layout=_frame_axes(f, axes, three)) for f in frames]
+    return figure(traces(shown) + _legend_traces(shown.color, three), layout, animation)
+
+
+def _span(values: list[np.ndarray]) -> list[float]:
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    if not finite.size:
+        return [-1.0, 1.0]
+    low, high = float(finite.min()), float(finite.max())
+    pad = 0.05 * max(high - low, 1e-6)
+    return [low - pad, high + pad]
+
+
+def _balanced(ranges: list[list[float]], least: float = 0.05) -> list[list[float]]:
+    """Axis ranges each at least `least` of the widest one, so a direction with no variance stays flat instead
+    of blowing float noise up to full height."""
+    widest = max(high - low for low, high in ranges)
+    balanced = []
+    for low, high in ranges:
+        half = max(high - low, least * widest) / 2
+        middle = (low + high) / 2
+        balanced.append([middle - half, middle + half])
+    return balanced
+
+
+def _frame_axes(frame: Frame, axes: tuple[int, ...], three: bool) -> dict:
+    """Axis titles of one frame (the explained variance changes as the layer learns); ranges stay fixed."""
+    titles = [dict(text=axis_title(c, frame.variance)) for c in axes]
+    if three:
+        scene = {name: dict(title=t) for name, t in zip(("xaxis", "yaxis", "zaxis"), titles)}
+        return {"scene": scene}
+    return {"xaxis": {"title": titles[0]}, "yaxis": {"title": titles[1]}}
+
+
+def _play_buttons() -> dict:
+    play = dict(frame=dict(duration=400, redraw=True), fromcurrent=True, transition=dict(duration=0), mode="immediate")
+    pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
+    return dict(
+        type="buttons", direction="left", x=0, y=0, xanchor="left", yanchor="top", pad=dict(t=58, r=8),
+        showactive=False,
+        buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
+                 dict(label="❚❚ Pause", method="animate", args=[[None], pause])],
+    )
+
+
+def _epoch_slider(frames: list[Frame], start: int) -> dict:
+    step = dict(frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0))
+    return dict(
+        active=start, x=0.2, len=0.8, y=0, yanchor="top", pad=dict(t=40, b=0),
+        currentvalue=dict(prefix="epoch ", font=dict(size=12)),
+        steps=[dict(label=str(f.epoch), method="animate", args=[[str(f.epoch)], step]) for f in frames],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. Selected samples
+
+
+def selection_rows(event: dict | None) -> tuple[int, ...]:
+    """Probe rows picked in a plotly selection event (points carry their row as `customdata`)."""
+    if not event:
+        return ()
+    points = (event.get("selection") or {}).get("points") or []
+    rows = set()
+    for point in points:
+        value = point.get("customdata")
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            rows.add(int(value))
+    return tuple(sorted(rows))
+
+
+def sample_table(rows, labels, probs, class_names, features=None, feature_names=None, limit: int = 200) -> list[dict]:
+    """One dict per selected row: probe row, true and predicted label, confidence, and (tabular data) features."""
+    names = list(class_names or [])
+    name = lambda i: names[i] if 0 <= i < len(names) else str(i)  # noqa: E731
+    table = []
+    for row in list(rows)[:limit]:
+        entry = {"row": int(row)}
+        if labels is not None:
+            entry["label"] = name(int(labels[row]))
+        if probs is not None:
+            predicted = int(np.argmax(probs[row]))
+            entry["prediction"] = name(predicted)
+            entry["confidence"] = round(float(probs[row, predicted]), 3)
+            if labels is not None:
+                entry["correct"] = bool(predicted == labels[row])
+        if features is not None:
+            flat = np.asarray(features[row]).reshape(-1)
+            fnames = list(feature_names or [])
+            for i, value in enumerate(flat[:32]):  # wider inputs are images, shown as thumbnails instead
+                entry[fnames[i] if i < len(fnames) else f"x{i + 1}"] = round(float(value), 4)
+        table.append(entry)
+    return table
+
+
+def thumbnails(x: np.ndarray, rows, image_shape, scale: int | None = None, limit: int = 48) -> list[np.ndarray]:
+    """Images of the selected rows as float arrays in [0, 1], enlarged by pixel repetition so they stay sharp,
+    each in a thin light frame."""
+    shape = tuple(int(d) for d in image_shape)
+    images = []
+    for row in list(rows)[:limit]:
+        image = np.asarray(x[row], dtype=np.float32).reshape(shape)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        low, high = float(image.min()), float(image.max())
+        image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        factor = scale or max(1, 64 // max(shape[0], 1))
+        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        frame = ((THUMBNAIL_BORDER, THUMBNAIL_BORDER),) * 2 + ((0, 0),) * (image.ndim - 2)
+        images.append(np.pad(image, frame, constant_values=0.85))  # a light frame keeps dark images apart
+    return images
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. Explained variance
+
+
+def components_for(variance, share: float = 0.9) -> int | None:
+    """Components needed for `share` of the variance, from ratios of the top components; None if they fall short."""
+    ratios = np.sort(np.asarray([v for v in variance if v is not None], dtype=np.float64))[::-1]
+    reached = np.flatnonzero(np.cumsum(ratios) >= share - 1e-9)
+    return int(reached[0] + 1) if reached.size else None
+
+
+def scree_figure(names: list[str], variances: list, n90: list[int | None] | None = None) -> dict:
+    """Left: cumulative explained variance by component for every layer. Right: components for 90% per layer.
+
+    `n90` may come from the recorder (computed on the full spectrum); otherwise it is read off the stored ratios.
+    """
+    layout, refs = grid(2, 2, ["cumulative explained variance", "components for 90%"], hgap=0.12)
+    layout["xaxis"]["domain"], layout["xaxis2"]["domain"] = [0, 0.55], [0.68, 1]
+    layout["annotations"][0]["x"], layout["annotations"][1]["x"] = 0.275, 0.84
+    data, counts = [], []
+    for index, (name, variance) in enumerate(zip(names, variances)):
+        ratios = np.sort(np.asarray([v for v in (variance if variance is not None else []) if v is not None], dtype=np.float64))[::-1]
+        counts.append((n90[index] if n90 and n90[index] is not None else None) or components_for(ratios))
+        data.append(dict(type="scatter", x=list(range(1, len(ratios) + 1)), y=np.cumsum(ratios).round(4).tolist(), mode="lines+markers", name=name,
+                         line=dict(color=category_colour(index)), legendgroup=name))
+    stored = [len(v) if v is not None else 0 for v in variances]
+    data.append(dict(type="bar", x=names, y=[c or k for c, k in zip(counts, stored)], text=[str(c) if c else f"> {k}" for c, k in zip(counts, stored)],
+                     textposition="outside", showlegend=False, xaxis="x2", yaxis="y2",
+                     marker=dict(color=[category_colour(i) for i in range(len(names))])))
+    layout["xaxis"].update(title=dict(text="component"), dtick=1)
+    layout["yaxis"].update(range=[0, 1.05], tickformat=".0%")
+    layout["xaxis2"]["type"] = "category"
+    layout["yaxis2"].update(title=dict(text="components"), rangemode="tozero")
+    layout["shapes"] = [dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=0.9, y1=0.9, line=dict(dash="dot", color="grey"))]
+    layout.update(_base_layout(360))
+    layout["legend"].update(y=-0.22, yanchor="top", font=dict(size=11))
+    layout["margin"]["b"] = 40
+    return figure(data, layout)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. Training curves
+
+
+def curves_figure(history: dict, epoch: int | None = None) -> dict:
+    """Loss and accuracy per epoch, training solid and validation dashed; a line marks the epoch on view."""
+    epochs = history.get("epoch") or []
+    metrics = [m for m in ("loss", "accuracy") if any(v is not None for v in history.get(m) or [])]
+    layout, refs = grid(max(1, len(metrics)), 2, metrics or ["no epochs yet"], hgap=0.1)
+    data, shapes = [], []
+    for (xref, yref), metric in zip(refs, metrics):
+        for key, dash, colour in ((metric, "solid", PALETTE[0]), (f"val_{metric}", "dash", PALETTE[1])):
+            values = history.get(key)
+            if values and any(v is not None for v in values):
+                label = "train" if key == metric else "validation"
+                data.append(dict(type="scatter", x=epochs, y=[None if v is None else v for v in values], mode="lines", name=label,
+                                 line=dict(dash=dash, color=colour), legendgroup=label, showlegend=xref == "x", xaxis=xref, yaxis=yref))
+        if epoch is not None:
+            shapes.append(dict(type="line", xref=xref, yref=f"{yref} domain", x0=epoch, x1=epoch, y0=0, y1=1,
+                               line=dict(color="grey", dash="dot")))
+        layout["xaxis" + xref[1:]]["title"] = dict(text="epoch")
+    layout.update(_base_layout(300), shapes=shapes)
+    layout["legend"].update(y=1.12, x=1, xanchor="right")
+    return figure(data, layout)

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny real runs recorded once per test session by the real recorder.
+
+The runs are trained in a subprocess (through `core.training.train`), so the test process itself never imports
+TensorFlow: dashboard tests can then check that viewing does not import it either.
+
+    spiral_run_dir -> (root, run_id)   spiral, hidden (8, 8), 3 epochs: 2-D input, plane grids
+    digits_run_dir -> (root, run_id)   digits, hidden (16,), 2 epochs: image data with thumbnails
+    runs_copy      -> root             a private copy of both, for tests that rename or delete
+
+It also makes AppTest treat `dashboard/pages/` as Streamlit's server does once `st.navigation` has run (see
+`_no_legacy_pages_folder`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+_TRAIN = """
+import json, sys
+from core.training import TrainingSpec, train
+root = sys.argv[1]
+ids = {
+    "spiral": train(TrainingSpec(dataset="spiral", hidden=(8, 8), epochs=3, lr=0.01, runs=root, name="spiral 8-8 fixture")),
+    "digits": train(TrainingSpec(dataset="digits", hidden=(16,), epochs=2, probe_size=300, runs=root, name="digits 16 fixture")),
+}
+print(json.dumps(ids))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_legacy_pages_folder(monkeypatch):
+    """AppTest re-detects a `pages/` folder next to the entry script before every run and then runs the page's
+    file as a script (Streamlit's old multipage mode) instead of `dashboard/app.py`. A server does that only
+    for its very first script run; `st.navigation` turns it off for good. Do the same here."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(scope="session")
+def recorded_runs(tmp_path_factory) -> tuple[str, dict[str, str]]:
+    """(root, {"spiral": id, "digits": id}): both runs in one store, trained once per session."""
+    root = str(tmp_path_factory.mktemp("strata-runs"))
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN, root], cwd=REPO, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, f"training the fixture runs failed:\n{result.stderr[-3000:]}"
+    return root, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def spiral_run_dir(recorded_runs) -> tuple[str, str]:
+    root, ids = recorded_runs
+    return root, ids["spiral"]
+
+
+@pytest.fixture(scope="session")
+def digits_run_dir(recorded_runs) -> tuple[str, str]:
+    root, ids = recorded_runs
+    return root, ids["digits"]
+
+
+@pytest.fixture
+def runs_copy(recorded_runs, tmp_path) -> str:
+    """A private copy of the recorded runs, for tests that change the store."""
+    root, _ = recorded_runs
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    return str(copy)

@@ -1,0 +1,74 @@
+"""The Gradients & activations page through Streamlit's AppTest, on real healthy and pathological runs."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
+
+from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def open_page(gradient_runs, monkeypatch):  # noqa: F811
+    """open_page(**params) -> AppTest of /gradients with `params` in the link."""
+    monkeypatch.setenv("STRATA_RUNS", gradient_runs)
+
+    def open_(**params) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=60)
+        for key, value in params.items():
+            at.query_params[key] = value
+        at.run()  # st.navigation registers the pages on the first run
+        at._page_hash = calc_hash("gradients")  # AppTest.switch_page only knows file pages; ours are callables
+        return at.run()
+
+    return open_
+
+
+def charts(at) -> list:
+    return at.get("plotly_chart")
+
+
+def test_a_vanishing_run_gets_a_callout_and_every_chart(open_page):
+    at = open_page(run="vanishing")
+    assert not at.exception
+    assert at.title[0].value == "Gradients & activations"
+    [callout] = at.warning
+    assert callout.value.startswith("**Vanishing gradients.**") and "`dense_0`" in callout.value
+    assert len(charts(at)) == 9  # no per-batch norms in this run
+    assert any("--grad-every" in c.value for c in at.caption)
+    assert len(at.caption) >= 9  # every chart says how to read it
+
+
+def test_a_healthy_run_says_so_and_shows_per_batch_norms(open_page):
+    at = open_page(run="relu_he")
+    assert not at.exception and not at.warning and not at.error
+    assert "No problems found" in at.success[0].value
+    assert len(charts(at)) == 10
+    assert any("every 5 batches" in c.value for c in at.caption)
+
+
+def test_divergence_is_an_error_callout(open_page):
+    at = open_page(run="exploding")
+    assert not at.exception
+    assert at.error[0].value.startswith("**Exploding gradients.**")
+
+
+def test_the_weights_toggle_opens_from_the_link_and_switches(open_page):
+    at = open_page(run="vanishing", grad_role="bias")  # the browser test checks that the toggle writes the link
+    assert not at.exception and at.segmented_control(key="grad_role").value == "bias"
+    assert any(c.value.startswith("‖∇ bias‖ of each layer") for c in at.caption)
+    at.segmented_control(key="grad_role").set_value("kernel").run()
+    assert not at.exception and any(c.value.startswith("‖∇ kernel‖ of each layer") for c in at.caption)
+
+
+def test_comparing_runs_overlays_them(open_page):
+    at = open_page(run="vanishing", compare="relu_he", layer="dense_2", epoch="1")
+    assert not at.exception
+    assert at.multiselect(key="compare").value == ["relu_he"]
+    assert any(c.value.startswith("Compared run `relu_he`: no problems found") for c in at.caption)
+    assert len(charts(at)) == 10  # the compared run brings its per-batch norms
+    assert "Histograms over time: `dense_2`" in [s.value for s in at.subheader]
+    assert any("at epoch 1" in c.value for c in at.caption)

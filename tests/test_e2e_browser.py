@@ -1,0 +1,156 @@
+"""End to end in headless Chromium: a real `streamlit run dashboard/app.py` on the fixture runs."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Chromium at {CHROMIUM}"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(runs_root: str, **env) -> tuple[subprocess.Popen, str]:
+    """`streamlit run dashboard/app.py` on a free port; returns (process, base URL) once /_stcore/health answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=REPO, env={**os.environ, "STRATA_RUNS": runs_root, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{base}/_stcore/health", timeout=2).status == 200:
+                return process, base
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the dashboard did not answer /_stcore/health within 60 s")
+
+
+@pytest.fixture(scope="module")
+def server(recorded_runs):
+    root, ids = recorded_runs
+    process, base = start_server(root)
+    yield base, ids, process
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
+    yield context.new_page()
+    context.close()
+
+
+def query(page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query)
+
+
+def wait_for_charts(page, count: int = 1, timeout: float = 30_000) -> None:
+    page.locator(".js-plotly-plot").nth(count - 1).wait_for(state="visible", timeout=timeout)
+
+
+def test_a_share_link_opens_that_view(server, page):
+    base, ids, _ = server
+    page.goto(f"{base}/?run={ids['digits']}&layer=output&epoch=1&color=correct&sel=0-3")
+    wait_for_charts(page, 2)
+    main = page.get_by_test_id("stMain")
+    main.get_by_text("Every layer at epoch 1").wait_for()
+    main.get_by_text("Focus: output over training").wait_for()
+    sidebar = page.get_by_test_id("stSidebar")
+    assert sidebar.get_by_role("combobox", name="Layer").input_value() == "output"
+    assert sidebar.get_by_role("combobox", name="Colour by").input_value() == "correct"
+    assert sidebar.get_by_role("combobox", name="Run").input_value() == ids["digits"]
+    assert sidebar.get_by_test_id("stSlider").filter(has_text="Epoch").get_by_test_id("stSliderThumbValue").inner_text() == "1"
+    assert main.get_by_text("4 selected").count() == 1
+    assert page.get_by_test_id("stException").count() == 0
+    assert query(page)["run"] == [ids["digits"]]
+
+
+def test_changing_the_layer_updates_the_url(server, page):
+    base, ids, _ = server
+    page.goto(f"{base}/?run={ids['spiral']}")
+    wait_for_charts(page)
+    assert "layer" not in query(page)
+    page.get_by_test_id("stSidebar").get_by_role("combobox", name="Layer").click()
+    page.get_by_role("option", name="dense_1").click()
+    page.get_by_test_id("stMain").get_by_text("Focus: dense_1 over training").wait_for()
+    page.wait_for_function("() => window.location.search.includes('layer=dense_1')", timeout=10_000)
+    assert query(page)["layer"] == ["dense_1"] and query(page)["run"] == [ids["spiral"]]
+    page.get_by_role("link", name="Runs").click()  # the view follows to another page
+    page.get_by_test_id("stMain").get_by_role("heading", name="Runs").wait_for()
+    assert urlparse(page.url).path == "/runs" and query(page)["layer"] == ["dense_1"]
+
+
+def test_a_garbage_link_shows_a_notice_not_an_exception(server, page):
+    base, _, _ = server
+    page.goto(f"{base}/?run=..%2F..%2Fetc&epoch=yesterday&color=%3Cscript%3E&sel=1-x")
+    wait_for_charts(page)
+    alerts = page.get_by_test_id("stAlert").all_inner_texts()
+    assert any("run=../../etc" in text and "is not a run id" in text for text in alerts), alerts
+    assert any("epoch=yesterday" in text for text in alerts)
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_a_plain_link_gets_the_run_into_the_address_bar(server, page):
+    base, ids, _ = server
+    page.goto(f"{base}/")
+    wait_for_charts(page)
+    page.wait_for_function("() => window.location.search.includes('run=')", timeout=10_000)
+    assert query(page)["run"][0] in ids.values()
+
+
+def test_a_deep_link_is_the_first_request_of_a_fresh_server(recorded_runs, browser):
+    """Streamlit runs a `pages/` file itself on a server's very first script run; the page must still work."""
+    root, ids = recorded_runs
+    process, base = start_server(root)
+    try:
+        page = browser.new_page()
+        page.goto(f"{base}/runs?run={ids['spiral']}&compare={ids['digits']}")
+        page.get_by_test_id("stMain").get_by_role("heading", name="Compare").wait_for(timeout=30_000)
+        assert page.get_by_test_id("stSidebar").get_by_role("combobox", name="Run").input_value() == ids["spiral"]
+        assert page.get_by_test_id("stException").count() == 0
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_server_process_never_loads_tensorflow(server):
+    import psutil
+
+    _, _, process = server
+    mapped = {m.path for m in psutil.Process(process.pid).memory_maps()}
+    assert not [path for path in mapped if "tensorflow" in path or "keras" in path]

@@ -1,0 +1,101 @@
+"""The job manager: real `python -m core train` subprocesses, limits, viewer mode and cancellation."""
+
+import time
+
+import pytest
+
+from core.store import RunStore, StoreError
+from dashboard.jobs import DEMO, JobLimits, JobManager, JobRefused, TrainForm
+
+
+def wait_for(condition, timeout=120.0, interval=0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def status_of(root, run_id):
+    try:
+        run = RunStore(root).run(run_id)
+    except StoreError:
+        return None
+    return run.status, int(run.meta.get("epochs_done") or 0)
+
+
+def test_form_becomes_cli_flags():
+    args = TrainForm(dataset="moons", hidden="8, 4", epochs=3, batch_norm=True, name="x").args()
+    assert args[args.index("--hidden") + 1] == "8,4"
+    assert args[args.index("--noise") + 1] == "0.05" and "--batch-norm" in args
+    assert "--noise" not in TrainForm(dataset="digits").args()  # noise only for the 2-D sets
+    assert TrainForm(dataset="iris", hidden="8").display_name() == "iris 8 relu"
+    DEMO.check(JobLimits())
+
+
+@pytest.mark.parametrize("form, message", [
+    (TrainForm(hidden="8,,4"), "Hidden layers"),
+    (TrainForm(hidden="0"), "Hidden layers"),
+    (TrainForm(epochs=500), "Epochs must be from 1 to 200"),
+    (TrainForm(dataset="imagenet"), "Unknown dataset"),
+    (TrainForm(activation="bogus"), "Unknown activation"),
+    (TrainForm(lr=0), "Learning rate"),
+])
+def test_bad_forms_are_refused_with_a_reason(form, message):
+    with pytest.raises(JobRefused, match=message):
+        form.check(JobLimits())
+
+
+def test_limits_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("STRATA_MAX_JOBS", "3")
+    monkeypatch.setenv("STRATA_MAX_EPOCHS", "50")
+    monkeypatch.setenv("STRATA_VIEWER_MODE", "1")
+    assert JobLimits.from_env() == JobLimits(max_jobs=3, max_epochs=50, viewer_mode=True)
+    monkeypatch.setenv("STRATA_MAX_JOBS", "lots")
+    assert JobLimits.from_env().max_jobs == 1
+
+
+def test_viewer_mode_refuses_to_train(tmp_path):
+    manager = JobManager(str(tmp_path), JobLimits(viewer_mode=True))
+    with pytest.raises(JobRefused, match="viewer mode"):
+        manager.start(DEMO)
+    assert manager.jobs() == []
+
+
+def test_a_job_trains_a_real_run_in_another_process(tmp_path):
+    root = str(tmp_path / "runs")
+    manager = JobManager(root, JobLimits(max_jobs=1))
+    job = manager.start(TrainForm(dataset="spiral", hidden="8", epochs=2, name="job test"))
+    assert job.running and manager.get(job.run_id) is job
+    with pytest.raises(JobRefused, match="already running"):  # one at a time here
+        manager.start(TrainForm(epochs=1))
+    job.process.wait(180)
+    assert job.state == "finished", job.log_tail()
+    assert status_of(root, job.run_id) == ("finished", 2)
+    assert RunStore(root).run(job.run_id).name == "job test"
+
+
+def test_cancel_marks_the_run_interrupted(tmp_path):
+    root = str(tmp_path / "runs")
+    manager = JobManager(root, JobLimits(max_jobs=1, max_epochs=1000))
+    job = manager.start(TrainForm(dataset="spiral", hidden="8", epochs=1000, batch_size=8))
+    wait_for(lambda: (status_of(root, job.run_id) or ("", 0))[1] >= 1)  # training, not still importing
+    assert manager.cancel(job.run_id)
+    job.process.wait(60)
+    assert job.state == "cancelled"
+    assert wait_for(lambda: status_of(root, job.run_id)[0] == "interrupted", timeout=10)
+    assert not manager.cancel(job.run_id)  # nothing left to cancel
+    assert manager.start(TrainForm(dataset="spiral", hidden="4", epochs=1)).running  # the slot is free again
+    manager.shutdown()
+
+
+def test_a_job_that_fails_at_once_explains_itself(tmp_path):
+    manager = JobManager(str(tmp_path / "runs"), JobLimits())
+    job = manager.start(TrainForm(dataset="spiral", hidden="8", epochs=1, optimizer="adam", lr=1e-3, init="glorot_uniform",
+                                  activation="relu"))
+    job.process.send_signal(9)  # a crash before the recorder wrote anything
+    job.process.wait(30)
+    assert job.state == "failed"
+    assert isinstance(job.log_tail(), str)

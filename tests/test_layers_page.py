@@ -1,0 +1,172 @@
+"""The Layers page through Streamlit's AppTest and in headless Chromium, on the session's recorded fixture runs."""
+
+import json
+import os
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+from streamlit.util import calc_hash
+
+from core.store import RunStore
+from dashboard.views.layers import CAPTIONS
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+SHARED_CHARTS = ["probe_heatmap", "probe_depth", "cka_heatmap", "cka_final", "depth", "time"]
+
+
+def layers_page(root, **params) -> AppTest:
+    """A fresh session of /layers on store `root` with `params` in the link."""
+    os.environ["STRATA_RUNS"] = str(root)
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()  # st.navigation registers the pages on the first run
+    at._page_hash = calc_hash("layers")  # AppTest.switch_page only knows file pages; ours are callables
+    return at.run()
+
+
+def charts(at) -> dict[str, dict]:
+    """The page's plotly figures by chart key, as the JSON the browser receives."""
+    return {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+
+
+def alive_unit(root, run_id, layer: int) -> int:
+    dead = RunStore(root).run(run_id).epoch_snapshots()[-1].array(f"L{layer}/dead_units")
+    return int(np.flatnonzero(~dead)[0])
+
+
+@pytest.fixture(autouse=True)
+def _restore_env(monkeypatch):
+    monkeypatch.setenv("STRATA_RUNS", os.environ.get("STRATA_RUNS", "runs"))
+
+
+def test_a_spiral_run_shows_the_metrics_and_the_plane_views(spiral_run_dir):
+    root, run_id = spiral_run_dir
+    unit = alive_unit(root, run_id, 1)
+    at = layers_page(root, run=run_id, layer="dense_1", epoch="2", unit=str(unit))
+    assert not at.exception and not at.warning
+    assert [h.value for h in at.header] == ["Linear probe accuracy", "Representation similarity (CKA)",
+                                            "Separation and dimensionality", "Units of dense_1"]
+    figures = charts(at)
+    assert list(figures) == SHARED_CHARTS + ["unit_grid", "unit_plane", "bent_plane"]
+    captions = {c.value for c in at.caption}
+    assert all(CAPTIONS[name] in captions for name in figures)  # every chart says how to read it
+    assert at.selectbox(key="unit").value == unit
+    assert f"Unit {unit} and the decision boundary" in [s.value for s in at.subheader]
+    depth = figures["probe_depth"]["data"]
+    assert [trace["name"] for trace in depth] == ["epoch 0", "epoch 2"]  # the epoch from the link
+    assert depth[1]["x"][0] == "input"
+    assert len([t for t in figures["unit_grid"]["data"] if t["type"] == "heatmap"]) == 8  # hidden (8, 8)
+    assert [a["text"] for a in figures["bent_plane"]["layout"]["annotations"]][:4] == ["input", "dense_0", "<b>dense_1</b>", "output"]
+
+
+def test_a_digits_run_shows_thumbnails_favourite_inputs_and_weights(digits_run_dir):
+    root, run_id = digits_run_dir
+    unit = alive_unit(root, run_id, 0)
+    at = layers_page(root, run=run_id, layer="dense_0", unit=str(unit))
+    assert not at.exception
+    figures = charts(at)
+    assert list(figures) == SHARED_CHARTS + ["unit_images", "prototypes", "kernel_images"]
+    assert len(figures["unit_images"]["data"]) == 16  # 8 most and 8 least activating probe images
+    assert len(figures["kernel_images"]["data"]) == 16  # the first Dense layer has 16 units
+    z = figures["kernel_images"]["data"][0]["z"]  # plotly sends arrays as {"dtype", "bdata", "shape"}
+    assert (z["shape"].replace(" ", "") if isinstance(z, dict) else str(np.shape(z))) in ("8,8", "(8, 8)")
+    assert "epoch 2" in [trace["name"] for trace in figures["probe_depth"]["data"]]  # no epoch in the link: the latest
+
+
+def test_a_bad_unit_in_the_link_falls_back_to_unit_0_with_a_notice(spiral_run_dir):
+    root, run_id = spiral_run_dir
+    for bad in ("999", "abc", "-1"):
+        at = layers_page(root, run=run_id, layer="dense_0", unit=bad)
+        assert not at.exception, bad
+        assert at.selectbox(key="unit").value == 0
+        [notice] = [w.value for w in at.warning]
+        assert f"unit={bad}" in notice and "showing unit 0" in notice
+
+
+def test_picking_another_unit_and_layer_keeps_the_page_consistent(spiral_run_dir):
+    root, run_id = spiral_run_dir
+    at = layers_page(root, run=run_id)
+    at.selectbox(key="unit").set_value(5).run()
+    assert not at.exception and at.selectbox(key="unit").value == 5
+    at.sidebar.selectbox(key="layer").set_value("output").run()  # two units only: unit 5 is gone
+    assert not at.exception
+    assert at.selectbox(key="unit").options == ["0", "1"] and at.selectbox(key="unit").value == 0
+    assert "Units of output" in [h.value for h in at.header]
+
+
+def test_a_tabular_run_shows_feature_values(tmp_path):
+    """A run recorded by the real recorder on a tabular data set (no plane, no images)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from core.training import TrainingSpec, train; "
+              "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(APP).parents[1], capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path(APP).parents[1]),
+                                                        "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.stdout.strip().splitlines()[-1]
+    at = layers_page(tmp_path, run=run_id, unit="2")
+    assert not at.exception
+    figures = charts(at)
+    assert list(figures) == SHARED_CHARTS + ["unit_features"]
+    assert figures["unit_features"]["data"][0]["x"][:2] == ["sepal length (cm)", "sepal width (cm)"]
+    table = at.dataframe[0].value
+    assert list(table["rank"])[:2] == ["top 1", "top 2"] and "sepal length (cm)" in table.columns
+
+
+# ------------------------------------------------------------------------------------------------------------
+# In the browser
+
+
+def choose(page, combobox, option: str, attempts: int = 5) -> None:
+    """Pick `option` in a selectbox; a rerun that lands while the menu is open closes it, so try again."""
+    for _ in range(attempts):
+        combobox.click()
+        try:
+            page.get_by_role("option").filter(has_text=re.compile(f"^{re.escape(option)}$")).click(timeout=3_000)
+            return
+        except Exception:  # playwright's TimeoutError: the menu closed under us
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {option!r}")
+
+
+@pytest.mark.browser
+def test_the_page_renders_in_chromium_and_the_unit_goes_into_the_link(recorded_runs):
+    from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"needs Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    root, ids = recorded_runs
+    process, base = start_server(root)  # a fresh server: the deep link below is its very first script run
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base}/layers?run={ids['spiral']}&layer=dense_1")
+            main = page.get_by_test_id("stMain")
+            main.get_by_role("heading", name="Units of dense_1").wait_for(timeout=30_000)
+            page.locator(".js-plotly-plot").nth(8).wait_for(state="attached", timeout=30_000)  # all 9 charts
+            assert page.locator(".js-plotly-plot").count() == 9
+            assert page.get_by_test_id("stException").count() == 0 and not errors
+            choose(page, main.get_by_role("combobox", name="Unit"), "3")
+            page.wait_for_function("() => window.location.search.includes('unit=3')", timeout=10_000)
+            main.get_by_role("heading", name="Unit 3 and the decision boundary").wait_for(timeout=10_000)
+            assert parse_qs(urlparse(page.url).query)["layer"] == ["dense_1"]
+
+            page.goto(f"{base}/layers?run={ids['digits']}")
+            main.get_by_role("heading", name="First-layer weights as images").wait_for(timeout=30_000)
+            assert page.get_by_test_id("stException").count() == 0 and not errors
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(10)

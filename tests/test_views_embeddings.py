@@ -1,0 +1,222 @@
+"""The Embeddings view functions: plain pytest on runs recorded by the real recorder (no Streamlit)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import plotly.io as pio
+import pytest
+
+from core.store import RunStore
+from dashboard import data
+from dashboard.views import embeddings as views
+from dashboard.views.embeddings import Coloring, Panel, untyped
+
+
+@pytest.fixture(scope="module")
+def spiral(spiral_run_dir):
+    root, run_id = spiral_run_dir
+    return RunStore(root).run(run_id)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_run_dir):
+    root, run_id = digits_run_dir
+    return RunStore(root).run(run_id)
+
+
+def clouds(spec, name="points"):
+    return [t for t in spec["data"] if t.get("name") == name]
+
+
+def test_view_modules_import_neither_streamlit_nor_tensorflow():
+    code = ("import sys; import dashboard.views.embeddings, dashboard.views.runs, dashboard.data, dashboard.state, "
+            "dashboard.jobs, dashboard.synthetic; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decimation and colour
+
+
+def test_decimate_is_deterministic_bounded_and_keeps_the_selection():
+    rows = views.decimate(100_000, 5_000, keep=[3, 99_999])
+    assert len(rows) <= 5_002 and {3, 99_999} <= set(rows.tolist())
+    assert np.array_equal(rows, views.decimate(100_000, 5_000, keep=[3, 99_999]))
+    assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(views.decimate(10, 5_000), np.arange(10))
+
+
+def test_coloring_modes():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], np.float32)
+    names = ["a", "b"]
+    assert views.coloring("label", labels, probs, names).values.tolist() == [0, 1, 1, 0]
+    assert views.coloring("pred", labels, probs, names).values.tolist() == [0, 1, 0, 0]
+    correct = views.coloring("correct", labels, probs, names)
+    assert correct.names == ("correct", "wrong") and correct.values.tolist() == [0, 0, 1, 0]
+    confidence = views.coloring("confidence", labels, probs, names)
+    assert not confidence.categorical and np.allclose(confidence.values, [0.9, 0.8, 0.6, 0.5])
+    assert views.coloring("label", None, probs, names).title == "predicted label"  # no labels: prediction
+    assert views.coloring("pred", labels, None, names).title == "true label"  # no predictions yet: label
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Layer strip
+
+
+def test_strip_has_the_input_first_then_every_layer(spiral):
+    snapshot = data.snapshot_at(spiral, None)
+    panels = data.strip_panels(spiral, snapshot)
+    assert [p.name for p in panels] == ["input", "dense_0", "dense_1", "output"]
+    color = views.coloring("label", data.labels(spiral), snapshot.array("pred/probs"), data.class_names(spiral))
+    spec = views.strip_figure(panels, color)
+    assert [a["text"] for a in spec["layout"]["annotations"]] == ["input", "dense_0", "dense_1", "output"]
+    assert len(clouds(spec)) == 4 and all(t["type"] == "scattergl" for t in clouds(spec))
+    assert [t["name"] for t in spec["data"] if t.get("showlegend")] == ["arm A", "arm B"]  # one legend for all
+    titles = [spec["layout"][k]["title"]["text"] for k in ("xaxis", "yaxis2")]
+    assert titles[0].startswith("PC1 · ") and titles[0].endswith("%")
+    assert titles[1].startswith("PC2 · ")
+    # the panel shows exactly the stored coordinates of that layer
+    stored = snapshot.array("L1/pca")
+    assert np.allclose(untyped(clouds(spec)[2]["x"]), stored[:, 0]) and np.allclose(untyped(clouds(spec)[2]["y"]), stored[:, 1])
+
+
+def test_strip_highlights_the_selection_in_every_panel(spiral):
+    snapshot = data.snapshot_at(spiral, 1)
+    color = views.coloring("pred", data.labels(spiral), snapshot.array("pred/probs"), data.class_names(spiral))
+    spec = views.strip_figure(data.strip_panels(spiral, snapshot), color, selected=(4, 8, 15))
+    picked = clouds(spec, "selected")
+    assert len(picked) == 4
+    assert all(untyped(t["customdata"]).tolist() == [4, 8, 15] for t in picked)
+    assert all(t["marker"]["opacity"] < 0.8 for t in clouds(spec))  # the rest fades back
+
+
+def test_strip_caps_points_per_panel_for_huge_probe_sets():
+    rng = np.random.default_rng(0)
+    count = 100_000
+    panels = [Panel(f"layer {i}", rng.normal(size=(count, 3)).astype(np.float32), np.array([0.5, 0.3, 0.2])) for i in range(8)]
+    color = Coloring(rng.integers(0, 10, count).astype(np.int16), tuple("abcdefghij"), "label")
+    spec = views.strip_figure(panels, color, selected=(99_999,))
+    assert all(len(untyped(t["x"])) <= views.POINTS_PER_PANEL + 1 for t in clouds(spec))
+    assert 99_999 in untyped(clouds(spec)[0]["customdata"]).tolist()
+    assert len(pio.to_json(views.SpecFigure(spec).to_dict(), validate=False)) < 3_000_000  # ~70 bytes a point
+
+
+def test_degenerate_direction_stays_flat():
+    coords = np.column_stack([np.linspace(-1, 1, 50), np.full(50, 1e-9)]).astype(np.float32)
+    spec = views.strip_figure([Panel("flat", coords, np.array([1.0, 0.0]))], Coloring(np.zeros(50, np.int16), ("a",), ""))
+    low, high = spec["layout"]["yaxis"]["range"]
+    assert high - low >= 0.05 * 2  # not blown up to the float noise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Focus view
+
+
+def test_focus_animates_every_epoch_on_the_stored_aligned_coordinates(spiral):
+    frames, start = data.focus_frames(spiral, 1, "label", 2)
+    assert [f.epoch for f in frames] == [0, 1, 2, 3] and start == 2
+    spec = views.focus_figure(frames, start)
+    assert [f["name"] for f in spec["frames"]] == ["0", "1", "2", "3"]
+    slider = spec["layout"]["sliders"][0]
+    assert slider["active"] == 2 and [s["label"] for s in slider["steps"]] == ["0", "1", "2", "3"]
+    assert [b["label"] for b in spec["layout"]["updatemenus"][0]["buttons"]] == ["▶ Play", "❚❚ Pause"]
+    for frame, snapshot in zip(spec["frames"], spiral.epoch_snapshots()):
+        stored = snapshot.array("L1/pca")
+        assert np.allclose(untyped(frame["data"][0]["x"]), stored[:, 0])  # no re-fitting, no flipping
+    low, high = spec["layout"]["xaxis"]["range"]  # one range for the whole animation
+    everything = np.concatenate([untyped(f["data"][0]["x"]) for f in spec["frames"]])
+    assert low <= everything.min() and everything.max() <= high
+    assert np.allclose(untyped(spec["data"][0]["x"]), spiral.epoch_snapshots()[2].array("L1/pca")[:, 0])
+
+
+def test_frames_resend_colours_only_when_they_change(spiral):
+    frames, start = data.focus_frames(spiral, 0, "label", None)  # true labels: fixed through training
+    assert all("marker" not in f["data"][0] for f in views.focus_figure(frames, start)["frames"])
+    frames, start = data.focus_frames(spiral, 0, "pred", None)  # predictions change from epoch to epoch
+    spec = views.focus_figure(frames, start)
+    assert all("color" in f["data"][0]["marker"] for f in spec["frames"])
+
+
+def test_focus_in_3d_uses_three_components(spiral):
+    frames, start = data.focus_frames(spiral, 0, "confidence", None)
+    spec = views.focus_figure(frames, start, dims="3d", components=(1, 2, 3))
+    assert spec["data"][0]["type"] == "scatter3d" and "z" in spec["data"][0]
+    assert spec["layout"]["scene"]["zaxis"]["title"]["text"].startswith("PC3")
+    assert start == len(frames) - 1  # None means the latest epoch
+    assert spec["data"][0]["marker"]["showscale"]  # confidence is continuous: a colour bar
+
+
+def test_frame_subset_keeps_first_last_and_chosen():
+    epochs = list(range(200))
+    picks = views.frame_subset(epochs, 77, limit=60)
+    assert len(picks) <= 61 and {0, 77, 199} <= set(picks)
+    assert views.frame_subset(list(range(10)), 3) == list(range(10))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Selected samples
+
+
+def test_selection_rows_reads_customdata_from_a_plotly_event():
+    event = {"selection": {"points": [{"customdata": 7}, {"customdata": [3]}, {"point_index": 1}], "point_indices": [0]}}
+    assert views.selection_rows(event) == (3, 7)
+    assert views.selection_rows(None) == () and views.selection_rows({"selection": {}}) == ()
+
+
+def test_image_samples_get_thumbnails_and_a_table(digits):
+    probe = digits.probe()
+    snapshot = data.snapshot_at(digits, None)
+    shape = digits.meta["dataset"]["image_shape"]
+    images = views.thumbnails(probe.x, [0, 5], shape)
+    border = 2 * views.THUMBNAIL_BORDER
+    assert len(images) == 2 and images[0].shape == (64 + border, 64 + border) and 0 <= images[0].min() and images[0].max() <= 1
+    table = views.sample_table([0, 5], probe.y, snapshot.array("pred/probs"), digits.meta["dataset"]["class_names"])
+    assert table[0]["row"] == 0 and table[0]["label"] == str(probe.y[0])
+    assert set(table[0]) == {"row", "label", "prediction", "confidence", "correct"}
+
+
+def test_tabular_samples_list_feature_values(spiral):
+    probe = spiral.probe()
+    table = views.sample_table([2], probe.y, None, ["arm A", "arm B"], features=probe.x, feature_names=["x1", "x2"])
+    assert table[0]["x1"] == pytest.approx(float(probe.x[2, 0]), abs=1e-4) and "prediction" not in table[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Explained variance and 5. training curves
+
+
+def test_components_for_90_percent():
+    assert views.components_for([0.5, 0.3, 0.15, 0.05]) == 3
+    assert views.components_for([0.9, 0.1]) == 1
+    assert views.components_for([0.2, 0.2]) is None  # the stored components fall short
+
+
+def test_scree_has_a_line_per_layer_and_the_recorders_n90(digits):
+    snapshot = data.snapshot_at(digits, None)
+    names, variances, n90 = data.scree_inputs(digits, snapshot)
+    assert names[0] == "input" and names[1:] == [layer["name"] for layer in digits.layers]
+    spec = views.scree_figure(names, variances, n90)
+    lines = [t for t in spec["data"] if t["type"] == "scatter"]
+    bars = [t for t in spec["data"] if t["type"] == "bar"][0]
+    assert [t["name"] for t in lines] == names
+    assert bars["y"][1] == snapshot.layer(0)["dimensionality"]["n90"]
+    assert all(0 <= y <= 1.0001 for t in lines for y in t["y"])
+
+
+def test_curves_show_train_and_validation(spiral):
+    spec = views.curves_figure(spiral.history(), epoch=2)
+    names = [(t["name"], t["xaxis"]) for t in spec["data"]]
+    assert names == [("train", "x"), ("validation", "x"), ("train", "x2"), ("validation", "x2")]
+    assert [s["x0"] for s in spec["layout"]["shapes"]] == [2, 2]
+    assert views.curves_figure({"epoch": []})["data"] == []
+
+
+def test_specs_serialise_to_compact_plotly_json(spiral):
+    frames, start = data.focus_frames(spiral, 0, "label", None)
+    text = pio.to_json(views.SpecFigure(views.focus_figure(frames, start)).to_dict(), validate=False)
+    assert '"bdata"' in text
+    assert json.loads(text)["layout"]["sliders"][0]["active"] == start
