@@ -38,16 +38,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def _app_test(root: str, run_id: str):
-    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):  # as a server does after its first run; see tests/conftest.py
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init
     os.environ["STRATA_RUNS"] = root
     at = AppTest.from_file(APP, default_timeout=300)
     at.query_params["run"] = run_id

@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 
 from core.store import StoreError  # noqa: E402
 from dashboard import context, sidebar  # noqa: E402
-from dashboard.pages import embeddings, runs  # noqa: E402
+from dashboard.screens import embeddings, runs  # noqa: E402
 
 
 def page_render(module: str):
@@ -28,8 +28,8 @@ st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":ma
 
 pages = [
     st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", default=True),
-    st.Page(page_render("dashboard.pages.gradients"), title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
-    st.Page(page_render("dashboard.pages.layers"), title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page(page_render("dashboard.screens.gradients"), title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
+    st.Page(page_render("dashboard.screens.layers"), title="Layers", icon=":material/layers:", url_path="layers"),
     st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
 ]
 page = st.navigation(pages)

@@ -22,9 +22,8 @@ their key (`run`, `layer`, `epoch`, ...), and the selection (`sel`) is written t
 A page's own controls can do the same with their own keys (e.g. `key="grad_role", bind="query-params"`).
 Wrap live charts in `st.fragment(run_every=context.LIVE_SECONDS)` while `context.is_live()`.
 
-Page modules live in `dashboard/pages/`, a folder name Streamlit's old multipage mode still recognises: on a
-server's very first script run it executes the page file itself instead of `app.py`. Each page module starts
-with the two-line `if __name__ == "__main__":` guard of `pages/embeddings.py`, which hands over to the app.
+Page modules live in `dashboard/screens/` (not `pages/`: Streamlit's old multipage mode would run files in a
+folder of that name as scripts of their own).
 """
 
 from __future__ import annotations

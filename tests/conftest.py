@@ -6,9 +6,6 @@ TensorFlow: dashboard tests can then check that viewing does not import it eithe
     spiral_run_dir -> (root, run_id)   spiral, hidden (8, 8), 3 epochs: 2-D input, plane grids
     digits_run_dir -> (root, run_id)   digits, hidden (16,), 2 epochs: image data with thumbnails
     runs_copy      -> root             a private copy of both, for tests that rename or delete
-
-It also makes AppTest treat `dashboard/pages/` as Streamlit's server does once `st.navigation` has run (see
-`_no_legacy_pages_folder`).
 """
 
 from __future__ import annotations
@@ -34,22 +31,6 @@ ids = {
 }
 print(json.dumps(ids))
 """
-
-
-@pytest.fixture(autouse=True)
-def _no_legacy_pages_folder(monkeypatch):
-    """AppTest re-detects a `pages/` folder next to the entry script before every run and then runs the page's
-    file as a script (Streamlit's old multipage mode) instead of `dashboard/app.py`. A server does that only
-    for its very first script run; `st.navigation` turns it off for good. Do the same here."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 @pytest.fixture(scope="session")

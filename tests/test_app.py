@@ -133,7 +133,7 @@ def test_an_empty_store_offers_a_demo_run(tmp_path, monkeypatch):
 
 def test_the_demo_trains_in_the_background_and_the_page_follows_it(tmp_path, monkeypatch):
     root = tmp_path / "runs"
-    monkeypatch.setattr("dashboard.pages.embeddings.DEMO", TrainForm(dataset="spiral", hidden="4", epochs=2, name="demo test"))
+    monkeypatch.setattr("dashboard.screens.embeddings.DEMO", TrainForm(dataset="spiral", hidden="4", epochs=2, name="demo test"))
     at = app(root)
     at.button(key="demo").click().run()
     assert not at.exception
@@ -224,14 +224,8 @@ def test_viewing_never_imports_tensorflow(recorded_runs):
     script = f"""
 import os, sys
 os.environ["STRATA_RUNS"] = {root!r}
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
-original = PagesManager.__init__
-def init(self, *args, **kwargs):  # as conftest._no_legacy_pages_folder
-    original(self, *args, **kwargs)
-    PagesManager.uses_pages_directory = False
-PagesManager.__init__ = init
 for page in ("", "gradients", "layers", "runs"):
     at = AppTest.from_file({APP!r}, default_timeout=60)
     at.query_params["run"] = {ids['digits']!r}

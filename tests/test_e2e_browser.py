@@ -134,7 +134,7 @@ def test_a_plain_link_gets_the_run_into_the_address_bar(server, page):
 
 
 def test_a_deep_link_is_the_first_request_of_a_fresh_server(recorded_runs, browser):
-    """Streamlit runs a `pages/` file itself on a server's very first script run; the page must still work."""
+    """The page in the URL path is served by app.py's navigation even on a server's very first script run."""
     root, ids = recorded_runs
     process, base = start_server(root)
     try:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # Streamlit's legacy `pages/` discovery ran this file as a script: run the app instead
-    import runpy, pathlib; runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"))  # noqa: E401, E702
-
 import streamlit as st
 
 from core.store import StoreError
