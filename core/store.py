@@ -132,6 +132,10 @@ class _Files:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def open(self, path: str):
+        """A binary file object; np.load reads single npz members from it without reading the whole file."""
+        return self.fs.open(path, "rb") if self.fs else open(path, "rb")
+
     def read_bytes(self, path: str) -> bytes:
         if self.fs:
             return self.fs.cat_file(path)
@@ -292,6 +296,7 @@ class Probe:
     indices: np.ndarray  # (n,) positions of the probe samples in the user's data
     x: np.ndarray | None  # (n, ...) inputs, stored when small enough (thumbnails, feature values)
     plane: dict[str, np.ndarray] = field(default_factory=dict)  # input-plane grid for 2-D data sets
+    input_pca: np.ndarray | None = None  # (n, k) PCA of the raw inputs: the baseline every layer is compared with
 
     @property
     def size(self) -> int:
@@ -299,11 +304,16 @@ class Probe:
 
 
 class Snapshot:
-    """One immutable snapshot: `meta` holds the scalars, `array(key)` loads one array on demand."""
+    """One immutable snapshot: `meta` holds the scalars, `array(key)` loads one array on demand.
 
-    def __init__(self, meta: dict, data: bytes):
+    Only the JSON header is read up front; arrays are read from the file member by member when asked for and
+    then kept, so a viewer's memory grows with what it shows, not with the size of the store.
+    """
+
+    def __init__(self, meta: dict, files: _Files, path: str):
         self.meta = meta
-        self._data = data
+        self._files = files
+        self._path = path
         self._arrays: dict[str, np.ndarray] = {}
 
     @property
@@ -315,13 +325,13 @@ class Snapshot:
         return float(self.meta["epoch"])
 
     def keys(self) -> list[str]:
-        with np.load(io.BytesIO(self._data), allow_pickle=False) as npz:
+        with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
             return [k for k in npz.files if k != META_KEY]
 
     def array(self, key: str) -> np.ndarray | None:
         """The array stored under `key`, or None when this snapshot has none."""
         if key not in self._arrays:
-            with np.load(io.BytesIO(self._data), allow_pickle=False) as npz:
+            with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
                 if key not in npz.files:
                     return None
                 self._arrays[key] = npz[key]
@@ -333,10 +343,10 @@ class Snapshot:
         return layers[index] if 0 <= index < len(layers) else {}
 
 
-def _parse_snapshot(data: bytes) -> Snapshot:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+def _read_snapshot(files: _Files, path: str) -> Snapshot:
+    with files.open(path) as handle, np.load(handle, allow_pickle=False) as npz:
         meta = json.loads(str(npz[META_KEY]))
-    return Snapshot(meta, data)
+    return Snapshot(meta, files, path)
 
 
 class Run:
@@ -347,6 +357,7 @@ class Run:
         self.id = checked_run_id(run_id)
         self._snapshots: dict[int, Snapshot] = {}
         self._batch_gradients: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._settled = False  # every snapshot has been listed: the run had ended when we last looked
         self._meta: dict | None = None
         self.meta  # fail early with RunNotFound
 
@@ -378,18 +389,20 @@ class Run:
 
     def poll(self) -> list[int]:
         """Sequence numbers of complete snapshots not seen before. Unfinished or damaged files are skipped."""
+        status_before_listing = self.meta.get("status", "running")
         new = []
         for name in self.files.listdir(self.files.join(self.id, "snapshots")):
             match = SNAPSHOT_NAME.match(name)
             if not match or int(match.group(1)) in self._snapshots:
                 continue
             try:
-                data = self.files.read_bytes(self.files.join(self.id, "snapshots", name))
-                snapshot = _parse_snapshot(data)
+                snapshot = _read_snapshot(self.files, self.files.join(self.id, "snapshots", name))
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
                 continue
             self._snapshots[snapshot.seq] = snapshot
             new.append(snapshot.seq)
+        # The writer sets the final status after its last snapshot: once seen, the listing is complete for good.
+        self._settled = status_before_listing != "running"
         return sorted(new)
 
     @property
@@ -410,7 +423,8 @@ class Run:
 
     def snapshots(self) -> list[Snapshot]:
         """All complete snapshots, ordered by sequence number."""
-        self.poll()
+        if not self._settled:
+            self.poll()
         return [self._snapshots[seq] for seq in sorted(self._snapshots)]
 
     def snapshot(self, seq: int) -> Snapshot:
@@ -440,7 +454,9 @@ class Run:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
             plane = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("plane/")}
-            self._probe = Probe(y=arrays.get("y"), indices=arrays["indices"], x=arrays.get("x"), plane=plane)
+            self._probe = Probe(
+                y=arrays.get("y"), indices=arrays["indices"], x=arrays.get("x"), plane=plane, input_pca=arrays.get("input/pca")
+            )
         return self._probe
 
     def history(self) -> dict[str, list]:

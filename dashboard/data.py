@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.store import Run, Snapshot
+from core.store import Run, Snapshot, StoreError
 from dashboard.views.embeddings import Frame, Panel, coloring, frame_subset
 
 
@@ -40,15 +40,11 @@ def layer_variance(snapshot: Snapshot, index: int) -> np.ndarray | None:
 def input_panel(run: Run) -> Panel | None:
     """The raw input's PCA (fixed through training): the strip's first panel."""
     try:
-        probe_file = run.files.read_bytes(run.files.join(run.id, "probe.npz"))
-    except (FileNotFoundError, OSError):
+        coords = run.probe().input_pca
+    except (StoreError, OSError):
         return None
-    import io
-
-    with np.load(io.BytesIO(probe_file), allow_pickle=False) as npz:
-        if "input/pca" not in npz.files:
-            return None
-        coords = npz["input/pca"]
+    if coords is None:
+        return None
     ratios = run.meta.get("input", {}).get("explained_variance_ratio")
     return Panel("input", coords, None if ratios is None else np.asarray(ratios, dtype=np.float64))
 

@@ -190,3 +190,20 @@ def test_concurrent_reader_never_sees_a_partial_snapshot(tmp_path):
 def test_reader_does_not_import_tensorflow():
     code = "import core, core.store, core.summary, core.cli, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_an_ended_run_is_listed_once_and_arrays_load_lazily(tmp_path, monkeypatch):
+    writer = RunWriter(str(tmp_path), "ended", _layer_meta())
+    writer.write_probe({"indices": np.arange(20), "input/pca": np.ones((20, 2), np.float32)})
+    _write_snapshots(writer, 3)
+    writer.set_status("finished")
+    run = RunStore(str(tmp_path)).run("ended")
+    assert len(run.snapshots()) == 3
+    listings = []
+    original = run.files.listdir
+    monkeypatch.setattr(run.files, "listdir", lambda path: listings.append(path) or original(path))
+    assert len(run.snapshots()) == 3 and listings == []  # a finished run gets no new snapshots: no re-listing
+    snapshot = run.snapshots()[0]
+    assert snapshot._arrays == {}  # only the header was read so far
+    assert snapshot.array("L0/pca").shape == (20, 3) and list(snapshot._arrays) == ["L0/pca"]
+    assert run.probe().input_pca.shape == (20, 2)
