@@ -146,7 +146,7 @@ def test_cka_to_final_keeps_at_most_cap_epochs(spiral_run_dir):
 # ------------------------------------------------------------------------------------------------------------
 # Linear probe accuracy rises with depth on a trained network
 
-# Measured once with the CLI (see docs/layers.md): `python -m core train --dataset spiral --noise 0 --hidden
+# Measured once with the CLI (see dashboard/LAYERS.md): `python -m core train --dataset spiral --noise 0 --hidden
 # 32,32,32,32 --lr 0.01 --epochs 100` gives input 0.584, then 0.812, 0.966, 0.998, 0.998 (output 0.998).
 # The test trains the same network faster (lr 0.02, 20 epochs, capturing only epochs 0 and 20): measured input 0.584,
 # then 0.776, 0.990, 1.000, 1.000.
