@@ -8,6 +8,7 @@ finishes every capture it has received, then exits at end of input. This module 
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import sys
@@ -100,6 +101,10 @@ def read_frames(stream):
 
 
 def main() -> int:
+    try:
+        os.nice(10)  # training comes first: the analysis takes the CPU time training leaves idle
+    except OSError:
+        pass
     sink = RunSink()
     for message in read_frames(sys.stdin.buffer):
         sink.handle(message)
