@@ -130,9 +130,8 @@ class Recorder(keras.callbacks.Callback):
             },
             "config": config or {},
         }
-        self._worker = None
+        self._worker = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
         self._active = False  # recording: between a successful start and end()
-        self._worker: Worker | None = None
         self._history: dict[str, list] = {"epoch": []}
         self._seq = 0
         self._epoch = 0

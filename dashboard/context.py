@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Callable
 
 import streamlit as st
 
@@ -269,6 +270,25 @@ def is_live(run: Run | None = None) -> bool:
         return run is not None and run.status == "running"
     except StoreError:
         return False
+
+
+def live_section(run: Run, draw: Callable[[bool], None]) -> None:
+    """Call `draw(live)`: once for an ended run, every LIVE_SECONDS in a fragment (no full rerun) while it trains.
+
+    A run that turns unreadable mid-way (deleted, damaged) shows as a message, never a traceback.
+    """
+    live = is_live(run)
+
+    @st.fragment(run_every=LIVE_SECONDS if live else None)
+    def section() -> None:
+        try:
+            if live:
+                run.refresh()
+            draw(live)
+        except StoreError as error:
+            st.error(f"Run `{run.id}` cannot be read: {error}")
+
+    section()
 
 
 def layer_index() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.store import StoreError
 from dashboard import context, data, sidebar
 from dashboard.jobs import DEMO
 from dashboard.views import embeddings as views
@@ -18,18 +17,7 @@ def render() -> None:
     if run is None:
         first_contact()
         return
-    live = context.is_live(run)
-
-    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
-    def charts() -> None:
-        try:
-            if live:
-                run.refresh()
-            show(run, context.view_state(), live)
-        except StoreError as error:
-            st.error(f"Run `{run.id}` cannot be read: {error}")
-
-    charts()
+    context.live_section(run, lambda live: show(run, context.view_state(), live))
 
 
 def first_contact() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import streamlit as st
 
 from core.diagnosis import diagnose
-from core.store import StoreError
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import gradients as views
@@ -33,18 +32,7 @@ def render() -> None:
                                     help="Gradient of the layer's kernel (weight matrix) or of its bias.")
     with right:
         others = context.compare_runs("Overlay other runs")
-    live = context.is_live(run)
-
-    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
-    def charts() -> None:
-        try:
-            if live:
-                run.refresh()
-            show(run, [o for o in others if o.id != run.id], role or "kernel", live)
-        except StoreError as error:
-            st.error(f"Run `{run.id}` cannot be read: {error}")
-
-    charts()
+    context.live_section(run, lambda live: show(run, [o for o in others if o.id != run.id], role or "kernel", live))
 
 
 def show(run, others, role: str, live: bool) -> None:

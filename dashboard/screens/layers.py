@@ -6,7 +6,6 @@ import numpy as np
 import streamlit as st
 
 from core import metrics
-from core.store import StoreError
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import layers as views
@@ -22,18 +21,7 @@ def render() -> None:
         return
     st.caption("Numbers and concrete examples for what each layer and each unit has learned. Pick the layer and the "
                "epoch in the sidebar; every choice here is kept in the link.")
-    live = context.is_live(run)
-
-    @st.fragment(run_every=context.LIVE_SECONDS if live else None)
-    def page() -> None:
-        try:
-            if live:
-                run.refresh()
-            show(run, live)
-        except StoreError as error:
-            st.error(f"Run `{run.id}` cannot be read: {error}")
-
-    page()
+    context.live_section(run, lambda live: show(run, live))
 
 
 def show(run, live: bool) -> None:
