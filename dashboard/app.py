@@ -5,31 +5,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/, not the repo, on the path
 
-import importlib  # noqa: E402
-
 import streamlit as st  # noqa: E402
 
 from core.store import StoreError  # noqa: E402
 from dashboard import context, sidebar  # noqa: E402
-from dashboard.screens import embeddings, runs  # noqa: E402
-
-
-def page_render(module: str):
-    """`render` of a page module; a page that is not built yet shows a placeholder instead of breaking the app."""
-    try:
-        return importlib.import_module(module).render
-    except ModuleNotFoundError as error:
-        if error.name != module:
-            raise
-        return lambda: st.info(f"This page (`{module}`) is not available in this version of Strata.")
-
+from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 
 pages = [
     st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", default=True),
-    st.Page(page_render("dashboard.screens.gradients"), title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
-    st.Page(page_render("dashboard.screens.layers"), title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page(gradients.render, title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
+    st.Page(layers.render, title="Layers", icon=":material/layers:", url_path="layers"),
     st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
 ]
 page = st.navigation(pages)
