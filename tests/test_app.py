@@ -7,26 +7,16 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
 
 from core.store import RunStore
 from dashboard import context
+from apptest_pages import open_app
 from dashboard.jobs import JobLimits, TrainForm
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 
-def app(root, page: str = "", **params) -> AppTest:
-    """A fresh session of the app on store `root`, opened at `page` (a url_path) with `params` in the link."""
-    os.environ["STRATA_RUNS"] = str(root)
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    if page:
-        at.run()  # st.navigation registers the pages on the first run
-        at._page_hash = calc_hash(page)  # AppTest.switch_page only knows file pages; ours are callables
-    return at.run()
+app = open_app
 
 
 def notices(at) -> list[str]:
@@ -223,9 +213,9 @@ def test_viewing_never_imports_tensorflow(recorded_runs):
     root, ids = recorded_runs
     script = f"""
 import os, sys
-os.environ["STRATA_RUNS"] = {root!r}
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
+os.environ["STRATA_RUNS"] = {root!r}
 for page in ("", "gradients", "layers", "runs"):
     at = AppTest.from_file({APP!r}, default_timeout=60)
     at.query_params["run"] = {ids['digits']!r}

@@ -1,30 +1,18 @@
 """The Gradients & activations page through Streamlit's AppTest, on real healthy and pathological runs."""
 
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
+from apptest_pages import open_app
 
 from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 
 @pytest.fixture
 def open_page(gradient_runs, monkeypatch):  # noqa: F811
     """open_page(**params) -> AppTest of /gradients with `params` in the link."""
     monkeypatch.setenv("STRATA_RUNS", gradient_runs)
-
-    def open_(**params) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=60)
-        for key, value in params.items():
-            at.query_params[key] = value
-        at.run()  # st.navigation registers the pages on the first run
-        at._page_hash = calc_hash("gradients")  # AppTest.switch_page only knows file pages; ours are callables
-        return at.run()
-
-    return open_
+    return lambda **params: open_app(gradient_runs, "gradients", **params)
 
 
 def charts(at) -> list:

@@ -8,9 +8,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
-from streamlit.util import calc_hash
 
+from apptest_pages import open_app
 from core.store import RunStore
 from dashboard.views.layers import CAPTIONS
 
@@ -18,15 +17,9 @@ APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 SHARED_CHARTS = ["probe_heatmap", "probe_depth", "cka_heatmap", "cka_final", "depth", "time"]
 
 
-def layers_page(root, **params) -> AppTest:
+def layers_page(root, **params):
     """A fresh session of /layers on store `root` with `params` in the link."""
-    os.environ["STRATA_RUNS"] = str(root)
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    at.run()  # st.navigation registers the pages on the first run
-    at._page_hash = calc_hash("layers")  # AppTest.switch_page only knows file pages; ours are callables
-    return at.run()
+    return open_app(root, "layers", **params)
 
 
 def charts(at) -> dict[str, dict]:
