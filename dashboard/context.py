@@ -325,11 +325,20 @@ def compare_runs(label: str = "Compare with") -> list[Run]:
     return runs
 
 
+PAGE_CONTROLS = ("grad_role", "unit")  # keys of the pages' own URL-bound widgets, beyond the sidebar's view state
+
+
+def page_controls() -> dict[str, str]:
+    """The current values of the pages' own bound widgets. Streamlit keeps a bound widget's value in the browser's
+    URL and in session state, not in `st.query_params`, so the Share box reads it from session state."""
+    return {key: str(st.session_state[key]) for key in PAGE_CONTROLS if st.session_state.get(key) is not None}
+
+
 def share_link(view: schema.ViewState) -> str:
-    """The full link to this view: the page's URL plus the view state as a query string."""
+    """The full link to this view: the page's URL, the view state, and the page's own controls (`unit`, ...)."""
     from urllib.parse import urlencode
 
-    query = urlencode(schema.to_query(view), doseq=True)
+    query = urlencode({**page_controls(), **schema.to_query(view)}, doseq=True)
     base = st.context.url or ""
     if base.count("/") == 2:  # "http://host:port": the root page still needs its "/"
         base += "/"

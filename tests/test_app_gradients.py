@@ -60,3 +60,12 @@ def test_comparing_runs_overlays_them(open_page):
     assert len(charts(at)) == 10  # the compared run brings its per-batch norms
     assert "Histograms over time: `dense_2`" in [s.value for s in at.subheader]
     assert any("at epoch 1" in c.value for c in at.caption)
+
+
+def test_the_share_link_keeps_the_weights_toggle(open_page):
+    from urllib.parse import parse_qs, urlparse
+
+    at = open_page(run="vanishing", grad_role="bias")
+    at.session_state["share_open"] = True  # open the sidebar's Share expander
+    query = parse_qs(urlparse(at.run().sidebar.code[0].value).query)
+    assert query["grad_role"] == ["bias"] and query["run"] == ["vanishing"]

@@ -163,3 +163,12 @@ def test_the_page_renders_in_chromium_and_the_unit_goes_into_the_link(recorded_r
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_the_share_link_carries_the_pages_own_controls(spiral_run_dir):
+    root, run_id = spiral_run_dir
+    unit = alive_unit(root, run_id, 1)
+    at = layers_page(root, run=run_id, layer="dense_1", unit=str(unit))
+    at.session_state["share_open"] = True  # open the sidebar's Share expander
+    query = parse_qs(urlparse(at.run().sidebar.code[0].value).query)
+    assert query["unit"] == [str(unit)] and query["run"] == [run_id] and query["layer"] == ["dense_1"]
