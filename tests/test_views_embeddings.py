@@ -26,8 +26,15 @@ def digits(digits_run_dir):
     return RunStore(root).run(run_id)
 
 
-def clouds(spec, name="points"):
-    return [t for t in spec["data"] if t.get("name") == name]
+def clouds(spec, meta="points", xaxis=None):
+    return [t for t in spec["data"] if t.get("meta") == meta and (xaxis is None or t.get("xaxis", "x") == xaxis)]
+
+
+def drawn(traces):
+    """(rows, x, y) that the cloud `traces` draw together, ordered by probe row."""
+    rows = np.concatenate([untyped(t["customdata"]) for t in traces])
+    order = np.argsort(rows)
+    return rows[order], *(np.concatenate([untyped(t[axis]) for t in traces])[order] for axis in "xy")
 
 
 def test_view_modules_import_neither_streamlit_nor_tensorflow():
@@ -74,14 +81,22 @@ def test_strip_has_the_input_first_then_every_layer(spiral):
     color = views.coloring("label", data.labels(spiral), snapshot.array("pred/probs"), data.class_names(spiral))
     spec = views.strip_figure(panels, color)
     assert [a["text"] for a in spec["layout"]["annotations"]] == ["input", "dense_0", "dense_1", "output"]
-    assert len(clouds(spec)) == 4 and all(t["type"] == "scattergl" for t in clouds(spec))
+    # SVG, one trace per class per panel, each in one flat colour
+    assert len(clouds(spec)) == 4 * 2 and all(t["type"] == "scatter" for t in clouds(spec))
+    assert {t["marker"]["color"] for t in clouds(spec, xaxis="x3")} == {views.category_colour(0), views.category_colour(1)}
     assert [t["name"] for t in spec["data"] if t.get("showlegend")] == ["arm A", "arm B"]  # one legend for all
+    assert [t["legendgroup"] for t in clouds(spec, xaxis="x4")] == ["arm A", "arm B"]  # toggles a class everywhere
     titles = [spec["layout"][k]["title"]["text"] for k in ("xaxis", "yaxis2")]
     assert titles[0].startswith("PC1 · ") and titles[0].endswith("%")
     assert titles[1].startswith("PC2 · ")
-    # the panel shows exactly the stored coordinates of that layer
+    # the panel shows exactly the stored coordinates of that layer, each point in its class's trace
     stored = snapshot.array("L1/pca")
-    assert np.allclose(untyped(clouds(spec)[2]["x"]), stored[:, 0]) and np.allclose(untyped(clouds(spec)[2]["y"]), stored[:, 1])
+    rows, x, y = drawn(clouds(spec, xaxis="x3"))
+    assert np.array_equal(rows, views.decimate(len(stored), views.POINTS_PER_PANEL))
+    scale = np.abs(stored).max()  # traces carry 4 significant digits (see views.plain)
+    assert np.allclose(x, stored[rows, 0], atol=1e-3 * scale) and np.allclose(y, stored[rows, 1], atol=1e-3 * scale)
+    arm_b = untyped(clouds(spec, xaxis="x3")[1]["customdata"])
+    assert np.all(data.labels(spiral)[arm_b] == 1)
 
 
 def test_strip_highlights_the_selection_in_every_panel(spiral):
@@ -89,7 +104,7 @@ def test_strip_highlights_the_selection_in_every_panel(spiral):
     color = views.coloring("pred", data.labels(spiral), snapshot.array("pred/probs"), data.class_names(spiral))
     spec = views.strip_figure(data.strip_panels(spiral, snapshot), color, selected=(4, 8, 15))
     picked = clouds(spec, "selected")
-    assert len(picked) == 4
+    assert len(picked) == 4 and not any(t["showlegend"] for t in picked)
     assert all(untyped(t["customdata"]).tolist() == [4, 8, 15] for t in picked)
     assert all(t["marker"]["opacity"] < 0.8 for t in clouds(spec))  # the rest fades back
 
@@ -100,9 +115,11 @@ def test_strip_caps_points_per_panel_for_huge_probe_sets():
     panels = [Panel(f"layer {i}", rng.normal(size=(count, 3)).astype(np.float32), np.array([0.5, 0.3, 0.2])) for i in range(8)]
     color = Coloring(rng.integers(0, 10, count).astype(np.int16), tuple("abcdefghij"), "label")
     spec = views.strip_figure(panels, color, selected=(99_999,))
-    assert all(len(untyped(t["x"])) <= views.POINTS_PER_PANEL + 1 for t in clouds(spec))
-    assert 99_999 in untyped(clouds(spec)[0]["customdata"]).tolist()
-    assert len(pio.to_json(views.SpecFigure(spec).to_dict(), validate=False)) < 3_000_000  # ~70 bytes a point
+    per_panel = [drawn(clouds(spec, xaxis=x))[0] for x in ["x"] + [f"x{i}" for i in range(2, 9)]]
+    assert all(len(rows) <= views.POINTS_PER_PANEL + 1 for rows in per_panel)
+    assert all(np.array_equal(rows, per_panel[0]) for rows in per_panel)  # the same samples in every panel
+    assert 99_999 in per_panel[0].tolist()
+    assert len(pio.to_json(views.SpecFigure(spec).to_dict(), validate=False)) < 200_000
 
 
 def test_degenerate_direction_stays_flat():
@@ -124,27 +141,40 @@ def test_focus_animates_every_epoch_on_the_stored_aligned_coordinates(spiral):
     slider = spec["layout"]["sliders"][0]
     assert slider["active"] == 2 and [s["label"] for s in slider["steps"]] == ["0", "1", "2", "3"]
     assert [b["label"] for b in spec["layout"]["updatemenus"][0]["buttons"]] == ["▶ Play", "❚❚ Pause"]
+    points = clouds(spec)
+    assert [t["name"] for t in points] == ["arm A", "arm B"] and spec["data"][-1]["meta"] == "selected"
+    assert all(f["traces"] == [0, 1, 2] for f in spec["frames"])
     for frame, snapshot in zip(spec["frames"], spiral.epoch_snapshots()):
         stored = snapshot.array("L1/pca")
-        assert np.allclose(untyped(frame["data"][0]["x"]), stored[:, 0])  # no re-fitting, no flipping
+        # true labels never change, so each class trace keeps its rows and a frame only moves them
+        x = np.concatenate([untyped(t["x"]) for t in frame["data"][:2]])
+        rows = np.concatenate([untyped(t["customdata"]) for t in points])
+        assert np.allclose(x, stored[rows, 0])  # no re-fitting, no flipping
     low, high = spec["layout"]["xaxis"]["range"]  # one range for the whole animation
-    everything = np.concatenate([untyped(f["data"][0]["x"]) for f in spec["frames"]])
+    everything = np.concatenate([untyped(t["x"]) for f in spec["frames"] for t in f["data"]])
     assert low <= everything.min() and everything.max() <= high
-    assert np.allclose(untyped(spec["data"][0]["x"]), spiral.epoch_snapshots()[2].array("L1/pca")[:, 0])
+    rows, x, _ = drawn(points)
+    stored = spiral.epoch_snapshots()[2].array("L1/pca")
+    assert np.allclose(x, stored[rows, 0], atol=1e-3 * np.abs(stored).max())
+    assert points[0]["type"] == "scatter"  # a few thousand points: SVG
 
 
 def test_frames_resend_colours_only_when_they_change(spiral):
     frames, start = data.focus_frames(spiral, 0, "label", None)  # true labels: fixed through training
-    assert all("marker" not in f["data"][0] for f in views.focus_figure(frames, start)["frames"])
+    assert all("customdata" not in t and "marker" not in t for f in views.focus_figure(frames, start)["frames"] for t in f["data"])
     frames, start = data.focus_frames(spiral, 0, "pred", None)  # predictions change from epoch to epoch
     spec = views.focus_figure(frames, start)
-    assert all("color" in f["data"][0]["marker"] for f in spec["frames"])
+    for frame, source in zip(spec["frames"], frames):  # each class trace gets the rows predicted as that class
+        for category, trace in enumerate(frame["data"][:2]):
+            assert np.all(source.color.values[untyped(trace["customdata"])] == category)
+    frames, start = data.focus_frames(spiral, 0, "confidence", None)  # one trace coloured point by point
+    assert all("color" in f["data"][0]["marker"] for f in views.focus_figure(frames, start)["frames"])
 
 
 def test_focus_in_3d_uses_three_components(spiral):
     frames, start = data.focus_frames(spiral, 0, "confidence", None)
     spec = views.focus_figure(frames, start, dims="3d", components=(1, 2, 3))
-    assert spec["data"][0]["type"] == "scatter3d" and "z" in spec["data"][0]
+    assert spec["data"][0]["type"] == "scatter3d" and "z" in spec["data"][0] and len(clouds(spec)) == 1
     assert spec["layout"]["scene"]["zaxis"]["title"]["text"].startswith("PC3")
     assert start == len(frames) - 1  # None means the latest epoch
     assert spec["data"][0]["marker"]["showscale"]  # confidence is continuous: a colour bar
@@ -165,6 +195,27 @@ def test_selection_rows_reads_customdata_from_a_plotly_event():
     event = {"selection": {"points": [{"customdata": 7}, {"customdata": [3]}, {"point_index": 1}], "point_indices": [0]}}
     assert views.selection_rows(event) == (3, 7)
     assert views.selection_rows(None) == () and views.selection_rows({"selection": {}}) == ()
+
+
+def test_a_region_on_the_strip_selects_every_sample_inside_not_only_the_drawn_ones():
+    grid = np.array([(x, y) for x in range(40) for y in range(40)], dtype=np.float32)  # 1,600 points, 1 apart
+    panels = [Panel("a", grid[:, ::-1], None), Panel("b", grid, None)]
+    drawn_points = [{"customdata": 0}]  # what plotly reports: only the decimated points it drew
+    box = {"selection": {"points": drawn_points, "box": [{"xref": "x2", "yref": "y2", "x": [9.5, 2.5], "y": [0.5, 3.5]}], "lasso": []}}
+    rows = views.selection_rows(box, panels)
+    assert len(rows) == 7 * 3 and all(3 <= grid[r, 0] <= 9 and 1 <= grid[r, 1] <= 3 for r in rows)
+    triangle = {"selection": {"box": [], "lasso": [{"xref": "x", "yref": "y", "x": [-0.5, 11, -0.5], "y": [-0.5, -0.5, 11]}]}}
+    rows = views.selection_rows(triangle, panels)  # panel "a" shows (y, x): the triangle x + y <= 10, swapped
+    assert len(rows) == 66 and all(grid[r].sum() <= 10 for r in rows)
+    assert views.selection_rows(box, None) == (0,)  # without panels (the focus view): the points plotly reports
+    stale = {"selection": {"box": [{"xref": "x9", "x": [0, 1], "y": [0, 1]}, {"xref": "x", "x": ["a", 1], "y": [0, 1]}]}}
+    assert views.selection_rows(stale, panels) == ()  # a panel that is gone, garbage coordinates: nothing
+
+
+def test_inside_polygon_matches_the_even_odd_rule():
+    square_with_notch = (np.array([0, 4, 4, 2, 0], float), np.array([0, 0, 4, 2, 4], float))
+    x, y = np.array([1.0, 3.0, 2.0, 5.0, 2.0]), np.array([1.0, 3.0, 3.5, 1.0, 1.0])
+    assert views.inside_polygon(x, y, *square_with_notch).tolist() == [True, True, False, False, True]
 
 
 def test_image_samples_get_thumbnails_and_a_table(digits):
@@ -213,6 +264,12 @@ def test_curves_show_train_and_validation(spiral):
     assert names == [("train", "x"), ("validation", "x"), ("train", "x2"), ("validation", "x2")]
     assert [s["x0"] for s in spec["layout"]["shapes"]] == [2, 2]
     assert views.curves_figure({"epoch": []})["data"] == []
+
+
+def test_plain_lists_round_to_four_significant_digits_and_keep_gaps():
+    assert views.plain(np.array([1234.5678, -0.001234], np.float32)) == [1234.6, -0.0]
+    assert views.plain(np.array([0.012345, np.nan, np.inf])) == [0.012345, None, None]
+    assert views.plain(np.array([3, 7], np.int64)) == [3, 7] and views.plain(np.zeros(0)) == []
 
 
 def test_specs_serialise_to_compact_plotly_json(spiral):

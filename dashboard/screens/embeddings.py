@@ -47,10 +47,15 @@ def show(run, view, live: bool) -> None:
     key = (run.id, count, view.color, view.size, view.opacity, view.sel)
 
     st.subheader(f"Every layer at epoch {epoch}")
-    st.plotly_chart(views.SpecFigure(strip(*key, epoch, (view.pcx, view.pcy))), key="strip", on_select=_selected("strip"),
-                    selection_mode=("points", "box", "lasso"), config=CHART_CONFIG)
+    pcs = (view.pcx, view.pcy)
+    chart(strip(*key, epoch, pcs), "strip", on_select=_selected("strip", run, epoch, pcs), selection_mode=("points", "box", "lasso"))
+    facts = context.run_facts(run)
+    probe_size = facts.probe_size if facts else 0
+    sampled = (f" Each panel draws the same {views.POINTS_PER_PANEL:,} of the {probe_size:,} probe samples; a box or "
+               "lasso selects every sample inside it.") if probe_size > views.POINTS_PER_PANEL else ""
     st.caption("Read left to right, input to output: classes that overlap in early layers come apart in later ones. "
-               "Axis titles give each component's share of that layer's variance. Drag a box or lasso to select samples.")
+               "Axis titles give each component's share of that layer's variance. Drag a box or lasso to select "
+               f"samples; click a legend entry to hide a class everywhere.{sampled}")
 
     layer = context.layer_index()
     focus_col, samples_col = st.columns([3, 2], gap="medium")
@@ -58,8 +63,8 @@ def show(run, view, live: bool) -> None:
         st.subheader(f"Focus: {run.layers[layer]['name'] if run.layers else 'layer'} over training")
         three = view.dims == "3d"
         pcs = (view.pcx, view.pcy, view.pcz)
-        st.plotly_chart(views.SpecFigure(focus(*key, layer, epoch, view.dims, pcs)), key="focus", config=CHART_CONFIG,
-                        on_select="ignore" if three else _selected("focus"), selection_mode=("points", "box", "lasso"))
+        chart(focus(*key, layer, epoch, view.dims, pcs), "focus", on_select="ignore" if three else _selected("focus"),
+              selection_mode=("points", "box", "lasso"))
         st.caption("Press ▶ to replay training in the browser. Components are aligned from epoch to epoch, so what "
                    "moves is the representation, not the PCA flipping axes.")
     with samples_col:
@@ -68,14 +73,19 @@ def show(run, view, live: bool) -> None:
     scree_col, curves_col = st.columns(2, gap="medium")
     with scree_col:
         st.subheader("Explained variance")
-        st.plotly_chart(views.SpecFigure(scree(run.id, count, epoch)), key="scree", config=CHART_CONFIG)
+        chart(scree(run.id, count, epoch), "scree")
         st.caption("How many directions each layer uses: the bars count components for 90% of the variance. "
                    "Layers that compress need few; the output needs about one per class.")
     with curves_col:
         st.subheader("Training curves")
-        st.plotly_chart(views.SpecFigure(views.curves_figure(run.history(), epoch)), key="curves", config=CHART_CONFIG)
+        chart(views.curves_figure(run.history(), epoch), "curves")
         st.caption("Train solid, validation dashed. A growing gap between them is overfitting; the dotted line is "
                    "the epoch on view.")
+
+
+def chart(spec: dict, key: str, **options) -> None:
+    """A prebuilt figure spec, styled by the view module itself (see `views.figure` on why `theme=None`)."""
+    st.plotly_chart(views.SpecFigure(spec), key=key, config=CHART_CONFIG, theme=None, **options)
 
 
 def selected_samples(run, snapshot, rows) -> None:
@@ -100,9 +110,16 @@ def selected_samples(run, snapshot, rows) -> None:
     st.button("Clear selection", key="clear_selection", on_click=context.set_selection, args=((),))
 
 
-def _selected(chart: str):
+def _selected(chart: str, run=None, epoch: int | None = None, pcs: tuple[int, int] = (1, 2)):
+    """The selection callback of `chart`. For the strip (`run` given), a region selects every probe row inside it
+    at the epoch and components the strip showed."""
+
     def on_select() -> None:
-        context.set_selection(views.selection_rows(st.session_state.get(chart)))
+        panels = None
+        if run is not None:
+            snapshot = data.snapshot_at(run, epoch)
+            panels = data.strip_panels(run, snapshot) if snapshot is not None else None
+        context.set_selection(views.selection_rows(st.session_state.get(chart), panels, pcs))
 
     return on_select
 

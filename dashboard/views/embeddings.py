@@ -1,13 +1,18 @@
 """Pure view functions of the Embeddings page: arrays in, plotly figures and plain tables out (no Streamlit).
 
-Every point cloud is drawn with `scattergl` and decimated deterministically above a documented cap, so a probe
-set of 100,000 points stays responsive: at most `POINTS_PER_PANEL` points per strip panel and
-`POINTS_PER_FRAME` per animation frame reach the browser. Selected points are always kept.
+Point clouds are decimated deterministically above a documented cap, so a probe set of 100,000 points stays
+responsive: at most `POINTS_PER_PANEL` points per strip panel and `POINTS_PER_FRAME` per animation frame reach
+the browser, and selected points are always kept. The strip is an SVG overview (no WebGL context to set up, which
+costs a software-rendered browser most of a second before the first point shows); a box or lasso on it still
+selects every probe sample inside the region (`selection_rows`). The focus view switches to `scattergl` above
+`SVG_POINTS`. Each class is one trace with one flat colour: browsers style a trace once instead of every point.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -15,8 +20,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-POINTS_PER_PANEL = 5_000  # strip panels: ~10 panels x 5,000 points is what WebGL redraws without a stutter
+POINTS_PER_PANEL = 500  # strip panels are ~250 px overviews: 8 panels x 500 SVG points draw in ~0.3 s
 POINTS_PER_FRAME = 3_000  # focus view: every frame ships at once, so frames x points is the payload
+SVG_POINTS = 2_500  # the focus view draws up to this many points as SVG, more with WebGL (`scattergl`)
+CLASS_TRACES = 24  # up to this many categories get a trace each; more share one trace coloured point by point
 MAX_FRAMES = 60  # longer runs show every k-th captured epoch in the animation (the chosen epoch always)
 STRIP_COLUMNS = 5
 PANEL_HEIGHT = 250
@@ -57,9 +64,9 @@ class Coloring:
     def marker(self, rows: np.ndarray) -> dict:
         """Plotly marker colour settings for the points `rows`."""
         if not self.categorical:
-            return dict(color=typed(self.values[rows]), colorscale=CONFIDENCE_SCALE, cmin=0.0, cmax=1.0)
+            return dict(color=plain(self.values[rows]), colorscale=CONFIDENCE_SCALE, cmin=0.0, cmax=1.0)
         count = len(self.names)
-        return dict(color=typed(self.values[rows]), colorscale=_discrete_scale(count), cmin=-0.5, cmax=count - 0.5)
+        return dict(color=plain(self.values[rows]), colorscale=_discrete_scale(count), cmin=-0.5, cmax=count - 0.5)
 
 
 def _discrete_scale(count: int) -> list:
@@ -100,17 +107,13 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
     return Coloring(predicted.astype(np.int16), names, "predicted label")
 
 
-def _legend_traces(color: Coloring, three: bool = False) -> list[dict]:
-    """Empty traces that only draw the legend: one per category (each cloud is a single trace). In 2-D they are
-    SVG traces: an empty WebGL trace would still cost the browser a WebGL scatter object each."""
-    traces = []
-    for index, name in enumerate(color.names):
-        trace = dict(type="scatter3d" if three else "scatter", x=[None], y=[None], mode="markers", name=name,
-                     showlegend=True, hoverinfo="skip", marker=dict(color=category_colour(index), size=9))
-        if three:
-            trace["z"] = [None]
-        traces.append(trace)
-    return traces
+def _groups(color: Coloring, rows: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
+    """(category, the rows it draws) per cloud trace: one per category, or (None, rows) for a single trace coloured
+    point by point (continuous values, or more than `CLASS_TRACES` categories)."""
+    if not color.categorical or len(color.names) > CLASS_TRACES:
+        return [(None, rows)]
+    values = color.values[rows]
+    return [(index, rows[values == index]) for index in range(len(color.names))]
 
 
 def axis_title(component: int, variance: np.ndarray | None) -> str:
@@ -126,12 +129,52 @@ def columns(coords: np.ndarray, components: tuple[int, ...]) -> list[np.ndarray]
     return [coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components]
 
 
+# The look of Streamlit's light chart theme, written into each layout. The pages draw these figures with
+# `theme=None`: Streamlit's theme arrives as a `layout.template`, and plotly.js redraws a figure from scratch
+# whenever it is handed a template object it has not seen, which Streamlit does on every mount.
+INK, MUTED, GRID = "#262730", "#808495", "#e6eaf1"
+FONT = dict(family='"Source Sans", sans-serif', size=12, color=MUTED)
+AXIS_STYLE = dict(gridcolor=GRID, zerolinecolor=GRID, tickcolor=GRID, linecolor=GRID, tickfont=dict(color=MUTED, size=12),
+                  automargin=True)
+
+
 def figure(data: list[dict], layout: dict, frames: list[dict] | None = None) -> dict:
-    """A plotly figure spec: plain dicts, with arrays already in plotly.js's binary form (see `typed`)."""
+    """A plotly figure spec: plain dicts; traces carry `plain` lists and animation frames `typed` arrays.
+
+    Streamlit's chart component hands plotly.js fresh copies of the spec twice while it mounts. `datarevision`
+    names the data, so plotly.js draws it once; the click mode is the one Streamlit would settle on, so it does not
+    restyle the chart after the first draw. Draw these figures with `theme=None` (see `FONT`).
+    """
+    digest = hashlib.blake2b(json.dumps(data, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+    layout = _styled({**layout, "datarevision": digest})
+    if layout.get("dragmode") in ("lasso", "select"):
+        layout.setdefault("clickmode", "event")
     spec = {"data": data, "layout": layout}
     if frames:
         spec["frames"] = frames
     return spec
+
+
+def _styled(layout: dict) -> dict:
+    """`layout` in the dashboard's chart style; what the layout sets itself wins."""
+    styled = dict(font=FONT, paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+                  hoverlabel=dict(bgcolor="#ffffff", bordercolor="rgba(31, 36, 48, 0.2)", font=dict(FONT, color=INK)))
+    styled.update(layout)
+    legend = styled.get("legend")
+    if legend is not None:
+        styled["legend"] = {"font": dict(size=12, color=INK), "bordercolor": "transparent", **legend}
+    for key, value in layout.items():
+        if key.startswith(("xaxis", "yaxis")) and isinstance(value, dict):
+            axis = {**AXIS_STYLE, "showgrid": key.startswith("y"), **value}
+            if isinstance(axis.get("title"), dict):
+                axis["title"] = {**axis["title"], "font": {"color": MUTED, "size": 14, **axis["title"].get("font", {})}}
+            styled[key] = axis
+    scene = styled.get("scene")
+    if isinstance(scene, dict):
+        styled["scene"] = {k: ({**AXIS_STYLE, **v} if k.endswith("axis") and isinstance(v, dict) else v) for k, v in scene.items()}
+        for axis in ("xaxis", "yaxis", "zaxis"):
+            styled["scene"].get(axis, {}).pop("automargin", None)
+    return styled
 
 
 class SpecFigure(go.Figure):
@@ -160,6 +203,23 @@ def typed(values) -> dict:
         array = array.astype("<i4")
     array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<")))
     return {"dtype": array.dtype.str[1:], "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def plain(values) -> list:
+    """A numpy array as a JSON list, floats rounded to 4 significant digits of the largest (finer than a pixel).
+
+    A figure's traces use lists, its animation frames `typed` arrays: plotly.js skips redrawing a trace whose
+    lists are unchanged under the same `datarevision`, but redraws every binary array each time it is handed
+    one, and Streamlit hands every chart over twice while mounting it.
+    """
+    array = np.asarray(values)
+    if array.dtype.kind != "f":
+        return array.tolist()
+    finite = np.isfinite(array)
+    largest = float(np.abs(array[finite]).max()) if finite.any() else 0.0
+    decimals = 4 - math.floor(math.log10(largest)) if largest > 0 else 4
+    rounded = np.round(array.astype(np.float64), max(0, decimals)).tolist()
+    return rounded if finite.all() else [v if math.isfinite(v) else None for v in rounded]
 
 
 def untyped(value) -> np.ndarray:
@@ -193,10 +253,12 @@ def _unit(interval: list[float]) -> list[float]:
     return [min(1.0, max(0.0, round(v, 6))) for v in interval]
 
 
-def _base_layout(height: int, legend_title: str = "") -> dict:
+def _base_layout(height: int, legend_title: str = "", margin: dict | None = None) -> dict:
+    """Margins are sized for what plotly would push them to (the legend above, axis titles), so the browser does
+    not draw the whole figure a second time after measuring them; a wider legend still pushes."""
     return dict(
         height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
+        margin=margin or dict(l=10, r=10, t=40, b=10),
         legend=dict(title=dict(text=legend_title), orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0,
                     itemsizing="constant"),
         hovermode="closest",
@@ -204,29 +266,59 @@ def _base_layout(height: int, legend_title: str = "") -> dict:
     )
 
 
-def _cloud(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, opacity: float,
-           selected: bool = False, **extra) -> dict:
-    """One scatter trace of the probe `rows`; `selected` draws them large and outlined, on top."""
-    marker = dict(size=size + 4 if selected else size, opacity=1.0 if selected else opacity, **color.marker(rows))
-    if selected:
-        marker["line"] = dict(width=1.5, color=SELECTED_OUTLINE)
-    trace = dict(type=kind, mode="markers", customdata=typed(rows), marker=marker, showlegend=False,
-                 hovertemplate="row %{customdata}<extra></extra>", name="selected" if selected else "points", **extra)
+def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, opacity: float,
+            legend: bool = True, **extra) -> list[dict]:
+    """The probe `rows` as one trace per category (see `_groups`); `legend` lists the categories (and a colour bar
+    for continuous values). Every trace carries its probe rows as `customdata` and `meta="points"`."""
+    traces = []
+    for category, members in _groups(color, rows):
+        if category is None:
+            marker = dict(size=size, opacity=opacity, **color.marker(members))
+            if legend and not color.categorical:
+                marker.update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
+            trace = dict(name="points", showlegend=False, marker=marker, hovertemplate="row %{customdata}<extra></extra>")
+        else:
+            name = color.names[category]
+            trace = dict(name=name, legendgroup=name, showlegend=legend, hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
+                         marker=dict(size=size, opacity=opacity, color=category_colour(category)))
+        trace.update(type=kind, mode="markers", customdata=plain(members), meta="points", **extra)
+        for axis, values in zip("xyz", coords):
+            trace[axis] = plain(values[members])
+        traces.append(trace)
+    return traces
+
+
+def _highlight(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, **extra) -> dict:
+    """The selected `rows`, drawn large and outlined on top (`meta="selected"`)."""
+    marker = dict(size=size + 4, opacity=1.0, line=dict(width=1.5, color=SELECTED_OUTLINE), **color.marker(rows))
+    trace = dict(type=kind, mode="markers", name="selected", meta="selected", showlegend=False, customdata=plain(rows),
+                 marker=marker, hovertemplate="row %{customdata} (selected)<extra></extra>", **extra)
     for axis, values in zip("xyz", coords):
-        trace[axis] = typed(values[rows])
+        trace[axis] = plain(values[rows])
     return trace
 
 
-def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring | None) -> dict:
-    """What an animation frame changes in a cloud: positions, and colours unless they are fixed (true labels)."""
-    trace = dict(type=kind) if color is None else dict(type=kind, marker=dict(color=typed(color.values[rows])))
+def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, recolour: bool) -> list[dict]:
+    """What an animation frame changes in `_clouds`: positions, and when colours change (predictions), which rows
+    each category trace draws."""
+    traces = []
+    for category, members in _groups(color, rows):
+        trace = dict(type=kind)
+        if recolour:
+            trace["customdata"] = typed(members)
+            if category is None:
+                trace["marker"] = dict(color=typed(color.values[members]))
+        for axis, values in zip("xyz", coords):
+            trace[axis] = typed(values[members])
+        traces.append(trace)
+    return traces
+
+
+def _moved_highlight(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, recolour: bool) -> dict:
+    trace = dict(type=kind, marker=dict(color=typed(color.values[rows]))) if recolour else dict(type=kind)
     for axis, values in zip("xyz", coords):
         trace[axis] = typed(values[rows])
     return trace
-
-
-def _colorbar(trace: dict) -> None:
-    trace["marker"].update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -251,30 +343,30 @@ def strip_figure(
     opacity: float = 0.8,
     cap: int = POINTS_PER_PANEL,
 ) -> dict:
-    """Every layer's 2-D PCA as small multiples in one figure (one WebGL context), read left to right.
+    """Every layer's 2-D PCA as small multiples in one SVG figure, read left to right.
 
-    Selected probe rows are drawn on top with an outline in every panel, and the rest fade back.
+    Each panel draws the same (at most `cap`) probe rows; selected rows are drawn on top with an outline in every
+    panel, and the rest fade back. The legend toggles a class in every panel at once.
     """
     count = len(panels[0].coords) if panels else 0
     rows = decimate(count, cap, keep=selected)
     chosen = _valid_rows(selected, count)
     layout, refs = grid(len(panels), STRIP_COLUMNS, [p.name for p in panels])
-    layout.update(_base_layout(PANEL_HEIGHT * math.ceil(len(panels) / STRIP_COLUMNS) + 40, color.title), dragmode="lasso")
+    height = PANEL_HEIGHT * math.ceil(len(panels) / STRIP_COLUMNS) + 40
+    layout.update(_base_layout(height, color.title, dict(l=30, r=10, t=76, b=30)), dragmode="lasso")
     faded = opacity * (0.35 if len(chosen) else 1.0)
     data = []
     for index, (panel, (xref, yref)) in enumerate(zip(panels, refs)):
         coords = columns(panel.coords, components)
-        data.append(_cloud("scattergl", coords, rows, color, size, faded, xaxis=xref, yaxis=yref))
-        if index == len(panels) - 1 and not color.categorical:
-            _colorbar(data[-1])
+        data += _clouds("scatter", coords, rows, color, size, faded, legend=index == 0, xaxis=xref, yaxis=yref)
         if len(chosen):
-            data.append(_cloud("scattergl", coords, chosen, color, size, 1.0, selected=True, xaxis=xref, yaxis=yref))
+            data.append(_highlight("scatter", coords, chosen, color, size, xaxis=xref, yaxis=yref))
         n = xref[1:]
         ranges = _balanced([_span([coords[0][rows]]), _span([coords[1][rows]])])
         for axis, component, span in (("xaxis", components[0], ranges[0]), ("yaxis", components[1], ranges[1])):
             layout[axis + n].update(title=dict(text=axis_title(component, panel.variance), font=dict(size=11), standoff=2),
                                     range=span, showticklabels=False, zeroline=False)
-    return figure(data + _legend_traces(color), layout)
+    return figure(data, layout)
 
 
 def _valid_rows(selected, count: int) -> np.ndarray:
@@ -322,30 +414,26 @@ def focus_figure(
     cloud moves only as much as the representation does. `start` is the position of the frame shown first.
     """
     three = dims == "3d"
-    kind = "scatter3d" if three else "scattergl"
     count = len(frames[0].coords)
     rows = decimate(count, cap, keep=selected)
+    kind = "scatter3d" if three else ("scatter" if len(rows) <= SVG_POINTS else "scattergl")
     chosen = _valid_rows(selected, count)
     axes = components if three else components[:2]
     ranges = _balanced([_span([columns(f.coords, axes)[i][rows] for f in frames]) for i in range(len(axes))])
     point_size = max(1.5, size * 0.6) if three else size
     shown = frames[start]
-
-    def traces(frame: Frame) -> list[dict]:
-        coords = columns(frame.coords, axes)
-        cloud = _cloud(kind, coords, rows, frame.color, point_size, opacity * (0.35 if len(chosen) else 1.0))
-        if not frame.color.categorical:
-            _colorbar(cloud)
-        return [cloud, _cloud(kind, coords, chosen, frame.color, point_size, 1.0, selected=True)]
-
-    fixed = all(np.array_equal(f.color.values, shown.color.values) for f in frames)
+    faded = opacity * (0.35 if len(chosen) else 1.0)
+    coords = columns(shown.coords, axes)
+    traces = _clouds(kind, coords, rows, shown.color, point_size, faded)
+    traces.append(_highlight(kind, coords, chosen, shown.color, point_size))
+    recolour = not all(np.array_equal(f.color.values, shown.color.values) for f in frames)
 
     def moved(frame: Frame) -> list[dict]:
         coords = columns(frame.coords, axes)
-        color = None if fixed else frame.color
-        return [_moved(kind, coords, rows, color), _moved(kind, coords, chosen, color)]
+        return (_moved(kind, coords, rows, frame.color, recolour)
+                + [_moved_highlight(kind, coords, chosen, frame.color, recolour)])
 
-    layout = _base_layout(620, shown.color.title)
+    layout = _base_layout(620, shown.color.title, dict(l=68, r=10, t=104, b=128))
     titles = [axis_title(c, shown.variance) for c in axes]
     axis_specs = [dict(title=dict(text=t), range=r, zeroline=False, type="linear") for t, r in zip(titles, ranges)]
     if three:
@@ -353,13 +441,13 @@ def focus_figure(
     else:
         layout["xaxis"], layout["yaxis"] = axis_specs
     layout.update(
-        margin=dict(l=10, r=10, t=50, b=110),
         dragmode="orbit" if three else "lasso",
         updatemenus=[_play_buttons()],
         sliders=[_epoch_slider(frames, start)],
     )
-    animation = [dict(name=str(f.epoch), data=moved(f), traces=[0, 1], layout=_frame_axes(f, axes, three)) for f in frames]
-    return figure(traces(shown) + _legend_traces(shown.color, three), layout, animation)
+    indices = list(range(len(traces)))
+    animation = [dict(name=str(f.epoch), data=moved(f), traces=indices, layout=_frame_axes(f, axes, three)) for f in frames]
+    return figure(traces, layout, animation)
 
 
 def _span(values: list[np.ndarray]) -> list[float]:
@@ -416,18 +504,67 @@ def _epoch_slider(frames: list[Frame], start: int) -> dict:
 # 3. Selected samples
 
 
-def selection_rows(event: dict | None) -> tuple[int, ...]:
-    """Probe rows picked in a plotly selection event (points carry their row as `customdata`)."""
+def selection_rows(event: dict | None, panels: list[Panel] | None = None, components: tuple[int, int] = (1, 2)) -> tuple[int, ...]:
+    """Probe rows picked in a plotly selection event.
+
+    Clicked points carry their row as `customdata`. With `panels` (the strip's, in grid order), a box or lasso
+    selects every probe row inside the region of its panel, not only the rows the decimated panel draws.
+    """
     if not event:
         return ()
-    points = (event.get("selection") or {}).get("points") or []
+    selection = event.get("selection") or {}
     rows = set()
-    for point in points:
+    for point in selection.get("points") or []:
         value = point.get("customdata")
         value = value[0] if isinstance(value, (list, tuple)) and value else value
         if isinstance(value, (int, float)) and math.isfinite(value):
             rows.add(int(value))
+    regions = [("box", r) for r in selection.get("box") or []] + [("lasso", r) for r in selection.get("lasso") or []]
+    if panels and regions:
+        rows = set()
+        for shape, region in regions:
+            panel = _panel_of(region.get("xref"), len(panels))
+            xs, ys = _floats(region.get("x")), _floats(region.get("y"))
+            if panel is None or xs is None or ys is None or len(xs) != len(ys) or len(xs) < 2:
+                continue
+            x, y = columns(panels[panel].coords, components)
+            if shape == "box":
+                inside = (x >= xs.min()) & (x <= xs.max()) & (y >= ys.min()) & (y <= ys.max())
+            else:
+                inside = inside_polygon(x, y, xs, ys)
+            rows.update(np.flatnonzero(inside).tolist())
     return tuple(sorted(rows))
+
+
+def _panel_of(xref, count: int) -> int | None:
+    """The strip panel an axis reference ("x", "x2", ...) belongs to (see `grid`)."""
+    if not isinstance(xref, str) or not xref.startswith("x"):
+        return None
+    number = xref[1:] or "1"
+    if not number.isdigit() or not 1 <= int(number) <= count:
+        return None
+    return int(number) - 1
+
+
+def _floats(values) -> np.ndarray | None:
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return array if np.all(np.isfinite(array)) else None
+
+
+def inside_polygon(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Whether each point (x, y) lies inside the polygon (px, py), by the even-odd rule (a lasso's closed path)."""
+    inside = np.zeros(len(x), dtype=bool)
+    j = len(px) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(px)):
+            straddles = (py[i] > y) != (py[j] > y)
+            crossing = px[i] + (px[j] - px[i]) * (y - py[i]) / (py[j] - py[i])
+            inside ^= straddles & (x < crossing)
+            j = i
+    return inside
 
 
 def sample_table(rows, labels, probs, class_names, features=None, feature_names=None, limit: int = 200) -> list[dict]:
@@ -506,9 +643,8 @@ def scree_figure(names: list[str], variances: list, n90: list[int | None] | None
     layout["xaxis2"]["type"] = "category"
     layout["yaxis2"].update(title=dict(text="components"), rangemode="tozero")
     layout["shapes"] = [dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=0.9, y1=0.9, line=dict(dash="dot", color="grey"))]
-    layout.update(_base_layout(360))
+    layout.update(_base_layout(360, margin=dict(l=50, r=10, t=40, b=140)))
     layout["legend"].update(y=-0.22, yanchor="top", font=dict(size=11))
-    layout["margin"]["b"] = 40
     return figure(data, layout)
 
 
@@ -533,6 +669,6 @@ def curves_figure(history: dict, epoch: int | None = None) -> dict:
             shapes.append(dict(type="line", xref=xref, yref=f"{yref} domain", x0=epoch, x1=epoch, y0=0, y1=1,
                                line=dict(color="grey", dash="dot")))
         layout["xaxis" + xref[1:]]["title"] = dict(text="epoch")
-    layout.update(_base_layout(300), shapes=shapes)
+    layout.update(_base_layout(300, margin=dict(l=28, r=10, t=64, b=68)), shapes=shapes)
     layout["legend"].update(y=1.12, x=1, xanchor="right")
     return figure(data, layout)
