@@ -20,14 +20,25 @@ pages = [
     st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
 ]
 page = st.navigation(pages)
-try:
-    context.prepare()
-    sidebar.render(embeddings_page=page.url_path == "")
-except (StoreError, OSError, ValueError, ImportError) as error:  # a bad store (unreachable URL, no permission) must read as a message
+
+
+def store_error(error: Exception) -> None:
     st.error(f"Cannot read the run store `{context.runs_root()}`: {type(error).__name__}: {error}")
     st.stop()
+
+
+STORE_ERRORS = (StoreError, OSError, ValueError, ImportError)  # a bad store (unreachable URL, no permission) reads as a message
+try:
+    context.prepare()
+    context.publish(sidebar.view_state(context.current_run()))
+except STORE_ERRORS as error:
+    store_error(error)
 if context.notices():
     lines = "\n".join(f"- {notice}" for notice in context.notices())
     st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
-page.run()
+page.run()  # before the sidebar: the browser gets the charts first (see sidebar.render)
+try:
+    sidebar.render(embeddings_page=page.url_path == "")
+except STORE_ERRORS as error:
+    store_error(error)
 context.finish()

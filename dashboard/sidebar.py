@@ -23,16 +23,40 @@ _FORM_OPEN = "_strata_new_run_open"  # the New run dialog stays open across reru
 
 
 def render(embeddings_page: bool) -> None:
+    """Draw the sidebar. The app draws it after the page, whose charts need `view_state` only: the browser then
+    receives the charts first and starts loading plotly.js while it sets up the sidebar's widgets."""
     with st.sidebar:
         run = context.current_run()
         _run_picker(run)
         _new_run()
         view = _view_controls(run, embeddings_page)
-        context.publish(view)
         with st.expander("Share this view", icon=":material/link:", key="share_open", on_change="rerun") as share:
             if share.open:  # drawn only when opened: the code block's highlighter is slow to start in a browser
                 st.code(context.share_link(view), language=None, wrap_lines=True)
                 st.caption("Opening this link shows the same run, layer, epoch, components, colours and selection.")
+
+
+def view_state(run) -> schema.ViewState:
+    """The view the sidebar's controls describe, read from session state, where `context.prepare()` has put
+    valid values for every control: so the page can be drawn before the controls are."""
+    selection = context.selection()
+    facts = context.run_facts(run)
+    if run is None or facts is None:
+        return replace(schema.DEFAULTS, sel=selection)
+    state = st.session_state
+    defaults = schema.DEFAULTS
+    epoch = state.get("epoch") if len(facts.epochs) > 1 else None
+    if len(facts.epochs) == 1 and not context.is_live(run):
+        epoch = facts.epochs[0]
+    following = epoch is not None and epoch == facts.epochs[-1] and context.is_live(run)
+    return schema.ViewState(
+        run=run.id, layer=state.get("layer") if facts.layers else None, epoch=None if following else epoch,
+        pcx=int(state.get("pcx", defaults.pcx)), pcy=int(state.get("pcy", defaults.pcy)),
+        pcz=int(state.get("pcz", defaults.pcz)), dims=state.get("dims", defaults.dims),
+        color=state.get("color", defaults.color), size=int(state.get("size", defaults.size)),
+        opacity=float(state.get("opacity", defaults.opacity)), sel=selection,
+        compare=tuple(state.get("compare") or ()),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -179,37 +203,30 @@ def _pending_run() -> None:
 
 
 def _view_controls(run, embeddings_page: bool) -> schema.ViewState:
-    """Layer, epoch and the embedding controls; returns the ViewState they describe."""
-    selection = context.selection()
-    if run is None:
-        return replace(schema.DEFAULTS, sel=selection)
+    """Layer, epoch and the embedding controls; returns the ViewState they describe (see `view_state`)."""
     facts = context.run_facts(run)
+    if run is None or facts is None:
+        return view_state(run)
     st.divider()
-    layer = st.selectbox("Layer", facts.layers, key="layer", bind="query-params",
-                         help="The layer the focus view and the other pages show.") if facts.layers else None
-    epoch = None
+    if facts.layers:
+        st.selectbox("Layer", facts.layers, key="layer", bind="query-params",
+                     help="The layer the focus view and the other pages show.")
     if len(facts.epochs) > 1:
-        epoch = st.select_slider("Epoch", facts.epochs, value=facts.epochs[-1], key="epoch", bind="query-params",
-                                 help="Captured epochs; 0 is before training.")
+        st.select_slider("Epoch", facts.epochs, value=facts.epochs[-1], key="epoch", bind="query-params",
+                         help="Captured epochs; 0 is before training.")
     elif facts.epochs:
         live = context.is_live(run)
         st.caption("Epoch: the newest, following the training" if live else f"Epoch {facts.epochs[0]} (the only snapshot)")
-        epoch = None if live else facts.epochs[0]
     with st.expander("Embedding view", expanded=embeddings_page):
         top = min(facts.components, schema.MAX_COMPONENT)
         x, y, z = st.columns(3)
-        pcx = x.number_input("PC x", 1, top, 1, key="pcx", bind="query-params")
-        pcy = y.number_input("PC y", 1, top, 2 if top >= 2 else 1, key="pcy", bind="query-params")
+        x.number_input("PC x", 1, top, 1, key="pcx", bind="query-params")
+        y.number_input("PC y", 1, top, 2 if top >= 2 else 1, key="pcy", bind="query-params")
         dims = st.radio("Dimensions", schema.DIMS, key="dims", bind="query-params", horizontal=True)
-        pcz = z.number_input("PC z", 1, top, 3 if top >= 3 else 1, key="pcz", bind="query-params", disabled=dims != "3d")
+        z.number_input("PC z", 1, top, 3 if top >= 3 else 1, key="pcz", bind="query-params", disabled=dims != "3d")
         colors = schema.COLORS if facts.has_labels else ("pred", "confidence")
-        color = st.selectbox("Colour by", colors, key="color", bind="query-params",
-                             help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability")
-        size = st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
-        opacity = st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")
-    following = epoch is not None and epoch == facts.epochs[-1] and context.is_live(run)
-    return schema.ViewState(
-        run=run.id, layer=layer, epoch=None if following else epoch, pcx=int(pcx), pcy=int(pcy), pcz=int(pcz),
-        dims=dims, color=color, size=int(size), opacity=float(opacity), sel=selection,
-        compare=tuple(st.session_state.get("compare") or ()),
-    )
+        st.selectbox("Colour by", colors, key="color", bind="query-params",
+                     help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability")
+        st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
+        st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")
+    return view_state(run)
