@@ -154,3 +154,43 @@ def test_the_server_process_never_loads_tensorflow(server):
     _, _, process = server
     mapped = {m.path for m in psutil.Process(process.pid).memory_maps()}
     assert not [path for path in mapped if "tensorflow" in path or "keras" in path]
+
+
+def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_ones(server, page, recorded_runs):
+    """The strip draws a subset of the probe; a lasso on it selects all probe samples in the region."""
+    import numpy as np
+
+    from core.store import RunStore
+    from dashboard.views.embeddings import POINTS_PER_PANEL, decimate, inside_polygon
+
+    base, ids, _ = server
+    page.goto(f"{base}/?run={ids['spiral']}")
+    wait_for_charts(page, 2)
+    strip = page.locator(".js-plotly-plot").first
+    box = strip.evaluate("""g => { const r = g.getBoundingClientRect(), x = g._fullLayout.xaxis, y = g._fullLayout.yaxis;
+        return {left: r.left + x._offset, top: r.top + y._offset, width: x._length, height: y._length,
+                x: x.range, y: y.range}; }""")
+    # a rectangle over the middle of the input panel, drawn as a lasso (the strip's drag mode)
+    corners = [(0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3)]
+    pixels = [(box["left"] + fx * box["width"], box["top"] + fy * box["height"]) for fx, fy in corners]
+    page.mouse.move(*pixels[0])
+    page.mouse.down()
+    for point in pixels[1:]:
+        page.mouse.move(*point, steps=8)
+    page.mouse.up()
+    page.get_by_test_id("stMain").get_by_text("selected ·").wait_for(timeout=15_000)
+    page.wait_for_function("() => window.location.search.includes('sel=')", timeout=10_000)
+
+    from dashboard.state import parse_rows
+
+    chosen = set(parse_rows(query(page)["sel"]))
+    run = RunStore(recorded_runs[0]).run(ids["spiral"])
+    coords = run.probe().input_pca[:, :2]
+    to_data = lambda fx, fy: (box["x"][0] + fx * (box["x"][1] - box["x"][0]), box["y"][1] - fy * (box["y"][1] - box["y"][0]))  # noqa: E731
+    xs, ys = zip(*(to_data(fx, fy) for fx, fy in corners))
+    inside = set(np.flatnonzero(inside_polygon(coords[:, 0], coords[:, 1], np.array(xs), np.array(ys))).tolist())
+    drawn = set(decimate(len(coords), POINTS_PER_PANEL).tolist())
+    assert len(coords) > POINTS_PER_PANEL and inside - drawn  # the region holds samples the strip does not draw
+    assert len(chosen ^ inside) <= max(2, len(inside) // 50), (len(chosen), len(inside))  # all of them, up to the edge
+    assert page.get_by_test_id("stException").count() == 0
+

@@ -74,8 +74,9 @@ def show(run, view, live: bool) -> None:
     with scree_col:
         st.subheader("Explained variance")
         chart(scree(run.id, count, epoch), "scree")
-        st.caption("How many directions each layer uses: the bars count components for 90% of the variance. "
-                   "Layers that compress need few; the output needs about one per class.")
+        st.caption("How many directions each layer uses: each line adds up a layer's components (colours as in the "
+                   "bars), and the bars count components for 90% of the variance. Layers that compress need few; the "
+                   "output needs about one per class.")
     with curves_col:
         st.subheader("Training curves")
         chart(views.curves_figure(run.history(), epoch), "curves")

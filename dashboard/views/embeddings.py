@@ -633,7 +633,8 @@ def scree_figure(names: list[str], variances: list, n90: list[int | None] | None
         ratios = np.sort(np.asarray([v for v in (variance if variance is not None else []) if v is not None], dtype=np.float64))[::-1]
         counts.append((n90[index] if n90 and n90[index] is not None else None) or components_for(ratios))
         data.append(dict(type="scatter", x=list(range(1, len(ratios) + 1)), y=np.cumsum(ratios).round(4).tolist(), mode="lines+markers", name=name,
-                         line=dict(color=category_colour(index)), legendgroup=name))
+                         line=dict(color=category_colour(index)), showlegend=False,
+                         hovertemplate=f"{name}: %{{y:.0%}} in %{{x}} components<extra></extra>"))
     stored = [len(v) if v is not None else 0 for v in variances]
     data.append(dict(type="bar", x=names, y=[c or k for c, k in zip(counts, stored)], text=[str(c) if c else f"> {k}" for c, k in zip(counts, stored)],
                      textposition="outside", showlegend=False, xaxis="x2", yaxis="y2",
@@ -643,8 +644,7 @@ def scree_figure(names: list[str], variances: list, n90: list[int | None] | None
     layout["xaxis2"]["type"] = "category"
     layout["yaxis2"].update(title=dict(text="components"), rangemode="tozero")
     layout["shapes"] = [dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=0.9, y1=0.9, line=dict(dash="dot", color="grey"))]
-    layout.update(_base_layout(360, margin=dict(l=50, r=10, t=40, b=140)))
-    layout["legend"].update(y=-0.22, yanchor="top", font=dict(size=11))
+    layout.update(_base_layout(360, margin=dict(l=50, r=10, t=40, b=80)))  # the bars name the layers: no legend
     return figure(data, layout)
 
 
