@@ -4,7 +4,10 @@ Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32,
 a capture every epoch. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
 `recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder.
-Variants are interleaved round by round so machine noise hits them alike; the ratios are medians over rounds.
+Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
+and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
+plain `fit`. Beside them: the training process's own CPU time (a noise-robust view of what the training
+thread pays) and the CPU time of the recording child process, and how busy the machine's cores were.
 
     python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
 """
@@ -45,6 +48,29 @@ class NaiveCapture(keras.callbacks.Callback):
             PCA(n_components=min(10, output.shape[1])).fit_transform(output.reshape(len(output), -1))
 
 
+def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
+    """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
+    before, stat_before = os.times(), _cpu_ticks()
+    wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
+    after, stat_after = os.times(), _cpu_ticks()
+    ticks = [b - a for a, b in zip(stat_before, stat_after)]
+    busy = 1 - (ticks[3] + ticks[4]) / sum(ticks) if sum(ticks) and len(ticks) > 4 else float("nan")  # idle + iowait
+    return {
+        "wall": wall,
+        "cpu": (after.user - before.user) + (after.system - before.system),
+        "child_cpu": (after.children_user - before.children_user) + (after.children_system - before.children_system),
+        "busy": busy,
+    }
+
+
+def _cpu_ticks() -> list[int]:
+    try:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:9]]
+    except OSError:
+        return []
+
+
 def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> float:
     model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
     callbacks = {
@@ -72,23 +98,30 @@ def main() -> None:
     rows = stratified_subset(data.y, 1000, seed=0)
     probe = (data.x[rows], data.y[rows])
     variants = args.variants.split(",")
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    if "plain" not in variants:
+        variants.insert(0, "plain")
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as root:
         fit_seconds("plain", data, probe, 1, root, None)  # warm-up: first TF use pays one-off costs
         for round_index in range(args.rounds):
-            for variant in variants:
-                times[variant].append(fit_seconds(variant, data, probe, args.epochs, root, args.batch_every, args.grad_every))
-            print(f"round {round_index + 1}: " + "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for variant in order:
+                results[variant].append(measured_fit(variant, data, probe, args.epochs, root, args.batch_every, args.grad_every))
+            print(f"round {round_index + 1}: " + "  ".join(f"{v} {results[v][-1]['wall']:.2f}s" for v in variants), flush=True)
         runs = RunStore(root).list_runs()
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
-    print(f"{'variant':<14} {'median fit':>10} {'ratio':>7}")
-    ratios = {}
+    print(f"{'variant':<14} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'own CPU ratio':>13} {'child CPU':>9} {'busy':>5}")
+    plain = results["plain"]
     for variant in variants:
-        ratio = statistics.median(t / p for t, p in zip(times[variant], times["plain"]))
-        ratios[variant] = ratio
-        print(f"{variant:<14} {statistics.median(times[variant]):>9.2f}s {ratio:>6.2f}x")
+        rows = results[variant]
+        walls = sorted(r["wall"] / p["wall"] for r, p in zip(rows, plain))
+        quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [walls[0]] * 3
+        cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
+        print(f"{variant:<14} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
+              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {cpu:>12.2f}x {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
+              f" {statistics.median(r['busy'] for r in rows):>5.0%}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ _PROJECTION_SEED = 1234  # fixed so every epoch of a layer is projected the same
 # L2 strength of the probe, in scikit-learn's convention (loss summed over samples + ||W||^2 / (2C)).
 PROBE_C = 1.0
 PROBE_MAX_ITER = 100
-PROBE_TOLERANCE = 1e-5
+PROBE_TOLERANCE = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -612,26 +612,40 @@ def linear_probe_accuracy(features, labels, seed=0) -> float:
     reduced by a fixed Gaussian random projection (Johnson–Lindenstrauss), which approximately preserves
     linear separability. Returns nan with fewer than 2 classes or non-finite features.
     """
+    return linear_probe(features, labels, seed)[0]
+
+
+def linear_probe(features, labels, seed=0, start=None) -> tuple[float, np.ndarray | None]:
+    """(held-out accuracy, fitted weights) of `linear_probe_accuracy`, optionally warm-started.
+
+    `start` is a previous fit's weights on features of the same shape, such as the same layer one snapshot
+    earlier: the solver then begins near the optimum and needs a fraction of the iterations. The weights live
+    in standardised feature space, so they carry over as the layer's scale drifts. A `start` of another shape
+    is ignored.
+    """
     x = np.asarray(features).reshape(len(features), -1)
     classes = _class_indices(labels)
     if len(x) != len(classes):
         raise ValueError(f"features and labels disagree on the number of samples: {len(x)} vs {len(classes)}")
     if classes.max(initial=0) < 1:
-        return float("nan")
+        return float("nan"), None
     if x.shape[1] > PROBE_MAX_DIM:
         x = _random_projection(x, PROBE_MAX_DIM)
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
-        return float("nan")
+        return float("nan"), None
     train, test = stratified_halves(classes, seed)
     if len(test) == 0:
-        return float("nan")
+        return float("nan"), None
     location, scale = x[train].mean(axis=0), x[train].std(axis=0)
     scale[scale < 1e-12] = 1.0
     standardised = (x - location) / scale
-    weights = _fit_logistic_regression(standardised[train], classes[train], classes.max() + 1)
+    n_classes = classes.max() + 1
+    if start is not None and (np.shape(start) != (x.shape[1] + 1, n_classes) or not np.isfinite(start).all()):
+        start = None
+    weights = _fit_logistic_regression(standardised[train], classes[train], n_classes, start)
     predictions = np.argmax(_logits(standardised[test], weights), axis=1)
-    return float(np.mean(predictions == classes[test]))
+    return float(np.mean(predictions == classes[test])), weights
 
 
 def stratified_halves(labels, seed):
@@ -657,8 +671,9 @@ def _class_indices(labels):
     return np.unique(labels.reshape(len(labels)), return_inverse=True)[1].astype(np.int64)
 
 
-def _fit_logistic_regression(x, classes, n_classes):
-    """Weights (d + 1, K) minimising mean cross-entropy + ||W||^2 / (2 C n), intercept unpenalised."""
+def _fit_logistic_regression(x, classes, n_classes, start=None):
+    """Weights (d + 1, K) minimising mean cross-entropy + ||W||^2 / (2 C n), intercept unpenalised; the search
+    begins at `start` (zeros by default)."""
     n, d = x.shape
     design = np.hstack([x, np.ones((n, 1))])  # (n, d + 1)
     targets = np.eye(n_classes)[classes]  # (n, K)
@@ -675,7 +690,8 @@ def _fit_logistic_regression(x, classes, n_classes):
         gradient = design.T @ (np.exp(log_probabilities) - targets) / n + penalty * weights
         return loss, gradient.reshape(-1)
 
-    flat = _minimise_lbfgs(loss_and_gradient, np.zeros((d + 1) * n_classes))
+    begin = np.zeros((d + 1) * n_classes) if start is None else np.asarray(start, np.float64).reshape(-1).copy()
+    flat = _minimise_lbfgs(loss_and_gradient, begin)
     return flat.reshape(d + 1, n_classes)
 
 

@@ -49,6 +49,7 @@ class SnapshotBuilder:
     kernel_layer: int | None = None  # the first layer with a kernel: its weights are stored whole
     _previous_components: dict[int, np.ndarray] = field(default_factory=dict)
     _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    _previous_probes: dict[int, np.ndarray] = field(default_factory=dict)  # warm starts for each layer's probe
     _sketch_rows: np.ndarray | None = None
 
     def build(self, raw: RawCapture) -> tuple[dict, dict[str, np.ndarray]]:
@@ -128,7 +129,10 @@ class SnapshotBuilder:
             "dimensionality": analysis.effective_dimensionality(fitted),
         }
         if self.labels is not None:
-            record["linear_probe"] = analysis.linear_probe_accuracy(flat, self.labels, seed=self.seed)
+            accuracy, weights = analysis.linear_probe(flat, self.labels, seed=self.seed, start=self._previous_probes.get(index))
+            record["linear_probe"] = accuracy
+            if weights is not None:
+                self._previous_probes[index] = weights
             record["separation"] = analysis.class_separation(
                 aligned.coords, self.labels, max_points=SEPARATION_POINTS, seed=self.seed
             )
