@@ -177,18 +177,23 @@ class SnapshotBuilder:
 
     def _unit_rankings(self, prefix: str, output: np.ndarray) -> dict:
         units = np.ascontiguousarray(_unit_matrix(output)[:, :MAX_UNITS_RANKED].T)  # (units, n), rows contiguous
-        return {
-            prefix + "unit_top": _extreme_rows(-units, TOP_SAMPLES),  # (units, count) most active first
-            prefix + "unit_bottom": _extreme_rows(units, TOP_SAMPLES),
-        }
+        top, bottom = _extreme_rows(units, TOP_SAMPLES)
+        return {prefix + "unit_top": top, prefix + "unit_bottom": bottom}
 
 
-def _extreme_rows(values: np.ndarray, count: int) -> np.ndarray:
-    """(units, count) column indices of the `count` smallest values per row, in ascending order."""
-    count = min(count, values.shape[1])
-    picked = np.argpartition(values, count - 1, axis=1)[:, :count]  # O(n) instead of a full sort
-    order = np.argsort(np.take_along_axis(values, picked, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(picked, order, axis=1).astype(np.int32)
+def _extreme_rows(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(largest, smallest): (units, count) column indices of the `count` largest values per row, largest
+    first, and of the `count` smallest, smallest first. One partition pass finds both ends."""
+    n = values.shape[1]
+    count = min(count, n)
+    if 2 * count >= n:
+        order = np.argsort(values, axis=1, kind="stable")
+        return order[:, ::-1][:, :count].astype(np.int32), order[:, :count].astype(np.int32)
+    picked = np.argpartition(values, (count - 1, n - count), axis=1)  # O(n) per row instead of a full sort
+    low, high = picked[:, :count], picked[:, n - count:]
+    low = np.take_along_axis(low, np.argsort(np.take_along_axis(values, low, axis=1), axis=1, kind="stable"), axis=1)
+    high = np.take_along_axis(high, np.argsort(-np.take_along_axis(values, high, axis=1), axis=1, kind="stable"), axis=1)
+    return high.astype(np.int32), low.astype(np.int32)
 
 
 def _as_matrix(output: np.ndarray) -> np.ndarray:

@@ -176,3 +176,16 @@ def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
     assert baseline < hidden[0] < hidden[-1]
     assert all(later >= earlier - 0.02 for earlier, later in zip(hidden, hidden[1:]))  # never drops with depth
     assert hidden[-1] >= 0.95 and hidden[1] >= 0.9
+
+
+def test_extreme_rows_match_a_full_sort_at_both_ends():
+    from core.snapshot import _extreme_rows
+
+    values = np.random.default_rng(3).standard_normal((40, 1000)).astype(np.float32)
+    top, bottom = _extreme_rows(values, 8)
+    order = np.argsort(values, axis=1)
+    np.testing.assert_array_equal(top, order[:, ::-1][:, :8])
+    np.testing.assert_array_equal(bottom, order[:, :8])
+    few_top, few_bottom = _extreme_rows(values[:, :10], 8)  # fewer samples than twice the count: a plain sort
+    np.testing.assert_array_equal(few_top, np.argsort(values[:, :10], axis=1)[:, ::-1][:, :8])
+    np.testing.assert_array_equal(few_bottom, np.argsort(values[:, :10], axis=1)[:, :8])
