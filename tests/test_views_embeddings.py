@@ -84,8 +84,9 @@ def test_strip_has_the_input_first_then_every_layer(spiral):
     # SVG, one trace per class per panel, each in one flat colour
     assert len(clouds(spec)) == 4 * 2 and all(t["type"] == "scatter" for t in clouds(spec))
     assert {t["marker"]["color"] for t in clouds(spec, xaxis="x3")} == {views.category_colour(0), views.category_colour(1)}
-    assert [t["name"] for t in spec["data"] if t.get("showlegend")] == ["arm A", "arm B"]  # one legend for all
-    assert [t["legendgroup"] for t in clouds(spec, xaxis="x4")] == ["arm A", "arm B"]  # toggles a class everywhere
+    assert [t["name"] for t in spec["data"] if t.get("showlegend")] == ["arm A", "arm B"]  # one colour key for all
+    assert not any(t.get("showlegend") or "legendgroup" in t for t in clouds(spec))
+    assert spec["layout"]["legend"]["itemclick"] is False
     titles = [spec["layout"][k]["title"]["text"] for k in ("xaxis", "yaxis2")]
     assert titles[0].startswith("PC1 · ") and titles[0].endswith("%")
     assert titles[1].startswith("PC2 · ")

@@ -55,7 +55,7 @@ def show(run, view, live: bool) -> None:
                "lasso selects every sample inside it.") if probe_size > views.POINTS_PER_PANEL else ""
     st.caption("Read left to right, input to output: classes that overlap in early layers come apart in later ones. "
                "Axis titles give each component's share of that layer's variance. Drag a box or lasso to select "
-               f"samples; click a legend entry to hide a class everywhere.{sampled}")
+               f"samples.{sampled}")
 
     layer = context.layer_index()
     focus_col, samples_col = st.columns([3, 2], gap="medium")

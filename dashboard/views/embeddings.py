@@ -279,7 +279,7 @@ def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colori
             trace = dict(name="points", showlegend=False, marker=marker, hovertemplate="row %{customdata}<extra></extra>")
         else:
             name = color.names[category]
-            trace = dict(name=name, legendgroup=name, showlegend=legend, hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
+            trace = dict(name=name, showlegend=legend, hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
                          marker=dict(size=size, opacity=opacity, color=category_colour(category)))
         trace.update(type=kind, mode="markers", customdata=plain(members), meta="points", **extra)
         for axis, values in zip("xyz", coords):
@@ -346,19 +346,22 @@ def strip_figure(
     """Every layer's 2-D PCA as small multiples in one SVG figure, read left to right.
 
     Each panel draws the same (at most `cap`) probe rows; selected rows are drawn on top with an outline in every
-    panel, and the rest fade back. The legend toggles a class in every panel at once.
+    panel, and the rest fade back. The legend is a colour key.
     """
     count = len(panels[0].coords) if panels else 0
     rows = decimate(count, cap, keep=selected)
     chosen = _valid_rows(selected, count)
     layout, refs = grid(len(panels), STRIP_COLUMNS, [p.name for p in panels])
     height = PANEL_HEIGHT * math.ceil(len(panels) / STRIP_COLUMNS) + 40
-    layout.update(_base_layout(height, color.title, dict(l=30, r=10, t=76, b=30)), dragmode="lasso")
+    top = 84 if _legend_key(color) else 40  # room for the colour key above the panels' titles
+    layout.update(_base_layout(height, color.title, dict(l=30, r=10, t=top, b=30)), dragmode="lasso")
     faded = opacity * (0.35 if len(chosen) else 1.0)
     data = []
     for index, (panel, (xref, yref)) in enumerate(zip(panels, refs)):
         coords = columns(panel.coords, components)
-        data += _clouds("scatter", coords, rows, color, size, faded, legend=index == 0, xaxis=xref, yaxis=yref)
+        data += _clouds("scatter", coords, rows, color, size, faded, legend=False, xaxis=xref, yaxis=yref)
+        if index == len(panels) - 1 and not color.categorical and data[-1]["marker"].get("colorscale"):
+            data[-1]["marker"].update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
         if len(chosen):
             data.append(_highlight("scatter", coords, chosen, color, size, xaxis=xref, yaxis=yref))
         n = xref[1:]
@@ -366,7 +369,16 @@ def strip_figure(
         for axis, component, span in (("xaxis", components[0], ranges[0]), ("yaxis", components[1], ranges[1])):
             layout[axis + n].update(title=dict(text=axis_title(component, panel.variance), font=dict(size=11), standoff=2),
                                     range=span, showticklabels=False, zeroline=False)
-    return figure(data, layout)
+    layout["legend"].update(itemclick=False, itemdoubleclick=False, y=1.07)  # a colour key: one entry per class
+    return figure(data + _legend_key(color), layout)
+
+
+def _legend_key(color: Coloring) -> list[dict]:
+    """Empty traces that only draw the legend, one per category. The strip's own traces stay out of the legend:
+    linking ~80 traces by legend group costs the browser a fifth of a second before the first chart shows."""
+    return [dict(type="scatter", x=[None], y=[None], mode="markers", name=name, showlegend=True, hoverinfo="skip",
+                 marker=dict(color=category_colour(index), size=9))
+            for index, name in enumerate(color.names if len(color.names) <= CLASS_TRACES else ())]
 
 
 def _valid_rows(selected, count: int) -> np.ndarray:
