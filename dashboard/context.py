@@ -46,6 +46,7 @@ _RUN = "_strata_run"
 _LATEST = "_strata_latest_epoch"  # the newest epoch at the last full rerun: "follow the latest" memory
 _SYNC = "_strata_sync_url"  # widget keys set in code whose values the address bar does not show yet
 _FULL_RUN = "_strata_full_run"  # true while the whole app script runs (not a fragment rerun)
+_FOLLOW = "_strata_follow_run"  # a run to select at the start of the next run, before the run picker exists
 WIDGET_KEYS = ("run", "layer", "epoch", "pcx", "pcy", "pcz", "dims", "color", "size", "opacity")
 
 
@@ -124,6 +125,8 @@ def prepare() -> None:
             request_url_sync(WIDGET_KEYS)
     else:
         st.session_state.setdefault(_NOTICES, [])
+        if follow := st.session_state.pop(_FOLLOW, None):
+            st.session_state["run"] = follow
         for key in st.session_state.pop(_SYNC, ()):
             if key in st.session_state:
                 st.session_state[key] = st.session_state[key]  # a code-set value: Streamlit writes it to the URL
@@ -134,6 +137,15 @@ def prepare() -> None:
             _set_selection(())  # probe rows of another run mean nothing here
         _conform_widgets(run)
     st.session_state[_RUN] = run.id if run else None
+
+
+def follow_run(run_id: str) -> None:
+    """Select `run_id` from the next run on, and rerun the app. Safe wherever the run picker already exists:
+    a widget's value can only be set before the widget is drawn, so `prepare()` applies it."""
+    st.session_state[_FOLLOW] = run_id
+    request_url_sync()
+    refresh_runs()
+    st.rerun(scope="app")
 
 
 def request_url_sync(keys=("run",)) -> None:

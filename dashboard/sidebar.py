@@ -190,10 +190,7 @@ def _pending_run() -> None:
             st.info(f"Starting `{run_id}` (loading TensorFlow)…", icon=":material/hourglass_top:")
             return
         st.session_state.pop(_PENDING, None)
-        st.session_state["run"] = run_id
-        context.request_url_sync()
-        context.refresh_runs()
-        st.rerun(scope="app")
+        context.follow_run(run_id)
 
     waiting()
 

@@ -229,3 +229,16 @@ print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_started_run_is_followed_even_when_the_run_list_already_shows_it(spiral_run_dir):
+    """The run picker may already list a run that was started from this session (the list is re-read every
+    few seconds): following it must not set the picker's value after the picker is drawn."""
+    root, run_id = spiral_run_dir
+    at = open_app(root)
+    other = at.sidebar.selectbox(key="run").value
+    at.session_state["_strata_pending_run"] = run_id  # as `start_training` leaves it
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="run").value == run_id and other is not None
+    assert "_strata_pending_run" not in at.session_state
