@@ -194,3 +194,20 @@ def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_one
     assert len(chosen ^ inside) <= max(2, len(inside) // 50), (len(chosen), len(inside))  # all of them, up to the edge
     assert page.get_by_test_id("stException").count() == 0
 
+
+def test_play_animates_the_focus_view_in_the_browser(server, page):
+    """Plotly frames, not Streamlit reruns: the slider moves and, coloured by prediction, points change class."""
+    base, ids, _ = server
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{base}/?run={ids['spiral']}&color=pred&epoch=0")
+    wait_for_charts(page, 2)
+    focus = page.locator(".js-plotly-plot").nth(1)
+    state = "g => [g._fullLayout.sliders[0].active, g._fullData.filter(t => t.meta === 'points').map(t => t._length)]"
+    start, start_counts = focus.evaluate(state)
+    focus.locator(".updatemenu-button").first.click()  # ▶ Play
+    page.wait_for_function("g => g._fullLayout.sliders[0].active >= 2", arg=focus.element_handle(), timeout=20_000)
+    end, end_counts = focus.evaluate(state)
+    assert start == 0 and end > start
+    assert sum(start_counts) == sum(end_counts) and start_counts != end_counts  # predictions moved between classes
+    assert not errors and page.get_by_test_id("stException").count() == 0
