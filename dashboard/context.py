@@ -238,7 +238,11 @@ def _set_selection(rows: tuple[int, ...]) -> None:
 
 def set_selection(rows) -> None:
     """Select probe rows (highlighted in every panel, kept in the link); an empty list clears the selection."""
-    rows = tuple(sorted(set(int(r) for r in rows)))[: schema.MAX_SELECTION]
+    rows = tuple(sorted(set(int(r) for r in rows)))
+    if len(rows) > schema.MAX_SELECTION:
+        st.toast(f"Selected {len(rows):,} samples; a link keeps {schema.MAX_SELECTION}, so the first "
+                 f"{schema.MAX_SELECTION} by row stay selected.", icon=":material/info:")
+        rows = rows[: schema.MAX_SELECTION]
     _set_selection(rows)
     view = st.session_state.get(_VIEW)
     if view is not None:

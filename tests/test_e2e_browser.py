@@ -172,12 +172,7 @@ def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_one
                 x: x.range, y: y.range}; }""")
     # a rectangle over the middle of the input panel, drawn as a lasso (the strip's drag mode)
     corners = [(0.3, 0.3), (0.7, 0.3), (0.7, 0.7), (0.3, 0.7), (0.3, 0.3)]
-    pixels = [(box["left"] + fx * box["width"], box["top"] + fy * box["height"]) for fx, fy in corners]
-    page.mouse.move(*pixels[0])
-    page.mouse.down()
-    for point in pixels[1:]:
-        page.mouse.move(*point, steps=8)
-    page.mouse.up()
+    lasso(page, box, corners)
     page.get_by_test_id("stMain").get_by_text("selected ·").wait_for(timeout=15_000)
     page.wait_for_function("() => window.location.search.includes('sel=')", timeout=10_000)
 
@@ -193,6 +188,24 @@ def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_one
     assert len(coords) > POINTS_PER_PANEL and inside - drawn  # the region holds samples the strip does not draw
     assert len(chosen ^ inside) <= max(2, len(inside) // 50), (len(chosen), len(inside))  # all of them, up to the edge
     assert page.get_by_test_id("stException").count() == 0
+
+    # the whole panel holds more samples than a link keeps: the first MAX_SELECTION stay, and a toast says so
+    from dashboard.state import MAX_SELECTION
+
+    lasso(page, box, [(0.01, 0.01), (0.99, 0.01), (0.99, 0.99), (0.01, 0.99), (0.01, 0.01)])
+    page.get_by_test_id("stToast").filter(has_text=f"a link keeps {MAX_SELECTION}").wait_for(timeout=15_000)
+    page.get_by_test_id("stMain").get_by_text(f"{MAX_SELECTION} selected").wait_for(timeout=15_000)
+    assert len(parse_rows(query(page)["sel"])) == MAX_SELECTION
+
+
+def lasso(page, box: dict, corners) -> None:
+    """Drag the mouse through `corners`, fractions of the plot area `box` (pixels), as a lasso."""
+    pixels = [(box["left"] + fx * box["width"], box["top"] + fy * box["height"]) for fx, fy in corners]
+    page.mouse.move(*pixels[0])
+    page.mouse.down()
+    for point in pixels[1:]:
+        page.mouse.move(*point, steps=8)
+    page.mouse.up()
 
 
 def test_play_animates_the_focus_view_in_the_browser(server, page):
