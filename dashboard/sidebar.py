@@ -29,10 +29,10 @@ def render(embeddings_page: bool) -> None:
         run = context.current_run()
         _run_picker(run)
         _new_run()
-        view = _view_controls(run, embeddings_page)
+        _view_controls(run, embeddings_page)
         with st.expander("Share this view", icon=":material/link:", key="share_open", on_change="rerun") as share:
             if share.open:  # drawn only when opened: the code block's highlighter is slow to start in a browser
-                st.code(context.share_link(view), language=None, wrap_lines=True)
+                st.code(context.share_link(context.view_state()), language=None, wrap_lines=True)
                 st.caption("Opening this link shows the same run, layer, epoch, components, colours and selection.")
 
 
@@ -199,11 +199,12 @@ def _pending_run() -> None:
 # View controls
 
 
-def _view_controls(run, embeddings_page: bool) -> schema.ViewState:
-    """Layer, epoch and the embedding controls; returns the ViewState they describe (see `view_state`)."""
+def _view_controls(run, embeddings_page: bool) -> None:
+    """Layer, epoch and the embedding controls. They show and edit the values `view_state` reads, which the app
+    has already published for this run."""
     facts = context.run_facts(run)
     if run is None or facts is None:
-        return view_state(run)
+        return
     st.divider()
     if facts.layers:
         st.selectbox("Layer", facts.layers, key="layer", bind="query-params",
@@ -226,4 +227,3 @@ def _view_controls(run, embeddings_page: bool) -> schema.ViewState:
                      help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability")
         st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
         st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")
-    return view_state(run)

@@ -282,9 +282,7 @@ def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colori
             trace = dict(name=name, showlegend=legend, hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
                          marker=dict(size=size, opacity=opacity, color=category_colour(category)))
         trace.update(type=kind, mode="markers", customdata=plain(members), meta="points", **extra)
-        for axis, values in zip("xyz", coords):
-            trace[axis] = plain(values[members])
-        traces.append(trace)
+        traces.append(trace | _positions(coords, members, plain))
     return traces
 
 
@@ -293,9 +291,12 @@ def _highlight(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Col
     marker = dict(size=size + 4, opacity=1.0, line=dict(width=1.5, color=SELECTED_OUTLINE), **color.marker(rows))
     trace = dict(type=kind, mode="markers", name="selected", meta="selected", showlegend=False, customdata=plain(rows),
                  marker=marker, hovertemplate="row %{customdata} (selected)<extra></extra>", **extra)
-    for axis, values in zip("xyz", coords):
-        trace[axis] = plain(values[rows])
-    return trace
+    return trace | _positions(coords, rows, plain)
+
+
+def _positions(coords: list[np.ndarray], rows: np.ndarray, encode) -> dict:
+    """The x, y (and z) of the probe `rows`, each column encoded by `plain` (traces) or `typed` (frames)."""
+    return {axis: encode(values[rows]) for axis, values in zip("xyz", coords)}
 
 
 def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, recolour: bool) -> list[dict]:
@@ -308,17 +309,8 @@ def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colorin
             trace["customdata"] = typed(members)
             if category is None:
                 trace["marker"] = dict(color=typed(color.values[members]))
-        for axis, values in zip("xyz", coords):
-            trace[axis] = typed(values[members])
-        traces.append(trace)
+        traces.append(trace | _positions(coords, members, typed))
     return traces
-
-
-def _moved_highlight(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, recolour: bool) -> dict:
-    trace = dict(type=kind, marker=dict(color=typed(color.values[rows]))) if recolour else dict(type=kind)
-    for axis, values in zip("xyz", coords):
-        trace[axis] = typed(values[rows])
-    return trace
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -442,8 +434,8 @@ def focus_figure(
 
     def moved(frame: Frame) -> list[dict]:
         coords = columns(frame.coords, axes)
-        return (_moved(kind, coords, rows, frame.color, recolour)
-                + [_moved_highlight(kind, coords, chosen, frame.color, recolour)])
+        highlight = dict(type=kind, marker=dict(color=typed(frame.color.values[chosen]))) if recolour else dict(type=kind)
+        return _moved(kind, coords, rows, frame.color, recolour) + [highlight | _positions(coords, chosen, typed)]
 
     layout = _base_layout(620, shown.color.title, dict(l=68, r=10, t=104, b=128))
     titles = [axis_title(c, shown.variance) for c in axes]
