@@ -13,11 +13,15 @@ from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 
+home = st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", default=True)
 pages = [
-    st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", default=True),
+    home,
     st.Page(gradients.render, title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
     st.Page(layers.render, title="Layers", icon=":material/layers:", url_path="layers"),
     st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
+    # The default page lives at "/"; this hidden twin makes "/embeddings?run=..." (typed, or trimmed from a link)
+    # open the same page instead of Streamlit's "Page not found".
+    st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", visibility="hidden"),
 ]
 page = st.navigation(pages)
 
@@ -38,7 +42,7 @@ if context.notices():
     st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
 page.run()  # before the sidebar: the browser gets the charts first (see sidebar.render)
 try:
-    sidebar.render(embeddings_page=page.url_path == "")
+    sidebar.render(embeddings_page=page.title == home.title)
 except STORE_ERRORS as error:
     store_error(error)
 context.finish()

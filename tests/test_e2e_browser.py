@@ -100,6 +100,18 @@ def test_a_share_link_opens_that_view(server, page):
     assert query(page)["run"] == [ids["digits"]]
 
 
+def test_the_embeddings_page_also_opens_by_its_name(server, page):
+    """The default page lives at "/"; "/embeddings?..." (typed, or a link trimmed by hand) shows it too."""
+    base, ids, _ = server
+    page.goto(f"{base}/embeddings?run={ids['spiral']}&layer=dense_1")
+    wait_for_charts(page, 2)
+    main = page.get_by_test_id("stMain")
+    main.get_by_text("Focus: dense_1 over training").wait_for()
+    assert page.get_by_text("Page not found").count() == 0
+    assert page.get_by_test_id("stSidebar").get_by_text("Embedding view").count() == 1  # the page's own controls
+    assert page.get_by_test_id("stException").count() == 0
+
+
 def test_changing_the_layer_updates_the_url(server, page):
     base, ids, _ = server
     page.goto(f"{base}/?run={ids['spiral']}")
