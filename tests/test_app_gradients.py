@@ -69,3 +69,32 @@ def test_the_share_link_keeps_the_weights_toggle(open_page):
     at.session_state["share_open"] = True  # open the sidebar's Share expander
     query = parse_qs(urlparse(at.run().sidebar.code[0].value).query)
     assert query["grad_role"] == ["bias"] and query["run"] == ["vanishing"]
+
+
+_UNLABELLED = """
+import sys, numpy as np, keras
+from core import Recorder
+rng = np.random.default_rng(0)
+x = rng.normal(size=(128, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv[1], probe=(x, None), name="unlabelled")])
+"""
+
+
+def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", _UNLABELLED, str(tmp_path)], cwd=repo, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+    [run_id] = [p.name for p in tmp_path.iterdir() if p.is_dir()]
+    at = open_app(tmp_path, "gradients", run=run_id)
+    assert not at.exception
+    assert any("recorded without labels" in i.value for i in at.info)
+    [verdict] = at.success
+    assert "gradients reach every layer" not in verdict.value and "Gradients were not measured" in verdict.value

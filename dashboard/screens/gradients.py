@@ -118,8 +118,8 @@ def diagnosis(run, others, keys) -> None:
     """Callouts at the top: one per finding of the current run, and a line per compared run."""
     findings = findings_for(*keys[0])
     if not findings:
-        st.success(f"No problems found in `{run.name}`: gradients reach every layer, no layer is mostly dead or "
-                   "saturated, and the update sizes are in their band.", icon=":material/check_circle:")
+        st.success(f"No problems found in `{run.name}`: " + views.healthy_summary(_measured_gradients(run)),
+                   icon=":material/check_circle:")
     for finding in findings:
         if finding.severe:
             st.error(views.finding_markdown(finding), icon=":material/error:")
@@ -145,6 +145,12 @@ def _series(run_id: str, count: int, epoch: int):
 
 def _all_series(keys, epoch):
     return [_series(run_id, count, epoch) for run_id, count in keys]
+
+
+def _measured_gradients(run) -> bool:
+    """Whether the run's snapshots carry gradient statistics (a run recorded without labels has none)."""
+    snapshot = snapshot_at(run, None)
+    return snapshot is not None and any("grad" in snapshot.layer(i) for i in range(len(run.layers)))
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)

@@ -143,6 +143,14 @@ def _epoch_marker(figure: go.Figure, epoch: int | None, **where) -> None:
         figure.add_vline(x=epoch, line=dict(color="grey", dash="dot", width=1), **where)
 
 
+def healthy_summary(has_gradients: bool) -> str:
+    """What a run without findings was checked for: the gradient claims only when gradients were measured."""
+    if has_gradients:
+        return "gradients reach every layer, no layer is mostly dead or saturated, and the update sizes are in their band."
+    return ("no layer is mostly dead or saturated, and the update sizes are in their band. Gradients were not measured "
+            "(the run has no labels to compute a loss), so whether they reach every layer is unknown.")
+
+
 def run_labels(runs) -> list[str]:
     """Short names for the legend: display names cut to 32 characters, ids where those would collide."""
     labels = [r.run_name if len(r.run_name) <= 32 else r.run_name[:31] + "…" for r in runs]
