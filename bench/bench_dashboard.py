@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from dashboard.synthetic import synthetic_run  # noqa: E402
 
-APP = str(REPO / "dashboard" / "app.py")
+APP = str(REPO / "dashboard" / "app.py")  # the server: `streamlit run dashboard/app.py`
+SCRIPT = str(REPO / "dashboard" / "main.py")  # the script each session runs (what AppTest runs)
 CHROMIUM = "/usr/bin/chromium"
 WARM_OPENS = 3
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,7 +43,7 @@ def _app_test(root: str, run_id: str):
     from streamlit.testing.v1 import AppTest
 
     os.environ["STRATA_RUNS"] = root
-    at = AppTest.from_file(APP, default_timeout=300)
+    at = AppTest.from_file(SCRIPT, default_timeout=300)
     at.query_params["run"] = run_id
     return at
 

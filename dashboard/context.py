@@ -1,6 +1,6 @@
 """The shared API every dashboard page uses: the store, the selected run, the view state and the notices.
 
-`dashboard/app.py` calls `prepare()` and draws the shared sidebar before any page runs, so a page only reads:
+`dashboard/main.py` calls `prepare()` and publishes the view state before any page runs, so a page only reads:
 
     from dashboard import context
 

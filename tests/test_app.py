@@ -13,7 +13,7 @@ from dashboard import context
 from apptest_pages import open_app
 from dashboard.jobs import JobLimits, TrainForm
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")  # the script each session runs
 
 
 app = open_app

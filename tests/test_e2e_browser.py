@@ -112,6 +112,19 @@ def test_the_embeddings_page_also_opens_by_its_name(server, page):
     assert page.get_by_test_id("stException").count() == 0
 
 
+def test_every_page_starts_loading_plotly_before_streamlit_connects(server, page):
+    """dashboard/preload.py: the HTML asks for the plotly component itself, also on gzip-served deep links."""
+    base, ids, _ = server
+    page.goto(f"{base}/gradients?run={ids['digits']}")
+    wait_for_charts(page)
+    assert page.locator('link[rel="modulepreload"][href*="PlotlyChart"]').count() == 1
+    starts = page.evaluate("""() => Object.fromEntries(performance.getEntriesByType('resource')
+        .filter(e => e.name.includes('PlotlyChart') || e.name.includes('_stcore/host-config'))
+        .map(e => [e.name.includes('PlotlyChart') ? 'plotly' : 'config', e.startTime]))""")
+    assert starts["plotly"] < starts["config"]  # requested with the page, not after the first chart message
+    assert page.get_by_test_id("stException").count() == 0
+
+
 def test_changing_the_layer_updates_the_url(server, page):
     base, ids, _ = server
     page.goto(f"{base}/?run={ids['spiral']}")
@@ -146,7 +159,7 @@ def test_a_plain_link_gets_the_run_into_the_address_bar(server, page):
 
 
 def test_a_deep_link_is_the_first_request_of_a_fresh_server(recorded_runs, browser):
-    """The page in the URL path is served by app.py's navigation even on a server's very first script run."""
+    """The page in the URL path is served by main.py's navigation even on a server's very first script run."""
     root, ids = recorded_runs
     process, base = start_server(root)
     try:

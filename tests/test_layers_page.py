@@ -13,7 +13,7 @@ from apptest_pages import open_app
 from core.store import RunStore
 from dashboard.views.layers import CAPTIONS
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")  # the script each session runs
 SHARED_CHARTS = ["probe_heatmap", "probe_depth", "cka_heatmap", "cka_final", "depth", "time"]
 
 

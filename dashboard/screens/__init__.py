@@ -1,1 +1,1 @@
-"""Dashboard pages: each module has a `render()` that `dashboard/app.py` hands to `st.Page`."""
+"""Dashboard pages: each module has a `render()` that `dashboard/main.py` hands to `st.Page`."""

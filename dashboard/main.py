@@ -1,0 +1,50 @@
+"""The script Streamlit runs for every session of the dashboard: the pages, the sidebar, the link in the URL.
+
+Start the dashboard with `streamlit run dashboard/app.py`, which serves this script (see app.py)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/, not the repo, on the path
+
+import streamlit as st  # noqa: E402
+
+from core.store import StoreError  # noqa: E402
+from dashboard import context, sidebar  # noqa: E402
+from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
+
+st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
+
+home = st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", default=True)
+pages = [
+    home,
+    st.Page(gradients.render, title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
+    st.Page(layers.render, title="Layers", icon=":material/layers:", url_path="layers"),
+    st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
+    # The default page lives at "/"; this hidden twin makes "/embeddings?run=..." (typed, or trimmed from a link)
+    # open the same page instead of Streamlit's "Page not found".
+    st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", visibility="hidden"),
+]
+page = st.navigation(pages)
+
+
+def store_error(error: Exception) -> None:
+    st.error(f"Cannot read the run store `{context.runs_root()}`: {type(error).__name__}: {error}")
+    st.stop()
+
+
+STORE_ERRORS = (StoreError, OSError, ValueError, ImportError)  # a bad store (unreachable URL, no permission) reads as a message
+try:
+    context.prepare()
+    context.publish(sidebar.view_state(context.current_run()))
+except STORE_ERRORS as error:
+    store_error(error)
+if context.notices():
+    lines = "\n".join(f"- {notice}" for notice in context.notices())
+    st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
+page.run()  # before the sidebar: the browser gets the charts first (see sidebar.render)
+try:
+    sidebar.render(embeddings_page=page.title == home.title)
+except STORE_ERRORS as error:
+    store_error(error)
+context.finish()
