@@ -34,7 +34,7 @@ from dashboard.synthetic import synthetic_run  # noqa: E402
 APP = str(REPO / "dashboard" / "app.py")  # the server: `streamlit run dashboard/app.py`
 SCRIPT = str(REPO / "dashboard" / "main.py")  # the script each session runs (what AppTest runs)
 CHROMIUM = "/usr/bin/chromium"
-WARM_OPENS = 3
+WARM_OPENS = 5  # fresh browser contexts per measurement after the cold one (median)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
