@@ -118,11 +118,12 @@ st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2])))
 """
 
 
-def start_server(script: str, root: str) -> tuple[subprocess.Popen, str]:
+def start_server(script: str, root: str, cwd: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """`streamlit run script` from `cwd` (whose .streamlit/config.toml applies) on a free port, once healthy."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "STRATA_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=cwd, env={**os.environ, "STRATA_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
