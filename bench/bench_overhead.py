@@ -7,7 +7,8 @@ naive capture that rebuilds an extractor model, calls `predict` and runs scikit-
 Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
 and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
 plain `fit`. Beside them: the training process's own CPU time (a noise-robust view of what the training
-thread pays) and the CPU time of the recording child process, and how busy the machine's cores were.
+thread pays) and the CPU time of the recording child process, how busy the machine's cores were, and the wall
+time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of plain `fit`).
 
     python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
 """
@@ -48,9 +49,37 @@ class NaiveCapture(keras.callbacks.Callback):
             PCA(n_components=min(10, output.shape[1])).fit_transform(output.reshape(len(output), -1))
 
 
+class TimedRecorder(Recorder):
+    """`Recorder`, timing the wall time its Keras hooks take on the training thread: what recording adds to `fit`
+    directly (capture passes, the one-off trace, handing data over, waiting for the last snapshot at the end),
+    apart from any slowdown the recording process causes by running beside training."""
+
+    spent = 0.0
+
+    def _timed(self, hook, *args):
+        start = time.perf_counter()
+        try:
+            return hook(*args)
+        finally:
+            TimedRecorder.spent += time.perf_counter() - start
+
+    def on_train_begin(self, logs=None):
+        self._timed(super().on_train_begin, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._timed(super().on_epoch_end, epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._timed(super().on_train_end, logs)
+
+    def _on_train_batch_end(self, batch, logs=None):
+        self._timed(super()._on_train_batch_end, batch, logs)
+
+
 def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
     """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
     before, stat_before = os.times(), _cpu_ticks()
+    TimedRecorder.spent = 0.0
     wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
     after, stat_after = os.times(), _cpu_ticks()
     ticks = [b - a for a, b in zip(stat_before, stat_after)]
@@ -60,6 +89,7 @@ def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every:
         "cpu": (after.user - before.user) + (after.system - before.system),
         "child_cpu": (after.children_user - before.children_user) + (after.children_system - before.children_system),
         "busy": busy,
+        "hooks": TimedRecorder.spent,
     }
 
 
@@ -75,8 +105,8 @@ def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: 
     model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
     callbacks = {
         "plain": [],
-        "recorder": lambda: [Recorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
-        "recorder+grad": lambda: [Recorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
+        "recorder": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "recorder+grad": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],
     }[variant]
@@ -112,7 +142,8 @@ def main() -> None:
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
-    print(f"{'variant':<14} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'own CPU ratio':>13} {'child CPU':>9} {'busy':>5}")
+    print(f"{'variant':<14} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'own CPU ratio':>13} {'child CPU':>9} {'busy':>5}"
+          f" {'in hooks':>14}")
     plain = results["plain"]
     for variant in variants:
         rows = results[variant]
@@ -121,7 +152,15 @@ def main() -> None:
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
         print(f"{variant:<14} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
               f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {cpu:>12.2f}x {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
-              f" {statistics.median(r['busy'] for r in rows):>5.0%}")
+              f" {statistics.median(r['busy'] for r in rows):>5.0%}" + _hooks_column(rows, plain))
+
+
+def _hooks_column(rows: list[dict], plain: list[dict]) -> str:
+    """Median wall time in the Recorder's hooks, and that time over the same round's plain `fit`."""
+    if not any(r["hooks"] for r in rows):
+        return ""
+    share = statistics.median(r["hooks"] / p["wall"] for r, p in zip(rows, plain))
+    return f" {statistics.median(r['hooks'] for r in rows):>6.2f}s ({share:.1%})"
 
 
 if __name__ == "__main__":
