@@ -3,7 +3,9 @@
 Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32, a probe of 1,000 samples,
 a capture every epoch. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
-`recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder.
+`recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder;
+`recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates
+what the training process pays from what the analysis running beside it costs.
 Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
 and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
 plain `fit`. Beside them: the training process's own CPU time (a noise-robust view of what the training
@@ -16,6 +18,7 @@ time spent inside the Recorder's hooks on the training thread (its direct cost, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -27,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from core import Recorder  # noqa: E402
+from core import Recorder, worker  # noqa: E402
 from core.datasets import load_dataset, stratified_subset  # noqa: E402
 from core.models import ModelConfig, build_model  # noqa: E402
 from core.store import RunStore  # noqa: E402
@@ -76,11 +79,33 @@ class TimedRecorder(Recorder):
         self._timed(super()._on_train_batch_end, batch, logs)
 
 
+DISCARD = "import sys\nwhile sys.stdin.buffer.read(1 << 20):\n    pass"
+
+
+@contextlib.contextmanager
+def discarding_child():
+    """For `recorder-discard`: the recording process reads what it is sent and throws it away, so the training
+    process does all its usual work (captures, hand-over) while nothing is analysed or written beside it."""
+    spawn = worker.subprocess.Popen
+
+    def popen(args, *rest, **options):
+        if list(args[-2:]) == ["-m", "core.sink"]:
+            args = [sys.executable, "-c", DISCARD]
+        return spawn(args, *rest, **options)
+
+    worker.subprocess.Popen = popen
+    try:
+        yield
+    finally:
+        worker.subprocess.Popen = spawn
+
+
 def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
     """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
     before, stat_before = os.times(), _cpu_ticks()
     TimedRecorder.spent = 0.0
-    wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
+    with discarding_child() if variant == "recorder-discard" else contextlib.nullcontext():
+        wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
     after, stat_after = os.times(), _cpu_ticks()
     ticks = [b - a for a, b in zip(stat_before, stat_after)]
     busy = 1 - (ticks[3] + ticks[4]) / sum(ticks) if sum(ticks) and len(ticks) > 4 else float("nan")  # idle + iowait
@@ -106,6 +131,7 @@ def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: 
     callbacks = {
         "plain": [],
         "recorder": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "recorder-discard": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
         "recorder+grad": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],
