@@ -15,7 +15,8 @@ from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 
-home = st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", default=True)
+EMBEDDINGS = dict(title="Embeddings", icon=":material/scatter_plot:")
+home = st.Page(embeddings.render, default=True, **EMBEDDINGS)
 pages = [
     home,
     st.Page(gradients.render, title="Gradients & activations", icon=":material/trending_down:", url_path="gradients"),
@@ -23,7 +24,7 @@ pages = [
     st.Page(runs.render, title="Runs", icon=":material/folder_open:", url_path="runs"),
     # The default page lives at "/"; this hidden twin makes "/embeddings?run=..." (typed, or trimmed from a link)
     # open the same page instead of Streamlit's "Page not found".
-    st.Page(embeddings.render, title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings", visibility="hidden"),
+    st.Page(embeddings.render, url_path="embeddings", visibility="hidden", **EMBEDDINGS),
 ]
 page = st.navigation(pages)
 
@@ -44,7 +45,7 @@ if context.notices():
     st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
 page.run()  # before the sidebar: the browser gets the charts first (see sidebar.render)
 try:
-    sidebar.render(embeddings_page=page.title == home.title)
+    sidebar.render(embeddings_page=page.title == EMBEDDINGS["title"])  # "/" or its twin
 except STORE_ERRORS as error:
     store_error(error)
 context.finish()
