@@ -97,7 +97,9 @@ def _run_status(run_id: str) -> None:
             return
         meta, status = run.meta, run.status
         done, planned = int(meta.get("epochs_done") or 0), int(meta.get("epochs_planned") or 0)
-        st.caption(f"{STATUS_ICONS.get(status, '')} **{run.name}** · {status} · {meta.get('dataset', {}).get('name', '?')} · epoch {done}/{planned or '?'}")
+        dataset = meta.get("dataset", {}).get("name")  # a Recorder in the user's own fit may not name one
+        parts = [f"{STATUS_ICONS.get(status, '')} **{run.name}**", status, dataset, f"epoch {done}/{planned or '?'}"]
+        st.caption(" · ".join(part for part in parts if part))
         if status == "running":
             st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
             job = context.jobs().get(run_id)

@@ -252,7 +252,8 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
             notices.append(f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}.")
             changes[name] = default
     if not facts.has_labels and state.color in ("label", "correct"):
-        notices.append(f"Run {facts.id} was recorded without labels, so points are coloured by prediction.")
+        if state.color != DEFAULTS.color:  # the default colouring switching over is not something a link asked for
+            notices.append(f"Run {facts.id} was recorded without labels, so points are coloured by prediction.")
         changes["color"] = "pred"
     if state.sel:
         kept_rows = tuple(r for r in state.sel if r < facts.probe_size)[:MAX_SELECTION]

@@ -98,3 +98,6 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     assert any("recorded without labels" in i.value for i in at.info)
     [verdict] = at.success
     assert "gradients reach every layer" not in verdict.value and "Gradients were not measured" in verdict.value
+    assert not at.warning  # the link asked for no colouring, so the switch to predictions is no link notice
+    status = next(c.value for c in at.sidebar.caption if "unlabelled" in c.value)
+    assert status.endswith("finished · epoch 2/2")  # no "?" for the data set a user's own fit did not name

@@ -73,6 +73,8 @@ def test_validate_without_labels_colours_by_prediction():
     facts = RunFacts(**{**FACTS.__dict__, "has_labels": False})
     fixed, notices = validate(ViewState(run="r1", color="correct"), facts)
     assert fixed.color == "pred" and notices
+    fixed, notices = validate(ViewState(run="r1"), facts)  # no colour in the link: nothing to tell
+    assert fixed.color == "pred" and notices == []
 
 
 def test_validate_drops_comparison_runs_that_do_not_exist():
