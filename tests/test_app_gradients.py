@@ -96,6 +96,9 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     at = open_app(tmp_path, "gradients", run=run_id)
     assert not at.exception
     assert any("recorded without labels" in i.value for i in at.info)
+    headings = [h.value for h in at.subheader]
+    assert "Gradient flow" not in headings and "Error signal per layer" not in headings  # nothing measured to draw
+    assert "Update-to-weight ratio" in headings and "Activation percentiles per layer" in headings
     [verdict] = at.success
     assert "gradients reach every layer" not in verdict.value and "Gradients were not measured" in verdict.value
     assert not at.warning  # the link asked for no colouring, so the switch to predictions is no link notice

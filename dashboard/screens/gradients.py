@@ -48,25 +48,29 @@ def show(run, others, role: str, live: bool) -> None:
     diagnosis(run, others, keys)
     has_gradients = bool(run.meta.get("probe", {}).get("has_labels", True))
     if not has_gradients:
-        st.info("This run was recorded without labels, so it has no gradients: only the activation charts below apply.")
+        st.info("This run was recorded without labels, so it has no gradients: the charts below show how its weights "
+                "move and what its activations do." + (" Compared runs keep their gradient charts." if others else ""))
+    shows_gradients = has_gradients or any(o.meta.get("probe", {}).get("has_labels", True) for o in others)
 
-    st.subheader("Gradient flow")
-    lines, heat = st.columns(2, gap="medium")
-    with lines:
-        st.plotly_chart(flow(keys, role, epoch), key="grad_flow", config=CHART_CONFIG)
-        st.caption(f"‖∇ {role}‖ of each layer on the probe set, log scale; dark lines are near the input. Lines that sit "
-                   "orders of magnitude apart mean the early layers get almost no gradient.")
-    with heat:
-        st.plotly_chart(heatmap(keys[0], role, epoch), key="grad_heatmap", config=CHART_CONFIG)
-        st.caption("The selected run's norms as colour, layer by epoch (log scale). Dark rows at the top over bright "
-                   "rows at the bottom: the gradient fades on its way back to the input.")
+    if shows_gradients:
+        st.subheader("Gradient flow")
+        lines, heat = st.columns(2, gap="medium")
+        with lines:
+            st.plotly_chart(flow(keys, role, epoch), key="grad_flow", config=CHART_CONFIG)
+            st.caption(f"‖∇ {role}‖ of each layer on the probe set, log scale; dark lines are near the input. Lines that "
+                       "sit orders of magnitude apart mean the early layers get almost no gradient.")
+        with heat:
+            st.plotly_chart(heatmap(keys[0], role, epoch), key="grad_heatmap", config=CHART_CONFIG)
+            st.caption("The selected run's norms as colour, layer by epoch (log scale). Dark rows at the top over "
+                       "bright rows at the bottom: the gradient fades on its way back to the input.")
 
-    signal_col, update_col = st.columns(2, gap="medium")
-    with signal_col:
-        st.subheader("Error signal per layer")
-        st.plotly_chart(error_signal(keys, epoch), key="error_signal", config=CHART_CONFIG)
-        st.caption("‖∂loss/∂output‖: how much error each hidden layer receives from above. It should stay within an "
-                   "order of magnitude from layer to layer.")
+    signal_col, update_col = st.columns(2, gap="medium") if shows_gradients else (None, st.container())
+    if signal_col is not None:
+        with signal_col:
+            st.subheader("Error signal per layer")
+            st.plotly_chart(error_signal(keys, epoch), key="error_signal", config=CHART_CONFIG)
+            st.caption("‖∂loss/∂output‖: how much error each hidden layer receives from above. It should stay within "
+                       "an order of magnitude from layer to layer.")
     with update_col:
         st.subheader("Update-to-weight ratio")
         st.plotly_chart(updates(keys, epoch), key="update_ratio", config=CHART_CONFIG)
@@ -75,11 +79,12 @@ def show(run, others, role: str, live: bool) -> None:
 
     name = run.layers[layer]["name"] if run.layers else "layer"
     st.subheader(f"Histograms over time: `{name}`")
-    grad_col, act_col = st.columns(2, gap="medium")
-    with grad_col:
-        st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
-        st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting down "
-                   "toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
+    grad_col, act_col = st.columns(2, gap="medium") if has_gradients else (None, st.container())
+    if grad_col is not None:
+        with grad_col:
+            st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
+            st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting down "
+                       "toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
     with act_col:
         st.plotly_chart(histograms(keys[0], layer, "activation", role, epoch), key="act_hist", config=CHART_CONFIG)
         st.caption("Share of activation values per bin at each epoch. Mass piling up at a bound (0 and 1 for sigmoid, "
