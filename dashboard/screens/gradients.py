@@ -45,12 +45,12 @@ def show(run, others, role: str, live: bool) -> None:
     keys = tuple((r.id, len(r.epoch_snapshots())) for r in [run, *others])
     if live:
         st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
-    diagnosis(run, others, keys)
-    has_gradients = bool(run.meta.get("probe", {}).get("has_labels", True))
+    has_gradients = _has_gradients(run)
+    diagnosis(run, others, keys, has_gradients)
     if not has_gradients:
         st.info("This run was recorded without labels, so it has no gradients: the charts below show how its weights "
                 "move and what its activations do." + (" Compared runs keep their gradient charts." if others else ""))
-    shows_gradients = has_gradients or any(o.meta.get("probe", {}).get("has_labels", True) for o in others)
+    shows_gradients = has_gradients or any(_has_gradients(o) for o in others)
 
     if shows_gradients:
         st.subheader("Gradient flow")
@@ -119,11 +119,11 @@ def show(run, others, role: str, live: bool) -> None:
                "probe: the spikes and drifts that epoch snapshots average away.")
 
 
-def diagnosis(run, others, keys) -> None:
+def diagnosis(run, others, keys, has_gradients: bool) -> None:
     """Callouts at the top: one per finding of the current run, and a line per compared run."""
     findings = findings_for(*keys[0])
     if not findings:
-        st.success(f"No problems found in `{run.name}`: " + views.healthy_summary(_measured_gradients(run)),
+        st.success(f"No problems found in `{run.name}`: " + views.healthy_summary(has_gradients),
                    icon=":material/check_circle:")
     for finding in findings:
         if finding.severe:
@@ -152,10 +152,9 @@ def _all_series(keys, epoch):
     return [_series(run_id, count, epoch) for run_id, count in keys]
 
 
-def _measured_gradients(run) -> bool:
-    """Whether the run's snapshots carry gradient statistics (a run recorded without labels has none)."""
-    snapshot = snapshot_at(run, None)
-    return snapshot is not None and any("grad" in snapshot.layer(i) for i in range(len(run.layers)))
+def _has_gradients(run) -> bool:
+    """Whether the recorder measured gradients: it needs labels to compute a loss."""
+    return bool(run.meta.get("probe", {}).get("has_labels", True))
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
