@@ -30,8 +30,11 @@ class Recorder(keras.callbacks.Callback):
     `batch_every` batches). Each snapshot holds, per layer: the layer's output on the probe set reduced to its
     top principal components (aligned with the previous snapshot so axes never flip), explained variance,
     activation percentiles and histogram, dead and saturated units, gradient statistics for every weight and
-    for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA. The
-    numpy analysis and all writing happen in a separate process; a failure there warns and never stops `fit`.
+    for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA.
+
+    At a capture the training thread only reads the weights. The compiled probe pass on those values runs on
+    a background thread while training goes on, and the numpy analysis and all writing happen in a separate
+    process. A failure in either warns and never stops `fit`; when `fit` returns, the run is complete on disk.
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
@@ -141,6 +144,7 @@ class Recorder(keras.callbacks.Callback):
         self._batch_gradients: list[tuple[int, Any]] = []  # (step, (layers,) norms tensor) measured this epoch
         self._last_captured_epoch = -1
         self._nan_epoch: int | None = None
+        self._capture_failed = False  # warned once that the probe pass failed
 
     # ------------------------------------------------------------------------------------------------------
     # Keras hooks: each hands the work to a helper.
@@ -164,10 +168,13 @@ class Recorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._active:
             return
+        captures = (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
+        # Read the weights before any message wakes the worker's thread, which would contend for the GIL.
+        state = _read_state(self._variables) if captures else None
         self._log_epoch(epoch + 1, logs or {})
         self._send_batch_gradients(epoch + 1)
-        if (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs"):
-            self._capture("epoch", epoch=epoch + 1, logs=logs)
+        if captures:
+            self._capture("epoch", epoch=epoch + 1, logs=logs, state=state)
 
     def on_train_end(self, logs=None):
         if not self._active:
@@ -184,7 +191,8 @@ class Recorder(keras.callbacks.Callback):
         layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
         _check_model_io(model, self._x, self._y_for_loss)
         self._layers = layers
-        self._capture_fn = _capture_function(model, layers, with_loss=self._y_for_loss is not None, plane=self._plane)
+        self._variables = _model_variables(model)
+        self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
         if self.grad_every and self._y_for_loss is not None:
             rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
@@ -264,32 +272,51 @@ class Recorder(keras.callbacks.Callback):
             arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
         return arrays
 
-    def _capture(self, kind: str, epoch: int, batch: int | None = None, logs=None) -> None:
+    def _capture(self, kind: str, epoch: int, batch: int | None = None, logs=None, state: list | None = None) -> None:
+        """Queue a probe pass on `state`, the weights as they are now (read here unless given). The pass runs on
+        the worker's thread while training goes on: TensorFlow copies a variable on its next update while a
+        read of it is alive, so `state` keeps this moment's values."""
         if not self._active:
             return
-        raw = self._run_capture_pass(kind, epoch, batch, dict(logs or {}))
-        seq = self._seq
-        self._seq += 1
+        if state is None:
+            state = _read_state(self._variables)
         if kind == "epoch":
             self._last_captured_epoch = epoch
-        self._send("snapshot", seq=seq, raw=raw)
+        step = self._steps_done(epoch, batch)
+        logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state))
 
-    def _run_capture_pass(self, kind: str, epoch: int, batch: int | None, logs: dict) -> RawCapture:
-        result = self._capture_fn(*self._inputs)
+    def _snapshot_message(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> tuple | None:
+        """On the worker's thread, in capture order: the probe pass on `state`, as a message for the sink."""
+        try:
+            raw = self._run_capture_pass(kind, epoch, step, batch, logs, state)
+        except Exception as error:  # a recording problem must never end the user's training
+            if not self._capture_failed:
+                self._capture_failed = True
+                warnings.warn(f"Strata could not run its probe pass ({type(error).__name__}: {error}); training "
+                              "continues, and snapshots already written stay intact.", RuntimeWarning, stacklevel=1)
+            return None
+        seq = self._seq
+        self._seq += 1
+        return ("snapshot", {"seq": seq, "raw": raw})
+
+    def _run_capture_pass(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> RawCapture:
+        result = self._capture_fn(*self._inputs, state)
         result = {key: _to_numpy(value) for key, value in result.items()}
         roles = [_roles(layer) for layer in self._layers]
+        measured = result["loss"] is not None
         return RawCapture(
             kind=kind,
             epoch=epoch,
-            step=self._steps_done(epoch, batch),
+            step=step,
             batch=batch,
-            logs={k: float(v) for k, v in logs.items() if _is_number(v)},
+            logs=logs,
             outputs=result["outputs"],
             predictions=result["predictions"],
             loss=None if result["loss"] is None else float(result["loss"]),
             weights=[dict(zip(r, w)) for r, w in zip(roles, result["weights"])],
-            weight_grads=[dict(zip(r, g)) for r, g in zip(roles, result["weight_grads"])] if result["loss"] is not None else [],
-            output_grads=result["output_grads"] if result["loss"] is not None else [None] * len(self._layers),
+            weight_grads=[dict(zip(r, g)) for r, g in zip(roles, result["weight_grads"])] if measured else [],
+            output_grad_norms=[float(n) for n in result["output_grad_norms"]] if measured else [None] * len(self._layers),
             plane_outputs=result.get("plane_outputs"),
             plane_predictions=result.get("plane_predictions"),
         )
@@ -350,9 +377,26 @@ class Recorder(keras.callbacks.Callback):
 # The compiled probe pass
 
 
-def _capture_function(model: keras.Model, layers: list[RecordedLayer], with_loss: bool, plane: bool):
-    """One tf.function that returns every layer's output, all gradients and the weights in a single pass."""
-    weights = [list(layer.layer.trainable_weights) for layer in layers]
+def _model_variables(model: keras.Model) -> list:
+    """Every variable the forward pass reads (weights, and state such as batch-norm statistics), once each."""
+    return list({id(v): v for v in [*model.trainable_variables, *model.non_trainable_variables]}.values())
+
+
+def _read_state(variables: list) -> list:
+    """The current value of every variable, as tensors that keep that value: TensorFlow copies a variable's
+    buffer on its next update while a read of it is still alive. Eager reads cost ~20 µs a variable, less than
+    tracing a function to batch them would take back over a run."""
+    return [tf.convert_to_tensor(v) for v in variables]
+
+
+def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
+    """One tf.function that returns every layer's output, all gradients and the weights in a single pass.
+
+    It runs on `state`, values of `variables` read earlier (see `_read_state`), never on the live variables,
+    so it can run beside training while the optimizer moves on.
+    """
+    position = {id(v): i for i, v in enumerate(variables)}
+    weights = [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
 
     def forward(x):
         outputs: dict = {}
@@ -362,26 +406,36 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], with_loss
     # autograph=False: the function has no tensor-dependent Python control flow, and skipping the source
     # conversion cuts the one-off tracing cost several times over.
     @tf.function(autograph=False, reduce_retracing=True)
-    def capture(x, y, grid):
-        with tf.GradientTape() as tape:
+    def capture(x, y, grid, state):
+        layer_weights = [[state[i] for i in group] for group in weights]
+        flat = [w for group in layer_weights for w in group]
+        with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape(persistent=True) as tape:
+            tape.watch(flat)
             predictions, outputs = forward(x)
             loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False) if with_loss else None
-        result = {
-            "predictions": predictions,
-            "outputs": outputs,
-            "loss": loss,
-            "weights": [[tf.convert_to_tensor(v) for v in vs] for vs in weights],
-        }
+            if with_loss:
+                # Keras computes a cross-entropy from the logits it caches on a softmax or sigmoid output, which
+                # leaves the output itself off the gradient path. The same loss on a plain copy of it measures
+                # the error signal that reaches the model's last layer.
+                plain_predictions = tf.identity(predictions)
+                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=False)
+        result = {"predictions": predictions, "outputs": outputs, "loss": loss, "weights": layer_weights}
         if with_loss:
-            flat = [v for vs in weights for v in vs]
-            gradients = tape.gradient(loss, flat + outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            result["weight_grads"] = _regroup(gradients[: len(flat)], weights)
-            result["output_grads"] = gradients[len(flat) :]
+            weight_grads = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            result["weight_grads"] = _regroup(weight_grads, layer_weights)
+            output_grads = tape.gradient(loss, outputs)
+            for index, output in enumerate(outputs):
+                if output_grads[index] is None:
+                    output_grads[index] = tape.gradient(output_loss, plain_predictions) if output is predictions else tf.zeros_like(output)
+            # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
+            # analysis process for one number apiece would double what every capture hands over.
+            result["output_grad_norms"] = [tf.norm(tf.cast(g, tf.float64)) for g in output_grads]
         else:
             result["weight_grads"] = [[] for _ in weights]
-            result["output_grads"] = [None] * len(weights)
+            result["output_grad_norms"] = [None] * len(weights)
         if plane:
-            result["plane_predictions"], result["plane_outputs"] = forward(grid)
+            with keras.StatelessScope(state_mapping=list(zip(variables, state))):
+                result["plane_predictions"], result["plane_outputs"] = forward(grid)
         return result
 
     return capture

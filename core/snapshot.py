@@ -33,7 +33,7 @@ class RawCapture:
     loss: float | None
     weights: list[dict[str, np.ndarray]]  # per layer {role: value}
     weight_grads: list[dict[str, np.ndarray]]  # per layer {role: gradient}, empty without labels
-    output_grads: list[np.ndarray | None]  # per layer gradient of the loss w.r.t. the layer output
+    output_grad_norms: list[float | None]  # per layer L2 norm of the loss gradient w.r.t. the layer output
     plane_outputs: list[np.ndarray] | None = None  # per layer output on the input-plane grid
     plane_predictions: np.ndarray | None = None  # (grid points, classes)
 
@@ -170,9 +170,9 @@ class SnapshotBuilder:
                 stats = analysis.tensor_stats(gradient)
                 arrays[f"{prefix}grad_{role}_log_hist"] = stats.pop("log_hist_counts")
                 record["grad"][role] = stats
-            output_grad = raw.output_grads[index]
-            if output_grad is not None:
-                record["grad"]["output"] = {"norm": float(np.linalg.norm(output_grad.astype(np.float64)))}
+            output_grad_norm = raw.output_grad_norms[index]
+            if output_grad_norm is not None:
+                record["grad"]["output"] = {"norm": output_grad_norm}
         return record
 
     def _unit_rankings(self, prefix: str, output: np.ndarray) -> dict:

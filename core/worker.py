@@ -1,7 +1,9 @@
 """Carries recorder messages to a `RunSink` off the training thread: in a child process, or in a thread.
 
 Both transports take messages in order through a short queue, so a slow disk or slow analysis slows capture
-rather than letting memory grow without bound. Neither ever raises into the user's `fit`.
+rather than letting memory grow without bound. A message may also be a function that builds it: the worker's
+thread calls it in turn, which is how the recorder's compiled probe pass runs off the training thread. Neither
+transport ever raises into the user's `fit`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 
 import core
 from core.sink import RunSink, write_frame
@@ -27,7 +30,9 @@ class _QueuedWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, message: tuple) -> None:
+    def submit(self, message: tuple | Callable[[], tuple | None]) -> None:
+        """Queue `message`, or a function returning one (or None, for nothing to send), called on this
+        worker's thread after everything queued before it."""
         if self._thread.is_alive():
             self._messages.put(message)
 
@@ -40,7 +45,10 @@ class _QueuedWorker:
 
     def _loop(self) -> None:
         while (message := self._messages.get()) is not None:
-            self._deliver(message)
+            if callable(message):
+                message = message()
+            if message is not None:
+                self._deliver(message)
 
     def _deliver(self, message: tuple) -> None:
         raise NotImplementedError

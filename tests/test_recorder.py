@@ -93,6 +93,24 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
             np.testing.assert_allclose(stats["max_abs"], np.abs(expected).max(), rtol=1e-4)
             np.testing.assert_allclose(stats["mean_abs"], np.abs(expected).mean(), rtol=1e-4)
 
+    # The error signal reaching each layer's output, layer by layer through the same model. For the softmax
+    # output, the loss on a plain copy of the probabilities (Keras would otherwise read the cached logits,
+    # and the output would get no gradient at all: this used to be recorded as 0).
+    outputs = {}
+    with tf.GradientTape(persistent=True) as tape:
+        h = tf.constant(x)
+        for layer in model.layers:
+            h = layer(h, training=False)
+            tape.watch(h)
+            outputs[layer.name] = h
+        loss = model.compute_loss(x=x, y=y, y_pred=h, training=False)
+        probabilities = tf.identity(h)
+        probability_loss = model.compute_loss(x=x, y=y, y_pred=probabilities, training=False)
+    expected = [*tape.gradient(loss, [outputs["hidden_a"], outputs["hidden_b"]]), tape.gradient(probability_loss, probabilities)]
+    for index, gradient in enumerate(expected):
+        np.testing.assert_allclose(last.layer(index)["grad"]["output"]["norm"], np.linalg.norm(gradient.numpy()), rtol=1e-4)
+    assert last.layer(2)["grad"]["output"]["norm"] > 0
+
 
 def test_pca_axes_do_not_flip_between_epochs(tmp_path):
     x, y = _toy_data(200)
@@ -352,3 +370,57 @@ def test_batch_snapshots_every_n_batches(tmp_path):
     assert batches == [(0, 2, 2), (0, 4, 4), (1, 2, 6), (1, 4, 8)]
     epochs = [(s.meta["epoch"], s.meta["step"]) for s in snapshots if s.meta["kind"] == "epoch"]
     assert epochs == [(0, 0), (1, 4), (2, 8)]
+
+
+class _Witness(keras.callbacks.Callback):
+    """Keeps what the model holds whenever the recorder captures: the first kernel and the probe predictions."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.kernels, self.predictions = x, [], []
+
+    def _keep(self):
+        self.kernels.append(self.model.get_layer("hidden_a").kernel.numpy().copy())
+        self.predictions.append(self.model(self.x, training=False).numpy())
+
+    def on_train_begin(self, logs=None):
+        self._keep()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % 2 == 0:
+            self._keep()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._keep()
+
+
+def test_each_snapshot_holds_the_model_as_it_was_when_captured_while_training_runs_on(tmp_path, monkeypatch):
+    # The probe pass runs on the worker's thread, on a copy of the weights taken at the capture, while the
+    # optimizer keeps updating the live variables: every snapshot must still show its own moment of training.
+    import threading
+
+    from core import recorder as recorder_module
+
+    threads = set()
+    run_pass = recorder_module.Recorder._run_capture_pass
+
+    def spying(self, *args):  # also late, as on a busy machine: training has moved on by the time it runs
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return run_pass(self, *args)
+
+    monkeypatch.setattr(recorder_module.Recorder, "_run_capture_pass", spying)
+    x, y = _toy_data()
+    model = _mlp()
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")  # large steps: weights move
+    recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=2, analysis="thread")
+    witness = _Witness(x)
+    model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder, witness], verbose=0)
+
+    snapshots = RunStore(str(tmp_path)).run(recorder.run_id).snapshots()
+    assert len(snapshots) == len(witness.kernels) == 1 + 3 * 3  # epoch 0, then two batches and an epoch end
+    for snapshot, kernel, predictions in zip(snapshots, witness.kernels, witness.predictions):
+        np.testing.assert_allclose(snapshot.array("L0/kernel"), kernel, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(snapshot.array("pred/probs"), predictions, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(witness.kernels[0], witness.kernels[-1])  # training did move the weights
+    assert threads == {"strata-sink"}  # never the training thread
