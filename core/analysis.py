@@ -536,7 +536,8 @@ def _finite_sample(values):
     if flat.size > HIST_MAX_VALUES:
         picks = np.sort(np.random.default_rng(0).integers(0, flat.size, HIST_MAX_VALUES))
         flat = flat[picks]
-    flat = flat.astype(np.float64)
+    if flat.dtype not in (np.float32, np.float64):
+        flat = flat.astype(np.float64)  # float32 stays: a float64 copy would double the sort's memory traffic
     return flat[np.isfinite(flat)]
 
 
@@ -634,7 +635,7 @@ def linear_probe(features, labels, seed=0, start=None) -> tuple[float, np.ndarra
     x = x.astype(np.float64)
     if not np.isfinite(x).all():
         return float("nan"), None
-    train, test = stratified_halves(classes, seed)
+    train, test = _cached_halves(classes, seed)
     if len(test) == 0:
         return float("nan"), None
     location, scale = x[train].mean(axis=0), x[train].std(axis=0)
@@ -646,6 +647,17 @@ def linear_probe(features, labels, seed=0, start=None) -> tuple[float, np.ndarra
     weights = _fit_logistic_regression(standardised[train], classes[train], n_classes, start)
     predictions = np.argmax(_logits(standardised[test], weights), axis=1)
     return float(np.mean(predictions == classes[test])), weights
+
+
+_halves_cache: dict = {}  # the last split: a recording probes every layer of every snapshot on the same labels
+
+
+def _cached_halves(classes, seed):
+    key = (seed, classes.tobytes())
+    if key not in _halves_cache:
+        _halves_cache.clear()
+        _halves_cache[key] = stratified_halves(classes, seed)
+    return _halves_cache[key]
 
 
 def stratified_halves(labels, seed):
@@ -847,9 +859,13 @@ def class_separation(coords, labels, max_points=1000, seed=0) -> float:
 
 def _euclidean_distances(points):
     squares = np.einsum("ij,ij->i", points, points)
-    distances = squares[:, None] + squares[None, :] - 2.0 * points @ points.T
+    distances = points @ points.T  # worked in place: one (m, m) array instead of five temporaries
+    distances *= -2.0
+    distances += squares[:, None]
+    distances += squares[None, :]
     np.fill_diagonal(distances, 0.0)
-    return np.sqrt(np.maximum(distances, 0.0))
+    np.maximum(distances, 0.0, out=distances)
+    return np.sqrt(distances, out=distances)
 
 
 # ---------------------------------------------------------------------------------------------------

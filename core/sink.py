@@ -112,4 +112,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Every file is already synced and renamed into place; skipping the interpreter's teardown (~15 ms with
+    # numpy loaded) shortens the wait at the end of the user's `fit`, which lasts until this process exits.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
