@@ -8,9 +8,10 @@ naive capture that rebuilds an extractor model, calls `predict` and runs scikit-
 what the training process pays from what the analysis running beside it costs.
 Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
 and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
-plain `fit`. Beside them: the training process's own CPU time (a noise-robust view of what the training
-thread pays) and the CPU time of the recording child process, how busy the machine's cores were, and the wall
-time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of plain `fit`).
+plain `fit`, shown with their interquartile range and beside the mean ratio's 95% interval. Beside them: the
+training process's own CPU time and the CPU time of the recording child process, how busy the machine's cores
+were, the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
+plain `fit`), and the time the probe passes took on the recorder's worker thread, beside training.
 
     python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
 """
@@ -54,10 +55,12 @@ class NaiveCapture(keras.callbacks.Callback):
 
 class TimedRecorder(Recorder):
     """`Recorder`, timing the wall time its Keras hooks take on the training thread: what recording adds to `fit`
-    directly (capture passes, the one-off trace, handing data over, waiting for the last snapshot at the end),
-    apart from any slowdown the recording process causes by running beside training."""
+    directly (reading the weights at each capture, handing data over, waiting for the last snapshot at the
+    end), apart from any slowdown the work beside training causes. `off_thread` sums the probe passes, which
+    run on the worker's thread (the first one includes tracing the compiled pass)."""
 
     spent = 0.0
+    off_thread = 0.0
 
     def _timed(self, hook, *args):
         start = time.perf_counter()
@@ -77,6 +80,13 @@ class TimedRecorder(Recorder):
 
     def _on_train_batch_end(self, batch, logs=None):
         self._timed(super()._on_train_batch_end, batch, logs)
+
+    def _snapshot_message(self, *args):
+        start = time.perf_counter()
+        try:
+            return super()._snapshot_message(*args)
+        finally:
+            TimedRecorder.off_thread += time.perf_counter() - start
 
 
 DISCARD = "import sys\nwhile sys.stdin.buffer.read(1 << 20):\n    pass"
@@ -103,7 +113,7 @@ def discarding_child():
 def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
     """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
     before, stat_before = os.times(), _cpu_ticks()
-    TimedRecorder.spent = 0.0
+    TimedRecorder.spent = TimedRecorder.off_thread = 0.0
     with discarding_child() if variant == "recorder-discard" else contextlib.nullcontext():
         wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
     after, stat_after = os.times(), _cpu_ticks()
@@ -115,6 +125,7 @@ def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every:
         "child_cpu": (after.children_user - before.children_user) + (after.children_system - before.children_system),
         "busy": busy,
         "hooks": TimedRecorder.spent,
+        "off_thread": TimedRecorder.off_thread,
     }
 
 
@@ -168,25 +179,38 @@ def main() -> None:
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
-    print(f"{'variant':<14} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'own CPU ratio':>13} {'child CPU':>9} {'busy':>5}"
-          f" {'in hooks':>14}")
+    print(f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
+          f" {'child CPU':>9} {'busy':>5}"
+          f" {'in hooks':>14} {'probe passes':>12}")
     plain = results["plain"]
     for variant in variants:
         rows = results[variant]
         walls = sorted(r["wall"] / p["wall"] for r, p in zip(rows, plain))
         quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [walls[0]] * 3
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
-        print(f"{variant:<14} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
-              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {cpu:>12.2f}x {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
+        print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
+              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {_mean_interval(walls):>19} {cpu:>12.2f}x"
+              f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
               f" {statistics.median(r['busy'] for r in rows):>5.0%}" + _hooks_column(rows, plain))
 
 
+def _mean_interval(ratios: list[float]) -> str:
+    """Mean ratio with a normal-approximation 95% interval: how far this machine's noise leaves the answer open."""
+    mean = statistics.mean(ratios)
+    if len(ratios) < 2:
+        return f"{mean:.2f}x"
+    half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5
+    return f"{mean:.2f}x ({mean - half:.2f}-{mean + half:.2f})"
+
+
 def _hooks_column(rows: list[dict], plain: list[dict]) -> str:
-    """Median wall time in the Recorder's hooks, and that time over the same round's plain `fit`."""
+    """Median wall time in the Recorder's hooks, that time over the same round's plain `fit`, and the probe
+    passes' time on the worker's thread."""
     if not any(r["hooks"] for r in rows):
         return ""
     share = statistics.median(r["hooks"] / p["wall"] for r, p in zip(rows, plain))
-    return f" {statistics.median(r['hooks'] for r in rows):>6.2f}s ({share:.1%})"
+    return (f" {statistics.median(r['hooks'] for r in rows):>6.2f}s ({share:.1%})"
+            f" {statistics.median(r['off_thread'] for r in rows):>10.2f}s")
 
 
 if __name__ == "__main__":
