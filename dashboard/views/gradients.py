@@ -245,7 +245,9 @@ def gradient_flow_figure(runs: list[LayerSeries], role: str = "kernel", epoch: i
 
 
 def error_signal_figure(runs: list[LayerSeries], epoch: int | None = None) -> go.Figure:
-    """‖∂loss/∂output‖ per layer. The output layer is left out: Keras computes its loss from the logits."""
+    """‖∂loss/∂output‖ per hidden layer. The output layer is left out: its gradient is with respect to the
+    model's outputs (probabilities, for a softmax), on another scale, and runs recorded before that gradient
+    was measured hold 0 for it."""
     hidden = lambda s: s.error_signal[:, : max(len(s.layers) - 1, 0)]  # noqa: E731
     return layer_lines_figure(runs, hidden, "‖∂loss/∂output‖", epoch=epoch)
 
