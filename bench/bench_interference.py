@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_overhead import _mean_interval, fit_seconds  # noqa: E402
+from bench_overhead import mean_interval, fit_seconds  # noqa: E402
 
 from core.datasets import load_dataset, stratified_subset  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> None:
         cpu = statistics.median(c / a for (_, c), (_, a) in zip(rows, alone))
         label = "alone" if duty == 0 else f"{duty}%"
         print(f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {statistics.median(ratios):>9.2f}x"
-              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {_mean_interval(ratios):>19} {fastest:>7.2f}x {cpu:>7.2f}x")
+              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {mean_interval(ratios):>19} {fastest:>7.2f}x {cpu:>7.2f}x")
 
 
 if __name__ == "__main__":

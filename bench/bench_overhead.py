@@ -189,12 +189,12 @@ def main() -> None:
         quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [walls[0]] * 3
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
         print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
-              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {_mean_interval(walls):>19} {cpu:>12.2f}x"
+              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {mean_interval(walls):>19} {cpu:>12.2f}x"
               f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
               f" {statistics.median(r['busy'] for r in rows):>5.0%}" + _hooks_column(rows, plain))
 
 
-def _mean_interval(ratios: list[float]) -> str:
+def mean_interval(ratios: list[float]) -> str:
     """Mean ratio with a normal-approximation 95% interval: how far this machine's noise leaves the answer open."""
     mean = statistics.mean(ratios)
     if len(ratios) < 2:
