@@ -654,10 +654,12 @@ _halves_cache: dict = {}  # the last split: a recording probes every layer of ev
 
 def _cached_halves(classes, seed):
     key = (seed, classes.tobytes())
-    if key not in _halves_cache:
+    halves = _halves_cache.get(key)
+    if halves is None:  # recorders in threads may interleave here: each keeps the split it computed
+        halves = stratified_halves(classes, seed)
         _halves_cache.clear()
-        _halves_cache[key] = stratified_halves(classes, seed)
-    return _halves_cache[key]
+        _halves_cache[key] = halves
+    return halves
 
 
 def stratified_halves(labels, seed):

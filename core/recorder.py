@@ -409,7 +409,8 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
     def capture(x, y, grid, state):
         layer_weights = [[state[i] for i in group] for group in weights]
         flat = [w for group in layer_weights for w in group]
-        with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape(persistent=True) as tape:
+        mapping = list(zip(variables, state))
+        with keras.StatelessScope(state_mapping=mapping), tf.GradientTape(persistent=True) as tape:
             tape.watch(flat)
             predictions, outputs = forward(x)
             loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False) if with_loss else None
@@ -434,7 +435,7 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
             result["weight_grads"] = [[] for _ in weights]
             result["output_grad_norms"] = [None] * len(weights)
         if plane:
-            with keras.StatelessScope(state_mapping=list(zip(variables, state))):
+            with keras.StatelessScope(state_mapping=mapping):
                 result["plane_predictions"], result["plane_outputs"] = forward(grid)
         return result
 
