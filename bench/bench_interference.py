@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_overhead import mean_interval, fit_seconds  # noqa: E402
+from bench_overhead import fit_seconds, ratio_columns  # noqa: E402
 
 from core.datasets import load_dataset, stratified_subset  # noqa: E402
 
@@ -86,13 +86,11 @@ def main() -> None:
     alone = results[0]
     for duty in duties:
         rows = results[duty]
-        ratios = sorted(w / a for (w, _), (a, _) in zip(rows, alone))
-        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        ratios = [w / a for (w, _), (a, _) in zip(rows, alone)]
         fastest = min(w for w, _ in rows) / min(a for a, _ in alone)
         cpu = statistics.median(c / a for (_, c), (_, a) in zip(rows, alone))
         label = "alone" if duty == 0 else f"{duty}%"
-        print(f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {statistics.median(ratios):>9.2f}x"
-              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {mean_interval(ratios):>19} {fastest:>7.2f}x {cpu:>7.2f}x")
+        print(f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {ratio_columns(ratios)} {fastest:>7.2f}x {cpu:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -185,22 +185,21 @@ def main() -> None:
     plain = results["plain"]
     for variant in variants:
         rows = results[variant]
-        walls = sorted(r["wall"] / p["wall"] for r, p in zip(rows, plain))
-        quartiles = statistics.quantiles(walls, n=4) if len(walls) > 1 else [walls[0]] * 3
+        walls = [r["wall"] / p["wall"] for r, p in zip(rows, plain)]
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
-        print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {statistics.median(walls):>9.2f}x"
-              f" {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13} {mean_interval(walls):>19} {cpu:>12.2f}x"
+        print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {ratio_columns(walls)} {cpu:>12.2f}x"
               f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
               f" {statistics.median(r['busy'] for r in rows):>5.0%}" + _hooks_column(rows, plain))
 
 
-def mean_interval(ratios: list[float]) -> str:
-    """Mean ratio with a normal-approximation 95% interval: how far this machine's noise leaves the answer open."""
+def ratio_columns(ratios: list[float]) -> str:
+    """The median ratio, its interquartile range, and the mean with a normal-approximation 95% interval (how far
+    this machine's noise leaves the answer open), as the columns 'wall ratio', '(IQR)' and 'mean (95% CI)'."""
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     mean = statistics.mean(ratios)
-    if len(ratios) < 2:
-        return f"{mean:.2f}x"
-    half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5
-    return f"{mean:.2f}x ({mean - half:.2f}-{mean + half:.2f})"
+    half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+    return (f"{statistics.median(ratios):>9.2f}x {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13}"
+            f" {f'{mean:.2f}x ({mean - half:.2f}-{mean + half:.2f})':>19}")
 
 
 def _hooks_column(rows: list[dict], plain: list[dict]) -> str:
