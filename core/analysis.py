@@ -67,8 +67,10 @@ ACTIVATION_BOUNDS = {
 SATURATION_MARGIN = 0.02
 SATURATION_MIN_FRACTION = 0.95
 ACTIVATION_PERCENTILES = (2, 25, 50, 75, 98)
-# Histograms and percentiles of activations use at most this many values, picked with a fixed seed.
-HIST_MAX_VALUES = 200_000
+# Histograms and percentiles of activations use at most this many values, picked with a fixed seed. From 32,768
+# values a 2nd percentile is off by ~0.08 percentile points (one standard error); sorting out five percentiles
+# from all 128,000 values of a 128-unit layer on a 1,000-sample probe cost 2 ms of every 40 ms snapshot.
+HIST_MAX_VALUES = 32_768
 
 # Gradient histograms use fixed bins in log10|g| so epochs can be compared bin by bin.
 LOG_HIST_EDGES = np.linspace(-12.0, 2.0, 57)
@@ -534,11 +536,17 @@ def _finite_sample(values):
     """Up to HIST_MAX_VALUES finite values, picked with a fixed seed so snapshots are reproducible."""
     flat = values.reshape(-1)
     if flat.size > HIST_MAX_VALUES:
-        picks = np.sort(np.random.default_rng(0).integers(0, flat.size, HIST_MAX_VALUES))
-        flat = flat[picks]
+        flat = flat[_sample_positions(flat.size)]
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float64)  # float32 stays: a float64 copy would double the sort's memory traffic
     return flat[np.isfinite(flat)]
+
+
+@functools.lru_cache(maxsize=16)  # a few layer sizes, the same at every snapshot
+def _sample_positions(size):
+    positions = np.sort(np.random.default_rng(0).integers(0, size, HIST_MAX_VALUES))
+    positions.flags.writeable = False
+    return positions
 
 
 def _histogram(sample, moments, bins):
@@ -840,7 +848,7 @@ def class_separation(coords, labels, max_points=1000, seed=0) -> float:
     if labels.ndim == 2 and labels.shape[1] > 1:
         labels = labels.argmax(axis=1)
     if len(points) > max_points:
-        picks = np.random.RandomState(seed).permutation(len(points))[:max_points]
+        picks = _silhouette_subset(len(points), max_points, seed)
         points, labels = points[picks], labels[picks]
     classes = _class_indices(labels)
     n_classes = classes.max(initial=-1) + 1
@@ -857,6 +865,13 @@ def class_separation(coords, labels, max_points=1000, seed=0) -> float:
         silhouette = (nearest - intra) / np.maximum(intra, nearest)
     silhouette[sizes[classes] == 1] = 0.0  # scikit-learn's convention for singleton classes
     return float(np.mean(np.nan_to_num(silhouette)))
+
+
+@functools.lru_cache(maxsize=4)  # every layer of every snapshot scores the same subset
+def _silhouette_subset(n, max_points, seed):
+    picks = np.random.RandomState(seed).permutation(n)[:max_points]
+    picks.flags.writeable = False
+    return picks
 
 
 def _euclidean_distances(points):

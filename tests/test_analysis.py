@@ -295,7 +295,10 @@ def test_activation_stats_flattens_other_shapes_and_subsamples():
     assert stats["hist_counts"].sum() == analysis.HIST_MAX_VALUES
     assert stats["hist_edges"][0] == pytest.approx(a.min()) and stats["hist_edges"][-1] == pytest.approx(a.max())
     np.testing.assert_array_equal(activation_stats(a)["hist_counts"], stats["hist_counts"])
-    np.testing.assert_allclose(stats["percentiles"], np.percentile(a, [2, 25, 50, 75, 98]), atol=0.02)
+    # Sampled percentiles: each sits at its rank among ALL values to within four standard errors of the sample.
+    share_below = np.array([np.mean(a <= value) for value in stats["percentiles"]])
+    wanted = np.array([2, 25, 50, 75, 98]) / 100
+    np.testing.assert_array_less(np.abs(share_below - wanted), 4 * np.sqrt(wanted * (1 - wanted) / analysis.HIST_MAX_VALUES))
 
 
 def test_activation_stats_survive_nan_and_inf():
