@@ -15,7 +15,7 @@ import tensorflow as tf
 from core.datasets import stratified_subset
 from core.graph import RecordedLayer, forward_recording, recorded_layers
 from core.snapshot import RawCapture
-from core.store import new_run_id
+from core.store import is_valid_run_id, new_run_id, run_exists
 from core.worker import start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
@@ -52,7 +52,9 @@ class Recorder(keras.callbacks.Callback):
         class_names, feature_names: labels for the dashboard.
         dataset: a dict describing the data set, stored in the run metadata.
         config: any JSON-serialisable dict (hyper-parameters); stored so a run can be reproduced.
-        run_id: use this id instead of a generated one.
+        run_id: use this id instead of a generated one. It must be new under `log_dir`, and it names one fit:
+            without it, each `fit` this recorder is passed to becomes a run of its own, and `run_id` then
+            names the latest.
         plane: record unit responses over the input plane; "auto" turns it on for 2-D inputs.
         analysis: where the numpy analysis and the writes run: "process" (a child process, so they never
             compete with training for the GIL), "thread", or "auto" (a process, except for `memory://` roots).
@@ -114,7 +116,11 @@ class Recorder(keras.callbacks.Callback):
         self.components = components
         self.seed = seed
         self.name = name
+        if run_id is not None and not is_valid_run_id(run_id):
+            raise ValueError(f"run_id must use letters, digits, '.', '_' and '-' only (at most 128). Received: run_id={run_id!r}")
+        self._run_id_given = run_id is not None
         self.run_id = run_id or new_run_id(name)
+        self._recorded_fits = 0
         x, y_for_loss, labels = _split_probe(probe)
         rows = _probe_rows(len(x), labels, probe_size, seed)
         self._x = np.ascontiguousarray(x[rows])
@@ -135,11 +141,15 @@ class Recorder(keras.callbacks.Callback):
         }
         self._worker = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
         self._active = False  # recording: between a successful start and end()
+        if batch_every is not None or grad_every is not None:
+            self.on_train_batch_end = self._on_train_batch_end
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        """What one run (one `fit`) accumulates."""
         self._history: dict[str, list] = {"epoch": []}
         self._seq = 0
         self._epoch = 0
-        if batch_every is not None or grad_every is not None:
-            self.on_train_batch_end = self._on_train_batch_end
         self._grad_norm_fn = None
         self._batch_gradients: list[tuple[int, Any]] = []  # (step, (layers,) norms tensor) measured this epoch
         self._last_captured_epoch = -1
@@ -187,6 +197,7 @@ class Recorder(keras.callbacks.Callback):
     # ------------------------------------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._claim_run_id()
         model = self.model
         layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
         _check_model_io(model, self._x, self._y_for_loss)
@@ -202,6 +213,7 @@ class Recorder(keras.callbacks.Callback):
             return
         self._worker = start_worker(self.log_dir, self.analysis)
         self._active = True
+        self._recorded_fits += 1
         builder = {
             "activations": [layer.activation for layer in layers],
             "labels": self.labels,
@@ -212,6 +224,18 @@ class Recorder(keras.callbacks.Callback):
         self._send("start", root=self.log_dir, run_id=self.run_id, meta=self._run_meta(layers), builder=builder)
         self._send("probe", arrays=self._probe_arrays(), x=self._x, components=self.components, seed=self.seed)
         atexit.register(self._end_at_exit)
+
+    def _claim_run_id(self) -> None:
+        """Give this fit a run id no run holds yet; raises ValueError, naming the fix, for a given id that is taken."""
+        if self._recorded_fits:  # this recorder already recorded an earlier fit: this one is a run of its own
+            if self._run_id_given:
+                raise ValueError(f"run_id={self.run_id!r} names the run this Recorder recorded in an earlier fit. Pass a "
+                                 "new Recorder (or a new run_id) for each fit, or leave run_id out to get one run per fit.")
+            self.run_id = new_run_id(self.name)
+            self._reset_run_state()
+        elif self._run_id_given and run_exists(self.log_dir, self.run_id):
+            raise ValueError(f"A run with id {self.run_id!r} already exists under {self.log_dir!r}. Pass a new run_id, "
+                             "or leave it out to get a generated one.")
 
     def _prepare_root(self) -> bool:
         """Whether the store root is usable; warns (never raises) when it is not, and the run goes unrecorded."""

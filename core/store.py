@@ -233,6 +233,15 @@ def batch_gradients_name(epoch: int) -> str:
 # Writing
 
 
+def run_exists(root: str, run_id: str) -> bool:
+    """Whether `root` already holds a run with this id. An unreachable root holds none, as far as a writer can tell."""
+    try:
+        files = _Files(root)
+        return files.exists(files.join(checked_run_id(run_id), "run.json"))
+    except OSError:
+        return False
+
+
 class RunWriter:
     """Creates one run and writes its files. Used by `core.Recorder`; every method is one atomic write."""
 

@@ -203,6 +203,7 @@ def test_large_probe_is_subsampled_stratified(tmp_path):
         ({"probe": (np.zeros(5), None)}, "shape"),
         ({"probe": (np.zeros((5, 4)), None), "every": 0}, "every=0"),
         ({"probe": (np.zeros((5, 4)), None), "components": "10"}, "components='10'"),
+        ({"probe": (np.zeros((5, 4)), None), "run_id": "../elsewhere"}, "run_id='../elsewhere'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tmp_path, kwargs, message):
@@ -215,6 +216,42 @@ def test_probe_of_the_wrong_shape_fails_at_start_naming_the_fix(tmp_path):
     recorder = Recorder(str(tmp_path), probe=(np.zeros((10, 3), "float32"), np.zeros(10, "int64")))
     with pytest.raises(ValueError, match=r"takes samples of shape \(4,\)"):
         _fit(_mlp(), recorder, x=x, y=y)
+
+
+def test_a_recorder_passed_to_two_fits_records_two_runs(tmp_path):
+    x, y = _toy_data()
+    model, recorder = _mlp(), Recorder(str(tmp_path), probe=(x, y), name="twice")
+    _fit(model, recorder, epochs=2)
+    first = recorder.run_id
+    _fit(model, recorder, epochs=3)  # fine-tuning the same model: a run of its own
+
+    store = RunStore(str(tmp_path))
+    assert recorder.run_id != first and sorted(store.run_ids()) == sorted([first, recorder.run_id])
+    for run_id, epochs in ((first, [0, 1, 2]), (recorder.run_id, [0, 1, 2, 3])):
+        run = store.run(run_id)
+        assert run.status == "finished" and run.epochs() == epochs
+        assert run.history()["epoch"] == epochs[1:] and [s.seq for s in run.snapshots()] == list(range(len(epochs)))
+    # The second run starts from the first one's trained weights, and its snapshots say so.
+    first_end = store.run(first).epoch_snapshots()[-1].layer(0)["weight_norm"]["kernel"]
+    assert store.run(recorder.run_id).epoch_snapshots()[0].layer(0)["weight_norm"]["kernel"] == pytest.approx(first_end)
+
+
+def test_a_given_run_id_that_is_taken_fails_at_start_and_leaves_that_run_alone(tmp_path):
+    x, y = _toy_data()
+    model = _mlp()
+    _fit(model, Recorder(str(tmp_path), probe=(x, y), run_id="mine"), epochs=2)
+    before = sorted(os.listdir(tmp_path / "mine" / "snapshots"))
+
+    with pytest.raises(ValueError, match="already exists.*Pass a new run_id"):
+        _fit(model, Recorder(str(tmp_path), probe=(x, y), run_id="mine"), epochs=1)
+    reused = Recorder(str(tmp_path), probe=(x, y), run_id="other")
+    _fit(model, reused, epochs=1)
+    with pytest.raises(ValueError, match="earlier fit.*new Recorder"):
+        _fit(model, reused, epochs=1)
+
+    run = RunStore(str(tmp_path)).run("mine")
+    assert run.status == "finished" and run.epochs() == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path / "mine" / "snapshots")) == before
 
 
 def test_subclassed_model_is_refused_with_instructions(tmp_path):
