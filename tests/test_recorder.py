@@ -461,3 +461,25 @@ def test_each_snapshot_holds_the_model_as_it_was_when_captured_while_training_ru
         np.testing.assert_allclose(snapshot.array("pred/probs"), predictions, rtol=1e-4, atol=1e-6)
     assert not np.allclose(witness.kernels[0], witness.kernels[-1])  # training did move the weights
     assert threads == {"strata-sink"}  # never the training thread
+
+
+def test_recording_many_fits_in_one_process_draws_no_retracing_warning(tmp_path):
+    """TensorFlow counts traces per function body: the fifth recorder used to draw a warning blaming Strata."""
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        x, y = _toy_data(n=32)
+        for _ in range(6):
+            _fit(_mlp(), Recorder(str(tmp_path), probe=(x, y), analysis="thread"), epochs=1)
+        other = logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, "5 out of the last 5 calls to "
+                                  "<function user_step at 0x1> triggered tf.function retracing.", None, None)
+        logger.handle(other)  # anyone else's retracing still warns
+    finally:
+        logger.removeHandler(handler)
+    assert [m for m in messages if "retracing" in m] == [other.getMessage()]
+    assert len(RunStore(str(tmp_path)).run_ids()) == 6
