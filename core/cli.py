@@ -103,10 +103,11 @@ def _list_runs(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"No runs in {args.runs}. Start one with: python -m core train --dataset spiral")
         return 0
-    print(f"{'id':<40} {'status':<12} {'dataset':<14} {'epochs':>9}  name")
-    for s in summaries:
-        epochs = f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done)
-        print(f"{s.id:<40} {s.status:<12} {s.dataset:<14} {epochs:>9}  {s.name}")
+    rows = [(s.id, s.status, s.dataset, f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done), s.name)
+            for s in summaries]
+    width = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(("id", "status", "dataset"))]
+    for row in [("id", "status", "dataset", "epochs", "name"), *rows]:
+        print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:<{width[2]}}  {row[3]:>7}  {row[4]}")
     return 0
 
 
