@@ -6,6 +6,8 @@ import atexit
 import logging
 import math
 import os
+import sys
+import threading
 import warnings
 from typing import Any
 
@@ -179,6 +181,8 @@ class Recorder(keras.callbacks.Callback):
     # Keras hooks: each hands the work to a helper.
 
     def on_train_begin(self, logs=None):
+        if self._active:  # the last fit this recorder followed raised, and Keras skips on_train_end when it does
+            self.end("interrupted")
         self._start()
         self._capture("epoch", epoch=0)
 
@@ -243,6 +247,7 @@ class Recorder(keras.callbacks.Callback):
         self._send("start", root=self.log_dir, run_id=self.run_id, meta=self._run_meta(layers), builder=builder)
         self._send("probe", arrays=self._probe_arrays(), x=self._x, components=self.components, seed=self.seed)
         atexit.register(self._end_at_exit)
+        self._end_with_the_notebook_cell()
 
     def _claim_run_id(self) -> None:
         """Give this fit a run id no run holds yet; raises ValueError, naming the fix, for a given id that is taken."""
@@ -410,6 +415,31 @@ class Recorder(keras.callbacks.Callback):
         self._send("end", status=status, fields=fields)
         self._worker.close()
         atexit.unregister(self._end_at_exit)
+
+    def _end_with_the_notebook_cell(self) -> None:
+        """Under IPython (Jupyter, Colab), end the run when the cell that ran `fit` finishes without ending it.
+
+        Keras skips `on_train_end` when `fit` raises, and the stop button raises KeyboardInterrupt inside `fit`
+        without ending the kernel, so `atexit` does not come either: the run would read "running" for as long
+        as the kernel lives. A `fit` running on a thread of its own is left alone.
+        """
+        ipython = sys.modules.get("IPython")  # never imported here: only a shell that is already running counts
+        shell = ipython.get_ipython() if ipython is not None else None
+        if shell is None:
+            return
+        training_thread = threading.get_ident()
+
+        def after_cell(result) -> None:
+            shell.events.unregister("post_run_cell", after_cell)
+            if not self._active or threading.get_ident() != training_thread:
+                return
+            error = getattr(result, "error_in_exec", None)
+            if error is None or isinstance(error, KeyboardInterrupt):
+                self.end("interrupted")
+            else:
+                self.end("failed", error=f"{type(error).__name__}: {error}")
+
+        shell.events.register("post_run_cell", after_cell)
 
     def _end_at_exit(self) -> None:
         # fit() ended by an exception or Ctrl-C never calls on_train_end; say so instead of "running" forever.

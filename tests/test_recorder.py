@@ -483,3 +483,76 @@ def test_recording_many_fits_in_one_process_draws_no_retracing_warning(tmp_path)
         logger.removeHandler(handler)
     assert [m for m in messages if "retracing" in m] == [other.getMessage()]
     assert len(RunStore(str(tmp_path)).run_ids()) == 6
+
+
+class _RaiseAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch, error):
+        super().__init__()
+        self.epoch, self.error = epoch, error
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise self.error
+
+
+def test_a_fit_that_raised_is_ended_as_interrupted_when_the_recorder_fits_again(tmp_path):
+    x, y = _toy_data()
+    model, recorder = _mlp(), Recorder(str(tmp_path), probe=(x, y))
+    with pytest.raises(RuntimeError):
+        model.fit(x, y, epochs=5, callbacks=[recorder, _RaiseAtEpoch(2, RuntimeError("boom"))], verbose=0)
+    stopped = recorder.run_id
+    assert RunStore(str(tmp_path)).run(stopped).status == "running"  # Keras skipped on_train_end; the process lives
+    _fit(model, recorder, epochs=1)
+
+    store = RunStore(str(tmp_path))
+    assert store.run(stopped).status == "interrupted" and store.run(stopped).epochs() == [0, 1, 2]
+    assert store.run(recorder.run_id).status == "finished"
+
+
+NOTEBOOK_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    import numpy as np, keras
+    from IPython.core.interactiveshell import InteractiveShell
+    from core import Recorder
+    from core.store import RunStore
+    from tests.test_recorder import _mlp, _toy_data, _RaiseAtEpoch
+
+    shell = InteractiveShell.instance()
+    x, y = _toy_data()
+    shell.user_ns.update(dict(Recorder=Recorder, _mlp=_mlp, _RaiseAtEpoch=_RaiseAtEpoch, keras=keras, x=x, y=y, root={root!r}))
+    cells = {{
+        "stopped": "KeyboardInterrupt()",  # what the notebook's stop button raises inside fit
+        "failed": "ValueError('bad batch')",
+        "threaded": None,
+    }}
+    for name, error in cells.items():
+        if error is None:  # a fit on a thread of its own outlives its cell: the cell must leave it alone
+            shell.run_cell("import threading, time; r = Recorder(root, probe=(x, y), run_id='threaded'); "
+                           "t = threading.Thread(target=lambda: _mlp().fit(x, y, epochs=3, verbose=0, "
+                           "callbacks=[r, keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: time.sleep(0.3))])); "
+                           "t.start(); time.sleep(0.5)")
+            print("RESULT", name, RunStore({root!r}).run(name).status, flush=True)
+            shell.run_cell("t.join()")
+        else:
+            shell.run_cell(f"_mlp().fit(x, y, epochs=5, verbose=0, callbacks=[Recorder(root, probe=(x, y), run_id={{name!r}}), "
+                           f"_RaiseAtEpoch(2, {{error}})])")
+        run = RunStore({root!r}).run(name)
+        print("RESULT", name, run.status, run.meta.get("error"), run.epochs(), flush=True)
+    """
+)
+
+
+def test_in_a_notebook_a_fit_stopped_or_failed_is_ended_when_its_cell_finishes(tmp_path):
+    pytest.importorskip("IPython")
+    script = NOTEBOOK_SCRIPT.format(repo=REPO, root=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=REPO)
+    lines = [line.removeprefix("RESULT ") for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines == [  # the shell prints each cell's traceback in between, as a notebook shows it
+        "stopped interrupted None [0, 1, 2]",
+        "failed failed ValueError: bad batch [0, 1, 2]",
+        "threaded running",
+        "threaded finished None [0, 1, 2, 3]",
+    ], "\n".join(lines) + result.stderr[-3000:]
