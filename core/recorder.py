@@ -172,7 +172,7 @@ class Recorder(keras.callbacks.Callback):
         self._seq = 0
         self._epoch = 0
         self._grad_norm_fn = None
-        self._batch_gradients: list[tuple[int, Any]] = []  # (step, (layers,) norms tensor) measured this epoch
+        self._batch_gradients: list[tuple[int, np.ndarray]] = []  # (step, (layers,) norms) measured this epoch
         self._last_captured_epoch = -1
         self._nan_epoch: int | None = None
         self._capture_failed = False  # warned once that the probe pass failed
@@ -230,7 +230,7 @@ class Recorder(keras.callbacks.Callback):
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
         if self.grad_every and self._y_for_loss is not None:
             rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
-            self._grad_norm_fn = _gradient_norm_function(model, layers)
+            self._grad_norm_fn = _gradient_norm_function(model, layers, self._variables)
             self._grad_inputs = (tf.constant(self._x[rows]), tf.constant(self._y_for_loss[rows]))
         if not self._prepare_root():
             return
@@ -375,20 +375,35 @@ class Recorder(keras.callbacks.Callback):
         return epoch * steps_per_epoch if batch is None else self._epoch * steps_per_epoch + batch
 
     def _measure_gradient_norms(self, step: int) -> None:
+        """Queue a gradient-norm pass on the weights as they are now; like the probe pass, it runs on the worker's
+        thread, so the training thread only reads the weights."""
+        state = _read_state(self._variables)
+        self._worker.submit(lambda: self._gradient_norms_on(step, state))
+
+    def _gradient_norms_on(self, step: int, state: list) -> None:
+        """On the worker's thread: measure, and keep the norms for the epoch's message. Sends nothing itself."""
+        if self._grad_norm_fn is None:
+            return None
         try:
-            self._batch_gradients.append((step, self._grad_norm_fn(*self._grad_inputs)))
+            self._batch_gradients.append((step, self._grad_norm_fn(*self._grad_inputs, state).numpy()))
         except Exception as error:  # an optional extra: stop measuring, never stop training
             self._grad_norm_fn = None
             warnings.warn(f"Strata stopped measuring per-batch gradient norms ({type(error).__name__}: {error}); "
-                          "training and snapshots continue.", RuntimeWarning, stacklevel=2)
+                          "training and snapshots continue.", RuntimeWarning, stacklevel=1)
+        return None
 
     def _send_batch_gradients(self, epoch: int) -> None:
-        if not self._batch_gradients:
-            return
-        steps = np.asarray([step for step, _ in self._batch_gradients], np.int64)
-        norms = np.stack([_to_numpy(value) for _, value in self._batch_gradients])  # (measurements, layers)
-        self._batch_gradients = []
-        self._send("batch_gradients", epoch=epoch, steps=steps, norms=norms)
+        """Queue the message with this epoch's norms, behind the measurements still waiting to run."""
+        if self._grad_norm_fn is not None or self._batch_gradients:
+            self._worker.submit(lambda: self._batch_gradients_message(epoch))
+
+    def _batch_gradients_message(self, epoch: int) -> tuple | None:
+        measured, self._batch_gradients = self._batch_gradients, []
+        if not measured:
+            return None
+        steps = np.asarray([step for step, _ in measured], np.int64)
+        norms = np.stack([norms for _, norms in measured])  # (measurements, layers)
+        return ("batch_gradients", {"epoch": epoch, "steps": steps, "norms": norms})
 
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self._history["epoch"].append(epoch)
@@ -515,15 +530,18 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
     return capture
 
 
-def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer]):
+def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], variables: list):
     """One tf.function returning a (layers,) vector: the L2 norm of each layer's loss gradient over all its
-    weights (NaN for layers without weights), on a fixed batch. The per-layer loop runs at trace time only."""
-    weights = [list(layer.layer.trainable_weights) for layer in layers]
-    flat = [v for vs in weights for v in vs]
+    weights (NaN for layers without weights), on a fixed batch. Like the probe pass it runs on `state`, values
+    of `variables` read earlier, so it can run beside training. The per-layer loop runs at trace time only."""
+    position = {id(v): i for i, v in enumerate(variables)}
+    weights = [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
 
     @tf.function(autograph=False, reduce_retracing=True)  # no tensor-dependent control flow, as in capture
-    def gradient_norms(x, y):
-        with tf.GradientTape() as tape:
+    def gradient_norms(x, y, state):
+        flat = [state[i] for group in weights for i in group]
+        with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape() as tape:
+            tape.watch(flat)
             predictions = model(x, training=False)
             loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
         gradients = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)

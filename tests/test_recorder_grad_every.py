@@ -40,6 +40,58 @@ def test_norms_every_n_batches_match_gradient_tape(tmp_path):
     assert len(run.epoch_snapshots()) == 4  # measuring norms takes no snapshots
 
 
+class _GradientWitness(keras.callbacks.Callback):
+    """Measures, at every second batch, what the recorder should: each layer's gradient norm on the live weights."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y, self.norms = x, y, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (len(self.norms) + 1) * 2 != self._step(batch):
+            return
+        with tf.GradientTape() as tape:
+            loss = self.model.compute_loss(x=self.x, y=self.y, y_pred=self.model(self.x, training=False), training=False)
+        gradients = tape.gradient(loss, self.model.trainable_weights)
+        self.norms.append([np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:])])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _step(self, batch):
+        return self.epoch * self.params["steps"] + batch + 1
+
+
+def test_each_measurement_holds_its_own_step_while_training_runs_on(tmp_path, monkeypatch):
+    # The pass runs on the worker's thread on the weights read at its step, late on purpose here, as on a busy
+    # machine: the optimizer has moved on by then, and every norm must still be the one of its own step.
+    import threading
+    import time
+
+    from core import recorder as recorder_module
+
+    threads = set()
+    measure = recorder_module.Recorder._gradient_norms_on
+
+    def late(self, *args):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.02)
+        return measure(self, *args)
+
+    monkeypatch.setattr(recorder_module.Recorder, "_gradient_norms_on", late)
+    model, x, y = toy()
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")  # large steps: the norms move
+    recorder = Recorder(str(tmp_path), probe=(x, y), grad_every=2, analysis="thread")
+    witness = _GradientWitness(x, y)
+    model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder, witness], verbose=0)
+
+    steps, norms = RunStore(str(tmp_path)).run(recorder.run_id).batch_gradient_norms()
+    assert steps.tolist() == [2, 4, 6, 8, 10, 12]
+    np.testing.assert_allclose(norms, witness.norms, rtol=1e-4)
+    assert not np.allclose(norms[0], norms[-1], rtol=0.05)  # training did change them
+    assert threads == {"strata-sink"}  # never the training thread
+
+
 def test_grad_every_is_validated_and_off_by_default(tmp_path):
     _, x, y = toy()
     with pytest.raises(ValueError, match="grad_every=0"):
