@@ -142,6 +142,7 @@ class Recorder(keras.callbacks.Callback):
         self._run_id_given = run_id is not None
         self.run_id = run_id or new_run_id(name)
         self._recorded_fits = 0
+        self._run_name = name  # the display name of the current run: a later fit's says which fit it is
         x, y_for_loss, labels = _split_probe(probe)
         rows = _probe_rows(len(x), labels, probe_size, seed)
         self._x = np.ascontiguousarray(x[rows])
@@ -255,7 +256,8 @@ class Recorder(keras.callbacks.Callback):
             if self._run_id_given:
                 raise ValueError(f"run_id={self.run_id!r} names the run this Recorder recorded in an earlier fit. Pass a "
                                  "new Recorder (or a new run_id) for each fit, or leave run_id out to get one run per fit.")
-            self.run_id = new_run_id(self.name)
+            self._run_name = f"{self.name or 'run'} (fit {self._recorded_fits + 1})"
+            self.run_id = new_run_id(self._run_name)
             self._reset_run_state()
         elif self._run_id_given and run_exists(self.log_dir, self.run_id):
             raise ValueError(f"A run with id {self.run_id!r} already exists under {self.log_dir!r}. Pass a new run_id, "
@@ -280,7 +282,7 @@ class Recorder(keras.callbacks.Callback):
     def _run_meta(self, layers: list[RecordedLayer]) -> dict:
         params = self.params or {}
         return {
-            "name": self.name or self.run_id,
+            "name": self._run_name or self.run_id,
             **self._extra_meta,
             "layers": [layer.describe(i) for i, layer in enumerate(layers)],
             "model": {"name": self.model.name, "params": int(self.model.count_params())},

@@ -227,6 +227,7 @@ def test_a_recorder_passed_to_two_fits_records_two_runs(tmp_path):
 
     store = RunStore(str(tmp_path))
     assert recorder.run_id != first and sorted(store.run_ids()) == sorted([first, recorder.run_id])
+    assert [store.run(first).name, store.run(recorder.run_id).name] == ["twice", "twice (fit 2)"]
     for run_id, epochs in ((first, [0, 1, 2]), (recorder.run_id, [0, 1, 2, 3])):
         run = store.run(run_id)
         assert run.status == "finished" and run.epochs() == epochs
