@@ -119,5 +119,6 @@ def main() -> None:
         print(f"{label:<32} {seconds / args.repeats / snapshots * 1000:>15.2f} {seconds / total:>6.0%}")
     print(f"\nPer recorded fit: {total / args.repeats:.2f} s of analysis and writes, in one thread.")
 
+
 if __name__ == "__main__":
     main()
