@@ -479,14 +479,19 @@ def _read_state(variables: list) -> list:
     return [tf.convert_to_tensor(v) for v in variables]
 
 
+def _weight_positions(layers: list[RecordedLayer], variables: list) -> list[list[int]]:
+    """Per layer, the positions of its trainable weights in `variables` (and so in a state read from them)."""
+    position = {id(v): i for i, v in enumerate(variables)}
+    return [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
+
+
 def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
     """One tf.function that returns every layer's output, all gradients and the weights in a single pass.
 
     It runs on `state`, values of `variables` read earlier (see `_read_state`), never on the live variables,
     so it can run beside training while the optimizer moves on.
     """
-    position = {id(v): i for i, v in enumerate(variables)}
-    weights = [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
+    weights = _weight_positions(layers, variables)
 
     def forward(x):
         outputs: dict = {}
@@ -536,8 +541,7 @@ def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], var
     """One tf.function returning a (layers,) vector: the L2 norm of each layer's loss gradient over all its
     weights (NaN for layers without weights), on a fixed batch. Like the probe pass it runs on `state`, values
     of `variables` read earlier, so it can run beside training. The per-layer loop runs at trace time only."""
-    position = {id(v): i for i, v in enumerate(variables)}
-    weights = [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
+    weights = _weight_positions(layers, variables)
 
     @tf.function(autograph=False, reduce_retracing=True)  # no tensor-dependent control flow, as in capture
     def gradient_norms(x, y, state):
