@@ -625,10 +625,27 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
         raise ValueError(
             f"The probe labels must have one entry per input. Received: {len(x)} inputs and {len(y)} labels."
         )
-    labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(len(y), -1)[:, 0]
-    if not np.issubdtype(labels.dtype, np.number) or not np.all(np.isfinite(labels)):
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
         raise ValueError(f"The probe labels must be integer class ids or one-hot rows. Received dtype {y.dtype}.")
-    return x, y, labels.astype(np.int64)
+    labels = _class_ids(y)
+    if labels is None:
+        warnings.warn(
+            f"The probe targets are not class ids or one-hot rows (shape {y.shape}, values such as "
+            f"{np.ravel(y)[0]:.4g}), as for regression: Strata records gradients against them, but colours points by "
+            "prediction and trains no linear probes.", UserWarning, stacklevel=3)
+    return x, y, labels
+
+
+def _class_ids(y: np.ndarray) -> np.ndarray | None:
+    """(n,) int class ids from integer labels (any numeric dtype holding whole numbers) or from one-hot or
+    probability rows; None for other targets, such as regression values."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        distributions = np.all((y >= 0) & (y <= 1)) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
+        return y.argmax(axis=1).astype(np.int64) if distributions else None
+    values = y.reshape(len(y), -1)
+    if values.shape[1] != 1 or not np.all(values == np.round(values)):
+        return None
+    return values[:, 0].astype(np.int64)
 
 
 def _probe_rows(count: int, labels: np.ndarray | None, size: int, seed: int) -> np.ndarray:

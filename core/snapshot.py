@@ -61,7 +61,7 @@ class SnapshotBuilder:
             flat = _as_matrix(output)  # (n, d)
             features.append(flat)
             layers.append(self._layer_record(index, raw, flat, arrays))
-        predictions = raw.predictions.astype(np.float32)
+        predictions = self._class_probabilities(raw.predictions)
         arrays["pred/probs"] = predictions
         meta = {
             "kind": raw.kind,
@@ -76,8 +76,16 @@ class SnapshotBuilder:
             "nonfinite": bool(not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))),
         }
         if raw.plane_predictions is not None:
-            arrays["pred/plane_probs"] = raw.plane_predictions.astype(np.float16)
+            arrays["pred/plane_probs"] = self._class_probabilities(raw.plane_predictions).astype(np.float16)
         return meta, arrays
+
+    def _class_probabilities(self, predictions: np.ndarray) -> np.ndarray:
+        """(n, C) float32. A model ending in one sigmoid unit predicts P(class 1): it is stored as the two columns
+        P(class 0), P(class 1), as every other classifier's probabilities are. Other outputs are kept as they are."""
+        predictions = np.asarray(predictions, np.float32)
+        if self.activations and self.activations[-1] == "sigmoid" and predictions.ndim == 2 and predictions.shape[1] == 1:
+            return np.hstack([1.0 - predictions, predictions])
+        return predictions
 
     def _model_accuracy(self, predictions: np.ndarray) -> float | None:
         if self.labels is None or predictions.ndim != 2 or predictions.shape[1] < 2:

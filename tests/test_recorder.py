@@ -188,6 +188,53 @@ def test_probe_without_labels_records_projections_but_no_gradients(tmp_path):
     assert last.array("L0/pca") is not None
 
 
+def test_regression_targets_serve_the_loss_but_are_not_taken_for_classes(tmp_path):
+    x, _ = _toy_data()
+    targets = (x[:, :1] * 1.5 + 0.25).astype("float32")  # truncated to integers they used to become "classes"
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh", name="hidden"), keras.layers.Dense(1, name="out")])
+    model.compile("adam", "mse")
+    with pytest.warns(UserWarning, match="not class ids.*records gradients against them"):
+        recorder = Recorder(str(tmp_path), probe=(x, targets))
+    model.fit(x, targets, epochs=1, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    layer = run.epoch_snapshots()[-1].layer(0)
+    assert run.probe().y is None and not run.meta["probe"]["has_labels"]
+    assert layer["grad"]["kernel"]["norm"] > 0 and "linear_probe" not in layer
+
+
+def test_one_sigmoid_output_is_stored_as_two_class_probabilities(tmp_path):
+    x, y = _toy_data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    model.fit(x, y, epochs=2, callbacks=[recorder], verbose=0)
+
+    last = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1]
+    p = model.predict(x[recorder.probe_indices], verbose=0)[:, 0]
+    np.testing.assert_allclose(last.array("pred/probs"), np.stack([1 - p, p], axis=1), rtol=1e-5, atol=1e-6)
+    assert last.meta["probe_model_accuracy"] == pytest.approx(np.mean((p > 0.5) == recorder.labels))
+
+
+@pytest.mark.parametrize(
+    "y, expected",
+    [
+        (np.array([0.0, 2.0, 1.0]), [0, 2, 1]),  # whole numbers in a float array
+        (np.array([[0.9, 0.1], [0.05, 0.95], [0.5, 0.5]]), [0, 1, 0]),  # smoothed one-hot rows
+        (np.array([[1], [0], [1]], "uint8"), [1, 0, 1]),
+        (np.array([0.5, 1.0, 2.0]), None),
+        (np.array([[0.3, 2.0], [1.0, 0.0], [0.0, 1.0]]), None),  # two regression targets per sample
+    ],
+)
+def test_class_ids_come_from_whole_numbers_or_distributions_only(y, expected):
+    from core.recorder import _class_ids
+
+    ids = _class_ids(y)
+    assert (ids is None and expected is None) or ids.tolist() == expected
+
+
 def test_large_probe_is_subsampled_stratified(tmp_path):
     x, y = _toy_data(300)
     recorder = Recorder(str(tmp_path), probe=(x, y), probe_size=100)
