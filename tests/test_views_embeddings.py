@@ -70,6 +70,20 @@ def test_coloring_modes():
     assert views.coloring("pred", labels, None, names).title == "true label"  # no predictions yet: label
 
 
+def test_a_single_value_output_colours_by_the_predicted_value():
+    values = np.array([[2.5], [-1.0], [0.5], [4.0]], np.float32)  # a regression's predictions: one column
+    for mode in ("pred", "confidence", "correct", "label"):
+        color = views.coloring(mode, None, values, None)
+        assert not color.categorical and color.title == "predicted value"
+        assert (color.low, color.high) == (-1.0, 4.0) and color.values.tolist() == [2.5, -1.0, 0.5, 4.0]
+    marker = color.marker(np.arange(4))
+    assert (marker["cmin"], marker["cmax"]) == (-1.0, 4.0)
+    figure = views.strip_figure([Panel("dense", np.random.default_rng(0).standard_normal((4, 3)), None)], color)
+    assert [t["marker"]["colorbar"]["title"]["text"] for t in figure["data"] if t["marker"].get("showscale")] == ["pred."]
+    table = views.sample_table([1, 3], None, values, None)
+    assert [row["prediction"] for row in table] == [-1.0, 4.0] and "confidence" not in table[0]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 1. Layer strip
 

@@ -119,6 +119,17 @@ def test_unit_plane_marks_top_and_bottom_samples_over_the_decision():
     assert len(traces(figure, "heatmap")) == 2
 
 
+def test_a_single_value_output_draws_its_predicted_value_over_the_plane():
+    side = 4
+    xs = ys = np.linspace(-1, 1, side)
+    values = np.linspace(-3, 5, side * side)[:, None]  # a regression over the plane: one output column
+    figure = views.unit_plane_figure(np.zeros(side * side), values, xs, ys, None, None, [0], [1], unit=0)
+    decision = traces(figure, "heatmap")[1]
+    np.testing.assert_allclose(np.asarray(decision.z).reshape(-1), values[:, 0])
+    table = views.unit_examples_table(None, None, values, [2], [5])
+    assert [row["prediction"] for row in table] == [round(float(values[2, 0]), 4), round(float(values[5, 0]), 4)]
+
+
 def test_mesh_lines_draw_rows_and_columns_of_the_grid():
     side = 3
     points = np.stack(np.meshgrid(np.arange(side), np.arange(side)), axis=-1).reshape(-1, 2).astype(float)

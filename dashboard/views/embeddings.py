@@ -51,11 +51,15 @@ def decimate(count: int, cap: int, keep=(), seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Coloring:
-    """Per-point colour values: category indices into `names`, or a number in [0, 1] when `names` is empty."""
+    """Per-point colour values: category indices into `names`, or numbers from `low` to `high` when `names` is
+    empty (confidence, or the predicted value of a model with one non-probability output, such as a regression)."""
 
     values: np.ndarray  # (n,)
     names: tuple[str, ...]
     title: str
+    low: float = 0.0
+    high: float = 1.0
+    scale_title: str = "conf."
 
     @property
     def categorical(self) -> bool:
@@ -64,7 +68,7 @@ class Coloring:
     def marker(self, rows: np.ndarray) -> dict:
         """Plotly marker colour settings for the points `rows`."""
         if not self.categorical:
-            return dict(color=plain(self.values[rows]), colorscale=CONFIDENCE_SCALE, cmin=0.0, cmax=1.0)
+            return dict(color=plain(self.values[rows]), colorscale=CONFIDENCE_SCALE, cmin=self.low, cmax=self.high)
         count = len(self.names)
         return dict(color=plain(self.values[rows]), colorscale=_discrete_scale(count), cmin=-0.5, cmax=count - 0.5)
 
@@ -86,9 +90,12 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
     """Colour by true `label`, predicted label (`pred`), `correct`/incorrect, or `confidence` (max probability).
 
     Falls back to what the data allow: without labels, `label` and `correct` colour by prediction; without
-    predictions, everything colours by label.
+    predictions, everything colours by label. A single output column that is not a probability (a regression)
+    colours every mode but `label` by the predicted value.
     """
     names = tuple(class_names or ())
+    if probs is not None and probs.ndim == 2 and probs.shape[1] == 1 and not (mode == "label" and labels is not None):
+        return _value_coloring(probs[:, 0])
     predicted = None if probs is None else np.argmax(probs, axis=1)
     if predicted is not None and len(names) < probs.shape[1]:
         names = names + tuple(str(i) for i in range(len(names), probs.shape[1]))
@@ -105,6 +112,14 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
     if predicted is None:
         return Coloring(np.zeros(0 if probs is None else len(probs), np.int16), ("all",), "")
     return Coloring(predicted.astype(np.int16), names, "predicted label")
+
+
+def _value_coloring(values: np.ndarray) -> Coloring:
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return Coloring(values.astype(np.float32), (), "predicted value", low, high, "pred.")
 
 
 def _groups(color: Coloring, rows: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
@@ -275,7 +290,7 @@ def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colori
         if category is None:
             marker = dict(size=size, opacity=opacity, **color.marker(members))
             if legend and not color.categorical:
-                marker.update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
+                marker.update(showscale=True, colorbar=dict(title=dict(text=color.scale_title), thickness=10))
             trace = dict(name="points", showlegend=False, marker=marker, hovertemplate="row %{customdata}<extra></extra>")
         else:
             name = color.names[category]
@@ -353,7 +368,7 @@ def strip_figure(
         coords = columns(panel.coords, components)
         data += _clouds("scatter", coords, rows, color, size, faded, legend=False, xaxis=xref, yaxis=yref)
         if index == len(panels) - 1 and not color.categorical and data[-1]["marker"].get("colorscale"):
-            data[-1]["marker"].update(showscale=True, colorbar=dict(title=dict(text="conf."), thickness=10))
+            data[-1]["marker"].update(showscale=True, colorbar=dict(title=dict(text=color.scale_title), thickness=10))
         if len(chosen):
             data.append(_highlight("scatter", coords, chosen, color, size, xaxis=xref, yaxis=yref))
         n = xref[1:]
@@ -580,7 +595,9 @@ def sample_table(rows, labels, probs, class_names, features=None, feature_names=
         entry = {"row": int(row)}
         if labels is not None:
             entry["label"] = name(int(labels[row]))
-        if probs is not None:
+        if probs is not None and probs.shape[1] == 1:  # one value per sample: a regression's prediction
+            entry["prediction"] = round(float(probs[row, 0]), 4)
+        elif probs is not None:
             predicted = int(np.argmax(probs[row]))
             entry["prediction"] = name(predicted)
             entry["confidence"] = round(float(probs[row, predicted]), 3)

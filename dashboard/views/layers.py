@@ -311,8 +311,11 @@ def unit_grid_figure(plane_units: np.ndarray, xs: np.ndarray, ys: np.ndarray, ch
 
 
 def _class_surface(plane_probs: np.ndarray, side: int) -> tuple[np.ndarray, dict]:
-    """A heatmap z and colour settings for the decision: P(second class) for 2 classes, else the argmax class."""
+    """A heatmap z and colour settings for the decision: P(second class) for 2 classes, the predicted value for a
+    single output (a regression), else the argmax class."""
     probs = np.asarray(plane_probs, dtype=np.float32)
+    if probs.shape[1] == 1:
+        return probs[:, 0].reshape(side, side), dict(colorscale="Viridis", showscale=False)
     if probs.shape[1] == 2:
         return probs[:, 1].reshape(side, side), dict(colorscale=[[0, PALETTE[0]], [0.5, "#ffffff"], [1, PALETTE[1]]],
                                                      zmin=0, zmax=1, showscale=False)
@@ -389,7 +392,9 @@ def bent_plane_figure(panels: list[tuple[str, np.ndarray]], plane_probs: np.ndar
                                     showlegend=False), row=row, col=col)
         marker = dict(size=3.5)
         if decision is not None:
-            if decision.shape[1] == 2:
+            if decision.shape[1] == 1:
+                marker.update(color=decision[:, 0], colorscale="Viridis")
+            elif decision.shape[1] == 2:
                 marker.update(color=decision[:, 1], colorscale=[[0, PALETTE[0]], [0.5, "#dddddd"], [1, PALETTE[1]]], cmin=0, cmax=1)
             else:
                 marker.update(color=[PALETTE[c % len(PALETTE)] for c in decision.argmax(axis=1)])
@@ -521,7 +526,7 @@ def unit_examples_table(x: np.ndarray | None, labels, probs, top, bottom, class_
             if labels is not None:
                 entry["label"] = name(int(labels[row]))
             if probs is not None:
-                entry["prediction"] = name(int(np.argmax(probs[row])))
+                entry["prediction"] = round(float(probs[row, 0]), 4) if probs.shape[1] == 1 else name(int(np.argmax(probs[row])))
             if x is not None:
                 for i, value in enumerate(np.asarray(x[row]).reshape(-1)[:limit]):
                     entry[fnames[i] if i < len(fnames) else f"x{i + 1}"] = round(float(value), 4)
