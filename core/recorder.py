@@ -517,7 +517,7 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
                 output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=False)
         result = {"predictions": predictions, "outputs": outputs, "loss": loss, "weights": layer_weights}
         if with_loss:
-            weight_grads = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            weight_grads = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
             result["weight_grads"] = _regroup(weight_grads, layer_weights)
             output_grads = tape.gradient(loss, outputs)
             for index, output in enumerate(outputs):
@@ -550,12 +550,17 @@ def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], var
             tape.watch(flat)
             predictions = model(x, training=False)
             loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
-        gradients = tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradients = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
         squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients]
         per_layer = [tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in _regroup(squares, weights)]
         return tf.stack(per_layer)  # (layers,)
 
     return gradient_norms
+
+
+def _dense(gradients: list) -> list:
+    """Gradients as dense tensors: an embedding table's arrives as IndexedSlices (only the rows looked up)."""
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
 
 
 def _regroup(flat: list, groups: list[list]) -> list[list]:

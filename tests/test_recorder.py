@@ -162,6 +162,33 @@ def test_conv_model_and_image_probe(tmp_path):
     assert last.array("L0/unit_mean").shape == (4,)  # a conv unit is a channel
 
 
+def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
+    # An embedding's gradient arrives as IndexedSlices; it used to fail the whole probe pass, so no snapshot was taken.
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 30, (80, 6))
+    y = (x[:, 0] > 15).astype("int64")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((6,), dtype="int32"), keras.layers.Embedding(30, 4, name="embed"),
+        keras.layers.LSTM(5, return_sequences=True, name="lstm"), keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=(x, y), components=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed probe pass warns
+        model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    last = run.epoch_snapshots()[-1]
+    assert run.epochs() == [0, 1] and last.array("L1/pca").shape == (80, 3)
+    with tf.GradientTape() as tape:
+        rows = recorder.probe_indices
+        loss = model.compute_loss(x=x[rows], y=y[rows], y_pred=model(x[rows], training=False), training=False)
+    table_gradient = tf.convert_to_tensor(tape.gradient(loss, model.get_layer("embed").embeddings))
+    assert last.layer(0)["grad"]["embeddings"]["norm"] == pytest.approx(float(tf.norm(table_gradient)), rel=1e-4)
+
+
 def test_plane_inputs_record_unit_maps(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (80, 2)).astype("float32")
