@@ -444,7 +444,8 @@ def _min_cost_assignment(cost):
 def activation_stats(a, activation=None, bins=40) -> dict:
     """Summary of one layer's output `a` on the probe set, per unit and overall.
 
-    `a` is (n, units), (n, h, w, channels) where units are channels, or (n, ...) flattened to units.
+    `a` is (n, units), or channels-last (n, ..., channels) such as a conv map (n, h, w, channels) or a sequence
+    (n, steps, features), whose units are its channels, as in the snapshot's unit rankings.
     `activation` is the Keras activation name; only zero-floor activations report dead units and only
     bounded ones report saturated units. Histogram and percentiles use at most HIST_MAX_VALUES values.
     """
@@ -476,8 +477,8 @@ def activation_stats(a, activation=None, bins=40) -> dict:
 
 
 def _unit_matrix(a):
-    """(rows, units): channels-last conv maps keep channels as units, other shapes flatten per sample."""
-    if a.ndim == 4:
+    """(rows, units): outputs with positions (conv maps, sequences) keep their last axis as units."""
+    if a.ndim > 2:
         return a.reshape(-1, a.shape[-1])
     return a.reshape(len(a), -1)
 

@@ -288,10 +288,11 @@ def test_saturation_thresholds():
     assert not activation_stats(sigmoid, "relu")["saturated_units"].any()
 
 
-def test_activation_stats_flattens_other_shapes_and_subsamples():
-    a = np.random.default_rng(2).standard_normal((1000, 30, 10)).astype(np.float32)
+def test_activation_stats_take_channels_as_units_and_subsample():
+    a = np.random.default_rng(2).standard_normal((1000, 30, 10)).astype(np.float32)  # a sequence: 30 steps of 10
     stats = activation_stats(a)
-    assert stats["unit_mean"].shape == (300,)
+    assert stats["unit_mean"].shape == (10,)  # as many units as the snapshot ranks samples for
+    np.testing.assert_allclose(stats["unit_mean"], a.mean(axis=(0, 1)), atol=1e-6)
     assert stats["hist_counts"].sum() == analysis.HIST_MAX_VALUES
     assert stats["hist_edges"][0] == pytest.approx(a.min()) and stats["hist_edges"][-1] == pytest.approx(a.max())
     np.testing.assert_array_equal(activation_stats(a)["hist_counts"], stats["hist_counts"])

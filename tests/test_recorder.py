@@ -182,6 +182,8 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     last = run.epoch_snapshots()[-1]
     assert run.epochs() == [0, 1] and last.array("L1/pca").shape == (80, 3)
+    # The LSTM's (80, 6 steps, 5) output has 5 units in every per-unit record: statistics and sample rankings.
+    assert len(last.array("L1/unit_mean")) == len(last.array("L1/dead_units")) == len(last.array("L1/unit_top")) == 5
     with tf.GradientTape() as tape:
         rows = recorder.probe_indices
         loss = model.compute_loss(x=x[rows], y=y[rows], y_pred=model(x[rows], training=False), training=False)
