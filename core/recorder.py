@@ -244,6 +244,7 @@ class Recorder(keras.callbacks.Callback):
             "components": self.components,
             "seed": self.seed,
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
+            "logits": layers[-1].activation is None and _loss_takes_logits(model),
         }
         self._send("start", root=self.log_dir, run_id=self.run_id, meta=self._run_meta(layers), builder=builder)
         self._send("probe", arrays=self._probe_arrays(), x=self._x, components=self.components, seed=self.seed)
@@ -594,6 +595,15 @@ def _roles(layer: RecordedLayer) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Validation
+
+
+def _loss_takes_logits(model: keras.Model) -> bool:
+    """Whether the compiled loss reads the output as logits (`from_logits=True`), as many tutorials set it up."""
+    loss = getattr(model, "loss", None)
+    try:
+        return bool(loss.get_config().get("from_logits", False))
+    except (AttributeError, TypeError):  # a loss given by name or as a plain function: probabilities
+        return False
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:

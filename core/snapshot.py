@@ -47,6 +47,7 @@ class SnapshotBuilder:
     components: int = 10
     seed: int = 0
     kernel_layer: int | None = None  # the first layer with a kernel: its weights are stored whole
+    logits: bool = False  # the model outputs logits (its loss has from_logits=True): stored as probabilities
     _previous_components: dict[int, np.ndarray] = field(default_factory=dict)
     _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     _previous_probes: dict[int, np.ndarray] = field(default_factory=dict)  # warm starts for each layer's probe
@@ -80,12 +81,21 @@ class SnapshotBuilder:
         return meta, arrays
 
     def _class_probabilities(self, predictions: np.ndarray) -> np.ndarray:
-        """(n, C) float32. A model ending in one sigmoid unit predicts P(class 1): it is stored as the two columns
-        P(class 0), P(class 1), as every other classifier's probabilities are. Other outputs are kept as they are."""
+        """(n, C) float32 class probabilities, as every classifier's are stored. Logits (`logits`) go through a
+        softmax, or a sigmoid for one unit. A model ending in one sigmoid unit predicts P(class 1): it is stored as
+        the two columns P(class 0), P(class 1). Other outputs, such as regression values, are kept as they are."""
         predictions = np.asarray(predictions, np.float32)
-        if self.activations and self.activations[-1] == "sigmoid" and predictions.ndim == 2 and predictions.shape[1] == 1:
-            return np.hstack([1.0 - predictions, predictions])
-        return predictions
+        if predictions.ndim != 2:
+            return predictions
+        if self.logits and predictions.shape[1] > 1:
+            shifted = np.exp(predictions - predictions.max(axis=1, keepdims=True))
+            return shifted / shifted.sum(axis=1, keepdims=True)
+        if self.logits:
+            with np.errstate(over="ignore"):  # a very negative logit: exp overflows to inf, the probability to 0
+                predictions = 1.0 / (1.0 + np.exp(-predictions))
+        elif not (self.activations and self.activations[-1] == "sigmoid"):
+            return predictions
+        return np.hstack([1.0 - predictions, predictions]) if predictions.shape[1] == 1 else predictions
 
     def _model_accuracy(self, predictions: np.ndarray) -> float | None:
         if self.labels is None or predictions.ndim != 2 or predictions.shape[1] < 2:

@@ -247,6 +247,23 @@ def test_one_sigmoid_output_is_stored_as_two_class_probabilities(tmp_path):
     assert last.meta["probe_model_accuracy"] == pytest.approx(np.mean((p > 0.5) == recorder.labels))
 
 
+@pytest.mark.parametrize("units, loss", [(2, "sparse"), (1, "binary")])
+def test_a_model_that_outputs_logits_is_stored_as_probabilities(tmp_path, units, loss):
+    x, y = _toy_data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(units)])
+    losses = {"sparse": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              "binary": keras.losses.BinaryCrossentropy(from_logits=True)}
+    model.compile("adam", losses[loss])  # the tutorials' set-up: no softmax, the loss takes logits
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    model.fit(x, y, epochs=1, callbacks=[recorder], verbose=0)
+
+    stored = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1].array("pred/probs")
+    logits = model.predict(x[recorder.probe_indices], verbose=0)
+    expected = tf.nn.softmax(logits).numpy() if units > 1 else np.hstack([1 - tf.sigmoid(logits), tf.sigmoid(logits)])
+    np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "y, expected",
     [
