@@ -589,14 +589,6 @@ def _to_numpy(value):
     return value.numpy()
 
 
-def _roles(layer: RecordedLayer) -> list[str]:
-    return [v.path.rsplit("/", 1)[-1] for v in layer.layer.trainable_weights]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Validation
-
-
 def _loss_takes_logits(model: keras.Model) -> bool:
     """Whether the compiled loss reads the output as logits (`from_logits=True`), as many tutorials set it up."""
     loss = getattr(model, "loss", None)
@@ -604,6 +596,14 @@ def _loss_takes_logits(model: keras.Model) -> bool:
         return bool(loss.get_config().get("from_logits", False))
     except (AttributeError, TypeError):  # a loss given by name or as a plain function: probabilities
         return False
+
+
+def _roles(layer: RecordedLayer) -> list[str]:
+    return [v.path.rsplit("/", 1)[-1] for v in layer.layer.trainable_weights]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
@@ -640,9 +640,9 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
         raise ValueError(
             f"The probe labels must have one entry per input. Received: {len(x)} inputs and {len(y)} labels."
         )
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
+    if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_ or not np.all(np.isfinite(y)):
         raise ValueError(f"The probe labels must be integer class ids or one-hot rows. Received dtype {y.dtype}.")
-    labels = _class_ids(y)
+    labels = _class_ids(y.astype(np.int64) if y.dtype == np.bool_ else y)
     if labels is None:
         warnings.warn(
             f"The probe targets are not class ids or one-hot rows (shape {y.shape}, values such as "

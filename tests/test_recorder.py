@@ -281,6 +281,12 @@ def test_class_ids_come_from_whole_numbers_or_distributions_only(y, expected):
     assert (ids is None and expected is None) or ids.tolist() == expected
 
 
+def test_boolean_labels_are_class_ids(tmp_path):
+    x, y = _toy_data()
+    recorder = Recorder(str(tmp_path), probe=(x, y.astype(bool)))
+    assert recorder.labels.dtype == np.int64 and recorder.labels.tolist() == y[recorder.probe_indices].tolist()
+
+
 def test_large_probe_is_subsampled_stratified(tmp_path):
     x, y = _toy_data(300)
     recorder = Recorder(str(tmp_path), probe=(x, y), probe_size=100)
