@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from core.store import Run, Snapshot
+from core.store import Run, Snapshot, main_weight
 
 KINDS = ("vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "learning_rate")
 SEVERE_KINDS = frozenset({"exploding_gradients"})  # training is broken, not merely slow: shown as errors
@@ -147,11 +147,11 @@ class _Series:
         return cls(
             names=[str(layer.get("name", f"layer {i}")) for i, layer in enumerate(layers)],
             activations=[layer.get("activation") for layer in layers],
-            kernel_layers=[i for i, layer in enumerate(layers) if "kernel" in (layer.get("weights") or [])],
+            kernel_layers=[i for i, layer in enumerate(layers) if main_weight(layer)],
             epochs=[int(s.epoch) for s in snapshots],
-            kernel_grad=run.layer_series("grad", "kernel", "norm", snapshots=snapshots),
+            kernel_grad=run.layer_series("grad", main_weight, "norm", snapshots=snapshots),
             error_signal=run.layer_series("grad", "output", "norm", snapshots=snapshots),
-            nonfinite_grad=np.nan_to_num(run.layer_series("grad", "kernel", "nonfinite", snapshots=snapshots)),
+            nonfinite_grad=np.nan_to_num(run.layer_series("grad", main_weight, "nonfinite", snapshots=snapshots)),
             dead=run.layer_series("activation", "dead_fraction", snapshots=snapshots),
             saturated=run.layer_series("activation", "saturated_fraction", snapshots=snapshots),
             update_per_epoch=update_ratios_per_epoch(run, snapshots),
@@ -185,8 +185,9 @@ def _finite_or_nan(value) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def update_ratios_per_epoch(run: Run, snapshots: list[Snapshot] | None = None, role: str = "kernel") -> np.ndarray:
+def update_ratios_per_epoch(run: Run, snapshots: list[Snapshot] | None = None, role=main_weight) -> np.ndarray:
     """(snapshots, layers) ‖Δw‖/‖w‖ of `role` per epoch: each snapshot's ratio divided by the epochs since the one before.
+    `role` names the weight, or picks it per layer (by default each layer's kernel, see `main_weight`).
 
     NaN before training and where a layer has no such weight. Taking a snapshot every 5 epochs then reads on the
     same scale as every epoch (exactly so when the weights drift steadily, as they do early in training).

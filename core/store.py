@@ -502,21 +502,33 @@ class Run:
             return np.zeros(0, np.int64), np.zeros((0, len(self.layers)), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def layer_series(self, *path: str, snapshots: list[Snapshot] | None = None) -> np.ndarray:
+    def layer_series(self, *path, snapshots: list[Snapshot] | None = None) -> np.ndarray:
         """(snapshots, layers) float array of one scalar from each layer record, NaN where missing.
 
         Example: `run.layer_series("grad", "kernel", "norm")` is the kernel gradient norm of every layer at
-        every captured epoch.
+        every captured epoch. A step of `path` may also be a function of the layer's architecture record that
+        names the key for that layer, such as `main_weight`.
         """
         snapshots = self.epoch_snapshots() if snapshots is None else snapshots
+        paths = [tuple(step(layer) if callable(step) else step for step in path) for layer in self.layers]
         values = np.full((len(snapshots), len(self.layers)), np.nan)
         for row, snapshot in enumerate(snapshots):
             for column, record in enumerate(snapshot.meta.get("layers", [])[: len(self.layers)]):
-                values[row, column] = _dig(record, path)
+                values[row, column] = _dig(record, paths[column])
         return values
 
 
-def _dig(record: dict, path: tuple[str, ...]) -> float:
+MAIN_WEIGHTS = ("kernel", "depthwise_kernel", "embeddings")  # what stands for a layer where views say "kernel"
+
+
+def main_weight(layer: dict) -> str | None:
+    """The weight that stands for a layer in kernel charts and checks: its `kernel`, else the weight in that
+    role (a depthwise kernel, an embedding table); None for layers with neither, such as normalisation."""
+    weights = layer.get("weights") or []
+    return next((name for name in MAIN_WEIGHTS if name in weights), None)
+
+
+def _dig(record: dict, path: tuple[str | None, ...]) -> float:
     value: Any = record
     for key in path:
         if not isinstance(value, dict) or key not in value:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.diagnosis import diagnose
-from core.store import Run, to_json_safe
+from core.store import Run, main_weight, to_json_safe
 
 
 def run_summary(run: Run) -> dict:
@@ -15,11 +15,12 @@ def run_summary(run: Run) -> dict:
     per_layer = {}
     for index, name in enumerate(layer_names):
         records = [s.layer(index) for s in snapshots]
+        kernel = main_weight(run.layers[index])  # an embedding table stands in for a kernel
         per_layer[name] = {
-            "gradient_norm": [_get(r, "grad", "kernel", "norm") for r in records],
+            "gradient_norm": [_get(r, "grad", kernel, "norm") for r in records],
             "bias_gradient_norm": [_get(r, "grad", "bias", "norm") for r in records],
             "output_gradient_norm": [_get(r, "grad", "output", "norm") for r in records],
-            "update_ratio": [_get(r, "update_ratio", "kernel") for r in records],
+            "update_ratio": [_get(r, "update_ratio", kernel) for r in records],
             "explained_variance_ratio": [_get(r, "pca", "explained_variance_ratio") for r in records],
             "dead_fraction": [_get(r, "activation", "dead_fraction") for r in records],
             "saturated_fraction": [_get(r, "activation", "saturated_fraction") for r in records],

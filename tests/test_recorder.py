@@ -190,6 +190,19 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     table_gradient = tf.convert_to_tensor(tape.gradient(loss, model.get_layer("embed").embeddings))
     assert last.layer(0)["grad"]["embeddings"]["norm"] == pytest.approx(float(tf.norm(table_gradient)), rel=1e-4)
 
+    # Where views and checks say "kernel", the embedding table stands in for the layer: charts, verdict, summary.
+    from core.diagnosis import _Series
+    from core.store import main_weight
+    from core.summary import run_summary
+    from dashboard.views import gradients as gradient_views
+
+    norms = run.layer_series("grad", main_weight, "norm")
+    assert norms[-1, 0] == last.layer(0)["grad"]["embeddings"]["norm"] and np.isnan(norms[:, 2]).all()  # pooling: no weights
+    assert 0 in _Series.of(run).kernel_layers
+    assert run_summary(run)["per_layer"]["embed"]["gradient_norm"][-1] == pytest.approx(norms[-1, 0])
+    assert np.isfinite(gradient_views.layer_series(run).kernel_grad[:, 0]).all()
+    assert np.isfinite(gradient_views.gradient_histograms(run, run.epoch_snapshots(), 0).density).all()
+
 
 def test_plane_inputs_record_unit_maps(tmp_path):
     rng = np.random.default_rng(1)

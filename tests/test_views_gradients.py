@@ -78,7 +78,7 @@ def test_activation_histograms_share_one_grid_and_gradient_ones_use_the_fixed_ed
     activations = views.activation_histograms(snapshots, 0, bins=8)
     assert activations.edges[0] == 0 and activations.edges[-1] == 4  # spans every snapshot's own range
     assert np.allclose(np.nansum(activations.density, axis=1), 1)
-    gradients = views.gradient_histograms(snapshots, 0)
+    gradients = views.gradient_histograms(run, snapshots, 0)
     assert np.array_equal(gradients.edges, LOG_HIST_EDGES) and gradients.log_values
     assert [int(np.argmax(row)) for row in gradients.density] == [20, 21, 22, 23]
     figure = views.histogram_heatmap_figure(gradients, "grad", epoch=2)

@@ -29,7 +29,7 @@ def render() -> None:
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     with left:
         role = st.segmented_control("Weights", ROLES, default="kernel", required=True, key="grad_role", bind="query-params",
-                                    help="Gradient of the layer's kernel (weight matrix) or of its bias.")
+                                    help="Gradient of the layer's kernel (weight matrix; an embedding's table) or of its bias.")
     with right:
         others = context.compare_runs("Overlay other runs")
     context.live_section(run, lambda live: show(run, [o for o in others if o.id != run.id], role or "kernel", live))
@@ -184,9 +184,10 @@ def updates(keys, epoch):
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def histograms(key, layer, kind, role, epoch):
-    snapshots = views.bounded_snapshots(_run(key[0]), epoch)
+    run = _run(key[0])
+    snapshots = views.bounded_snapshots(run, epoch)
     if kind == "gradient":
-        return views.histogram_heatmap_figure(views.gradient_histograms(snapshots, layer, role), f"|∇ {role}| histogram", epoch)
+        return views.histogram_heatmap_figure(views.gradient_histograms(run, snapshots, layer, role), f"|∇ {role}| histogram", epoch)
     return views.histogram_heatmap_figure(views.activation_histograms(snapshots, layer), "activation histogram", epoch)
 
 

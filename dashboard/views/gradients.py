@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from core.analysis import ACTIVATION_PERCENTILES, LOG_HIST_EDGES
 from core.diagnosis import Finding, Thresholds, update_ratios_per_epoch
-from core.store import Run, Snapshot
+from core.store import Run, Snapshot, main_weight
 
 MAX_EPOCHS = 300  # snapshots per series and heatmap columns; longer runs show every k-th epoch
 MAX_UNITS = 512  # units per layer in the unit strip
@@ -94,7 +94,7 @@ def layer_series(run: Run, epoch: int | None = None, cap: int = MAX_EPOCHS) -> L
         run_name=run.name,
         layers=tuple(str(layer.get("name", f"layer {i}")) for i, layer in enumerate(run.layers)),
         epochs=np.asarray([int(s.epoch) for s in snapshots]),
-        kernel_grad=series("grad", "kernel", "norm"),
+        kernel_grad=series("grad", main_weight, "norm"),
         bias_grad=series("grad", "bias", "norm"),
         error_signal=series("grad", "output", "norm"),
         update_ratio=update_ratios_per_epoch(run, snapshots) if snapshots else np.zeros((0, len(run.layers))),
@@ -342,9 +342,12 @@ def activation_histograms(snapshots: list[Snapshot], layer: int, bins: int = HIS
     return HistogramSeries(np.asarray([int(s.epoch) for s in snapshots]), grid, _normalised(rows, bins), log_values=False)
 
 
-def gradient_histograms(snapshots: list[Snapshot], layer: int, role: str = "kernel") -> HistogramSeries:
-    """Each snapshot's log10|gradient| histogram; they share `LOG_HIST_EDGES`, so no rebinning is needed."""
+def gradient_histograms(run: Run, snapshots: list[Snapshot], layer: int, role: str = "kernel") -> HistogramSeries:
+    """Each snapshot's log10|gradient| histogram; they share `LOG_HIST_EDGES`, so no rebinning is needed. The
+    kernel of a layer without one is the weight in its role (`main_weight`), such as an embedding table."""
     bins = len(LOG_HIST_EDGES) - 1
+    if role == "kernel" and 0 <= layer < len(run.layers):
+        role = main_weight(run.layers[layer]) or role
     rows = []
     for snapshot in snapshots:
         counts = snapshot.array(f"L{layer}/grad_{role}_log_hist")
