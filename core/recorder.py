@@ -163,6 +163,7 @@ class Recorder(keras.callbacks.Callback):
         }
         self._worker = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
         self._active = False  # recording: between a successful start and end()
+        self._cell_hook = None  # under IPython: removes the end-of-cell check this fit registered
         if batch_every is not None or grad_every is not None:
             self.on_train_batch_end = self._on_train_batch_end
         self._reset_run_state()
@@ -433,6 +434,8 @@ class Recorder(keras.callbacks.Callback):
         self._send("end", status=status, fields=fields)
         self._worker.close()
         atexit.unregister(self._end_at_exit)
+        if self._cell_hook is not None:  # a sweep of fits in one cell must not keep every recorder alive to its end
+            self._cell_hook()
 
     def _end_with_the_notebook_cell(self) -> None:
         """Under IPython (Jupyter, Colab), end the run when the cell that ran `fit` finishes without ending it.
@@ -448,7 +451,7 @@ class Recorder(keras.callbacks.Callback):
         training_thread = threading.get_ident()
 
         def after_cell(result) -> None:
-            shell.events.unregister("post_run_cell", after_cell)
+            remove()
             if not self._active or threading.get_ident() != training_thread:
                 return
             error = getattr(result, "error_in_exec", None)
@@ -457,7 +460,13 @@ class Recorder(keras.callbacks.Callback):
             else:
                 self.end("failed", error=f"{type(error).__name__}: {error}")
 
+        def remove() -> None:
+            self._cell_hook = None
+            if after_cell in shell.events.callbacks.get("post_run_cell", []):
+                shell.events.unregister("post_run_cell", after_cell)
+
         shell.events.register("post_run_cell", after_cell)
+        self._cell_hook = remove
 
     def _end_at_exit(self) -> None:
         # fit() ended by an exception or Ctrl-C never calls on_train_end; say so instead of "running" forever.

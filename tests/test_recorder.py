@@ -640,6 +640,10 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
         "failed": "ValueError('bad batch')",
         "threaded": None,
     }}
+    hooks = len(shell.events.callbacks["post_run_cell"])
+    shell.run_cell("for _ in range(3): _mlp().fit(x, y, epochs=1, verbose=0, callbacks=[Recorder(root, probe=(x, y))])\\n"
+                   "during = len(get_ipython().events.callbacks['post_run_cell'])")  # a sweep keeps no recorder alive
+    print("RESULT", "hooks left by a cell of finished fits:", shell.user_ns["during"] - hooks, flush=True)
     for name, error in cells.items():
         if error is None:  # a fit on a thread of its own outlives its cell: the cell must leave it alone
             shell.run_cell("import threading, time; r = Recorder(root, probe=(x, y), run_id='threaded'); "
@@ -664,6 +668,7 @@ def test_in_a_notebook_a_fit_stopped_or_failed_is_ended_when_its_cell_finishes(t
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=REPO)
     lines = [line.removeprefix("RESULT ") for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines == [  # the shell prints each cell's traceback in between, as a notebook shows it
+        "hooks left by a cell of finished fits: 0",
         "stopped interrupted None [0, 1, 2]",
         "failed failed ValueError: bad batch [0, 1, 2]",
         "threaded running",
