@@ -104,3 +104,9 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     assert not at.warning  # the link asked for no colouring, so the switch to predictions is no link notice
     status = next(c.value for c in at.sidebar.caption if "unlabelled" in c.value)
     assert status.endswith("finished · epoch 2/2")  # no "?" for the data set a user's own fit did not name
+
+    layers = open_app(tmp_path, "layers", run=run_id)  # no empty probe or silhouette charts either
+    assert not layers.exception
+    headers = [h.value for h in layers.header]
+    assert "Linear probe accuracy" not in headers and "Dimensionality" in headers
+    assert any("without class labels" in i.value for i in layers.info)

@@ -130,6 +130,18 @@ def test_a_single_value_output_draws_its_predicted_value_over_the_plane():
     assert [row["prediction"] for row in table] == [round(float(values[2, 0]), 4), round(float(values[5, 0]), 4)]
 
 
+def test_a_measure_without_any_value_gets_no_panel():
+    layers = ["a", "b"]
+    unlabelled = {"separation": np.full(2, np.nan), "n90": np.array([3.0, 2.0]), "participation": np.array([2.5, 1.5])}
+    depth = views.depth_metrics_figure(layers, unlabelled, epoch=3, chosen="b")
+    assert [a.text for a in depth.layout.annotations] == ["components for 90% variance", "participation ratio"]
+    assert [shape.xref for shape in depth.layout.shapes] == ["x", "x2"]  # the chosen layer's band, on panels that exist
+    over_time = views.time_metrics_figure([0, 1], layers, {k: np.stack([v, v]) for k, v in unlabelled.items()})
+    assert len(over_time.layout.annotations) == 2
+    labelled = dict(unlabelled, separation=np.array([0.1, 0.4]))
+    assert len(views.depth_metrics_figure(layers, labelled, epoch=3).layout.annotations) == 3
+
+
 def test_mesh_lines_draw_rows_and_columns_of_the_grid():
     side = 3
     points = np.stack(np.meshgrid(np.arange(side), np.arange(side)), axis=-1).reshape(-1, 2).astype(float)

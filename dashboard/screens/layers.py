@@ -35,20 +35,21 @@ def show(run, live: bool) -> None:
         st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
-    if not run.meta.get("probe", {}).get("has_labels", True):
-        st.info("This run was recorded without labels: probe accuracy and class separation need them.")
-
-    st.header("Linear probe accuracy")
-    left, right = st.columns(2, gap="medium")
-    chart(left, "probe_heatmap", probe_heatmap(*key))
-    chart(right, "probe_depth", probe_depth(*key, layer_name))
+    labelled = run.meta.get("probe", {}).get("has_labels", True)
+    if labelled:
+        st.header("Linear probe accuracy")
+        left, right = st.columns(2, gap="medium")
+        chart(left, "probe_heatmap", probe_heatmap(*key))
+        chart(right, "probe_depth", probe_depth(*key, layer_name))
+    else:
+        st.info("This run was recorded without class labels, so it has no linear-probe accuracy or class separation.")
 
     st.header("Representation similarity (CKA)")
     left, right = st.columns(2, gap="medium")
     chart(left, "cka_heatmap", cka_heatmap(*key))
     chart(right, "cka_final", cka_final(*key))
 
-    st.header("Separation and dimensionality")
+    st.header("Separation and dimensionality" if labelled else "Dimensionality")
     chart(st, "depth", depth_metrics(*key, layer_name))
     chart(st, "time", time_metrics(*key))
 

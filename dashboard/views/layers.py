@@ -241,12 +241,20 @@ MEASURES = (("separation", "class separation (silhouette)"), ("n90", "components
             ("participation", "participation ratio"))
 
 
+def _measured(values: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """The MEASURES that hold at least one finite value (all of them when none does, so the figure keeps its shape)."""
+    found = [(key, title) for key, title in MEASURES if np.isfinite(np.asarray(values[key], dtype=np.float64)).any()]
+    return found or list(MEASURES)
+
+
 def depth_metrics_figure(layers: list[str], values: dict[str, np.ndarray], epoch: int,
                          initial: dict[str, np.ndarray] | None = None, input_separation: float | None = None,
                          chosen: str | None = None) -> go.Figure:
-    """Separation, n90 and participation ratio against depth at `epoch`; `values` maps each measure to (layers,)."""
-    figure = make_subplots(rows=1, cols=len(MEASURES), subplot_titles=[title for _, title in MEASURES], horizontal_spacing=0.07)
-    for col, (key, _) in enumerate(MEASURES, start=1):
+    """Separation, n90 and participation ratio against depth at `epoch`; `values` maps each measure to (layers,).
+    A measure the run holds no value of (separation, without labels) gets no panel."""
+    measures = _measured(values)
+    figure = make_subplots(rows=1, cols=len(measures), subplot_titles=[title for _, title in measures], horizontal_spacing=0.07)
+    for col, (key, _) in enumerate(measures, start=1):
         lead_names = [INPUT] if key == "separation" and input_separation is not None else []
         lead = [input_separation] if lead_names else []
         names = lead_names + list(layers)
@@ -258,15 +266,16 @@ def depth_metrics_figure(layers: list[str], values: dict[str, np.ndarray], epoch
         figure.update_xaxes(type="category", tickangle=-30, row=1, col=col)
         figure.update_yaxes(rangemode="tozero", row=1, col=col)
     if chosen is not None:
-        _mark_layer(figure, chosen, len(MEASURES))
+        _mark_layer(figure, chosen, len(measures))
     return _style(figure, 360, titled=True)
 
 
 def time_metrics_figure(epochs: list[int], layers: list[str], values: dict[str, np.ndarray], epoch: int | None = None) -> go.Figure:
     """The same measures over training; `values` maps each measure to (epochs, layers)."""
-    figure = make_subplots(rows=1, cols=len(MEASURES), subplot_titles=[title for _, title in MEASURES], horizontal_spacing=0.07)
+    measures = _measured(values)
+    figure = make_subplots(rows=1, cols=len(measures), subplot_titles=[title for _, title in measures], horizontal_spacing=0.07)
     colours = depth_colours(len(layers))
-    for col, (key, _) in enumerate(MEASURES, start=1):
+    for col, (key, _) in enumerate(measures, start=1):
         for index, name in enumerate(layers):
             figure.add_trace(go.Scatter(x=epochs, y=_clean(values[key][:, index]), mode="lines", name=name,
                                         line=dict(color=colours[index], width=2), legendgroup=name, showlegend=col == 1),
