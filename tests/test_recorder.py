@@ -646,10 +646,11 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
     print("RESULT", "hooks left by a cell of finished fits:", shell.user_ns["during"] - hooks, flush=True)
     for name, error in cells.items():
         if error is None:  # a fit on a thread of its own outlives its cell: the cell must leave it alone
-            shell.run_cell("import threading, time; r = Recorder(root, probe=(x, y), run_id='threaded'); "
+            shell.run_cell("import os, threading, time; r = Recorder(root, probe=(x, y), run_id='threaded'); "
                            "t = threading.Thread(target=lambda: _mlp().fit(x, y, epochs=3, verbose=0, "
-                           "callbacks=[r, keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: time.sleep(0.3))])); "
-                           "t.start(); time.sleep(0.5)")
+                           "callbacks=[r, keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: time.sleep(1.0))])); "
+                           "t.start()" + chr(10) +  # the cell ends once the run exists, seconds before its fit does
+                           "while not os.path.exists(os.path.join(root, 'threaded', 'run.json')): time.sleep(0.05)")
             print("RESULT", name, RunStore({root!r}).run(name).status, flush=True)
             shell.run_cell("t.join()")
         else:
