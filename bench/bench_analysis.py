@@ -44,9 +44,8 @@ PARTS = [  # (owner, attribute, label): what the analysis of one snapshot is mad
 
 
 def recorded_messages(epochs: int) -> list[tuple]:
-    """Every message a Recorder sends while recording the workload, in order."""
-    import keras  # noqa: F401  (TensorFlow only for recording them; the replay is numpy-only)
-
+    """Every message a Recorder sends while recording the workload, in order. TensorFlow is imported here only,
+    for recording them; the replay is numpy-only."""
     from core import Recorder
     from core.datasets import load_dataset, stratified_subset
     from core.models import ModelConfig, build_model

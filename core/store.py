@@ -118,6 +118,10 @@ class _Files:
     def exists(self, path: str) -> bool:
         return self.fs.exists(path) if self.fs else os.path.exists(path)
 
+    def holds_run(self, run_id: str) -> bool:
+        """Whether a run with this id is here: a folder is a run once its run.json is written."""
+        return self.exists(self.join(run_id, "run.json"))
+
     def isdir(self, path: str) -> bool:
         return self.fs.isdir(path) if self.fs else os.path.isdir(path)
 
@@ -237,7 +241,7 @@ def run_exists(root: str, run_id: str) -> bool:
     """Whether `root` already holds a run with this id. An unreachable root holds none, as far as a writer can tell."""
     try:
         files = _Files(root)
-        return files.exists(files.join(checked_run_id(run_id), "run.json"))
+        return files.holds_run(checked_run_id(run_id))
     except OSError:
         return False
 
@@ -249,7 +253,7 @@ class RunWriter:
         self.files = _Files(root)
         self.run_id = checked_run_id(run_id)
         self.dir = self.files.join(self.run_id)
-        if self.files.exists(self.files.join(self.run_id, "run.json")):
+        if self.files.holds_run(self.run_id):
             raise StoreError(f"A run with id {run_id!r} already exists under {root}.")
         self.files.makedirs(self.files.join(self.run_id, "snapshots"))
         now = time.time()
@@ -588,7 +592,7 @@ class RunStore:
         return [
             name
             for name in self.files.listdir(self.files.root)
-            if is_valid_run_id(name) and self.files.exists(self.files.join(name, "run.json"))
+            if is_valid_run_id(name) and self.files.holds_run(name)
         ]
 
     def run(self, run_id: str) -> Run:
