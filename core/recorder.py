@@ -226,6 +226,12 @@ class Recorder(keras.callbacks.Callback):
         model = self.model
         layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
         _check_model_io(model, self._x, self._y_for_loss)
+        if self.labels is not None and (loss := _regression_loss_name(model)):
+            warnings.warn(
+                f"The model's loss ({loss}) compares values, not classes, so Strata takes the whole-number probe "
+                "targets for regression targets: it records gradients against them, but colours points by "
+                "prediction and trains no linear probes.", UserWarning, stacklevel=3)
+            self.labels = None
         self._layers = layers
         self._variables = _model_variables(model)
         self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
@@ -605,6 +611,25 @@ def _loss_takes_logits(model: keras.Model) -> bool:
         return bool(loss.get_config().get("from_logits", False))
     except (AttributeError, TypeError):  # a loss given by name or as a plain function: probabilities
         return False
+
+
+REGRESSION_LOSSES = {
+    "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error", "mean_squared_logarithmic_error",
+    "huber", "log_cosh", "poisson", "cosine_similarity",
+}
+
+
+def _regression_loss_name(model: keras.Model) -> str | None:
+    """The name of the compiled loss when it compares values (MSE, MAE, Huber, Poisson...) rather than classes,
+    given by name, as a function or as a Loss object; None otherwise, custom losses included."""
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, str):
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError:
+            return None
+    name = getattr(getattr(loss, "fn", loss), "__name__", None)
+    return name if name in REGRESSION_LOSSES else None
 
 
 def _roles(layer: RecordedLayer) -> list[str]:

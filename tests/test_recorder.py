@@ -246,6 +246,24 @@ def test_regression_targets_serve_the_loss_but_are_not_taken_for_classes(tmp_pat
     assert layer["grad"]["kernel"]["norm"] > 0 and "linear_probe" not in layer
 
 
+@pytest.mark.parametrize("loss", ["mse", keras.losses.Huber(), keras.losses.mean_absolute_error, "poisson"])
+def test_whole_number_targets_of_a_regression_loss_are_not_taken_for_classes(tmp_path, loss):
+    x, _ = _toy_data()
+    counts = np.round(np.abs(x[:, :1]) * 3).astype("float32")  # counts: whole numbers, yet no classes
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1, activation="softplus")])
+    model.compile("adam", loss)
+    recorder = Recorder(str(tmp_path), probe=(x, counts))
+    assert recorder.labels is not None  # the targets alone look like class ids; the loss decides, at the start of fit
+    with pytest.warns(UserWarning, match=r"loss \((mean_squared_error|huber|mean_absolute_error|poisson)\) compares values"):
+        model.fit(x, counts, epochs=1, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    layer = run.epoch_snapshots()[-1].layer(0)
+    assert run.probe().y is None and not run.meta["probe"]["has_labels"]
+    assert layer["grad"]["kernel"]["norm"] > 0 and "linear_probe" not in layer
+
+
 def test_one_sigmoid_output_is_stored_as_two_class_probabilities(tmp_path):
     x, y = _toy_data()
     keras.utils.set_random_seed(0)
