@@ -5,7 +5,10 @@ a capture every epoch. References measured in the same rounds: Keras's `TensorBo
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
 `recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder;
 `recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates
-what the training process pays from what the analysis running beside it costs.
+what the training process pays from what the analysis running beside it costs. `plain-pinned` and
+`recorder-pinned` confine every thread of the training process to CPU 0, and the recording process to CPU 1:
+what recording costs when the analysis has a core training does not use (`recorder-pinned` is compared with
+`plain-pinned`). Unpinned, plain `fit` here uses the second core too.
 Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
 and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
 plain `fit`, shown with their interquartile range and beside the mean ratio's 95% interval. Beside them: the
@@ -110,12 +113,48 @@ def discarding_child():
         worker.subprocess.Popen = spawn
 
 
+ALL_CPUS = os.sched_getaffinity(0)
+
+
+@contextlib.contextmanager
+def pinned(training_cpu: int = 0, child_cpu: int = 1):
+    """For the `-pinned` variants: every thread of this process (TensorFlow's thread pools included) runs on
+    `training_cpu` only, and the recording process on `child_cpu`, as if the analysis had a core of its own."""
+    if len(ALL_CPUS) < 2:
+        raise SystemExit("the -pinned variants need two CPUs")
+    spawn = worker.subprocess.Popen
+
+    def popen(*args, **options):
+        process = spawn(*args, **options)
+        os.sched_setaffinity(process.pid, {child_cpu})
+        return process
+
+    _confine({training_cpu})
+    worker.subprocess.Popen = popen
+    try:
+        yield
+    finally:
+        worker.subprocess.Popen = spawn
+        _confine(ALL_CPUS)
+
+
+def _confine(cpus: set[int]) -> None:
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            os.sched_setaffinity(int(thread), cpus)
+
+
+def baseline(variant: str) -> str:
+    return "plain-pinned" if variant.endswith("-pinned") else "plain"
+
+
 def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
     """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
     before, stat_before = os.times(), _cpu_ticks()
     TimedRecorder.spent = TimedRecorder.off_thread = 0.0
-    with discarding_child() if variant == "recorder-discard" else contextlib.nullcontext():
-        wall = fit_seconds(variant, data, probe, epochs, root, batch_every, grad_every)
+    setting = {"recorder-discard": discarding_child, "plain-pinned": pinned, "recorder-pinned": pinned}.get(variant, contextlib.nullcontext)
+    with setting():
+        wall = fit_seconds(variant.removesuffix("-pinned"), data, probe, epochs, root, batch_every, grad_every)
     after, stat_after = os.times(), _cpu_ticks()
     ticks = [b - a for a, b in zip(stat_before, stat_after)]
     busy = 1 - (ticks[3] + ticks[4]) / sum(ticks) if sum(ticks) and len(ticks) > 4 else float("nan")  # idle + iowait
@@ -165,8 +204,9 @@ def main() -> None:
     rows = stratified_subset(data.y, 1000, seed=0)
     probe = (data.x[rows], data.y[rows])
     variants = args.variants.split(",")
-    if "plain" not in variants:
-        variants.insert(0, "plain")
+    for base in dict.fromkeys(map(baseline, variants)):
+        if base not in variants:
+            variants.insert(0, base)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as root:
         fit_seconds("plain", data, probe, 1, root, None)  # warm-up: first TF use pays one-off costs
@@ -179,12 +219,13 @@ def main() -> None:
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
+    if any(v.endswith("-pinned") for v in variants):
+        print("(-pinned variants: training on CPU 0 and the recording process on CPU 1; ratios against plain-pinned)")
     print(f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
           f" {'child CPU':>9} {'busy':>5}"
           f" {'in hooks':>14} {'probe passes':>12}")
-    plain = results["plain"]
     for variant in variants:
-        rows = results[variant]
+        rows, plain = results[variant], results[baseline(variant)]
         walls = [r["wall"] / p["wall"] for r, p in zip(rows, plain)]
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
         print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {ratio_columns(walls)} {cpu:>12.2f}x"
