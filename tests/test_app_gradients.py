@@ -3,6 +3,7 @@
 
 import pytest
 from apptest_pages import open_app
+from dashboard.views.layers import UNLABELLED_CAPTIONS
 
 from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
@@ -110,3 +111,5 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     headers = [h.value for h in layers.header]
     assert "Linear probe accuracy" not in headers and "Dimensionality" in headers
     assert any("without class labels" in i.value for i in layers.info)
+    captions = [c.value for c in layers.caption]
+    assert UNLABELLED_CAPTIONS["depth"] in captions and not any("silhouette" in c for c in captions)

@@ -27,8 +27,14 @@ def test_no_view_uses_webgl():
 
 
 def test_every_caption_is_one_line():
-    for name, caption in views.CAPTIONS.items():
+    for name, caption in [*views.CAPTIONS.items(), *views.UNLABELLED_CAPTIONS.items()]:
         assert "\n" not in caption and 40 < len(caption) < 260, name
+
+
+def test_a_run_without_labels_gets_captions_without_class_separation():
+    assert "silhouette" in views.caption("depth") and "three" in views.caption("time")
+    assert "silhouette" not in views.caption("depth", labelled=False) and "two" in views.caption("time", labelled=False)
+    assert views.caption("cka_heatmap", labelled=False) == views.CAPTIONS["cka_heatmap"]
 
 
 def test_probe_heatmap_puts_the_input_baseline_first_and_marks_missing_cells():

@@ -50,18 +50,18 @@ def show(run, live: bool) -> None:
     chart(right, "cka_final", cka_final(*key))
 
     st.header("Separation and dimensionality" if labelled else "Dimensionality")
-    chart(st, "depth", depth_metrics(*key, layer_name))
-    chart(st, "time", time_metrics(*key))
+    chart(st, "depth", depth_metrics(*key, layer_name), labelled=labelled)
+    chart(st, "time", time_metrics(*key), labelled=labelled)
 
     units(run, snapshot, layer, key, (view.pcx, view.pcy))
 
 
-def chart(where, name: str, figure, title: str | None = None) -> None:
+def chart(where, name: str, figure, title: str | None = None, labelled: bool = True) -> None:
     """One figure (under an optional subheader) and the one-line caption that says how to read it."""
     if title:
         where.subheader(title)
     where.plotly_chart(figure, key=name, config=CHART_CONFIG)
-    where.caption(views.CAPTIONS[name])
+    where.caption(views.caption(name, labelled))
 
 
 def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) -> None:

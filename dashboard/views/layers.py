@@ -53,6 +53,16 @@ CAPTIONS = {
     "unit_features": "Feature values of the probe samples that drive the chosen unit most and least, as standard "
                      "scores against the probe set: a column that flips colour is what the unit responds to.",
 }
+UNLABELLED_CAPTIONS = {  # a run without class labels has no class separation: two measures, not three
+    "depth": "At the chosen epoch (grey: before training): how many directions each layer uses (n90, participation "
+             "ratio); a run without class labels has no class separation.",
+    "time": "The same two measures over training, one line per layer, light near the input and dark near the output.",
+}
+
+
+def caption(name: str, labelled: bool = True) -> str:
+    """How to read chart `name`; a run without class labels gets the captions that leave class separation out."""
+    return CAPTIONS[name] if labelled else UNLABELLED_CAPTIONS.get(name, CAPTIONS[name])
 
 
 # ------------------------------------------------------------------------------------------------------------
