@@ -113,3 +113,8 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     assert any("without class labels" in i.value for i in layers.info)
     captions = [c.value for c in layers.caption]
     assert UNLABELLED_CAPTIONS["depth"] in captions and not any("silhouette" in c for c in captions)
+
+    embeddings = open_app(tmp_path, "embeddings", run=run_id)  # and no promise of classes coming apart
+    assert not embeddings.exception
+    strip = next(c.value for c in embeddings.caption if c.value.startswith("Read left to right"))
+    assert "classes" not in strip and "prediction" in strip

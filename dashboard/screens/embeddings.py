@@ -53,9 +53,11 @@ def show(run, view, live: bool) -> None:
     probe_size = facts.probe_size if facts else 0
     sampled = (f" Each panel draws the same {views.POINTS_PER_PANEL:,} of the {probe_size:,} probe samples; a box or "
                "lasso selects every sample inside it.") if probe_size > views.POINTS_PER_PANEL else ""
-    st.caption("Read left to right, input to output: classes that overlap in early layers come apart in later ones. "
-               "Axis titles give each component's share of that layer's variance. Drag a box or lasso to select "
-               f"samples.{sampled}")
+    labelled = run.meta.get("probe", {}).get("has_labels", True)
+    reading = ("classes that overlap in early layers come apart in later ones" if labelled else
+               "this run has no class labels, so colour by the prediction to see which layer first orders the points by it")
+    st.caption(f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
+               f"layer's variance. Drag a box or lasso to select samples.{sampled}")
 
     layer = context.layer_index()
     focus_col, samples_col = st.columns([3, 2], gap="medium")
