@@ -176,6 +176,7 @@ class Recorder(keras.callbacks.Callback):
         self._grad_norm_fn = None
         self._batch_gradients: list[tuple[int, np.ndarray]] = []  # (step, (layers,) norms) measured this epoch
         self._last_captured_epoch = -1
+        self._start_captured = True  # set False by on_train_begin until the first epoch begins
         self._nan_epoch: int | None = None
         self._capture_failed = False  # warned once that the probe pass failed
 
@@ -186,7 +187,14 @@ class Recorder(keras.callbacks.Callback):
         if self._active:  # the last fit this recorder followed raised, and Keras skips on_train_end when it does
             self.end("interrupted")
         self._start()
-        self._capture("epoch", epoch=0)
+        self._start_captured = False  # the first snapshot waits for on_epoch_begin, which names the epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if not self._start_captured:
+            # Before this fit trains: epoch 0, or the epoch a resumed fit starts from (`fit(initial_epoch=N)`).
+            self._start_captured = True
+            self._capture("epoch", epoch=epoch)
 
     def _on_train_batch_end(self, batch, logs=None):
         # Installed as `on_train_batch_end` only when batch captures or gradient norms are asked for: any batch
@@ -196,9 +204,6 @@ class Recorder(keras.callbacks.Callback):
             self._measure_gradient_norms(step)
         if self.batch_every and step % self.batch_every == 0 and self._active:
             self._capture("batch", epoch=self._epoch, batch=batch + 1, logs=logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._active:
@@ -214,9 +219,11 @@ class Recorder(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self._active:
             return
-        last_epoch = len(self._history["epoch"])
-        if last_epoch and self._last_captured_epoch != last_epoch:
-            self._capture("epoch", epoch=last_epoch, logs=logs)
+        epochs = self._history["epoch"]
+        if not self._start_captured:  # no epoch ran (initial_epoch >= epochs): the untouched model
+            self._capture("epoch", epoch=self._epoch)
+        elif epochs and self._last_captured_epoch != epochs[-1]:
+            self._capture("epoch", epoch=epochs[-1], logs=logs)
         self.end("finished")
 
     # ------------------------------------------------------------------------------------------------------

@@ -367,6 +367,22 @@ def test_a_recorder_passed_to_two_fits_records_two_runs(tmp_path):
     assert store.run(recorder.run_id).epoch_snapshots()[0].layer(0)["weight_norm"]["kernel"] == pytest.approx(first_end)
 
 
+def test_a_resumed_fit_is_recorded_from_the_epoch_it_starts_at(tmp_path):
+    x, y = _toy_data()
+    model = _mlp()
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0)  # trained earlier, without Strata
+    kernel_then = model.get_layer("hidden_a").kernel.numpy().copy()
+    recorder = Recorder(str(tmp_path), probe=(x, y))
+    model.fit(x, y, epochs=5, initial_epoch=3, batch_size=16, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.epochs() == [3, 4, 5] and run.history()["epoch"] == [4, 5]  # no "epoch 0", no stray repeat
+    assert [s.seq for s in run.snapshots()] == [0, 1, 2] and run.meta["snapshots"] == 3
+    start = run.epoch_snapshots()[0]
+    assert start.meta["step"] == 3 * 4  # 64 samples in batches of 16: 4 steps an epoch
+    assert start.layer(0)["weight_norm"]["kernel"] == pytest.approx(np.linalg.norm(kernel_then), rel=1e-5)
+
+
 def test_a_given_run_id_that_is_taken_fails_at_start_and_leaves_that_run_alone(tmp_path):
     x, y = _toy_data()
     model = _mlp()

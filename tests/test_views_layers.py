@@ -61,6 +61,8 @@ def test_probe_depth_starts_at_the_input_and_shows_the_untrained_network():
     early, now = traces(figure, "scatter")
     assert list(now.x) == ["input"] + LAYERS and list(now.y) == [0.55, 0.75, 0.9, 0.95]
     assert now.name == "epoch 2" and early.name == "epoch 0"
+    resumed = views.probe_depth_figure(LAYERS, probe_table()[2], 0.55, epoch=8, initial=probe_table()[0], initial_epoch=5)
+    assert [t.name for t in traces(resumed, "scatter")] == ["epoch 5", "epoch 8"]  # a resumed fit's first snapshot
     assert any(shape.x0 == "dense_1" for shape in figure.layout.shapes)  # the chosen layer is marked
 
 

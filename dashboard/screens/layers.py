@@ -168,7 +168,7 @@ def probe_depth(run_id, count, epoch, chosen):
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
     return views.probe_depth_figure(found.layers, found.probe[row], found.input_probe, found.epochs[row], initial,
-                                    _chance(_run(run_id)), chosen)
+                                    _chance(_run(run_id)), chosen, initial_epoch=found.epochs[0])
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -194,7 +194,7 @@ def depth_metrics(run_id, count, epoch, chosen):
     row = found.at(epoch)
     initial = _measures(found, 0) if row > 0 else None
     return views.depth_metrics_figure(found.layers, _measures(found, row), found.epochs[row], initial, found.input_separation,
-                                      chosen)
+                                      chosen, initial_epoch=found.epochs[0])
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

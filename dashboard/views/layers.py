@@ -169,13 +169,15 @@ def probe_heatmap(epochs: list[int], layers: list[str], accuracy: np.ndarray, ba
 
 
 def probe_depth_figure(layers: list[str], accuracy: np.ndarray, baseline: float | None, epoch: int,
-                       initial: np.ndarray | None = None, chance: float | None = None, chosen: str | None = None) -> go.Figure:
-    """Accuracy against depth at `epoch` (and, faint, before training), starting from the input baseline."""
+                       initial: np.ndarray | None = None, chance: float | None = None, chosen: str | None = None,
+                       initial_epoch: int = 0) -> go.Figure:
+    """Accuracy against depth at `epoch` (and, faint, before training: at `initial_epoch`, which a resumed fit
+    starts from), starting from the input baseline."""
     names = ([INPUT] if baseline is not None else []) + list(layers)
     lead = [baseline] if baseline is not None else []
     figure = go.Figure()
     if initial is not None:
-        figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(initial)), mode="lines+markers", name="epoch 0",
+        figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(initial)), mode="lines+markers", name=f"epoch {initial_epoch}",
                                     line=dict(color=EARLY, dash="dot")))
     figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(accuracy)), mode="lines+markers+text", name=f"epoch {epoch}",
                                 line=dict(color=PALETTE[0], width=3), text=[_percent(v) for v in lead + list(accuracy)],
@@ -259,8 +261,9 @@ def _measured(values: dict[str, np.ndarray]) -> list[tuple[str, str]]:
 
 def depth_metrics_figure(layers: list[str], values: dict[str, np.ndarray], epoch: int,
                          initial: dict[str, np.ndarray] | None = None, input_separation: float | None = None,
-                         chosen: str | None = None) -> go.Figure:
-    """Separation, n90 and participation ratio against depth at `epoch`; `values` maps each measure to (layers,).
+                         chosen: str | None = None, initial_epoch: int = 0) -> go.Figure:
+    """Separation, n90 and participation ratio against depth at `epoch` (and, faint, at `initial_epoch`, before
+    training); `values` maps each measure to (layers,).
     A measure the run holds no value of (separation, without labels) gets no panel."""
     measures = _measured(values)
     figure = make_subplots(rows=1, cols=len(measures), subplot_titles=[title for _, title in measures], horizontal_spacing=0.07)
@@ -269,7 +272,7 @@ def depth_metrics_figure(layers: list[str], values: dict[str, np.ndarray], epoch
         lead = [input_separation] if lead_names else []
         names = lead_names + list(layers)
         if initial is not None:
-            figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(initial[key])), mode="lines+markers", name="epoch 0",
+            figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(initial[key])), mode="lines+markers", name=f"epoch {initial_epoch}",
                                         line=dict(color=EARLY, dash="dot"), legendgroup="early", showlegend=col == 1), row=1, col=col)
         figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(values[key])), mode="lines+markers", name=f"epoch {epoch}",
                                     line=dict(color=PALETTE[0], width=3), legendgroup="now", showlegend=col == 1), row=1, col=col)
