@@ -164,7 +164,8 @@ class Recorder(keras.callbacks.Callback):
         self._worker = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
         self._active = False  # recording: between a successful start and end()
         self._cell_hook = None  # under IPython: removes the end-of-cell check this fit registered
-        if batch_every is not None or grad_every is not None:
+        self._counts_batches = batch_every is not None or grad_every is not None
+        if self._counts_batches:
             self.on_train_batch_end = self._on_train_batch_end
         self._reset_run_state()
 
@@ -173,6 +174,7 @@ class Recorder(keras.callbacks.Callback):
         self._history: dict[str, list] = {"epoch": []}
         self._seq = 0
         self._epoch = 0
+        self._steps = 0  # optimizer steps taken: read when the fit starts, then counted by the batch hook if on
         self._grad_norm_fn = None
         self._batch_gradients: list[tuple[int, np.ndarray]] = []  # (step, (layers,) norms) measured this epoch
         self._last_captured_epoch = -1
@@ -194,12 +196,14 @@ class Recorder(keras.callbacks.Callback):
         if not self._start_captured:
             # Before this fit trains: epoch 0, or the epoch a resumed fit starts from (`fit(initial_epoch=N)`).
             self._start_captured = True
+            self._steps = self._optimizer_steps(epoch)  # then counted batch by batch, if the batch hook is on
             self._capture("epoch", epoch=epoch)
 
     def _on_train_batch_end(self, batch, logs=None):
         # Installed as `on_train_batch_end` only when batch captures or gradient norms are asked for: any batch
         # hook makes Keras give up dispatching callbacks asynchronously, which slows every step of training.
-        step = self._epoch * (self.params.get("steps") or 0) + batch + 1
+        self._steps += 1
+        step = self._steps
         if self._grad_norm_fn is not None and step % self.grad_every == 0 and self._active:
             self._measure_gradient_norms(step)
         if self.batch_every and step % self.batch_every == 0 and self._active:
@@ -347,7 +351,7 @@ class Recorder(keras.callbacks.Callback):
             state = _read_state(self._variables)
         if kind == "epoch":
             self._last_captured_epoch = epoch
-        step = self._steps_done(epoch, batch)
+        step = self._steps if self._counts_batches else self._optimizer_steps(epoch)
         logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state))
 
@@ -386,10 +390,14 @@ class Recorder(keras.callbacks.Callback):
             plane_predictions=result.get("plane_predictions"),
         )
 
-    def _steps_done(self, epoch: int, batch: int | None) -> int:
-        """Optimizer steps taken when a capture happens (epoch is the number of completed epochs)."""
-        steps_per_epoch = (self.params or {}).get("steps") or 0
-        return epoch * steps_per_epoch if batch is None else self._epoch * steps_per_epoch + batch
+    def _optimizer_steps(self, epoch: int) -> int:
+        """Optimizer steps taken so far (epoch: the number of completed epochs). The optimizer's own count stays
+        right when Keras does not know the epoch's length (a generator) and when a fit resumes; without one,
+        whole epochs of `steps` each."""
+        try:
+            return int(self.model.optimizer.iterations.numpy())
+        except (AttributeError, TypeError, ValueError):
+            return epoch * ((self.params or {}).get("steps") or 0)
 
     def _measure_gradient_norms(self, step: int) -> None:
         """Queue a gradient-norm pass on the weights as they are now; like the probe pass, it runs on the worker's

@@ -383,6 +383,21 @@ def test_a_resumed_fit_is_recorded_from_the_epoch_it_starts_at(tmp_path):
     assert start.layer(0)["weight_norm"]["kernel"] == pytest.approx(np.linalg.norm(kernel_then), rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")  # Keras's note at the end of each pass
+def test_steps_keep_counting_when_keras_does_not_know_how_long_an_epoch_is(tmp_path):
+    x, y = _toy_data()
+    passes = lambda: ((x[i : i + 16], y[i : i + 16]) for i in range(0, len(x), 16))  # noqa: E731  (4 batches)
+    data = tf.data.Dataset.from_generator(passes, output_signature=(tf.TensorSpec((None, 4), tf.float32),
+                                                                    tf.TensorSpec((None,), tf.int64)))
+    recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=3, grad_every=2)
+    _mlp().fit(data, epochs=3, shuffle=False, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert [s.meta["step"] for s in run.epoch_snapshots()] == [0, 4, 8, 12]
+    assert [s.meta["step"] for s in run.snapshots() if s.meta["kind"] == "batch"] == [3, 6, 9, 12]
+    assert run.batch_gradient_norms()[0].tolist() == [2, 4, 6, 8, 10, 12]
+
+
 def test_a_given_run_id_that_is_taken_fails_at_start_and_leaves_that_run_alone(tmp_path):
     x, y = _toy_data()
     model = _mlp()
