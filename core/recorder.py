@@ -695,8 +695,8 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
     if labels is None:
         warnings.warn(
             f"The probe targets are not class ids or one-hot rows (shape {y.shape}, values such as "
-            f"{np.ravel(y)[0]:.4g}), as for regression: Strata records gradients against them, but colours points by "
-            "prediction and trains no linear probes.", UserWarning, stacklevel=3)
+            f"{np.ravel(y)[0]:.4g}), as for regression or multi-label targets: Strata records gradients against "
+            "them, but colours points by prediction and trains no linear probes.", UserWarning, stacklevel=3)
     return x, y, labels
 
 
