@@ -102,6 +102,17 @@ def test_heatmap_is_log10_layer_by_epoch(run):
     assert list(figure.data[0].y) == LAYERS
 
 
+def test_heatmap_leaves_out_layers_without_the_weight_but_keeps_a_zero_gradient(run):
+    import dataclasses
+
+    series = views.layer_series(run)
+    kernel = series.kernel_grad.copy()
+    kernel[:, 1] = np.nan  # like an activation or normalisation layer: no kernel at all
+    kernel[:, 2] = 0.0  # a kernel whose gradient is exactly zero: a finding, not a gap
+    figure = views.gradient_heatmap_figure(dataclasses.replace(series, kernel_grad=kernel))
+    assert list(figure.data[0].y) == [LAYERS[0], LAYERS[2]] and np.asarray(figure.data[0].z).shape == (2, 4)
+
+
 def test_update_ratio_chart_shades_the_band_around_1e_3(run):
     figure = views.update_ratio_figure([views.layer_series(run)])
     band = figure.layout.shapes[0]

@@ -284,17 +284,20 @@ def unit_fraction_figure(runs: list[LayerSeries], epoch: int | None = None) -> g
 
 
 def gradient_heatmap_figure(series: LayerSeries, role: str = "kernel", epoch: int | None = None) -> go.Figure:
-    """log10 of each layer's gradient norm (rows, input at the top) at every epoch (columns)."""
-    values = _positive(series.gradient(role))  # (S, L)
+    """log10 of each layer's gradient norm (rows, input at the top) at every epoch (columns). Layers without that
+    weight (activations, pooling, normalisation for `kernel`) get no row: a blank row would read as a gradient
+    gone. A measured zero keeps its row."""
+    measured = np.asarray(series.gradient(role), np.float64)  # (S, L), NaN for a layer without the weight
+    rows = [i for i in range(measured.shape[1]) if np.isfinite(measured[:, i]).any()] or list(range(measured.shape[1]))
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.log10(values).T  # (L, S)
+        z = np.log10(_positive(measured[:, rows])).T  # (rows, S)
     finite = z[np.isfinite(z)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (-3.0, 0.0)
     if high - low < 1:
         low, high = low - 0.5, high + 0.5
     ticks, labels = _log_ticks(low, high)
     figure = go.Figure(go.Heatmap(
-        z=z, x=series.epochs, y=list(series.layers), colorscale="Viridis", zmin=low, zmax=high,
+        z=z, x=series.epochs, y=[series.layers[i] for i in rows], colorscale="Viridis", zmin=low, zmax=high,
         colorbar=dict(title=f"‖∇ {role}‖", tickvals=ticks, ticktext=labels, thickness=12),
         customdata=np.power(10.0, z), hovertemplate="%{y}<br>epoch %{x}<br>norm %{customdata:.3g}<extra></extra>",
     ))
