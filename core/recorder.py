@@ -175,6 +175,7 @@ class Recorder(keras.callbacks.Callback):
         self._seq = 0
         self._epoch = 0
         self._steps = 0  # optimizer steps taken: read when the fit starts, then counted by the batch hook if on
+        self._epoch_start_steps = 0
         self._grad_norm_fn = None
         self._batch_gradients: list[tuple[int, np.ndarray]] = []  # (step, (layers,) norms) measured this epoch
         self._last_captured_epoch = -1
@@ -198,12 +199,13 @@ class Recorder(keras.callbacks.Callback):
             self._start_captured = True
             self._steps = self._optimizer_steps(epoch)  # then counted batch by batch, if the batch hook is on
             self._capture("epoch", epoch=epoch)
+        self._epoch_start_steps = self._steps
 
     def _on_train_batch_end(self, batch, logs=None):
         # Installed as `on_train_batch_end` only when batch captures or gradient norms are asked for: any batch
         # hook makes Keras give up dispatching callbacks asynchronously, which slows every step of training.
-        self._steps += 1
-        step = self._steps
+        # `batch` is the index of the epoch's last batch trained: with steps_per_execution, one call covers several.
+        self._steps = step = self._epoch_start_steps + batch + 1
         if self._grad_norm_fn is not None and step % self.grad_every == 0 and self._active:
             self._measure_gradient_norms(step)
         if self.batch_every and step % self.batch_every == 0 and self._active:

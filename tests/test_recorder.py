@@ -398,6 +398,19 @@ def test_steps_keep_counting_when_keras_does_not_know_how_long_an_epoch_is(tmp_p
     assert run.batch_gradient_norms()[0].tolist() == [2, 4, 6, 8, 10, 12]
 
 
+def test_steps_count_every_batch_when_keras_runs_several_per_call(tmp_path):
+    x, y = _toy_data()
+    model = _mlp()
+    model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=2)  # one hook call per 2 batches
+    recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=2, grad_every=4)
+    model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert [s.meta["step"] for s in run.epoch_snapshots()] == [0, 4, 8, 12]
+    assert [s.meta["step"] for s in run.snapshots() if s.meta["kind"] == "batch"] == [2, 4, 6, 8, 10, 12]
+    assert run.batch_gradient_norms()[0].tolist() == [4, 8, 12]
+
+
 def test_a_given_run_id_that_is_taken_fails_at_start_and_leaves_that_run_alone(tmp_path):
     x, y = _toy_data()
     model = _mlp()
