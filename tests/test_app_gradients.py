@@ -84,17 +84,10 @@ model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv
 """
 
 
-def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", _UNLABELLED, str(tmp_path)], cwd=repo, check=True, timeout=300,
-                   env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
-    [run_id] = [p.name for p in tmp_path.iterdir() if p.is_dir()]
-    at = open_app(tmp_path, "gradients", run=run_id)
+def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path_factory):
+    root = _recorded(tmp_path_factory, _UNLABELLED)
+    [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
+    at = open_app(root, "gradients", run=run_id)
     assert not at.exception
     assert any("recorded without labels" in i.value for i in at.info)
     headings = [h.value for h in at.subheader]
@@ -106,7 +99,7 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     status = next(c.value for c in at.sidebar.caption if "unlabelled" in c.value)
     assert status.endswith("finished · epoch 2/2")  # no "?" for the data set a user's own fit did not name
 
-    layers = open_app(tmp_path, "layers", run=run_id)  # no empty probe or silhouette charts either
+    layers = open_app(root, "layers", run=run_id)  # no empty probe or silhouette charts either
     assert not layers.exception
     headers = [h.value for h in layers.header]
     assert "Linear probe accuracy" not in headers and "Dimensionality" in headers
@@ -114,7 +107,51 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path):
     captions = [c.value for c in layers.caption]
     assert UNLABELLED_CAPTIONS["depth"] in captions and not any("silhouette" in c for c in captions)
 
-    embeddings = open_app(tmp_path, "embeddings", run=run_id)  # and no promise of classes coming apart
+    embeddings = open_app(root, "embeddings", run=run_id)  # and no promise of classes coming apart
     assert not embeddings.exception
     strip = next(c.value for c in embeddings.caption if c.value.startswith("Read left to right"))
     assert "classes" not in strip and "prediction" in strip
+
+
+_NORMALISED = """
+import sys, numpy as np, keras
+from core import Recorder
+rng = np.random.default_rng(0)
+x = rng.normal(size=(128, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(name="norm"),
+                          keras.layers.Activation("relu", name="relu"), keras.layers.Dense(2, activation="softmax", name="out")])
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv[1], probe=(x, y), name="normalised")])
+"""
+
+
+@pytest.mark.parametrize("layer, drawn", [("norm", False), ("relu", False), ("dense", True)])
+def test_a_layer_without_the_weight_gets_a_note_instead_of_an_empty_gradient_histogram(tmp_path_factory, layer, drawn):
+    root = _recorded(tmp_path_factory, _NORMALISED)
+    [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
+    at = open_app(root, "gradients", run=run_id, layer=layer)
+    assert not at.exception
+    assert ("grad_hist" in [c.key for c in charts(at)]) is drawn
+    assert any(f"`{layer}`" in i.value and "has no kernel weights" in i.value for i in at.info) is not drawn
+    heatmap = next(c for c in charts(at) if c.key == "grad_heatmap")
+    assert '"norm"' not in heatmap.proto.spec and '"dense"' in heatmap.proto.spec  # no blank rows either
+
+
+_RECORDED: dict = {}
+
+
+def _recorded(tmp_path_factory, script: str):
+    """The folder holding the run `script` records, recorded once per test session."""
+    if script not in _RECORDED:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = tmp_path_factory.mktemp("recorded")
+        repo = Path(__file__).resolve().parents[1]
+        subprocess.run([sys.executable, "-c", script, str(root)], cwd=repo, check=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+        _RECORDED[script] = root
+    return _RECORDED[script]

@@ -73,6 +73,14 @@ def test_rebin_keeps_the_total_and_spreads_evenly():
     assert narrow.sum() == counts.sum()
 
 
+def test_histogram_weight_is_the_layers_weight_in_that_role_or_none():
+    dense, norm = {"weights": ["kernel", "bias"]}, {"weights": ["gamma", "beta"]}
+    assert views.histogram_weight(dense, "kernel") == "kernel" and views.histogram_weight(dense, "bias") == "bias"
+    assert views.histogram_weight({"weights": ["embeddings"]}, "kernel") == "embeddings"
+    assert views.histogram_weight(norm, "kernel") is None and views.histogram_weight({"weights": []}, "bias") is None
+    assert views.histogram_weight({"name": "old run"}, "kernel") == "kernel"  # no weight list recorded: try it
+
+
 def test_activation_histograms_share_one_grid_and_gradient_ones_use_the_fixed_edges(run):
     snapshots = views.bounded_snapshots(run)
     activations = views.activation_histograms(snapshots, 0, bins=8)

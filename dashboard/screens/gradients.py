@@ -82,9 +82,13 @@ def show(run, others, role: str, live: bool) -> None:
     grad_col, act_col = st.columns(2, gap="medium") if has_gradients else (None, st.container())
     if grad_col is not None:
         with grad_col:
-            st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
-            st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting down "
-                       "toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
+            if run.layers and views.histogram_weight(run.layers[layer], role) is None:
+                st.info(f"`{name}` ({run.layers[layer].get('type', 'layer')}) has no {role} weights, so no gradient "
+                        "histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar.")
+            else:
+                st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
+                st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting "
+                           "down toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
     with act_col:
         st.plotly_chart(histograms(keys[0], layer, "activation", role, epoch), key="act_hist", config=CHART_CONFIG)
         st.caption("Share of activation values per bin at each epoch. Mass piling up at a bound (0 and 1 for sigmoid, "

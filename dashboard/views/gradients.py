@@ -345,12 +345,23 @@ def activation_histograms(snapshots: list[Snapshot], layer: int, bins: int = HIS
     return HistogramSeries(np.asarray([int(s.epoch) for s in snapshots]), grid, _normalised(rows, bins), log_values=False)
 
 
+def histogram_weight(layer: dict, role: str) -> str | None:
+    """The weight whose gradient histogram stands for `layer` in the `role` chart: for 'kernel', its kernel or
+    the weight in that role (`main_weight`, such as an embedding table); None when the layer has no such weight
+    (activations, dropout, normalisation). A layer record without its weight list (older runs) keeps `role`."""
+    if "weights" not in layer:
+        return role
+    if role == "kernel":
+        return main_weight(layer)
+    return role if role in layer["weights"] else None
+
+
 def gradient_histograms(run: Run, snapshots: list[Snapshot], layer: int, role: str = "kernel") -> HistogramSeries:
-    """Each snapshot's log10|gradient| histogram; they share `LOG_HIST_EDGES`, so no rebinning is needed. The
-    kernel of a layer without one is the weight in its role (`main_weight`), such as an embedding table."""
+    """Each snapshot's log10|gradient| histogram; they share `LOG_HIST_EDGES`, so no rebinning is needed. `role`
+    is read as `histogram_weight` reads it."""
     bins = len(LOG_HIST_EDGES) - 1
-    if role == "kernel" and 0 <= layer < len(run.layers):
-        role = main_weight(run.layers[layer]) or role
+    if 0 <= layer < len(run.layers):
+        role = histogram_weight(run.layers[layer], role) or role
     rows = []
     for snapshot in snapshots:
         counts = snapshot.array(f"L{layer}/grad_{role}_log_hist")
