@@ -137,6 +137,8 @@ class Recorder(keras.callbacks.Callback):
         self.components = components
         self.seed = seed
         self.name = name
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"`name` must be a string, the run's display name. Received: name={name!r}")
         if run_id is not None and not is_valid_run_id(run_id):
             raise ValueError(f"run_id must use letters, digits, '.', '_' and '-' only (at most 128). Received: run_id={run_id!r}")
         self._run_id_given = run_id is not None
