@@ -334,7 +334,7 @@ def test_large_probe_is_subsampled_stratified(tmp_path):
         ({"probe": (np.zeros((5, 4)), None), "every": 0}, "every=0"),
         ({"probe": (np.zeros((5, 4)), None), "components": "10"}, "components='10'"),
         ({"probe": (np.zeros((5, 4)), None), "run_id": "../elsewhere"}, "run_id='../elsewhere'"),
-        ({"probe": (np.zeros((5, 4)), None), "name": 123}, "name must be a string.*name=123"),
+        ({"probe": (np.zeros((5, 4)), None), "name": 123}, "name` must be a string.*name=123"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tmp_path, kwargs, message):
