@@ -216,7 +216,10 @@ class Recorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._active:
             return
-        captures = (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
+        # An epoch after which training stops early is the last one: captured now, before a callback such as
+        # EarlyStopping(restore_best_weights=True) puts back the weights of another epoch at the end of fit.
+        captures = ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
+                    or bool(getattr(self.model, "stop_training", False)))
         # Read the weights before any message wakes the worker's thread, which would contend for the GIL.
         state = _read_state(self._variables) if captures else None
         self._log_epoch(epoch + 1, logs or {})

@@ -412,6 +412,24 @@ def test_steps_count_every_batch_when_keras_runs_several_per_call(tmp_path):
     assert run.batch_gradient_norms()[0].tolist() == [4, 8, 12]
 
 
+@pytest.mark.parametrize("stopper_first", [True, False])
+def test_the_last_snapshot_of_an_early_stop_holds_that_epoch_not_the_restored_weights(tmp_path, stopper_first):
+    x, y = _toy_data()
+    model = _mlp()
+    kernels = []
+    keep = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: kernels.append(model.get_layer("hidden_a").kernel.numpy().copy()))
+    # The loss falls, so "max" mode stops after epoch 3 and puts back epoch 1's weights at the end of fit.
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1, restore_best_weights=True)
+    recorder = Recorder(str(tmp_path), probe=(x, y), every=5)
+    model.fit(x, y, epochs=10, callbacks=[keep, stop, recorder] if stopper_first else [keep, recorder, stop], verbose=0)
+
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    assert run.epochs() == [0, len(kernels)]
+    norm = run.epoch_snapshots()[-1].layer(0)["weight_norm"]["kernel"]
+    assert norm == pytest.approx(np.linalg.norm(kernels[-1]), rel=1e-5)
+    assert norm != pytest.approx(np.linalg.norm(model.get_layer("hidden_a").kernel.numpy()), rel=1e-5)
+
+
 def test_a_given_run_id_that_is_taken_fails_at_start_and_leaves_that_run_alone(tmp_path):
     x, y = _toy_data()
     model = _mlp()
