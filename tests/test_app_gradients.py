@@ -72,6 +72,28 @@ def test_the_share_link_keeps_the_weights_toggle(open_page):
     assert query["grad_role"] == ["bias"] and query["run"] == ["vanishing"]
 
 
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory):
+    """recorded(script) -> the folder holding the run `script` records (given that folder as argv[1]), recorded
+    once per test session."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    roots: dict = {}
+    repo = Path(__file__).resolve().parents[1]
+
+    def record(script: str):
+        if script not in roots:
+            roots[script] = tmp_path_factory.mktemp("recorded")
+            subprocess.run([sys.executable, "-c", script, str(roots[script])], cwd=repo, check=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+        return roots[script]
+
+    return record
+
+
 _UNLABELLED = """
 import sys, numpy as np, keras
 from core import Recorder
@@ -84,8 +106,8 @@ model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv
 """
 
 
-def test_a_run_without_labels_claims_nothing_about_its_gradients(tmp_path_factory):
-    root = _recorded(tmp_path_factory, _UNLABELLED)
+def test_a_run_without_labels_claims_nothing_about_its_gradients(recorded):
+    root = recorded(_UNLABELLED)
     [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
     at = open_app(root, "gradients", run=run_id)
     assert not at.exception
@@ -127,8 +149,8 @@ model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv
 
 
 @pytest.mark.parametrize("layer, drawn", [("norm", False), ("relu", False), ("dense", True)])
-def test_a_layer_without_the_weight_gets_a_note_instead_of_an_empty_gradient_histogram(tmp_path_factory, layer, drawn):
-    root = _recorded(tmp_path_factory, _NORMALISED)
+def test_a_layer_without_the_weight_gets_a_note_instead_of_an_empty_gradient_histogram(recorded, layer, drawn):
+    root = recorded(_NORMALISED)
     [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
     at = open_app(root, "gradients", run=run_id, layer=layer)
     assert not at.exception
@@ -136,22 +158,3 @@ def test_a_layer_without_the_weight_gets_a_note_instead_of_an_empty_gradient_his
     assert any(f"`{layer}`" in i.value and "has no kernel weights" in i.value for i in at.info) is not drawn
     heatmap = next(c for c in charts(at) if c.key == "grad_heatmap")
     assert '"norm"' not in heatmap.proto.spec and '"dense"' in heatmap.proto.spec  # no blank rows either
-
-
-_RECORDED: dict = {}
-
-
-def _recorded(tmp_path_factory, script: str):
-    """The folder holding the run `script` records, recorded once per test session."""
-    if script not in _RECORDED:
-        import os
-        import subprocess
-        import sys
-        from pathlib import Path
-
-        root = tmp_path_factory.mktemp("recorded")
-        repo = Path(__file__).resolve().parents[1]
-        subprocess.run([sys.executable, "-c", script, str(root)], cwd=repo, check=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
-        _RECORDED[script] = root
-    return _RECORDED[script]
