@@ -60,21 +60,37 @@ def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
 
 
 def focus_frames(run: Run, layer: int, color_mode: str, chosen_epoch: int | None) -> tuple[list[Frame], int]:
-    """The animation frames of one layer (at most `MAX_FRAMES` epochs) and the position of `chosen_epoch`."""
-    snapshots = run.epoch_snapshots()
-    epochs = [int(s.epoch) for s in snapshots]
+    """The animation frames of one layer (at most `MAX_FRAMES`) and the position of `chosen_epoch`'s frame. A run
+    recorded with `batch_every` also has frames within epochs, labelled by fractional epoch ("0.33")."""
+    snapshots, times = timeline(run)
+    epochs = [int(s.epoch) for s in run.epoch_snapshots()]
     chosen = epochs[-1] if chosen_epoch is None and epochs else chosen_epoch
     truth, names = labels(run), class_names(run)
     frames = []
-    for position in frame_subset(epochs, chosen):
+    for position in frame_subset(times, chosen):
         snapshot = snapshots[position]
         coords = snapshot.array(f"L{layer}/pca")
         if coords is None:
             continue
         color = coloring(color_mode, truth, snapshot.array("pred/probs"), names)
-        frames.append(Frame(int(snapshot.epoch), coords, layer_variance(snapshot, layer), color))
-    start = next((i for i, f in enumerate(frames) if f.epoch == chosen), len(frames) - 1)
+        label = "" if snapshot.meta.get("kind", "epoch") == "epoch" else f"{times[position]:.2f}"
+        frames.append(Frame(int(snapshot.epoch), coords, layer_variance(snapshot, layer), color, label))
+    start = next((i for i, f in enumerate(frames) if not f.label and f.epoch == chosen), len(frames) - 1)
     return frames, max(start, 0)
+
+
+def timeline(run: Run) -> tuple[list[Snapshot], list[float]]:
+    """Every epoch snapshot and, in capture order between them, every batch snapshot that is not also an
+    epoch's end; with each one's time in epochs (epoch + batch / batches per epoch)."""
+    ends = run.epoch_snapshots()
+    per_epoch = run.meta.get("steps_per_epoch") or 0
+    at_ends = {s.meta.get("step") for s in ends}
+    kept = {s.seq for s in ends}
+    snapshots = [s for s in run.snapshots() if s.seq in kept or (
+        per_epoch and s.meta.get("kind") == "batch" and s.meta.get("step") not in at_ends)]
+    times = [float(s.epoch) + (s.meta.get("batch") or 0) / per_epoch if s.seq not in kept else float(s.epoch)
+             for s in snapshots]
+    return snapshots, times
 
 
 def scree_inputs(run: Run, snapshot: Snapshot) -> tuple[list[str], list, list]:

@@ -174,6 +174,41 @@ def test_focus_animates_every_epoch_on_the_stored_aligned_coordinates(spiral):
     assert points[0]["type"] == "scatter"  # a few thousand points: SVG
 
 
+_BATCHES = """
+import sys
+from core.training import TrainingSpec, train
+print(train(TrainingSpec(dataset="xor", hidden=(4,), epochs=2, batch_every=3, runs=sys.argv[1], name="batch captures")))
+"""
+
+
+@pytest.fixture(scope="module")
+def batch_captures(tmp_path_factory):
+    """A real run recorded with `batch_every=3`: snapshots within epochs as well as at their ends."""
+    import os
+    from pathlib import Path
+
+    root, repo = str(tmp_path_factory.mktemp("batches")), Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", _BATCHES, root], cwd=repo, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
+    return RunStore(root).run(result.stdout.strip().splitlines()[-1])
+
+
+def test_focus_animates_batch_captures_between_epochs(batch_captures):
+    run = batch_captures
+    per_epoch = run.meta["steps_per_epoch"]
+    frames, start = data.focus_frames(run, 0, "label", 1)
+    epochs = [f for f in frames if not f.label]
+    within = [f for f in frames if f.label]
+    assert [f.epoch for f in epochs] == [0, 1, 2] and frames[start] is epochs[1]
+    batches = [s for s in run.snapshots() if s.meta["kind"] == "batch" and s.meta["step"] % per_epoch]
+    assert len(within) == len(batches) > 0  # a batch capture at an epoch's end is that epoch's frame, not another
+    times = [float(f.name) for f in frames]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert all(f.epoch < float(f.name) < f.epoch + 1 for f in within)  # "0.30": 3 of 10 batches into epoch 0
+    spec = views.focus_figure(frames, start)
+    assert [f["name"] for f in spec["frames"]] == [s["label"] for s in spec["layout"]["sliders"][0]["steps"]] == [f.name for f in frames]
+
+
 def test_frames_resend_colours_only_when_they_change(spiral):
     frames, start = data.focus_frames(spiral, 0, "label", None)  # true labels: fixed through training
     assert all("customdata" not in t and "marker" not in t for f in views.focus_figure(frames, start)["frames"] for t in f["data"])

@@ -67,8 +67,10 @@ def show(run, view, live: bool) -> None:
         pcs = (view.pcx, view.pcy, view.pcz)
         chart(focus(*key, layer, epoch, view.dims, pcs), "focus", on_select="ignore" if three else _selected("focus"),
               selection_mode=("points", "box", "lasso"))
+        within = (f" Fractional epochs are the captures every {run.meta['batch_every']} batches within an epoch."
+                  if run.meta.get("batch_every") else "")
         st.caption("Press ▶ to replay training in the browser. Components are aligned from epoch to epoch, so what "
-                   "moves is the representation, not the PCA flipping axes.")
+                   f"moves is the representation, not the PCA flipping axes.{within}")
     with samples_col:
         selected_samples(run, snapshot, view.sel)
 

@@ -398,12 +398,17 @@ def _valid_rows(selected, count: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Frame:
-    """One layer at one captured epoch, for the animation."""
+    """One layer at one capture, for the animation: an epoch's end, or a batch capture within an epoch."""
 
-    epoch: int
+    epoch: int  # epochs completed when captured
     coords: np.ndarray  # (n, k)
     variance: np.ndarray | None
     color: Coloring  # predictions change with the epoch, so colours may too
+    label: str = ""  # the slider's label and the frame's name; the epoch when empty
+
+    @property
+    def name(self) -> str:
+        return self.label or str(self.epoch)
 
 
 def frame_subset(epochs: list[int], chosen: int | None, limit: int = MAX_FRAMES) -> list[int]:
@@ -465,7 +470,7 @@ def focus_figure(
         sliders=[_epoch_slider(frames, start)],
     )
     indices = list(range(len(traces)))
-    animation = [dict(name=str(f.epoch), data=moved(f), traces=indices, layout=_frame_axes(f, axes, three)) for f in frames]
+    animation = [dict(name=f.name, data=moved(f), traces=indices, layout=_frame_axes(f, axes, three)) for f in frames]
     return figure(traces, layout, animation)
 
 
@@ -515,7 +520,7 @@ def _epoch_slider(frames: list[Frame], start: int) -> dict:
     return dict(
         active=start, x=0.2, len=0.8, y=0, yanchor="top", pad=dict(t=40, b=0),
         currentvalue=dict(prefix="epoch ", font=dict(size=12)),
-        steps=[dict(label=str(f.epoch), method="animate", args=[[str(f.epoch)], step]) for f in frames],
+        steps=[dict(label=f.name, method="animate", args=[[f.name], step]) for f in frames],
     )
 
 
