@@ -63,8 +63,8 @@ def focus_frames(run: Run, layer: int, color_mode: str, chosen_epoch: int | None
     """The animation frames of one layer (at most `MAX_FRAMES`) and the position of `chosen_epoch`'s frame. A run
     recorded with `batch_every` also has frames within epochs, labelled by fractional epoch ("0.33")."""
     snapshots, times = timeline(run)
-    epochs = [int(s.epoch) for s in run.epoch_snapshots()]
-    chosen = epochs[-1] if chosen_epoch is None and epochs else chosen_epoch
+    ends = [int(s.epoch) for s in snapshots if s.meta.get("kind", "epoch") == "epoch"]
+    chosen = ends[-1] if chosen_epoch is None and ends else chosen_epoch
     truth, names = labels(run), class_names(run)
     frames = []
     for position in frame_subset(times, chosen):
@@ -88,8 +88,7 @@ def timeline(run: Run) -> tuple[list[Snapshot], list[float]]:
     kept = {s.seq for s in ends}
     snapshots = [s for s in run.snapshots() if s.seq in kept or (
         per_epoch and s.meta.get("kind") == "batch" and s.meta.get("step") not in at_ends)]
-    times = [float(s.epoch) + (s.meta.get("batch") or 0) / per_epoch if s.seq not in kept else float(s.epoch)
-             for s in snapshots]
+    times = [float(s.epoch) + (0 if s.seq in kept else (s.meta.get("batch") or 0) / per_epoch) for s in snapshots]
     return snapshots, times
 
 

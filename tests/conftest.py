@@ -6,6 +6,7 @@ TensorFlow: dashboard tests can then check that viewing does not import it eithe
     spiral_run_dir -> (root, run_id)   spiral, hidden (8, 8), 3 epochs: 2-D input, plane grids
     digits_run_dir -> (root, run_id)   digits, hidden (16,), 2 epochs: image data with thumbnails
     runs_copy      -> root             a private copy of both, for tests that rename or delete
+    recorded       -> recorded(script) the folder a recording script wrote, recorded once per session
 """
 
 from __future__ import annotations
@@ -33,16 +34,37 @@ print(json.dumps(ids))
 """
 
 
+def run_script(script: str, root: str) -> str:
+    """Run `script` (Python source that records into the store at argv[1]) in a subprocess, so this process never
+    imports TensorFlow; returns its last line of output."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, root], cwd=REPO, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, f"recording the fixture run failed:\n{result.stderr[-3000:]}"
+    return (result.stdout.strip().splitlines() or [""])[-1]
+
+
 @pytest.fixture(scope="session")
 def recorded_runs(tmp_path_factory) -> tuple[str, dict[str, str]]:
     """(root, {"spiral": id, "digits": id}): both runs in one store, trained once per session."""
     root = str(tmp_path_factory.mktemp("strata-runs"))
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN, root], cwd=REPO, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, f"training the fixture runs failed:\n{result.stderr[-3000:]}"
-    return root, json.loads(result.stdout.strip().splitlines()[-1])
+    return root, json.loads(run_script(_TRAIN, root))
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory):
+    """recorded(script) -> the folder holding what `script` records (into the folder given as argv[1]), recorded
+    once per test session."""
+    roots: dict[str, Path] = {}
+
+    def record(script: str) -> Path:
+        if script not in roots:
+            roots[script] = tmp_path_factory.mktemp("recorded")
+            run_script(script, str(roots[script]))
+        return roots[script]
+
+    return record
 
 
 @pytest.fixture(scope="session")

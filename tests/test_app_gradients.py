@@ -72,28 +72,6 @@ def test_the_share_link_keeps_the_weights_toggle(open_page):
     assert query["grad_role"] == ["bias"] and query["run"] == ["vanishing"]
 
 
-@pytest.fixture(scope="session")
-def recorded(tmp_path_factory):
-    """recorded(script) -> the folder holding the run `script` records (given that folder as argv[1]), recorded
-    once per test session."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    roots: dict = {}
-    repo = Path(__file__).resolve().parents[1]
-
-    def record(script: str):
-        if script not in roots:
-            roots[script] = tmp_path_factory.mktemp("recorded")
-            subprocess.run([sys.executable, "-c", script, str(roots[script])], cwd=repo, check=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
-        return roots[script]
-
-    return record
-
-
 _UNLABELLED = """
 import sys, numpy as np, keras
 from core import Recorder

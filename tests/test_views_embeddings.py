@@ -182,15 +182,10 @@ print(train(TrainingSpec(dataset="xor", hidden=(4,), epochs=2, batch_every=3, ru
 
 
 @pytest.fixture(scope="module")
-def batch_captures(tmp_path_factory):
+def batch_captures(recorded):
     """A real run recorded with `batch_every=3`: snapshots within epochs as well as at their ends."""
-    import os
-    from pathlib import Path
-
-    root, repo = str(tmp_path_factory.mktemp("batches")), Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", _BATCHES, root], cwd=repo, capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
-    return RunStore(root).run(result.stdout.strip().splitlines()[-1])
+    root = recorded(_BATCHES)
+    return RunStore(str(root)).run(RunStore(str(root)).run_ids()[0])
 
 
 def test_focus_animates_batch_captures_between_epochs(batch_captures):
