@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--every", type=int, default=1, help="capture every N epochs")
     train.add_argument("--batch-every", type=int, default=None, help="also capture every N batches")
     train.add_argument("--grad-every", type=int, default=None, help="also measure per-layer gradient norms every N batches (cheap)")
+    train.add_argument("--budget", type=float, default=None, metavar="SHARE",
+                       help="let the recording use at most this share of training's time beside it, e.g. 0.03; "
+                            "snapshots beyond it are analysed after training (default: every snapshot live)")
     train.add_argument("--runs", default="runs", help="run store: a folder or an fsspec URL (default ./runs)")
     train.add_argument("--name", default=None)
     train.add_argument("--run-id", default=None, help=argparse.SUPPRESS)

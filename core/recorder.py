@@ -18,12 +18,13 @@ import tensorflow as tf
 from core.datasets import stratified_subset
 from core.graph import RecordedLayer, forward_recording, recorded_layers
 from core.snapshot import RawCapture
-from core.store import is_valid_run_id, new_run_id, run_exists
-from core.worker import start_worker
+from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
+from core.worker import TRAINING, start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
 GRAD_PROBE_SIZE = 256  # probe samples the per-batch gradient norms are measured on: a stable norm, still cheap
+DEFAULT_BUDGET = 0.03  # share of training's wall time the recording may take beside it (bench/README.md)
 
 
 class _OwnTracesAreExpected(logging.Filter):
@@ -54,8 +55,12 @@ class Recorder(keras.callbacks.Callback):
     for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA.
 
     At a capture the training thread only reads the weights. The compiled probe pass on those values runs on
-    a background thread while training goes on, and the numpy analysis and all writing happen in a separate
-    process. A failure in either warns and never stops `fit`; when `fit` returns, the run is complete on disk.
+    a background thread, and the numpy analysis and all writing happen in a separate process. While training
+    runs, that work (the recording process's start-up included) takes at most `budget` of its wall time;
+    snapshots beyond it keep only their weights and are analysed once `fit` returns, in the background. The
+    run is listed as "running" from the start of `fit` until its last snapshot is written; once the recording
+    process runs, the loss of each epoch is written as it comes. `wait()` waits for the snapshots, and so
+    does the process when it exits. A failure anywhere warns and never stops `fit`.
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
@@ -79,6 +84,10 @@ class Recorder(keras.callbacks.Callback):
         plane: record unit responses over the input plane; "auto" turns it on for 2-D inputs.
         analysis: where the numpy analysis and the writes run: "process" (a child process, so they never
             compete with training for the GIL), "thread", or "auto" (a process, except for `memory://` roots).
+        budget: the share of training's wall time the recording may use beside it (default 0.03). Each
+            snapshot costs about the same whatever the epoch length, so with long epochs every snapshot is
+            analysed live, and with short ones most wait until `fit` returns. None analyses each snapshot as it
+            is taken, for watching a short fit live, and costs a short fit 1.2x on a 2-core machine.
 
     Example:
 
@@ -92,6 +101,7 @@ class Recorder(keras.callbacks.Callback):
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     recorder = Recorder("runs", probe=(x, y), name="demo")
     model.fit(x, y, epochs=5, callbacks=[recorder], verbose=0)
+    recorder.wait()  # the snapshots held back while training ran are written
     print(recorder.run_id)  # open it with: streamlit run dashboard/app.py
     ```
     """
@@ -116,6 +126,7 @@ class Recorder(keras.callbacks.Callback):
         run_id: str | None = None,
         plane: str | bool = "auto",
         analysis: str = "auto",
+        budget: float | None = DEFAULT_BUDGET,
     ):
         super().__init__()
         _require_int("every", every, minimum=1)
@@ -127,10 +138,14 @@ class Recorder(keras.callbacks.Callback):
             _require_int("grad_every", grad_every, minimum=1)
         if analysis not in ("auto", "process", "thread"):
             raise ValueError(f"analysis must be 'auto', 'process' or 'thread'. Received: analysis={analysis!r}")
+        if budget is not None and not (_is_number(budget) and 0 < budget <= 1):
+            raise ValueError(f"budget must be a share of training's time in (0, 1], or None to analyse every snapshot "
+                             f"at once. Received: budget={budget!r}")
         if plane not in ("auto", True, False):
             raise ValueError(f"plane must be 'auto', True or False. Received: plane={plane!r}")
         self.log_dir = str(log_dir)
         self.analysis = analysis
+        self.budget = budget
         self.every = every
         self.batch_every = batch_every
         self.grad_every = grad_every
@@ -240,6 +255,8 @@ class Recorder(keras.callbacks.Callback):
     # ------------------------------------------------------------------------------------------------------
 
     def _start(self) -> None:
+        # The last fit's held-back snapshots first: their passes read this recorder's state for that run.
+        self.wait()
         self._claim_run_id()
         model = self.model
         layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
@@ -252,16 +269,18 @@ class Recorder(keras.callbacks.Callback):
             self.labels = None
         self._layers = layers
         self._variables = _model_variables(model)
+        self._state_bytes = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in self._variables)
         self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
         if self.grad_every and self._y_for_loss is not None:
             rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
             self._grad_norm_fn = _gradient_norm_function(model, layers, self._variables)
             self._grad_inputs = (tf.constant(self._x[rows]), tf.constant(self._y_for_loss[rows]))
-        if not self._prepare_root():
+        if not self._create_run(layers):
             return
-        self._worker = start_worker(self.log_dir, self.analysis)
+        self._worker = start_worker(self.log_dir, self.analysis, self.budget)
         self._active = True
+        TRAINING.began()
         self._recorded_fits += 1
         builder = {
             "activations": [layer.activation for layer in layers],
@@ -271,8 +290,9 @@ class Recorder(keras.callbacks.Callback):
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
             "logits": layers[-1].activation is None and _loss_takes_logits(model),
         }
-        self._send("start", root=self.log_dir, run_id=self.run_id, meta=self._run_meta(layers), builder=builder)
-        self._send("probe", arrays=self._probe_arrays(), x=self._x, components=self.components, seed=self.seed)
+        self._send("attach", root=self.log_dir, run_id=self.run_id, builder=builder)
+        probe = {"arrays": self._probe_arrays(), "x": self._x, "components": self.components, "seed": self.seed}
+        self._worker.submit(lambda: ("probe", probe))  # analysed within the budget, like a snapshot
         atexit.register(self._end_at_exit)
         self._end_with_the_notebook_cell()
 
@@ -289,15 +309,17 @@ class Recorder(keras.callbacks.Callback):
             raise ValueError(f"A run with id {self.run_id!r} already exists under {self.log_dir!r}. Pass a new run_id, "
                              "or leave it out to get a generated one.")
 
-    def _prepare_root(self) -> bool:
-        """Whether the store root is usable; warns (never raises) when it is not, and the run goes unrecorded."""
-        if "://" in self.log_dir:
-            return True
+    def _create_run(self, layers: list[RecordedLayer]) -> bool:
+        """Write the new run's metadata here, so the run is listed (as running) from the start of `fit`, before
+        the recording process that takes it over has started. Whether that worked: when the store is not
+        writable it warns (never raises), and the fit goes unrecorded."""
         try:
-            os.makedirs(self.log_dir, exist_ok=True)
-            if not os.access(self.log_dir, os.W_OK):
-                raise PermissionError(f"no write permission on {self.log_dir!r}")
-        except OSError as error:
+            if "://" not in self.log_dir:
+                os.makedirs(self.log_dir, exist_ok=True)
+                if not os.access(self.log_dir, os.W_OK):
+                    raise PermissionError(f"no write permission on {self.log_dir!r}")
+            RunWriter(self.log_dir, self.run_id, self._run_meta(layers))
+        except (OSError, StoreError) as error:
             warnings.warn(f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.", RuntimeWarning, stacklevel=3)
             return False
         return True
@@ -360,7 +382,7 @@ class Recorder(keras.callbacks.Callback):
             self._last_captured_epoch = epoch
         step = self._steps if self._counts_batches else self._optimizer_steps(epoch)
         logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state))
+        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state), self._state_bytes)
 
     def _snapshot_message(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> tuple | None:
         """On the worker's thread, in capture order: the probe pass on `state`, as a message for the sink."""
@@ -410,7 +432,7 @@ class Recorder(keras.callbacks.Callback):
         """Queue a gradient-norm pass on the weights as they are now; like the probe pass, it runs on the worker's
         thread, so the training thread only reads the weights."""
         state = _read_state(self._variables)
-        self._worker.submit(lambda: self._gradient_norms_on(step, state))
+        self._worker.submit(lambda: self._gradient_norms_on(step, state), self._state_bytes)
 
     def _gradient_norms_on(self, step: int, state: list) -> None:
         """On the worker's thread: measure, and keep the norms for the epoch's message. Sends nothing itself."""
@@ -452,6 +474,7 @@ class Recorder(keras.callbacks.Callback):
 
     def end(self, status: str, **fields) -> None:
         """Mark the run `status` ("finished", "failed" or "interrupted") once every queued snapshot is written.
+        Returns at once; `wait()` waits for the writing.
 
         `fit` calls this itself when it completes; call it when `fit` raised, so the run is not left "running".
         """
@@ -459,11 +482,19 @@ class Recorder(keras.callbacks.Callback):
             return
         self._send_batch_gradients(self._epoch + 1)  # an epoch cut short keeps what it measured
         self._active = False
-        self._send("end", status=status, fields=fields)
-        self._worker.close()
+        TRAINING.ended()
+        self._worker.finish(("end", {"status": status, "fields": fields}))
         atexit.unregister(self._end_at_exit)
         if self._cell_hook is not None:  # a sweep of fits in one cell must not keep every recorder alive to its end
             self._cell_hook()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the last fit's run is completely written (snapshots held back for the budget are written
+        after `fit` returns), or `timeout` seconds. Whether it is: False at once while the run still records
+        (during `fit`, or after a `fit` that raised until `end()` is called)."""
+        if self._active:
+            return False
+        return self._worker is None or self._worker.wait(timeout)
 
     def _end_with_the_notebook_cell(self) -> None:
         """Under IPython (Jupyter, Colab), end the run when the cell that ran `fit` finishes without ending it.

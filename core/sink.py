@@ -12,6 +12,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -21,6 +22,7 @@ from core.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunWriter
 
 FRAME_HEADER = struct.Struct("<Q")  # byte length of the pickled message that follows
+CPU_REPORT = struct.Struct("<d")  # written back after each message: this process's CPU seconds so far
 
 
 class RunSink:
@@ -49,9 +51,9 @@ class RunSink:
             stacklevel=2,
         )
 
-    def _on_start(self, root: str, run_id: str, meta: dict, builder: dict) -> None:
+    def _on_attach(self, root: str, run_id: str, builder: dict) -> None:
         self.builder = SnapshotBuilder(**builder)
-        self.writer = RunWriter(root, run_id, meta)
+        self.writer = RunWriter.attach(root, run_id)  # the recorder created it when its fit began
 
     def _on_probe(self, arrays: dict, x: np.ndarray, components: int, seed: int) -> None:
         flat = x.reshape(len(x), -1).astype(np.float32)
@@ -106,8 +108,15 @@ def main() -> int:
     except OSError:
         pass
     sink = RunSink()
+    reports = sys.stdout.buffer if "--report-cpu" in sys.argv[1:] else None
     for message in read_frames(sys.stdin.buffer):
         sink.handle(message)
+        if reports is not None:
+            try:  # the recorder paces its work by this; a parent that is gone (even SIGKILLed) reads nothing
+                reports.write(CPU_REPORT.pack(time.process_time()))
+                reports.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                reports = None
     return 0
 
 

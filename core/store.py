@@ -270,6 +270,18 @@ class RunWriter:
         }
         self._write_meta()
 
+    @classmethod
+    def attach(cls, root: str, run_id: str) -> "RunWriter":
+        """Go on writing a run another process created: the recording process takes the run over from the
+        training process, and its own pid then tells readers whether the run is still being written."""
+        writer = cls.__new__(cls)
+        writer.files = _Files(root)
+        writer.run_id = checked_run_id(run_id)
+        writer.dir = writer.files.join(writer.run_id)
+        writer.meta = json.loads(writer.files.read_bytes(writer.files.join(writer.run_id, "run.json")))
+        writer.update_meta(host=socket.gethostname(), pid=os.getpid())
+        return writer
+
     def _write_meta(self) -> None:
         self.files.write_atomic(self.files.join(self.run_id, "run.json"), _json_bytes(self.meta))
 

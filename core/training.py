@@ -35,6 +35,7 @@ class TrainingSpec:
     every: int = 1
     batch_every: int | None = None
     grad_every: int | None = None  # per-batch gradient norms every N batches (cheap; None: off)
+    budget: float | None = None  # Recorder(budget=...); None: every snapshot analysed live, for watching training
     runs: str = "runs"
     name: str | None = None
     run_id: str | None = None
@@ -61,6 +62,8 @@ class TrainingSpec:
             raise ValueError(f"--batch-every must be >= 1. Received: {self.batch_every!r}")
         if self.grad_every is not None and self.grad_every < 1:
             raise ValueError(f"--grad-every must be >= 1. Received: {self.grad_every!r}")
+        if self.budget is not None and not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
+            raise ValueError(f"--budget must be a share of training's time in (0, 1], such as 0.03. Received: {self.budget!r}")
         self.model_config().validate()
         return self
 
@@ -92,6 +95,7 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         dataset={"name": data.name, "kind": data.kind, "source": data.source, "n_samples": int(len(data.y)), "n_classes": data.n_classes},
         config={**asdict(spec), "hidden": list(spec.hidden)},
         run_id=spec.run_id,
+        budget=spec.budget,
     )
     callbacks = [recorder]
     if progress:
@@ -107,6 +111,7 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    recorder.wait()  # the id is printed once its run is completely written
     return recorder.run_id
 
 

@@ -1,54 +1,223 @@
 """Carries recorder messages to a `RunSink` off the training thread: in a child process, or in a thread.
 
-Both transports take messages in order through a short queue, so a slow disk or slow analysis slows capture
-rather than letting memory grow without bound. A message may also be a function that builds it: the worker's
-thread calls it in turn, which is how the recorder's compiled probe pass runs off the training thread. Neither
-transport ever raises into the user's `fit`.
+Messages come in order through a short queue. A message may also be a function that builds it (the
+recorder's compiled probe pass on the weights of one moment): the worker's thread calls such functions in
+turn, in the order they came. While training runs, that work is paced: together with the analysis it feeds,
+it may take at most a given share of the wall time beside training (`Pacer`), unless training leaves the CPU
+idle (waiting on data, a GPU or a sleep). Work beyond the budget waits, holding only the weights it was given,
+and runs once training ends, after `fit` has returned; the process waits for it at exit. The recording
+process itself is started only when the budget allows its start-up, and plain messages (the loss of each
+epoch) go to it as soon as it runs. Neither transport ever raises into the user's `fit`.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import os
 import queue
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 
 import core
-from core.sink import RunSink, write_frame
+from core.sink import CPU_REPORT, RunSink, write_frame
 
-QUEUE_DEPTH = 4  # messages waiting at most in the training process
+QUEUE_DEPTH = 4  # messages waiting at most between the training thread and the worker's thread
+MAX_DEFERRED_BYTES = 256 * 2**20  # weights held back for later at most; beyond it, work runs over the budget
+RECHECK_SECONDS = 0.25  # how often held-back work looks again whether it may run
+IDLE_CORES = 1.5  # this many of the machine's cores idle (training waits on data, a GPU, a sleep) leave room
+IDLE_WINDOW = 0.5  # seconds the machine must have been that idle, with this worker running nothing
+SPAWN_SECONDS = 0.2  # CPU time a recording process takes to start (numpy's import, mostly), until it reports
+
+_FINISH = object()
+
+
+class Pacer:
+    """How long work beside training must wait: while training runs, at most `share` of the wall time since it
+    began goes to recording work (`spend` reports each piece's cost). `share=None`: never wait."""
+
+    def __init__(self, share: float | None, clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self._clock = clock
+        self._began: float | None = None  # when training began; None while no training runs
+        self._spent = 0.0
+
+    def training(self, running: bool) -> None:
+        if running and self._began is None:
+            self._began, self._spent = self._clock(), 0.0
+        elif not running:
+            self._began = None
+
+    def spend(self, seconds: float) -> None:
+        self._spent += seconds
+
+    def delay(self, cost: float = 0.0) -> float:
+        """Seconds to wait before work expected to cost `cost` seconds may start (0: now)."""
+        if self.share is None or self._began is None:
+            return 0.0
+        allowed = self.share * (self._clock() - self._began)
+        return max(0.0, (self._spent + cost - allowed) / self.share)
+
+
+class _Training:
+    """How many recorded fits are training in this process: the pacing holds while any is."""
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def began(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def ended(self) -> None:
+        with self._lock:
+            self._count = max(0, self._count - 1)
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+
+TRAINING = _Training()
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _idle_seconds() -> float | None:
+    """Seconds the machine's cores have been idle in all, summed over cores (Linux); None where unknown."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
+    except (OSError, IndexError, ValueError):
+        return None
+_UNFINISHED: set[_QueuedWorker] = set()
 
 
 class _QueuedWorker:
-    """A daemon thread that drains a bounded queue into `self._deliver`."""
+    """A daemon thread that takes messages from a short queue and delivers them with `self._deliver`."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, budget: float | None = None):
+        self.pacer = Pacer(budget)
+        self.deferred_bytes = 0
+        self._held = 0
+        self._quiet_since = (time.monotonic(), _idle_seconds())  # since this worker last ran anything
+        self._idle_until = 0.0  # the machine was found idle: held work runs freely until then
         self._messages: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        _UNFINISHED.add(self)
         self._thread.start()
 
-    def submit(self, message: tuple | Callable[[], tuple | None]) -> None:
-        """Queue `message`, or a function returning one (or None, for nothing to send), called on this
-        worker's thread after everything queued before it."""
+    def submit(self, message: tuple | Callable[[], tuple | None], nbytes: int = 0) -> None:
+        """Queue `message`, or a function returning one (or None, for nothing to send) that holds `nbytes` of
+        data until it runs; functions run on this worker's thread, in the order they came."""
         if self._thread.is_alive():
-            self._messages.put(message)
+            self._messages.put((message, nbytes))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Deliver everything queued, then stop."""
+    def finish(self, last: tuple | None = None) -> None:
+        """Deliver `last` after everything queued, then stop. Returns at once; `wait` waits."""
         if self._thread.is_alive():
-            self._messages.put(None)
-            self._thread.join(timeout)
-        self._stop()
+            self._messages.put((_FINISH, last))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until everything is delivered (or `timeout` seconds); whether it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def waiting(self) -> int:
+        """Messages and pieces of work not delivered yet."""
+        return self._held + self._messages.qsize()
+
+    @property
+    def ready(self) -> bool:
+        """Whether messages can be delivered now, with nothing to start first."""
+        return True
+
+    def _start_cost(self) -> float:
+        """Seconds starting the receiving end takes (0 once it runs)."""
+        return 0.0
 
     def _loop(self) -> None:
-        while (message := self._messages.get()) is not None:
-            if callable(message):
-                message = message()
-            if message is not None:
-                self._deliver(message)
+        messages: collections.deque = collections.deque()  # plain messages waiting for the receiving end to start
+        work: collections.deque = collections.deque()  # (function, nbytes) waiting for the budget, in order
+        finished, last = False, None
+        try:
+            while messages or work or not finished:
+                self._account()
+                self._held = len(messages) + len(work)
+                if messages:
+                    delay = 0 if self.ready else self._delay(self._start_cost())
+                    if delay == 0:
+                        while messages:
+                            self._run(messages.popleft())
+                        continue
+                elif work:
+                    delay = self._delay()
+                    if delay == 0:
+                        function, nbytes = work.popleft()
+                        self.deferred_bytes -= nbytes
+                        self._run(function)
+                        continue
+                else:
+                    delay = None
+                try:
+                    message, extra = self._messages.get(timeout=delay)
+                except queue.Empty:
+                    continue
+                if message is _FINISH:
+                    finished, last = True, extra
+                elif callable(message):
+                    work.append((message, extra))
+                    self.deferred_bytes += extra
+                else:
+                    messages.append(message)
+            if last is not None:  # delivered after everything held back
+                self._run(last)
+        finally:
+            self._held = 0
+            self._stop()
+            _UNFINISHED.discard(self)
+
+    def _delay(self, cost: float = 0.0) -> float:
+        """How long held work waits before it may run: not at all when no training runs, when training leaves
+        the CPU idle, or when holding more would take too much memory."""
+        if self.deferred_bytes > MAX_DEFERRED_BYTES:
+            return 0
+        self.pacer.training(bool(TRAINING))
+        delay = self.pacer.delay(cost)
+        return 0 if delay == 0 or time.monotonic() < self._idle_until or self._training_idle() else min(delay, RECHECK_SECONDS)
+
+    def _training_idle(self) -> bool:
+        """Whether at least IDLE_CORES of the machine's cores stayed idle over the last IDLE_WINDOW or more in
+        which this worker ran nothing: then training waits on something else (input, a GPU, a sleep), and
+        work beside it takes nothing from it. A process the host merely runs slowly does not count: its cores
+        are busy or stolen, not idle. Needs Linux's /proc/stat; elsewhere only the budget applies."""
+        wall, idle = time.monotonic(), _idle_seconds()
+        since_wall, since_idle = self._quiet_since
+        if wall - since_wall < IDLE_WINDOW:
+            return False
+        self._quiet_since = (wall, idle)
+        needed = min(IDLE_CORES, (os.cpu_count() or 1) - 0.5)
+        if idle is None or since_idle is None or (idle - since_idle) / (wall - since_wall) < needed:
+            return False
+        self._idle_until = wall + IDLE_WINDOW  # work for as long as the machine was seen idle, then look again
+        return True
+
+    def _run(self, work) -> None:
+        if callable(work):
+            start = time.perf_counter()
+            work = work()
+            self.pacer.spend(time.perf_counter() - start)
+        if work is not None:
+            self._deliver(work)
+        self._quiet_since = (time.monotonic(), _idle_seconds())
+
+    def _account(self) -> None:
+        """Add what the analysis spent elsewhere to the pacer (a child process reports its CPU time)."""
 
     def _deliver(self, message: tuple) -> None:
         raise NotImplementedError
@@ -60,18 +229,37 @@ class _QueuedWorker:
 class ThreadWorker(_QueuedWorker):
     """Runs the sink in this process. Needed for in-memory fsspec roots, which a child process cannot see."""
 
-    def __init__(self):
+    def __init__(self, budget: float | None = None):
         self.sink = RunSink()
-        super().__init__("strata-sink")
+        super().__init__("strata-sink", budget)
 
     def _deliver(self, message: tuple) -> None:
+        start = time.perf_counter()
         self.sink.handle(message)
+        self.pacer.spend(time.perf_counter() - start)
 
 
 class ProcessWorker(_QueuedWorker):
-    """Feeds a `python -m core.sink` child over a pipe; the child does the numpy analysis and the writes."""
+    """Feeds a `python -m core.sink` child over a pipe; the child does the numpy analysis and the writes, and
+    reports its CPU time back after each message, which the pacing counts. The child starts with the first
+    message the budget lets through; if it cannot start, the sink runs in this worker's thread instead."""
 
-    def __init__(self):
+    def __init__(self, budget: float | None = None):
+        self._process: subprocess.Popen | None = None
+        self._fallback: RunSink | None = None
+        self._reports = b""
+        self._child_cpu = 0.0
+        self._broken = False
+        super().__init__("strata-sink-feeder", budget)
+
+    @property
+    def ready(self) -> bool:
+        return self._process is not None or self._fallback is not None
+
+    def _start_cost(self) -> float:
+        return 0.0 if self.ready else SPAWN_SECONDS
+
+    def _spawn(self) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
         env = dict(
             os.environ,
@@ -81,11 +269,24 @@ class ProcessWorker(_QueuedWorker):
             OMP_NUM_THREADS="1",
             MKL_NUM_THREADS="1",
         )
-        self._process = subprocess.Popen([sys.executable, "-m", "core.sink"], stdin=subprocess.PIPE, env=env)
-        self._broken = False
-        super().__init__("strata-sink-feeder")
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "core.sink", "--report-cpu"], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, env=env)
+        except OSError as error:
+            warnings.warn(f"Strata could not start its recording process ({error}); recording in a thread instead.", RuntimeWarning, stacklevel=1)
+            self._fallback = RunSink()
+            return
+        os.set_blocking(self._process.stdout.fileno(), False)
+        # Counted until the child reports its own CPU time, which includes its start-up.
+        self.pacer.spend(SPAWN_SECONDS)
+        self._child_cpu = SPAWN_SECONDS
 
     def _deliver(self, message: tuple) -> None:
+        if not self.ready:
+            self._spawn()
+        if self._fallback is not None:
+            self._fallback.handle(message)
+            return
         if self._broken:
             return
         try:
@@ -94,20 +295,51 @@ class ProcessWorker(_QueuedWorker):
             self._broken = True
             warnings.warn(f"Strata's recording process stopped ({error}); the rest of this run is not recorded.", RuntimeWarning, stacklevel=1)
 
+    def _account(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._reports += os.read(self._process.stdout.fileno(), 1 << 16)
+        except (BlockingIOError, OSError, ValueError):
+            return
+        whole = len(self._reports) - len(self._reports) % CPU_REPORT.size
+        if whole:
+            (cpu,) = CPU_REPORT.unpack_from(self._reports, whole - CPU_REPORT.size)
+            self._reports = self._reports[whole:]
+            self.pacer.spend(cpu - self._child_cpu)
+            self._child_cpu = cpu
+
     def _stop(self) -> None:
+        if self._process is None:
+            return
         try:
             self._process.stdin.close()
         except OSError:
             pass
         self._process.wait()
+        self._process.stdout.close()
 
 
-def start_worker(root: str, mode: str = "auto"):
-    """A ProcessWorker, except for in-memory roots or `mode="thread"`; falls back to a thread if spawning fails."""
+def start_worker(root: str, mode: str = "auto", budget: float | None = None):
+    """A ProcessWorker, except for in-memory roots or `mode="thread"`."""
     if mode == "thread" or root.startswith("memory://"):
-        return ThreadWorker()
+        return ThreadWorker(budget)
+    return ProcessWorker(budget)
+
+
+def wait_for_all(report_after: float = 1.0) -> None:
+    """Wait for every worker's unfinished work (at exit: snapshots held back while training ran), saying so on
+    stderr when it takes longer than `report_after` seconds. Ctrl-C stops waiting."""
+    workers = list(_UNFINISHED)
+    if not workers or all(w.wait(report_after) for w in workers):
+        return
+    left = sum(w.waiting for w in workers)
+    print(f"Strata: writing the last snapshots of the run ({left} to go; Ctrl-C to stop)...", file=sys.stderr, flush=True)
     try:
-        return ProcessWorker()
-    except OSError as error:
-        warnings.warn(f"Strata could not start its recording process ({error}); recording in a thread instead.", RuntimeWarning, stacklevel=2)
-        return ThreadWorker()
+        for w in workers:
+            w.wait()
+    except KeyboardInterrupt:
+        print("Strata: stopped; the run keeps the snapshots written so far.", file=sys.stderr, flush=True)
+
+
+atexit.register(wait_for_all)

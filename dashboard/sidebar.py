@@ -101,7 +101,10 @@ def _run_status(run_id: str) -> None:
         parts = [f"{STATUS_ICONS.get(status, '')} **{run.name}**", status, dataset, f"epoch {done}/{planned or '?'}"]
         st.caption(" · ".join(part for part in parts if part))
         if status == "running":
-            st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
+            if planned and done >= planned:  # a Recorder within its budget writes held-back snapshots after fit
+                st.progress(1.0, text=f"training done: writing its snapshots ({int(meta.get('snapshots') or 0)} so far)")
+            else:
+                st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
             job = context.jobs().get(run_id)
             if job is not None and job.running and not context.jobs().limits.viewer_mode:
                 if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:"):

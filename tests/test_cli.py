@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from core.store import RunStore
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,8 +63,11 @@ def test_csv_data_set_with_a_label_column(tmp_path):
     rows = ["a,b,c,species"] + [f"{i % 7},{(i * 3) % 5},{i % 2},{'x' if i % 2 else 'y'}" for i in range(60)]
     path = tmp_path / "data.csv"
     path.write_text("\n".join(rows))
-    result = _core("train", "--dataset", str(path), "--label-column", "species", "--hidden", "4", "--epochs", "1", "--runs", str(tmp_path / "runs"), "--quiet")
-    assert result.stdout.strip()
+    result = _core("train", "--dataset", str(path), "--label-column", "species", "--hidden", "4", "--epochs", "1",
+                   "--runs", str(tmp_path / "runs"), "--quiet", "--budget", "0.01")
+    run = RunStore(str(tmp_path / "runs")).run(result.stdout.strip().splitlines()[-1])
+    # With a budget, snapshots may be written after training: the id is printed once they all are.
+    assert run.status == "finished" and run.epochs() == [0, 1] and run.meta["config"]["budget"] == 0.01
 
 
 @pytest.mark.parametrize(
@@ -72,6 +77,7 @@ def test_csv_data_set_with_a_label_column(tmp_path):
         (["train", "--activation", "relux", "--epochs", "1"], "relux"),
         (["train", "--hidden", "12,,x"], "hidden"),
         (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--budget", "2"], "--budget must be a share of training's time in (0, 1]"),
         (["show", "../etc"], "Invalid run id"),
         (["show", "no-such-run"], "No run 'no-such-run'"),
     ],

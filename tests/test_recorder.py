@@ -47,6 +47,7 @@ def _fit(model, recorder, epochs=3, x=None, y=None):
     if x is None:
         x, y = _toy_data()
     model.fit(x, y, epochs=epochs, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
 
 def test_sequential_run_has_every_snapshot_and_field(tmp_path):
@@ -79,6 +80,7 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
     model = _mlp()
     recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
     model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     with tf.GradientTape() as tape:
         loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
@@ -178,6 +180,7 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed probe pass warns
         model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+        recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     last = run.epoch_snapshots()[-1]
@@ -224,6 +227,7 @@ def test_probe_without_labels_records_projections_but_no_gradients(tmp_path):
     recorder = Recorder(str(tmp_path), probe=x)
     model = _mlp()
     model.fit(x, _toy_data()[1], epochs=1, callbacks=[recorder], verbose=0)
+    recorder.wait()
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     last = run.epoch_snapshots()[-1]
     assert run.probe().y is None and "grad" not in last.layer(0)
@@ -239,6 +243,7 @@ def test_regression_targets_serve_the_loss_but_are_not_taken_for_classes(tmp_pat
     with pytest.warns(UserWarning, match="not class ids.*records gradients against them"):
         recorder = Recorder(str(tmp_path), probe=(x, targets))
     model.fit(x, targets, epochs=1, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     layer = run.epoch_snapshots()[-1].layer(0)
@@ -257,6 +262,7 @@ def test_whole_number_targets_of_a_regression_loss_are_not_taken_for_classes(tmp
     assert recorder.labels is not None  # the targets alone look like class ids; the loss decides, at the start of fit
     with pytest.warns(UserWarning, match=r"loss \((mean_squared_error|huber|mean_absolute_error|poisson)\) compares values"):
         model.fit(x, counts, epochs=1, callbacks=[recorder], verbose=0)
+        recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     layer = run.epoch_snapshots()[-1].layer(0)
@@ -271,6 +277,7 @@ def test_one_sigmoid_output_is_stored_as_two_class_probabilities(tmp_path):
     model.compile("adam", "binary_crossentropy")
     recorder = Recorder(str(tmp_path), probe=(x, y))
     model.fit(x, y, epochs=2, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     last = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1]
     p = model.predict(x[recorder.probe_indices], verbose=0)[:, 0]
@@ -288,6 +295,7 @@ def test_a_model_that_outputs_logits_is_stored_as_probabilities(tmp_path, units,
     model.compile("adam", losses[loss])  # the tutorials' set-up: no softmax, the loss takes logits
     recorder = Recorder(str(tmp_path), probe=(x, y))
     model.fit(x, y, epochs=1, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     stored = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1].array("pred/probs")
     logits = model.predict(x[recorder.probe_indices], verbose=0)
@@ -335,6 +343,9 @@ def test_large_probe_is_subsampled_stratified(tmp_path):
         ({"probe": (np.zeros((5, 4)), None), "components": "10"}, "components='10'"),
         ({"probe": (np.zeros((5, 4)), None), "run_id": "../elsewhere"}, "run_id='../elsewhere'"),
         ({"probe": (np.zeros((5, 4)), None), "name": 123}, "name` must be a string.*name=123"),
+        ({"probe": (np.zeros((5, 4)), None), "budget": 0}, r"budget must be a share.*in \(0, 1\].*budget=0"),
+        ({"probe": (np.zeros((5, 4)), None), "budget": 3}, "budget=3"),
+        ({"probe": (np.zeros((5, 4)), None), "budget": "3%"}, "budget='3%'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tmp_path, kwargs, message):
@@ -375,6 +386,7 @@ def test_a_resumed_fit_is_recorded_from_the_epoch_it_starts_at(tmp_path):
     kernel_then = model.get_layer("hidden_a").kernel.numpy().copy()
     recorder = Recorder(str(tmp_path), probe=(x, y))
     model.fit(x, y, epochs=5, initial_epoch=3, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     assert run.epochs() == [3, 4, 5] and run.history()["epoch"] == [4, 5]  # no "epoch 0", no stray repeat
@@ -392,6 +404,7 @@ def test_steps_keep_counting_when_keras_does_not_know_how_long_an_epoch_is(tmp_p
                                                                     tf.TensorSpec((None,), tf.int64)))
     recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=3, grad_every=2)
     _mlp().fit(data, epochs=3, shuffle=False, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     assert [s.meta["step"] for s in run.epoch_snapshots()] == [0, 4, 8, 12]
@@ -405,6 +418,7 @@ def test_steps_count_every_batch_when_keras_runs_several_per_call(tmp_path):
     model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=2)  # one hook call per 2 batches
     recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=2, grad_every=4)
     model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     assert [s.meta["step"] for s in run.epoch_snapshots()] == [0, 4, 8, 12]
@@ -422,6 +436,7 @@ def test_the_last_snapshot_of_an_early_stop_holds_that_epoch_not_the_restored_we
     stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1, restore_best_weights=True)
     recorder = Recorder(str(tmp_path), probe=(x, y), every=5)
     model.fit(x, y, epochs=10, callbacks=[keep, stop, recorder] if stopper_first else [keep, recorder, stop], verbose=0)
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     assert run.epochs() == [0, len(kernels)]
@@ -647,6 +662,7 @@ def test_each_snapshot_holds_the_model_as_it_was_when_captured_while_training_ru
     recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=2, analysis="thread")
     witness = _Witness(x)
     model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder, witness], verbose=0)
+    recorder.wait()
 
     snapshots = RunStore(str(tmp_path)).run(recorder.run_id).snapshots()
     assert len(snapshots) == len(witness.kernels) == 1 + 3 * 3  # epoch 0, then two batches and an epoch end
@@ -711,6 +727,7 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
     from IPython.core.interactiveshell import InteractiveShell
     from core import Recorder
     from core.store import RunStore
+    from core.worker import wait_for_all
     from tests.test_recorder import _mlp, _toy_data, _RaiseAtEpoch
 
     shell = InteractiveShell.instance()
@@ -737,6 +754,7 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
         else:
             shell.run_cell(f"_mlp().fit(x, y, epochs=5, verbose=0, callbacks=[Recorder(root, probe=(x, y), run_id={{name!r}}), "
                            f"_RaiseAtEpoch(2, {{error}})])")
+        wait_for_all()  # the run is ended when its cell finishes, and written in the background
         run = RunStore({root!r}).run(name)
         print("RESULT", name, run.status, run.meta.get("error"), run.epochs(), flush=True)
     """

@@ -27,6 +27,7 @@ def test_norms_every_n_batches_match_gradient_tape(tmp_path):
     model, x, y = toy()
     recorder = Recorder(str(tmp_path), probe=(x, y), grad_every=2, analysis="thread")
     model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)  # 4 batches per epoch
+    recorder.wait()
 
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     steps, norms = run.batch_gradient_norms()
@@ -84,6 +85,7 @@ def test_each_measurement_holds_its_own_step_while_training_runs_on(tmp_path, mo
     recorder = Recorder(str(tmp_path), probe=(x, y), grad_every=2, analysis="thread")
     witness = _GradientWitness(x, y)
     model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder, witness], verbose=0)
+    recorder.wait()
 
     steps, norms = RunStore(str(tmp_path)).run(recorder.run_id).batch_gradient_norms()
     assert steps.tolist() == [2, 4, 6, 8, 10, 12]
@@ -104,6 +106,7 @@ def test_without_labels_nothing_is_measured(tmp_path):
     model, x, y = toy()
     recorder = Recorder(str(tmp_path), probe=x, grad_every=1, analysis="thread")
     model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     assert run.meta["grad_every"] is None and run.batch_gradient_norms()[0].size == 0
 
