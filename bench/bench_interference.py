@@ -51,7 +51,7 @@ def measured_fit(duty: int, data, probe, epochs: int, root: str) -> tuple[float,
         time.sleep(0.3)  # let it start spinning before training does
     try:
         before = os.times()
-        wall = fit_seconds("plain", data, probe, epochs, root, None)
+        wall, _, _ = fit_seconds("plain", data, probe, epochs, root, None)
         after = os.times()
     finally:
         if spinner is not None:

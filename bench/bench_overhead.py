@@ -1,7 +1,9 @@
 """What recording costs: wall time of `fit` with `Recorder` against plain `fit`, side by side in one process.
 
 Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32, a probe of 1,000 samples,
-a capture every epoch. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
+a capture every epoch. `recorder` is the default `Recorder` (recording work beside training paced to 3% of its
+wall time, the rest analysed after `fit` returns); `recorder-live` is `Recorder(budget=None)`, which analyses
+every snapshot while training runs. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
 `recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder;
 `recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates
@@ -12,8 +14,9 @@ what recording costs when the analysis has a core training does not use (`record
 Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
 and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
 plain `fit`, shown with their interquartile range and beside the mean ratio's 95% interval. Beside them: the
-training process's own CPU time and the CPU time of the recording child process, how busy the machine's cores
-were, the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
+training process's own CPU time during `fit` and the CPU time of the recording child process, how busy the machine's cores
+were, how long after `fit` returned the run was completely written ("written +": the snapshots held back
+for the budget; the next fit starts only then), the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
 plain `fit`), and the time the probe passes took on the recorder's worker thread, beside training.
 
     python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
@@ -102,7 +105,7 @@ def discarding_child():
     spawn = worker.subprocess.Popen
 
     def popen(args, *rest, **options):
-        if list(args[-2:]) == ["-m", "core.sink"]:
+        if "core.sink" in args:
             args = [sys.executable, "-c", DISCARD]
         return spawn(args, *rest, **options)
 
@@ -154,13 +157,14 @@ def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every:
     TimedRecorder.spent = TimedRecorder.off_thread = 0.0
     setting = {"recorder-discard": discarding_child, "plain-pinned": pinned, "recorder-pinned": pinned}.get(variant, contextlib.nullcontext)
     with setting():
-        wall = fit_seconds(variant.removesuffix("-pinned"), data, probe, epochs, root, batch_every, grad_every)
+        wall, finishing, fit_cpu = fit_seconds(variant.removesuffix("-pinned"), data, probe, epochs, root, batch_every, grad_every)
     after, stat_after = os.times(), _cpu_ticks()
     ticks = [b - a for a, b in zip(stat_before, stat_after)]
     busy = 1 - (ticks[3] + ticks[4]) / sum(ticks) if sum(ticks) and len(ticks) > 4 else float("nan")  # idle + iowait
     return {
         "wall": wall,
-        "cpu": (after.user - before.user) + (after.system - before.system),
+        "finishing": finishing,
+        "cpu": fit_cpu,
         "child_cpu": (after.children_user - before.children_user) + (after.children_system - before.children_system),
         "busy": busy,
         "hooks": TimedRecorder.spent,
@@ -176,20 +180,27 @@ def _cpu_ticks() -> list[int]:
         return []
 
 
-def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> float:
+def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> tuple[float, float, float]:
+    """Wall time of one `fit`, how much longer until its run was completely written (untimed in the ratios), and
+    this process's CPU time during the `fit`."""
     model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
     callbacks = {
         "plain": [],
         "recorder": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "recorder-live": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, budget=None)],
         "recorder-discard": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
         "recorder+grad": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],
     }[variant]
     callbacks = callbacks() if callable(callbacks) else callbacks
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(data.x, data.y, epochs=epochs, batch_size=32, callbacks=callbacks, verbose=0)
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    for recorder in callbacks:  # the next fit must not run beside this one's held-back snapshots
+        if isinstance(recorder, Recorder):
+            recorder.wait()
+    return wall, time.perf_counter() - start - wall, cpu
 
 
 def main() -> None:
@@ -222,7 +233,7 @@ def main() -> None:
     if any(v.endswith("-pinned") for v in variants):
         print("(-pinned variants: training on CPU 0 and the recording process on CPU 1; ratios against plain-pinned)")
     print(f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
-          f" {'child CPU':>9} {'busy':>5}"
+          f" {'child CPU':>9} {'busy':>5} {'written +':>9}"
           f" {'in hooks':>14} {'probe passes':>12}")
     for variant in variants:
         rows, plain = results[variant], results[baseline(variant)]
@@ -230,7 +241,8 @@ def main() -> None:
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
         print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {ratio_columns(walls)} {cpu:>12.2f}x"
               f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
-              f" {statistics.median(r['busy'] for r in rows):>5.0%}" + _hooks_column(rows, plain))
+              f" {statistics.median(r['busy'] for r in rows):>5.0%}"
+              f" {statistics.median(r['finishing'] for r in rows):>8.2f}s" + _hooks_column(rows, plain))
 
 
 def ratio_columns(ratios: list[float]) -> str:
