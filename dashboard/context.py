@@ -307,6 +307,21 @@ def live_section(run: Run, draw: Callable[[bool], None]) -> None:
     section()
 
 
+def no_snapshot_yet(run: Run) -> None:
+    """What a page shows for a run without a snapshot: why there is none, and whether one is coming."""
+    meta = run.meta
+    done, planned = int(meta.get("epochs_done") or 0), int(meta.get("epochs_planned") or 0)
+    if not is_live(run):
+        text = f"This run has no snapshot: it ended ({run.status}) before its first one was written."
+    elif planned and done >= planned:
+        text = ("Training has ended; its snapshots are being written now. Within its `budget`, the recorder keeps "
+                "a short fit's snapshots until training ends, so as not to slow it.")
+    else:
+        text = ("Waiting for the first snapshot. The recorder takes one before training starts; within its `budget`, "
+                "the snapshots of a fit with short epochs are written once training ends.")
+    st.info(text, icon=":material/hourglass_top:")
+
+
 def layer_index() -> int:
     run, view = current_run(), view_state()
     names = [layer.get("name") for layer in run.layers] if run else []

@@ -242,3 +242,31 @@ def test_a_started_run_is_followed_even_when_the_run_list_already_shows_it(spira
     assert not at.exception
     assert at.sidebar.selectbox(key="run").value == run_id and other is not None
     assert "_strata_pending_run" not in at.session_state
+
+
+@pytest.mark.parametrize("page", ["", "gradients", "layers"])
+def test_a_run_without_a_snapshot_yet_says_why_on_every_page(spiral_run_dir, tmp_path, page):
+    """A Recorder within its budget writes a short fit's snapshots once training ends: until then the run is
+    listed, running, with no snapshot. Each page says which of the three cases it is."""
+    from core.store import RunWriter
+
+    root, run_id = spiral_run_dir
+    meta = RunStore(root).run(run_id).meta
+    fields = {k: v for k, v in meta.items() if k not in ("id", "status", "created", "updated", "host", "pid", "format_version")}
+    planned = fields["epochs_planned"]
+    RunWriter(str(tmp_path), "training", {**fields, "name": "training", "epochs_done": 1, "snapshots": 0})
+    RunWriter(str(tmp_path), "writing", {**fields, "name": "writing", "epochs_done": planned, "snapshots": 0})
+    RunWriter(str(tmp_path), "ended", {**fields, "name": "ended", "epochs_done": 1, "snapshots": 0}).set_status("interrupted")
+
+    expected = {
+        "training": "Waiting for the first snapshot",
+        "writing": "Training has ended; its snapshots are being written now",
+        "ended": "This run has no snapshot: it ended (interrupted) before its first one was written",
+    }
+    for run, text in expected.items():
+        at = open_app(tmp_path, page, run=run)
+        assert not at.exception, run
+        assert [i.value for i in at.info if text in i.value], (run, [i.value for i in at.info])
+        progress = [bar.proto.text for bar in at.sidebar.get("progress")]
+        assert run == "ended" or progress == ["training: epoch 1 of %d" % planned if run == "training" else
+                                              "training done: writing its snapshots (0 so far)"], (run, progress)

@@ -38,7 +38,7 @@ def first_contact() -> None:
 def show(run, view, live: bool) -> None:
     snapshot = data.snapshot_at(run, view.epoch)
     if snapshot is None:
-        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon=":material/hourglass_top:")
+        context.no_snapshot_yet(run)
         return
     epoch = int(snapshot.epoch)
     count = len(run.epoch_snapshots())

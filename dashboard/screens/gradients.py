@@ -39,7 +39,7 @@ def show(run, others, role: str, live: bool) -> None:
     view = context.view_state()
     snapshot = snapshot_at(run, view.epoch)
     if snapshot is None:
-        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon=":material/hourglass_empty:")
+        context.no_snapshot_yet(run)
         return
     epoch, layer = int(snapshot.epoch), context.layer_index()
     keys = tuple((r.id, len(r.epoch_snapshots())) for r in [run, *others])

@@ -27,7 +27,7 @@ def render() -> None:
 def show(run, live: bool) -> None:
     snapshot = context.snapshot()
     if snapshot is None:
-        st.info("Waiting for the first snapshot (the recorder takes one before training starts)…", icon="⏳")
+        context.no_snapshot_yet(run)
         return
     view, layer = context.view_state(), context.layer_index()
     epoch, count = int(snapshot.epoch), len(run.epoch_snapshots())
