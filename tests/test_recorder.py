@@ -585,6 +585,27 @@ def test_sigkill_mid_run_leaves_every_completed_snapshot_readable(tmp_path):
     assert reader.status == "interrupted"
 
 
+def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run(tmp_path):
+    # Within the budget, nothing may have been written but run.json, by the training process itself: once it
+    # is killed, the run must read as interrupted, not running forever.
+    root = str(tmp_path)
+    script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("budget=None", "budget=0.0001").replace(
+        "from core import Recorder", "from core import Recorder, worker; worker.IDLE_CORES = float('inf')")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    for line in process.stdout:
+        if line.strip() == "epoch 3":
+            break
+    assert RunStore(root).run("crash").status == "running"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.0)
+    reader = RunStore(root).run("crash")
+    assert reader.status == "interrupted"
+    for snapshot in reader.snapshots():  # at most the few the budget let through, each complete
+        assert snapshot.array("L0/pca").shape == (256, 10)
+
+
 def test_concurrent_reader_follows_a_live_training_run(tmp_path):
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("epochs=1000", "epochs=8")
