@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
@@ -112,7 +111,7 @@ def test_held_back_work_runs_anyway_once_it_holds_too_much_memory(busy_training,
     assert pool.wait(5) and [name for _, name in pool.delivered] == list("abcd")
 
 
-def test_when_training_leaves_the_cpu_idle_held_back_work_runs(monkeypatch):
+def test_when_training_leaves_the_cpu_idle_held_back_work_runs():
     # Training that waits on data, a GPU or a sleep leaves the machine idle: work beside it then costs nothing.
     worker.TRAINING.began()
     try:
