@@ -307,13 +307,28 @@ def live_section(run: Run, draw: Callable[[bool], None]) -> None:
     section()
 
 
+def training_progress(run: Run) -> tuple[int, int, bool]:
+    """(epochs done, epochs planned or 0, whether training has ended): a running run whose training has ended
+    is still writing the snapshots its recorder held back for its budget."""
+    done, planned = int(run.meta.get("epochs_done") or 0), int(run.meta.get("epochs_planned") or 0)
+    return done, planned, bool(planned) and done >= planned
+
+
+def live_caption(run: Run, epoch: int) -> None:
+    """The caption over a live run's charts: how far training is, or that its snapshots are still being written."""
+    done, planned, trained = training_progress(run)
+    if trained:
+        text = f"Training done; writing its snapshots: up to epoch {epoch} of {planned} so far"
+    else:
+        text = f"Live: epoch {epoch} of {planned or '?'}"
+    st.caption(f":green[:material/pending:] {text} · charts update every {LIVE_SECONDS:g} s")
+
+
 def no_snapshot_yet(run: Run) -> None:
     """What a page shows for a run without a snapshot: why there is none, and whether one is coming."""
-    meta = run.meta
-    done, planned = int(meta.get("epochs_done") or 0), int(meta.get("epochs_planned") or 0)
     if not is_live(run):
         text = f"This run has no snapshot: it ended ({run.status}) before its first one was written."
-    elif planned and done >= planned:
+    elif training_progress(run)[2]:
         text = ("Training has ended; its snapshots are being written now. Within its `budget`, the recorder keeps "
                 "a short fit's snapshots until training ends, so as not to slow it.")
     else:

@@ -96,12 +96,12 @@ def _run_status(run_id: str) -> None:
             st.error(str(error))
             return
         meta, status = run.meta, run.status
-        done, planned = int(meta.get("epochs_done") or 0), int(meta.get("epochs_planned") or 0)
+        done, planned, trained = context.training_progress(run)
         dataset = meta.get("dataset", {}).get("name")  # a Recorder in the user's own fit may not name one
         parts = [f"{STATUS_ICONS.get(status, '')} **{run.name}**", status, dataset, f"epoch {done}/{planned or '?'}"]
         st.caption(" · ".join(part for part in parts if part))
         if status == "running":
-            if planned and done >= planned:  # a Recorder within its budget writes held-back snapshots after fit
+            if trained:  # a Recorder within its budget writes held-back snapshots after fit
                 st.progress(1.0, text=f"training done: writing its snapshots ({int(meta.get('snapshots') or 0)} so far)")
             else:
                 st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")

@@ -270,3 +270,23 @@ def test_a_run_without_a_snapshot_yet_says_why_on_every_page(spiral_run_dir, tmp
         progress = [bar.proto.text for bar in at.sidebar.get("progress")]
         assert run == "ended" or progress == ["training: epoch 1 of %d" % planned if run == "training" else
                                               "training done: writing its snapshots (0 so far)"], (run, progress)
+
+
+@pytest.mark.parametrize("page", ["", "gradients", "layers"])
+def test_a_run_writing_its_snapshots_after_training_says_so_over_its_charts(spiral_run_dir, tmp_path, page):
+    import shutil
+
+    from core.store import RunWriter
+
+    root, run_id = spiral_run_dir
+    shutil.copytree(Path(root) / run_id, tmp_path / "writing")
+    for name in sorted(os.listdir(tmp_path / "writing" / "snapshots"))[2:]:  # two written, the rest to come
+        os.remove(tmp_path / "writing" / "snapshots" / name)
+    writer = RunWriter.attach(str(tmp_path), "writing")  # this live process now "writes" it
+    planned = writer.meta["epochs_planned"]
+    writer.update_meta(status="running", epochs_done=planned)
+
+    at = open_app(tmp_path, page, run="writing")
+    assert not at.exception
+    captions = [c.value for c in at.caption if "writing its snapshots" in c.value]
+    assert captions and f"up to epoch 1 of {planned} so far" in captions[0], [c.value for c in at.caption]

@@ -43,7 +43,7 @@ def show(run, view, live: bool) -> None:
     epoch = int(snapshot.epoch)
     count = len(run.epoch_snapshots())
     if live:
-        st.caption(f":green[:material/pending:] Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+        context.live_caption(run, epoch)
     key = (run.id, count, view.color, view.size, view.opacity, view.sel)
 
     st.subheader(f"Every layer at epoch {epoch}")

@@ -44,7 +44,7 @@ def show(run, others, role: str, live: bool) -> None:
     epoch, layer = int(snapshot.epoch), context.layer_index()
     keys = tuple((r.id, len(r.epoch_snapshots())) for r in [run, *others])
     if live:
-        st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+        context.live_caption(run, epoch)
     has_gradients = _has_gradients(run)
     diagnosis(run, others, keys, has_gradients)
     if not has_gradients:

@@ -32,7 +32,7 @@ def show(run, live: bool) -> None:
     view, layer = context.view_state(), context.layer_index()
     epoch, count = int(snapshot.epoch), len(run.epoch_snapshots())
     if live:
-        st.caption(f"🟢 Live: epoch {epoch} of {run.meta.get('epochs_planned') or '?'} · charts update every {context.LIVE_SECONDS:g} s")
+        context.live_caption(run, epoch)
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
     labelled = run.meta.get("probe", {}).get("has_labels", True)
