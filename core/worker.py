@@ -104,7 +104,7 @@ class _QueuedWorker:
         self.pacer = Pacer(budget)
         self.deferred_bytes = 0
         self._held = 0
-        self._quiet_since = (time.monotonic(), _idle_seconds())  # since this worker last ran anything
+        self._quiet_since: tuple | None = None  # (wall, idle) since this worker last ran anything; None: from now
         self._idle_until = 0.0  # the machine was found idle: held work runs freely until then
         self._messages: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -137,9 +137,7 @@ class _QueuedWorker:
         """Whether messages can be delivered now, with nothing to start first."""
         return True
 
-    def _start_cost(self) -> float:
-        """Seconds starting the receiving end takes (0 once it runs)."""
-        return 0.0
+    start_seconds = 0.0  # what starting the receiving end costs, for the budget (while not `ready`)
 
     def _loop(self) -> None:
         messages: collections.deque = collections.deque()  # plain messages waiting for the receiving end to start
@@ -150,7 +148,7 @@ class _QueuedWorker:
                 self._account()
                 self._held = len(messages) + len(work)
                 if messages:
-                    delay = 0 if self.ready else self._delay(self._start_cost())
+                    delay = 0 if self.ready else self._delay(self.start_seconds)
                     if delay == 0:
                         while messages:
                             self._run(messages.popleft())
@@ -196,10 +194,14 @@ class _QueuedWorker:
         which this worker ran nothing: then training waits on something else (input, a GPU, a sleep), and
         work beside it takes nothing from it. A process the host merely runs slowly does not count: its cores
         are busy or stolen, not idle. Needs Linux's /proc/stat; elsewhere only the budget applies."""
-        wall, idle = time.monotonic(), _idle_seconds()
+        wall = time.monotonic()
+        if self._quiet_since is None:  # the window starts now: /proc/stat is read only while work waits
+            self._quiet_since = (wall, _idle_seconds())
+            return False
         since_wall, since_idle = self._quiet_since
         if wall - since_wall < IDLE_WINDOW:
             return False
+        idle = _idle_seconds()
         self._quiet_since = (wall, idle)
         needed = min(IDLE_CORES, (os.cpu_count() or 1) - 0.5)
         if idle is None or since_idle is None or (idle - since_idle) / (wall - since_wall) < needed:
@@ -214,7 +216,7 @@ class _QueuedWorker:
             self.pacer.spend(time.perf_counter() - start)
         if work is not None:
             self._deliver(work)
-        self._quiet_since = (time.monotonic(), _idle_seconds())
+        self._quiet_since = None
 
     def _account(self) -> None:
         """Add what the analysis spent elsewhere to the pacer (a child process reports its CPU time)."""
@@ -256,8 +258,7 @@ class ProcessWorker(_QueuedWorker):
     def ready(self) -> bool:
         return self._process is not None or self._fallback is not None
 
-    def _start_cost(self) -> float:
-        return 0.0 if self.ready else SPAWN_SECONDS
+    start_seconds = SPAWN_SECONDS
 
     def _spawn(self) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
