@@ -7,7 +7,8 @@ every snapshot while training runs. References measured in the same rounds: Kera
 naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
 `recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder;
 `recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates
-what the training process pays from what the analysis running beside it costs. `plain-pinned` and
+what the training process pays from what the analysis running beside it costs; `recorder-nojournal` (a
+diagnostic) is the default `Recorder` without its recovery journal, which shows what journaling costs. `plain-pinned` and
 `recorder-pinned` confine every thread of the training process to CPU 0, and the recording process to CPU 1:
 what recording costs when the analysis has a core training does not use (`recorder-pinned` is compared with
 `plain-pinned`). Unpinned, plain `fit` here uses the second core too.
@@ -99,6 +100,13 @@ DISCARD = "import sys\nwhile sys.stdin.buffer.read(1 << 20):\n    pass"
 
 
 @contextlib.contextmanager
+class UnjournaledRecorder(TimedRecorder):
+    """For `recorder-nojournal`: the default Recorder, except that it writes no recovery journal."""
+
+    def _open_journal(self):
+        return None
+
+
 def discarding_child():
     """For `recorder-discard`: the recording process reads what it is sent and throws it away, so the training
     process does all its usual work (captures, hand-over) while nothing is analysed or written beside it."""
@@ -189,6 +197,7 @@ def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: 
         "recorder": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
         "recorder-live": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, budget=None)],
         "recorder-discard": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
+        "recorder-nojournal": lambda: [UnjournaledRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
         "recorder+grad": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],

@@ -1,6 +1,6 @@
-"""The `python -m core` command line: train a built-in model, list runs, show one as JSON, diagnose one.
+"""The `python -m core` command line: train a built-in model, list runs, show one as JSON, diagnose one, recover one.
 
-Only `train` imports TensorFlow; the read commands use the numpy-only store reader.
+Only `train` and `recover` import TensorFlow; the read commands use the numpy-only store reader.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=_show)
 
+    recover = commands.add_parser("recover", help="write the snapshots a killed training process held back (needs TensorFlow)")
+    recover.add_argument("run")
+    recover.add_argument("--runs", default="runs")
+    recover.set_defaults(handler=_recover)
+
     diagnose = commands.add_parser("diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any")
     diagnose.add_argument("run")
     diagnose.add_argument("--runs", default="runs")
@@ -106,11 +111,16 @@ def _list_runs(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"No runs in {args.runs}. Start one with: python -m core train --dataset spiral")
         return 0
-    rows = [(s.id, s.status, s.dataset, f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done), s.name)
+    rows = [(s.id, s.status + (f" ({s.unwritten} unwritten)" if s.unwritten else ""), s.dataset,
+             f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done), s.name)
             for s in summaries]
     width = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(("id", "status", "dataset"))]
     for row in [("id", "status", "dataset", "epochs", "name"), *rows]:
         print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:<{width[2]}}  {row[3]:>7}  {row[4]}")
+    for s in summaries:
+        if s.unwritten:
+            print(f"\n{s.id}: training was killed before {s.unwritten} of its snapshots were written. "
+                  f"Write them with: python -m core recover {s.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
     return 0
 
 
@@ -123,6 +133,9 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"{summary['name']} ({summary['id']}): {summary['status']}, {len(summary['epochs'])} snapshots")
+    if summary["unwritten_snapshots"]:
+        print(f"  {summary['unwritten_snapshots']} more were captured but not written when training was killed; "
+              f"write them with: python -m core recover {run.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
     for layer in summary["layers"]:
         print(f"  {layer['name']:<24} {layer['type']:<20} {str(layer['output_shape']):<16} {layer['params']:>8} params")
     history = summary["metrics"]
@@ -133,6 +146,12 @@ def _show(args: argparse.Namespace) -> int:
     problems = summary["diagnosis"]
     print(f"diagnosis: {len(problems)} finding(s)" + (f" ({', '.join(p['kind'] for p in problems)}); details: python -m core diagnose {run.id}" if problems else ", healthy"))
     return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from core.recover import main as recover
+
+    return recover(args.runs, args.run)
 
 
 def _diagnose(args: argparse.Namespace) -> int:

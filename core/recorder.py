@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from core.datasets import stratified_subset
 from core.graph import RecordedLayer, forward_recording, recorded_layers
+from core.journal import Journal
 from core.snapshot import RawCapture
 from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
 from core.worker import TRAINING, start_worker
@@ -60,7 +62,8 @@ class Recorder(keras.callbacks.Callback):
     snapshots beyond it keep only their weights and are analysed once `fit` returns, in the background. The
     run is listed as "running" from the start of `fit` until its last snapshot is written; once the recording
     process runs, the loss of each epoch is written as it comes. `wait()` waits for the snapshots, and so
-    does the process when it exits. A failure anywhere warns and never stops `fit`.
+    does the process when it exits. Held-back weights are also journaled in the run folder, so if the process
+    is killed first, `python -m core recover RUN` writes them. A failure anywhere warns and never stops `fit`.
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
@@ -271,14 +274,15 @@ class Recorder(keras.callbacks.Callback):
         self._variables = _model_variables(model)
         self._state_bytes = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in self._variables)
         self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
-        self._inputs = _probe_tensors(self._x, self._y_for_loss, self._plane_grid() if self._plane else None)
+        self._grid = self._plane_grid() if self._plane else None
+        self._inputs = _probe_tensors(self._x, self._y_for_loss, self._grid)
         if self.grad_every and self._y_for_loss is not None:
             rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
             self._grad_norm_fn = _gradient_norm_function(model, layers, self._variables)
             self._grad_inputs = (tf.constant(self._x[rows]), tf.constant(self._y_for_loss[rows]))
         if not self._create_run(layers):
             return
-        self._worker = start_worker(self.log_dir, self.analysis, self.budget)
+        self._worker = start_worker(self.log_dir, self.analysis, self.budget, self._open_journal())
         self._active = True
         TRAINING.began()
         self._recorded_fits += 1
@@ -290,11 +294,37 @@ class Recorder(keras.callbacks.Callback):
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
             "logits": layers[-1].activation is None and _loss_takes_logits(model),
         }
+        if self._worker.journal is not None:  # first: what a recovery needs to run the probe pass again
+            self._worker.submit(lambda: None, spill=lambda: ("setup", self._recovery_setup(builder)))
         self._send("attach", root=self.log_dir, run_id=self.run_id, builder=builder)
         probe = {"arrays": self._probe_arrays(), "x": self._x, "components": self.components, "seed": self.seed}
-        self._worker.submit(lambda: ("probe", probe))  # analysed within the budget, like a snapshot
+        # Analysed within the budget, like a snapshot.
+        self._worker.submit(lambda: ("probe", probe), spill=lambda: ("probe", probe))
         atexit.register(self._end_at_exit)
         self._end_with_the_notebook_cell()
+
+    def _open_journal(self) -> Journal | None:
+        """The run's recovery journal (`core.journal`) when snapshots may be held back in this process's memory:
+        with a budget, on a store another process can read. None when it cannot be written: that warns only."""
+        if self.budget is None or self.log_dir.startswith("memory://"):
+            return None
+        try:
+            return Journal(self.log_dir, self.run_id)
+        except OSError as error:
+            warnings.warn(f"Strata cannot write the recovery journal of this run ({error}): it is recorded, but a kill of "
+                          "this process would lose the snapshots not written yet.", RuntimeWarning, stacklevel=3)
+            return None
+
+    def _recovery_setup(self, builder: dict) -> dict:
+        """On the worker's thread: what `python -m core recover` needs to rebuild the model and run the probe pass."""
+        setup = {"x": self._x, "y": self._y_for_loss, "grid": self._grid, "builder": builder,
+                 "variables": [[v.path, list(v.shape)] for v in self._variables], "layers": len(self._layers)}
+        try:
+            setup["model"] = self.model.to_json()
+            setup["compile"] = json.loads(json.dumps(self.model.get_compile_config() or {}))
+        except Exception as error:  # a subclassed model without get_config, a loss that is a lambda...
+            setup["error"] = f"{type(error).__name__}: {error}"
+        return setup
 
     def _claim_run_id(self) -> None:
         """Give this fit a run id no run holds yet; raises ValueError, naming the fix, for a given id that is taken."""
@@ -382,7 +412,9 @@ class Recorder(keras.callbacks.Callback):
             self._last_captured_epoch = epoch
         step = self._steps if self._counts_batches else self._optimizer_steps(epoch)
         logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state), self._state_bytes)
+        spill = {"kind": kind, "epoch": epoch, "step": step, "batch": batch, "logs": logs}
+        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state), self._state_bytes,
+                            spill=lambda: ("capture", {**spill, "state": [np.asarray(t) for t in state]}))
 
     def _snapshot_message(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> tuple | None:
         """On the worker's thread, in capture order: the probe pass on `state`, as a message for the sink."""
@@ -399,25 +431,8 @@ class Recorder(keras.callbacks.Callback):
         return ("snapshot", {"seq": seq, "raw": raw})
 
     def _run_capture_pass(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> RawCapture:
-        result = self._capture_fn(*self._inputs, state)
-        result = {key: _to_numpy(value) for key, value in result.items()}
-        roles = [_roles(layer) for layer in self._layers]
-        measured = result["loss"] is not None
-        return RawCapture(
-            kind=kind,
-            epoch=epoch,
-            step=step,
-            batch=batch,
-            logs=logs,
-            outputs=result["outputs"],
-            predictions=result["predictions"],
-            loss=None if result["loss"] is None else float(result["loss"]),
-            weights=[dict(zip(r, w)) for r, w in zip(roles, result["weights"])],
-            weight_grads=[dict(zip(r, g)) for r, g in zip(roles, result["weight_grads"])] if measured else [],
-            output_grad_norms=[float(n) for n in result["output_grad_norms"]] if measured else [None] * len(self._layers),
-            plane_outputs=result.get("plane_outputs"),
-            plane_predictions=result.get("plane_predictions"),
-        )
+        return run_capture_pass(self._capture_fn, self._inputs, self._layers, state,
+                                kind=kind, epoch=epoch, step=step, batch=batch, logs=logs)
 
     def _optimizer_steps(self, epoch: int) -> int:
         """Optimizer steps taken so far (epoch: the number of completed epochs). The optimizer's own count stays
@@ -604,6 +619,30 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
         return result
 
     return capture
+
+
+def run_capture_pass(capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields) -> RawCapture:
+    """The probe pass of `_capture_function` on `state`, as a RawCapture (`fields`: kind, epoch, step, batch, logs)."""
+    result = capture_fn(*inputs, state)
+    result = {key: _to_numpy(value) for key, value in result.items()}
+    roles = [_roles(layer) for layer in layers]
+    measured = result["loss"] is not None
+    return RawCapture(
+        **fields,
+        outputs=result["outputs"],
+        predictions=result["predictions"],
+        loss=None if result["loss"] is None else float(result["loss"]),
+        weights=layer_weights(layers, result["weights"]),
+        weight_grads=[dict(zip(r, g)) for r, g in zip(roles, result["weight_grads"])] if measured else [],
+        output_grad_norms=[float(n) for n in result["output_grad_norms"]] if measured else [None] * len(layers),
+        plane_outputs=result.get("plane_outputs"),
+        plane_predictions=result.get("plane_predictions"),
+    )
+
+
+def layer_weights(layers: list[RecordedLayer], values: list[list]) -> list[dict]:
+    """Per layer {role: value}, from each layer's trainable weights' values in order."""
+    return [dict(zip(_roles(layer), group)) for layer, group in zip(layers, values)]
 
 
 def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], variables: list):

@@ -28,9 +28,10 @@ CPU_REPORT = struct.Struct("<d")  # written back after each message: this proces
 class RunSink:
     """Applies recorder messages, in order, to one run. Messages are `(kind, payload)` tuples."""
 
-    def __init__(self):
+    def __init__(self, strict: bool = False):
         self.writer: RunWriter | None = None
         self.builder: SnapshotBuilder | None = None
+        self.strict = strict  # raise instead of warning (a recovery, where no training goes on)
         self._warned = False
 
     def handle(self, message: tuple) -> None:
@@ -38,6 +39,8 @@ class RunSink:
         try:
             getattr(self, f"_on_{kind}")(**payload)
         except Exception as error:  # a logging problem must never end the user's training
+            if self.strict:
+                raise
             self._warn(kind, error)
 
     def _warn(self, kind: str, error: Exception) -> None:

@@ -52,6 +52,15 @@ class SnapshotBuilder:
     _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     _previous_probes: dict[int, np.ndarray] = field(default_factory=dict)  # warm starts for each layer's probe
     _sketch_rows: np.ndarray | None = None
+    _previous_coords: dict[int, np.ndarray] = field(default_factory=dict)  # see `resume`
+
+    def resume(self, coords: dict[int, np.ndarray], weights: list[dict[str, np.ndarray]] | None) -> None:
+        """Go on after snapshots another builder wrote (a recovery): `coords` are each layer's stored PCA
+        coordinates in the last of them, `weights` the weights it was taken on (None: unknown; the next
+        snapshot then has no update ratios). The next snapshot's axes are matched to those coordinates."""
+        self._previous_coords = {index: np.asarray(c, np.float64) for index, c in coords.items()}
+        if weights is not None:
+            self._previous_weights = {i: {role: np.asarray(v) for role, v in w.items()} for i, w in enumerate(weights)}
 
     def build(self, raw: RawCapture) -> tuple[dict, dict[str, np.ndarray]]:
         """(meta, arrays) for `RunWriter.write_snapshot`."""
@@ -129,7 +138,10 @@ class SnapshotBuilder:
     def _projection(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
         prefix = f"L{index}/"
         fitted = analysis.pca(flat, k=self.components, seed=self.seed)
-        aligned, order = analysis.align_pca(fitted, self._previous_components.get(index))
+        previous = self._previous_components.get(index)
+        if previous is None and index in self._previous_coords:
+            previous = _components_along(flat - fitted.mean, self._previous_coords.pop(index))
+        aligned, order = analysis.align_pca(fitted, previous)
         self._previous_components[index] = aligned.components
         arrays[prefix + "pca"] = aligned.coords.astype(np.float32)
         arrays[prefix + "cka_sketch"] = self._sketch(flat)
@@ -212,6 +224,15 @@ def _extreme_rows(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
     low = np.take_along_axis(low, np.argsort(np.take_along_axis(values, low, axis=1), axis=1, kind="stable"), axis=1)
     high = np.take_along_axis(high, np.argsort(-np.take_along_axis(values, high, axis=1), axis=1, kind="stable"), axis=1)
     return high.astype(np.int32), low.astype(np.int32)
+
+
+def _components_along(centred: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """(k, d) unit directions in this snapshot's feature space that place the probe samples as `coords` (n, k),
+    an earlier snapshot's stored coordinates, did: aligning to them matches each new axis to the old axis
+    whose coordinates it correlates with most, when the old axes themselves are not at hand."""
+    directions = (coords.T @ centred.astype(np.float64))  # (k, d)
+    norms = np.linalg.norm(directions, axis=1, keepdims=True)
+    return directions / np.where(norms > 0, norms, 1.0)
 
 
 def _as_matrix(output: np.ndarray) -> np.ndarray:

@@ -144,6 +144,17 @@ class _Files:
         """A binary file object; np.load reads single npz members from it without reading the whole file."""
         return self.fs.open(path, "rb") if self.fs else open(path, "rb")
 
+    def stamp(self, path: str):
+        """Something that changes whenever the file at `path` is replaced (None when unknown or missing)."""
+        try:
+            if self.fs:
+                info = self.fs.info(path)
+                return info.get("mtime") or info.get("LastModified") or info.get("created") or info.get("ETag")
+            stat = os.stat(path)
+            return stat.st_mtime_ns, stat.st_ino
+        except (OSError, ValueError):
+            return None
+
     def read_bytes(self, path: str) -> bytes:
         if self.fs:
             return self.fs.cat_file(path)
@@ -174,6 +185,13 @@ class _Files:
             _ignore_errors(os.unlink, temp)
             raise
         _fsync_directory(directory)
+
+    def remove(self, path: str) -> None:
+        """Delete one file; a file that is already gone is fine."""
+        try:
+            self.fs.rm(path) if self.fs else os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def remove_tree(self, path: str) -> None:
         if self.fs:
@@ -396,8 +414,15 @@ class Run:
             self._meta = self._read_meta()
         return self._meta
 
+    def revalidate(self) -> None:
+        """Read the run again if its run.json was replaced since: an ended run can change, when a recovery
+        (`python -m core recover`) writes the snapshots its killed training held back, or when it is renamed."""
+        if self._meta is not None and self.files.stamp(self.files.join(self.id, "run.json")) != self._stamp:
+            self._meta, self._settled = None, False
+
     def _read_meta(self) -> dict:
         path = self.files.join(self.id, "run.json")
+        self._stamp = self.files.stamp(path)  # before the read: a change in between shows at the next revalidate
         try:
             meta = json.loads(self.files.read_bytes(path))
         except FileNotFoundError:
@@ -441,6 +466,16 @@ class Run:
         if status == "running" and not _process_alive(self.meta):
             return "interrupted"
         return status
+
+    def unwritten_captures(self) -> int:
+        """Snapshots this run's training captured but never wrote: held back for its budget when its process was
+        killed. `python -m core recover RUN` writes them (`core.recover`); 0 while the run is still recording."""
+        from core.journal import pending_captures  # it reads the journal's files with this module's helpers
+
+        if self.status == "running" or not self.files.isdir(self.files.join(self.id, "journal")):
+            return 0
+        written = {(s.meta.get("kind", "epoch"), int(s.meta["epoch"]), int(s.meta["step"])) for s in self.snapshots()}
+        return pending_captures(self.files, self.id, written)
 
     @property
     def name(self) -> str:
@@ -590,6 +625,7 @@ class RunSummary:
     epochs_planned: int
     created: float
     error: str | None = None
+    unwritten: int = 0  # snapshots held back when training was killed: `python -m core recover` writes them
 
 
 class RunStore:
@@ -612,6 +648,8 @@ class RunStore:
         checked_run_id(run_id)
         if run_id not in self._runs:
             self._runs[run_id] = Run(self.files, run_id)
+        else:
+            self._runs[run_id].revalidate()
         return self._runs[run_id]
 
     def list_runs(self) -> list[RunSummary]:
@@ -670,4 +708,5 @@ def summarize(run: Run) -> RunSummary:
         epochs_planned=int(meta.get("epochs_planned") or 0),
         created=float(meta.get("created", 0.0)),
         error=meta.get("error"),
+        unwritten=run.unwritten_captures(),
     )

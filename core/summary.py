@@ -42,6 +42,7 @@ def run_summary(run: Run) -> dict:
         "epochs_planned": meta.get("epochs_planned"),
         "nan_epoch": meta.get("nan_epoch"),
         "error": meta.get("error"),
+        "unwritten_snapshots": run.unwritten_captures(),
         "metrics": run.history(),
         "per_layer": per_layer,
         "probe_accuracy": _probe_accuracy(run, snapshots, layer_names),

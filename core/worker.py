@@ -8,6 +8,10 @@ idle (waiting on data, a GPU or a sleep). Work beyond the budget waits, holding 
 and runs once training ends, after `fit` has returned; the process waits for it at exit. The recording
 process itself is started only when the budget allows its start-up, and plain messages (the loss of each
 epoch) go to it as soon as it runs. Neither transport ever raises into the user's `fit`.
+
+With a `Journal`, everything the worker receives is also written to the run folder at once (a capture as the
+weights it holds) and deleted once written for good, so a SIGKILL of the training process loses nothing that
+`python -m core recover` cannot write afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import warnings
 from collections.abc import Callable
 
 import core
+from core.journal import Journal
 from core.sink import CPU_REPORT, RunSink, write_frame
 
 QUEUE_DEPTH = 4  # messages waiting at most between the training thread and the worker's thread
@@ -100,8 +105,10 @@ _UNFINISHED: set[_QueuedWorker] = set()
 class _QueuedWorker:
     """A daemon thread that takes messages from a short queue and delivers them with `self._deliver`."""
 
-    def __init__(self, name: str, budget: float | None = None):
+    def __init__(self, name: str, budget: float | None = None, journal: Journal | None = None):
         self.pacer = Pacer(budget)
+        self.journal = journal
+        self._delivered_last = False
         self.deferred_bytes = 0
         self._held = 0
         self._quiet_since: tuple | None = None  # (wall, idle) since this worker last ran anything; None: from now
@@ -111,16 +118,18 @@ class _QueuedWorker:
         _UNFINISHED.add(self)
         self._thread.start()
 
-    def submit(self, message: tuple | Callable[[], tuple | None], nbytes: int = 0) -> None:
+    def submit(self, message: tuple | Callable[[], tuple | None], nbytes: int = 0,
+               spill: Callable[[], tuple[str, dict]] | None = None) -> None:
         """Queue `message`, or a function returning one (or None, for nothing to send) that holds `nbytes` of
-        data until it runs; functions run on this worker's thread, in the order they came."""
+        data until it runs; functions run on this worker's thread, in the order they came. `spill` returns what
+        the journal keeps of such a function, `(kind, payload)`; without it, a function is not journaled."""
         if self._thread.is_alive():
-            self._messages.put((message, nbytes))
+            self._messages.put((message, nbytes, spill))
 
     def finish(self, last: tuple | None = None) -> None:
         """Deliver `last` after everything queued, then stop. Returns at once; `wait` waits."""
         if self._thread.is_alive():
-            self._messages.put((_FINISH, last))
+            self._messages.put((_FINISH, 0, last))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until everything is delivered (or `timeout` seconds); whether it is."""
@@ -140,8 +149,8 @@ class _QueuedWorker:
     start_seconds = 0.0  # what starting the receiving end costs, for the budget (while not `ready`)
 
     def _loop(self) -> None:
-        messages: collections.deque = collections.deque()  # plain messages waiting for the receiving end to start
-        work: collections.deque = collections.deque()  # (function, nbytes) waiting for the budget, in order
+        messages: collections.deque = collections.deque()  # (message, entry) waiting for the receiving end to start
+        work: collections.deque = collections.deque()  # (function, nbytes, entry) waiting for the budget, in order
         finished, last = False, None
         try:
             while messages or work or not finished:
@@ -151,34 +160,66 @@ class _QueuedWorker:
                     delay = 0 if self.ready else self._delay(self.start_seconds)
                     if delay == 0:
                         while messages:
-                            self._run(messages.popleft())
+                            self._run(*messages.popleft())
                         continue
                 elif work:
                     delay = self._delay()
                     if delay == 0:
-                        function, nbytes = work.popleft()
+                        function, nbytes, entry = work.popleft()
                         self.deferred_bytes -= nbytes
-                        self._run(function)
+                        self._run(function, entry)
                         continue
                 else:
                     delay = None
                 try:
-                    message, extra = self._messages.get(timeout=delay)
+                    message, nbytes, extra = self._messages.get(timeout=delay)
                 except queue.Empty:
                     continue
                 if message is _FINISH:
                     finished, last = True, extra
                 elif callable(message):
-                    work.append((message, extra))
-                    self.deferred_bytes += extra
+                    entry = self._journaled(lambda: self.journal.append(*extra())) if extra is not None else None
+                    work.append((message, nbytes, entry))
+                    self.deferred_bytes += nbytes
                 else:
-                    messages.append(message)
+                    messages.append((message, self._journaled(lambda: self.journal.append(*message))))
             if last is not None:  # delivered after everything held back
-                self._run(last)
+                self._run(last, self._journaled(lambda: self.journal.append(*last)))
+            self._delivered_last = True
         finally:
             self._held = 0
             self._stop()
+            if self._delivered_last and self._complete():
+                self._journaled(lambda: self.journal.close())
+                self.journal = None
             _UNFINISHED.discard(self)
+
+    def _journaled(self, operation: Callable[[], str | None]) -> str | None:
+        """Run one journal operation. A failure (a full disk) ends journaling for this run with a warning: the
+        run is still recorded, but a kill of the training process would lose what is not written yet."""
+        if self.journal is None:
+            return None
+        try:
+            return operation()
+        except Exception as error:
+            journal, self.journal = self.journal, None
+            warnings.warn(f"Strata could not write its recovery journal ({type(error).__name__}: {error}). The run is "
+                          "still recorded, but a kill of this process would now lose the snapshots not written yet.",
+                          RuntimeWarning, stacklevel=2)
+            try:
+                journal.close()  # a journal with gaps would recover a run wrongly
+            except Exception:
+                pass
+            return None
+
+    def _written(self, entry: str | None) -> None:
+        """What journal `entry` stands for is in the run for good."""
+        if entry is not None:
+            self._journaled(lambda: self.journal.done(entry))
+
+    def _complete(self) -> bool:
+        """Whether everything delivered was written (the journal then goes)."""
+        return True
 
     def _delay(self, cost: float = 0.0) -> float:
         """How long held work waits before it may run: not at all when no training runs, when training leaves
@@ -209,19 +250,21 @@ class _QueuedWorker:
         self._idle_until = wall + IDLE_WINDOW  # work for as long as the machine was seen idle, then look again
         return True
 
-    def _run(self, work) -> None:
+    def _run(self, work, entry: str | None = None) -> None:
         if callable(work):
             start = time.perf_counter()
             work = work()
             self.pacer.spend(time.perf_counter() - start)
         if work is not None:
-            self._deliver(work)
+            self._deliver(work, entry)
+        else:
+            self._written(entry)  # nothing to write (a failed probe pass): nothing to recover either
         self._quiet_since = None
 
     def _account(self) -> None:
         """Add what the analysis spent elsewhere to the pacer (a child process reports its CPU time)."""
 
-    def _deliver(self, message: tuple) -> None:
+    def _deliver(self, message: tuple, entry: str | None) -> None:
         raise NotImplementedError
 
     def _stop(self) -> None:
@@ -231,14 +274,15 @@ class _QueuedWorker:
 class ThreadWorker(_QueuedWorker):
     """Runs the sink in this process. Needed for in-memory fsspec roots, which a child process cannot see."""
 
-    def __init__(self, budget: float | None = None):
+    def __init__(self, budget: float | None = None, journal: Journal | None = None):
         self.sink = RunSink()
-        super().__init__("strata-sink", budget)
+        super().__init__("strata-sink", budget, journal)
 
-    def _deliver(self, message: tuple) -> None:
+    def _deliver(self, message: tuple, entry: str | None) -> None:
         start = time.perf_counter()
         self.sink.handle(message)
         self.pacer.spend(time.perf_counter() - start)
+        self._written(entry)
 
 
 class ProcessWorker(_QueuedWorker):
@@ -246,13 +290,14 @@ class ProcessWorker(_QueuedWorker):
     reports its CPU time back after each message, which the pacing counts. The child starts with the first
     message the budget lets through; if it cannot start, the sink runs in this worker's thread instead."""
 
-    def __init__(self, budget: float | None = None):
+    def __init__(self, budget: float | None = None, journal: Journal | None = None):
         self._process: subprocess.Popen | None = None
         self._fallback: RunSink | None = None
         self._reports = b""
         self._child_cpu = 0.0
         self._broken = False
-        super().__init__("strata-sink-feeder", budget)
+        self._in_flight: collections.deque = collections.deque()  # journal entries sent, in order, not yet reported
+        super().__init__("strata-sink-feeder", budget, journal)
 
     @property
     def ready(self) -> bool:
@@ -282,16 +327,18 @@ class ProcessWorker(_QueuedWorker):
         self.pacer.spend(SPAWN_SECONDS)
         self._child_cpu = SPAWN_SECONDS
 
-    def _deliver(self, message: tuple) -> None:
+    def _deliver(self, message: tuple, entry: str | None) -> None:
         if not self.ready:
             self._spawn()
         if self._fallback is not None:
             self._fallback.handle(message)
+            self._written(entry)
             return
         if self._broken:
             return
         try:
             write_frame(self._process.stdin, message)
+            self._in_flight.append(entry)  # written once the child reports it handled this message
         except (BrokenPipeError, OSError) as error:
             self._broken = True
             warnings.warn(f"Strata's recording process stopped ({error}); the rest of this run is not recorded.", RuntimeWarning, stacklevel=1)
@@ -309,6 +356,9 @@ class ProcessWorker(_QueuedWorker):
             self._reports = self._reports[whole:]
             self.pacer.spend(cpu - self._child_cpu)
             self._child_cpu = cpu
+            for _ in range(whole // CPU_REPORT.size):  # one report per message handled, in order
+                if self._in_flight:
+                    self._written(self._in_flight.popleft())
 
     def _stop(self) -> None:
         if self._process is None:
@@ -318,14 +368,20 @@ class ProcessWorker(_QueuedWorker):
         except OSError:
             pass
         self._process.wait()
+        os.set_blocking(self._process.stdout.fileno(), True)
+        self._account()  # the reports of the last messages
         self._process.stdout.close()
 
+    def _complete(self) -> bool:
+        return self._fallback is not None or (
+            self._process is not None and self._process.returncode == 0 and not self._broken and not self._in_flight)
 
-def start_worker(root: str, mode: str = "auto", budget: float | None = None):
+
+def start_worker(root: str, mode: str = "auto", budget: float | None = None, journal: Journal | None = None):
     """A ProcessWorker, except for in-memory roots or `mode="thread"`."""
     if mode == "thread" or root.startswith("memory://"):
-        return ThreadWorker(budget)
-    return ProcessWorker(budget)
+        return ThreadWorker(budget, journal)
+    return ProcessWorker(budget, journal)
 
 
 def wait_for_all(report_after: float = 1.0) -> None:
@@ -341,6 +397,9 @@ def wait_for_all(report_after: float = 1.0) -> None:
             w.wait()
     except KeyboardInterrupt:
         print("Strata: stopped; the run keeps the snapshots written so far.", file=sys.stderr, flush=True)
+        for journal in {w.journal for w in workers if w.journal is not None}:
+            runs = "" if journal.root == "runs" else f" --runs {journal.root}"
+            print(f"Strata: `python -m core recover {journal.run_id}{runs}` writes the rest.", file=sys.stderr, flush=True)
 
 
 atexit.register(wait_for_all)

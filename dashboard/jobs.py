@@ -1,4 +1,4 @@
-"""Training jobs started from the dashboard: each one is `python -m core train` in its own process.
+"""Jobs started from the dashboard: each one is `python -m core train` (or `recover`) in its own process.
 
 The page process never imports TensorFlow; it only starts, lists and cancels these processes. One
 `JobManager` is shared by every session (`context.jobs()` caches it), so two people watching a run see one
@@ -191,20 +191,34 @@ class JobManager:
                     "(STRATA_MAX_JOBS). Wait for it to finish or cancel it."
                 )
             run_id = new_run_id(form.display_name())
-            log_path = self._log_dir / f"{run_id}.log"
-            command = [self.python, "-m", "core", "train", *form.args(), "--run-id", run_id, "--runs", self.runs_root, "--quiet"]
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    command,
-                    cwd=REPO_ROOT,
-                    env=_child_env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C on the dashboard does not kill the run half-written
-                )
-            job = Job(run_id=run_id, name=form.display_name(), process=process, log_path=log_path)
-            self._jobs[run_id] = job
+            return self._launch(run_id, form.display_name(), ["train", *form.args(), "--run-id", run_id, "--quiet"])
+
+    def recover(self, run_id: str, name: str) -> Job:
+        """Launch `python -m core recover RUN`: it writes the snapshots a killed training process held back.
+        Counts as a job (it runs the probe passes, with TensorFlow); raises JobRefused when not allowed."""
+        if self.limits.viewer_mode:
+            raise JobRefused("This dashboard is in viewer mode (STRATA_VIEWER_MODE): recovering runs from the page is off.")
+        with self._lock:
+            if len(self.running()) >= self.limits.max_jobs:
+                raise JobRefused(f"A job is already running, the limit here is {self.limits.max_jobs} (STRATA_MAX_JOBS). "
+                                 "Wait for it to finish, or run `python -m core recover` yourself.")
+            return self._launch(run_id, name, ["recover", run_id])
+
+    def _launch(self, run_id: str, name: str, args: list[str]) -> Job:
+        """Start `python -m core ARGS --runs ROOT` as the job of run `run_id` (the caller holds the lock)."""
+        log_path = self._log_dir / f"{run_id}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", "core", *args, "--runs", self.runs_root],
+                cwd=REPO_ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C on the dashboard does not kill the run half-written
+            )
+        job = Job(run_id=run_id, name=name, process=process, log_path=log_path)
+        self._jobs[run_id] = job
         return job
 
     def jobs(self) -> list[Job]:

@@ -115,8 +115,34 @@ def _run_status(run_id: str) -> None:
             st.rerun(scope="app")  # it just finished: refresh the epoch slider and the charts once
         if status == "failed" and meta.get("error"):
             st.caption(f"Error: {meta['error']}")
+        if status == "interrupted":
+            _unwritten(run)
 
     status()
+
+
+def _unwritten(run) -> None:
+    """For a run whose training was killed while it held snapshots back: say so, and offer to write them."""
+    job = context.jobs().get(run.id)
+    if job is not None and job.running:  # started, but its TensorFlow has not loaded yet
+        st.info("Writing the held-back snapshots…", icon=":material/restore:")
+        return
+    if job is not None and job.state == "failed" and "recover" in job.process.args:
+        st.error(f"Writing the held-back snapshots failed:\n\n{job.log_tail(3)}")
+        return
+    count = run.unwritten_captures()
+    if not count:
+        return
+    st.warning(f"Training was killed before {count} of its snapshots were written. They can still be written: "
+               f"`python -m core recover {run.id}`.", icon=":material/restore:")
+    if not context.jobs().limits.viewer_mode and st.button("Write them now", key="recover_run", icon=":material/restore:"):
+        try:
+            context.jobs().recover(run.id, run.name)
+        except JobRefused as error:
+            st.error(str(error))
+            return
+        context.refresh_runs()
+        st.rerun(scope="app")  # the run reads "running" while they are written: the pages follow it live
 
 
 def _new_run() -> None:

@@ -7,6 +7,7 @@ TensorFlow: dashboard tests can then check that viewing does not import it eithe
     digits_run_dir -> (root, run_id)   digits, hidden (16,), 2 epochs: image data with thumbnails
     runs_copy      -> root             a private copy of both, for tests that rename or delete
     recorded       -> recorded(script) the folder a recording script wrote, recorded once per session
+    killed_runs    -> root             a fit recorded live ("live") and SIGKILLed with snapshots held back ("killed")
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,48 @@ def runs_copy(recorded_runs, tmp_path) -> str:
     copy = tmp_path / "runs"
     shutil.copytree(root, copy)
     return str(copy)
+
+
+KILLED_EPOCHS = 6
+
+KILLED_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    import keras, numpy as np, tensorflow as tf
+    from core import Recorder
+
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype("float32"); y = (x[:, 0] + x[:, 1] > 0).astype("int64") + (x[:, 2] > 1)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    mode = sys.argv[2]
+    recorder = Recorder(sys.argv[1], probe=(x, y), run_id=mode, budget=None if mode == "live" else 0.03)
+    model.fit(x, y, epochs={epochs}, batch_size=32, callbacks=[recorder], verbose=0)
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # the snapshots held back for the budget are not written yet
+    recorder.wait()
+    """
+).format(repo=str(REPO), epochs=KILLED_EPOCHS)
+
+
+def _record_killable(root: Path, mode: str) -> None:
+    # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
+    script = KILLED_SCRIPT.replace("from core import Recorder", "from core import Recorder, worker; worker.IDLE_CORES = float('inf')")
+    result = subprocess.run([sys.executable, "-c", script, str(root), mode], capture_output=True, text=True,
+                            timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    expected = -signal.SIGKILL if mode == "killed" else 0
+    assert result.returncode == expected, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def killed_runs(tmp_path_factory) -> Path:
+    """A store holding a deterministic fit recorded live ("live") and the same fit SIGKILLed as soon as `fit`
+    returned, its snapshots still held back for the budget ("killed"). Recorded once per session."""
+    root = tmp_path_factory.mktemp("recover")
+    _record_killable(root, "live")
+    _record_killable(root, "killed")
+    return root

@@ -290,3 +290,36 @@ def test_a_run_writing_its_snapshots_after_training_says_so_over_its_charts(spir
     assert not at.exception
     captions = [c.value for c in at.caption if "writing its snapshots" in c.value]
     assert captions and f"up to epoch 1 of {planned} so far" in captions[0], [c.value for c in at.caption]
+
+
+def test_a_killed_run_offers_to_write_its_held_back_snapshots(killed_runs, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(killed_runs, root)
+    unwritten = RunStore(str(root)).run("killed").unwritten_captures()
+    monkeypatch.setenv("STRATA_VIEWER_MODE", "1")
+    at = open_app(root, run="killed")
+    assert not at.exception and not [b for b in at.sidebar.button if b.key == "recover_run"]
+    monkeypatch.delenv("STRATA_VIEWER_MODE")
+    at = open_app(root, run="killed")
+    assert not at.exception
+    (warning,) = [w.value for w in at.sidebar.warning]
+    assert f"Training was killed before {unwritten} of its snapshots were written" in warning
+    assert "python -m core recover killed" in warning
+    if not RunStore(str(root)).run("killed").snapshots():  # the page says why it is empty, and what can be done
+        assert [i.value for i in at.info if f"{unwritten} of them can still be written" in i.value]
+    at.sidebar.button(key="recover_run").click().run()
+    assert not at.exception
+    manager = context._jobs(str(root), JobLimits.from_env())
+    job = manager.get("killed")
+    try:
+        job.process.wait(180)
+        assert job.state == "finished", job.log_tail()
+        at.run()
+        assert not at.exception and not at.sidebar.warning
+        assert subheaders(at)[0].startswith("Every layer at epoch")
+        run = RunStore(str(root)).run("killed")
+        assert run.unwritten_captures() == 0 and len(run.snapshots()) >= unwritten
+    finally:
+        manager.shutdown()

@@ -50,7 +50,7 @@ class _ListWorker(worker._QueuedWorker):
         self.delivered = []
         super().__init__("test-worker", budget)
 
-    def _deliver(self, message):
+    def _deliver(self, message, entry):
         self.delivered.append(message)
 
 

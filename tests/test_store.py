@@ -207,3 +207,18 @@ def test_an_ended_run_is_listed_once_and_arrays_load_lazily(tmp_path, monkeypatc
     assert snapshot._arrays == {}  # only the header was read so far
     assert snapshot.array("L0/pca").shape == (20, 3) and list(snapshot._arrays) == ["L0/pca"]
     assert run.probe().input_pca.shape == (20, 2)
+
+
+def test_a_cached_reader_sees_an_ended_run_that_changes(root):
+    """An ended run is not re-listed while it stays as it is; a recovery (`python -m core recover`) or a rename
+    replaces its run.json, and the store's cached reader then reads it again."""
+    writer = RunWriter(root, "ended", _layer_meta())
+    _write_snapshots(writer, 2)
+    writer.set_status("interrupted")
+    store = RunStore(root)
+    assert len(store.run("ended").snapshots()) == 2 and store.run("ended").status == "interrupted"
+    recovery = RunWriter.attach(root, "ended")
+    _write_snapshots(recovery, 2, start=2)
+    recovery.set_status("interrupted", recovered_snapshots=2)
+    run = store.run("ended")
+    assert run.meta["recovered_snapshots"] == 2 and [s.seq for s in run.snapshots()] == [0, 1, 2, 3]

@@ -1,0 +1,145 @@
+"""A run's recovery journal: what the recorder has handed over but the recording process has not written yet.
+
+While a `Recorder(budget=...)` holds snapshots back, their weights live in the training process's memory, and
+a SIGKILL or the OOM killer would take them along. So the worker also writes every message and every capture
+(the weights of its moment) to `journal/` in the run folder as it receives them, and deletes each entry once
+the recording process has written what it stands for. The run's setup (the model's architecture and compiled
+loss, the probe set) is written once, first. `python -m core recover RUN` runs what a killed training process
+left there (`core.recover`). The last written capture's entry stays until the next one is written: a recovery
+reads its weights, so the first recovered snapshot still has update ratios.
+
+Entries are npz files with a JSON header, as snapshots are: nothing here ever needs pickle, so a run folder
+from elsewhere can be recovered without trusting it with code. This module is numpy-only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.store import META_KEY, TEMP_PREFIX, _Files, npz_bytes
+
+JOURNAL_DIR = "journal"
+SETUP = "setup"
+CAPTURE = "capture"
+ENTRY_NAME = re.compile(r"^(\d{6})-([a-z_]+)(?:-([a-z]+)-(\d+)-(\d+))?\.npz$")  # capture: kind, epoch, step
+_ARRAY = "__array__"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal entry, read back: a sink message `(kind, payload)` or a capture (`kind == "capture"`)."""
+
+    name: str
+    kind: str
+    payload: dict
+
+
+class Journal:
+    """The writing side, owned by one worker thread. Every write is atomic; a failure raises OSError."""
+
+    def __init__(self, root: str, run_id: str):
+        self.root, self.run_id = root, run_id
+        self.files = _Files(root)
+        self.dir = self.files.join(run_id, JOURNAL_DIR)
+        self.files.makedirs(self.dir)
+        self._next = 0
+        self._kept: str | None = None  # the last written capture's entry (see the module docstring)
+
+    def append(self, kind: str, payload: dict) -> str:
+        """Write one entry; its name, for `done`. The setup has a fixed name and is never `done`."""
+        if kind == SETUP:
+            name = f"{SETUP}.npz"
+        else:
+            name = f"{self._next:06d}-{kind}"
+            if kind == CAPTURE:
+                name += f"-{payload['kind']}-{int(payload['epoch'])}-{int(payload['step'])}"
+            name += ".npz"
+            self._next += 1
+        arrays: dict[str, np.ndarray] = {}
+        self.files.write_atomic(self.files.join(self.dir, name), npz_bytes(arrays, {"kind": kind, "payload": _encode(payload, arrays)}))
+        return name
+
+    def done(self, name: str | None) -> None:
+        """What entry `name` stands for is written: delete it (a capture's, once the next capture is written)."""
+        match = ENTRY_NAME.match(name or "")
+        if match is None:  # nothing, or the setup: it stays while the journal does
+            return
+        if match.group(2) == CAPTURE:
+            name, self._kept = self._kept, name
+            if name is None:
+                return
+        self.files.remove(self.files.join(self.dir, name))
+
+    def close(self) -> None:
+        """The run is completely written: the journal goes."""
+        self.files.remove_tree(self.dir)
+
+
+def _encode(value, arrays: dict):
+    """`value` with every numpy array moved into `arrays` (as a reference), the rest JSON."""
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {_ARRAY: key}
+    if isinstance(value, dict):
+        return {str(k): _encode(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value, arrays):
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY}:
+            return arrays[value[_ARRAY]]
+        return {k: _decode(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    return value
+
+
+def _read_entry(files: _Files, path: str, name: str) -> Entry:
+    with np.load(files.open(path), allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files if key != META_KEY}
+        header = json.loads(str(data[META_KEY]))
+    return Entry(name, header["kind"], _decode(header["payload"], arrays))
+
+
+def journal_names(files: _Files, run_id: str) -> list[str]:
+    """The names of a run's journal entries, setup first, then in the order they were written."""
+    names = files.listdir(files.join(run_id, JOURNAL_DIR))
+    return [n for n in names if n == f"{SETUP}.npz"] + [n for n in names if ENTRY_NAME.match(n)]
+
+
+def pending_captures(files: _Files, run_id: str, written: set[tuple]) -> int:
+    """How many captures the journal holds that are not among the `written` (kind, epoch, step) snapshots."""
+    count = 0
+    for name in journal_names(files, run_id):
+        match = ENTRY_NAME.match(name)
+        if match and match.group(2) == CAPTURE and (match.group(3), int(match.group(4)), int(match.group(5))) not in written:
+            count += 1
+    return count
+
+
+def read_journal(files: _Files, run_id: str) -> tuple[Entry | None, list[Entry]]:
+    """(setup, entries in order). An entry left unreadable by a kill mid-write cannot exist (writes are
+    atomic), so an unreadable one means damage: it raises ValueError naming the file."""
+    setup, entries = None, []
+    for name in journal_names(files, run_id):
+        if name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            entry = _read_entry(files, files.join(run_id, JOURNAL_DIR, name), name)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"The journal entry {name} of run {run_id!r} is unreadable ({error}).") from None
+        if entry.kind == SETUP:
+            setup = entry
+        else:
+            entries.append(entry)
+    return setup, entries

@@ -1,0 +1,151 @@
+"""`python -m core recover RUN`: write the snapshots a killed training process left in its run's journal.
+
+A `Recorder` with a budget holds snapshots back while training runs, as the weights of their moment, and its
+worker journals each one in the run folder (`core.journal`). When the training process dies before they are
+written (SIGKILL, the OOM killer, a power cut), this rebuilds the model from the journaled architecture and
+compiled loss, runs the probe pass on each journaled state, and writes the snapshots as the recording
+process would have, in order, with the epoch logs and the final status. Running it again after an
+interruption goes on where it stopped. This imports TensorFlow, so it runs as a process of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.journal import CAPTURE, JOURNAL_DIR, Entry, read_journal
+from core.store import Run, RunStore, StoreError, _process_alive
+
+
+@dataclass(frozen=True)
+class Recovery:
+    run_id: str
+    written: int  # snapshots written now
+    status: str  # the run's status afterwards
+
+
+def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] | None = None) -> Recovery:
+    """Write what run `run_id` under `root` journaled but never wrote. Raises StoreError, naming the reason,
+    when there is nothing to recover or it cannot be done."""
+    store = RunStore(root)
+    run = store.run(run_id)
+    if run.meta.get("status", "running") == "running" and _process_alive(run.meta):
+        raise StoreError(f"Run {run.id!r} is still being written by process {run.meta.get('pid')} on "
+                         f"{run.meta.get('host')}. Recover it once that process has ended, on that machine.")
+    setup, entries = read_journal(store.files, run.id)
+    if setup is None:
+        raise StoreError(f"Run {run.id!r} has nothing to recover: it has no journal. Only a Recorder with a budget "
+                         "(the default) journals its snapshots; every snapshot it wrote is already readable.")
+    written = {_key(s.meta): s for s in run.snapshots()}
+    pending = [e for e in entries if e.kind == CAPTURE and _key(e.payload) not in written]
+    seq = max((s.seq for s in written.values()), default=-1) + 1
+    passes = _ProbePass(setup.payload) if pending else None  # first: a model that cannot be rebuilt changes nothing
+    sink = _sink(root, run, setup.payload)
+    end, done = None, 0
+    try:
+        if passes is not None and written:
+            last = max(written.values(), key=lambda s: s.seq)
+            _resume(sink.builder, last, passes, next((e for e in entries if e.kind == CAPTURE and _key(e.payload) == _key(last.meta)), None))
+        for entry in entries:
+            if entry.kind == CAPTURE:
+                if _key(entry.payload) in written:
+                    continue
+                if progress is not None:
+                    progress(done, len(pending), entry)
+                sink.handle(("snapshot", {"seq": seq + done, "raw": passes.run(entry.payload)}))
+                done += 1
+            elif entry.kind == "end":
+                end = entry.payload
+            elif entry.kind == "probe":
+                if not store.files.exists(store.files.join(run.id, "probe.npz")):
+                    sink.handle(("probe", entry.payload))
+            elif entry.kind != "attach":  # the epoch logs, per-batch gradient norms
+                sink.handle((entry.kind, entry.payload))
+    except BaseException:  # Ctrl-C or a failure: what is written stays, and running this again goes on from there
+        sink.writer.set_status("interrupted")
+        raise
+    status, fields = (end["status"], end["fields"]) if end else ("interrupted", {})
+    sink.handle(("end", {"status": status, "fields": {**fields, "recovered_snapshots": len(pending)}}))
+    store.files.remove_tree(store.files.join(run.id, JOURNAL_DIR))
+    return Recovery(run.id, len(pending), status)
+
+
+def _key(meta: dict) -> tuple:
+    """What names one capture across the journal and the snapshots: (kind, epoch, step)."""
+    return meta.get("kind", "epoch"), int(meta["epoch"]), int(meta["step"])
+
+
+def _sink(root: str, run: Run, setup: dict):
+    from core.sink import RunSink
+
+    sink = RunSink(strict=True)  # no training to protect here: a failure stops the recovery and says why
+    sink.handle(("attach", {"root": root, "run_id": run.id, "builder": setup["builder"]}))
+    sink.writer.set_status("running")  # written by this process now: readers follow it live until the end
+    return sink
+
+
+class _ProbePass:
+    """The model rebuilt from the journal, and the recorder's compiled probe pass on it."""
+
+    def __init__(self, setup: dict):
+        if "error" in setup:
+            raise StoreError(f"This run's model could not be saved for recovery when training began ({setup['error']}), "
+                             "so its held-back snapshots cannot be written.")
+        import keras
+
+        from core import recorder
+        from core.graph import recorded_layers
+
+        try:
+            model = keras.models.model_from_json(setup["model"])
+            if setup.get("compile"):
+                model.compile_from_config(setup["compile"])
+        except Exception as error:
+            raise StoreError(f"The model cannot be rebuilt from its saved architecture ({type(error).__name__}: {error}). "
+                             "Custom layers, losses and models must be registered with "
+                             "@keras.saving.register_keras_serializable in a module this command imports.") from None
+        self.layers = recorded_layers(model)
+        self.variables = recorder._model_variables(model)
+        shapes = [list(v.shape) for v in self.variables]
+        if len(self.layers) != setup["layers"] or shapes != [shape for _, shape in setup["variables"]]:
+            raise StoreError("The rebuilt model does not match the one that was trained (its layers or weights differ), "
+                             "so its held-back snapshots cannot be written.")
+        y, grid = setup.get("y"), setup.get("grid")
+        self._recorder = recorder
+        self._fn = recorder._capture_function(model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None)
+        self._inputs = recorder._probe_tensors(setup["x"], y, grid)
+
+    def run(self, capture: dict):
+        import tensorflow as tf
+
+        state = [tf.constant(value) for value in capture["state"]]
+        fields = {key: capture[key] for key in ("kind", "epoch", "step", "batch", "logs")}
+        return self._recorder.run_capture_pass(self._fn, self._inputs, self.layers, state, **fields)
+
+    def layer_weights(self, state: list[np.ndarray]) -> list[dict]:
+        positions = self._recorder._weight_positions(self.layers, self.variables)
+        return self._recorder.layer_weights(self.layers, [[state[i] for i in group] for group in positions])
+
+
+def _resume(builder, last, passes: _ProbePass, entry: Entry | None) -> None:
+    """Carry on from the last written snapshot: its stored coordinates align the next one's axes, and its
+    journaled weights (kept until the next capture was written) give the next one's update ratios."""
+    coords = {}
+    for index in range(len(last.meta.get("layers", []))):
+        value = last.array(f"L{index}/pca")
+        if value is not None:
+            coords[index] = value
+    builder.resume(coords, passes.layer_weights(entry.payload["state"]) if entry is not None else None)
+
+
+def main(root: str, run_id: str) -> int:
+    def report(done: int, total: int, entry: Entry) -> None:
+        what = f"epoch {entry.payload['epoch']}" + (f", batch {entry.payload['batch']}" if entry.payload.get("batch") else "")
+        print(f"recovering {run_id}: snapshot {done + 1} of {total} ({what})", file=sys.stderr, flush=True)
+
+    result = recover(root, run_id, report)
+    print(f"{result.run_id}: wrote {result.written} held-back snapshot(s); the run is {result.status}.")
+    return 0
