@@ -151,9 +151,29 @@ class _QueuedWorker:
     def _loop(self) -> None:
         messages: collections.deque = collections.deque()  # (message, entry) waiting for the receiving end to start
         work: collections.deque = collections.deque()  # (function, nbytes, entry) waiting for the budget, in order
-        finished, last = False, None
+        finished, last, last_entry = False, None, None
+
+        def receive(message, nbytes: int, extra) -> None:
+            """Take one item handed over: journaled at once, however long it then waits."""
+            nonlocal finished, last, last_entry
+            if message is _FINISH:
+                finished, last = True, extra
+                if last is not None:  # a recovery sets the status training ended with
+                    last_entry = self._journaled(lambda: self.journal.append(*last))
+            elif callable(message):
+                entry = self._journaled(lambda: self.journal.append(*extra())) if extra is not None else None
+                work.append((message, nbytes, entry))
+                self.deferred_bytes += nbytes
+            else:
+                messages.append((message, self._journaled(lambda: self.journal.append(*message))))
+
         try:
             while messages or work or not finished:
+                while not finished:  # everything handed over so far, before any more work runs
+                    try:
+                        receive(*self._messages.get_nowait())
+                    except queue.Empty:
+                        break
                 self._account()
                 self._held = len(messages) + len(work)
                 if messages:
@@ -169,22 +189,16 @@ class _QueuedWorker:
                         self.deferred_bytes -= nbytes
                         self._run(function, entry)
                         continue
+                elif finished:  # nothing more will come
+                    break
                 else:
                     delay = None
                 try:
-                    message, nbytes, extra = self._messages.get(timeout=delay)
+                    receive(*self._messages.get(timeout=delay))
                 except queue.Empty:
                     continue
-                if message is _FINISH:
-                    finished, last = True, extra
-                elif callable(message):
-                    entry = self._journaled(lambda: self.journal.append(*extra())) if extra is not None else None
-                    work.append((message, nbytes, entry))
-                    self.deferred_bytes += nbytes
-                else:
-                    messages.append((message, self._journaled(lambda: self.journal.append(*message))))
             if last is not None:  # delivered after everything held back
-                self._run(last, self._journaled(lambda: self.journal.append(*last)))
+                self._run(last, last_entry)
             self._delivered_last = True
         finally:
             self._held = 0
@@ -224,9 +238,9 @@ class _QueuedWorker:
     def _delay(self, cost: float = 0.0) -> float:
         """How long held work waits before it may run: not at all when no training runs, when training leaves
         the CPU idle, or when holding more would take too much memory."""
+        self.pacer.training(bool(TRAINING))  # first: work run for any reason counts against the budget
         if self.deferred_bytes > MAX_DEFERRED_BYTES:
             return 0
-        self.pacer.training(bool(TRAINING))
         delay = self.pacer.delay(cost)
         return 0 if delay == 0 or time.monotonic() < self._idle_until or self._training_idle() else min(delay, RECHECK_SECONDS)
 

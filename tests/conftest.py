@@ -119,7 +119,7 @@ KILLED_SCRIPT = textwrap.dedent(
 
 def _record_killable(root: Path, mode: str) -> None:
     # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
-    script = KILLED_SCRIPT.replace("from core import Recorder", "from core import Recorder, worker; worker.IDLE_CORES = float('inf')")
+    script = KILLED_SCRIPT.replace("from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
     result = subprocess.run([sys.executable, "-c", script, str(root), mode], capture_output=True, text=True,
                             timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     expected = -signal.SIGKILL if mode == "killed" else 0

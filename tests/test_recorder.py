@@ -590,7 +590,7 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
     # is killed, the run must read as interrupted, not running forever.
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("budget=None", "budget=0.0001").replace(
-        "from core import Recorder", "from core import Recorder, worker; worker.IDLE_CORES = float('inf')")
+        "from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     for line in process.stdout:
