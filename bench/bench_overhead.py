@@ -99,7 +99,6 @@ class TimedRecorder(Recorder):
 DISCARD = "import sys\nwhile sys.stdin.buffer.read(1 << 20):\n    pass"
 
 
-@contextlib.contextmanager
 class UnjournaledRecorder(TimedRecorder):
     """For `recorder-nojournal`: the default Recorder, except that it writes no recovery journal."""
 
@@ -107,6 +106,7 @@ class UnjournaledRecorder(TimedRecorder):
         return None
 
 
+@contextlib.contextmanager
 def discarding_child():
     """For `recorder-discard`: the recording process reads what it is sent and throws it away, so the training
     process does all its usual work (captures, hand-over) while nothing is analysed or written beside it."""

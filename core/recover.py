@@ -109,8 +109,10 @@ class _ProbePass:
                              "@keras.saving.register_keras_serializable in a module this command imports.") from None
         self.layers = recorded_layers(model)
         self.variables = recorder._model_variables(model)
-        shapes = [list(v.shape) for v in self.variables]
-        if len(self.layers) != setup["layers"] or shapes != [shape for _, shape in setup["variables"]]:
+        # A variable's path gains its model's name as a prefix when the model is built in a fit: compare the
+        # layer's and the weight's names, and the shapes.
+        variables = [[_tail(v.path), list(v.shape)] for v in self.variables]
+        if len(self.layers) != setup["layers"] or variables != [[_tail(path), shape] for path, shape in setup["variables"]]:
             raise StoreError("The rebuilt model does not match the one that was trained (its layers or weights differ), "
                              "so its held-back snapshots cannot be written.")
         y, grid = setup.get("y"), setup.get("grid")
@@ -128,6 +130,10 @@ class _ProbePass:
     def layer_weights(self, state: list[np.ndarray]) -> list[dict]:
         positions = self._recorder._weight_positions(self.layers, self.variables)
         return self._recorder.layer_weights(self.layers, [[state[i] for i in group] for group in positions])
+
+
+def _tail(path: str) -> str:
+    return "/".join(path.split("/")[-2:])
 
 
 def _resume(builder, last, passes: _ProbePass, entry: Entry | None) -> None:

@@ -213,6 +213,7 @@ class _QueuedWorker:
         run is still recorded, but a kill of the training process would lose what is not written yet."""
         if self.journal is None:
             return None
+        start = time.thread_time()
         try:
             return operation()
         except Exception as error:
@@ -225,6 +226,8 @@ class _QueuedWorker:
             except Exception:
                 pass
             return None
+        finally:  # journaling is work beside training too: the budget counts its CPU time (not its disk waits)
+            self.pacer.spend(time.thread_time() - start)
 
     def _written(self, entry: str | None) -> None:
         """What journal `entry` stands for is in the run for good."""
