@@ -280,10 +280,14 @@ def current_run() -> Run | None:
 
 
 def is_live(run: Run | None = None) -> bool:
-    """True while the run is still training (its charts should poll)."""
+    """True while the run is still training or being written (its charts should poll), or while a job of this
+    dashboard is about to write it (a recovery loading TensorFlow)."""
     run = run or current_run()
     try:
-        return run is not None and run.status == "running"
+        if run is None:
+            return False
+        job = jobs().get(run.id)
+        return run.status == "running" or (job is not None and job.running)
     except StoreError:
         return False
 

@@ -249,3 +249,24 @@ def test_play_animates_the_focus_view_in_the_browser(server, page):
     assert start == 0 and end > start
     assert sum(start_counts) == sum(end_counts) and start_counts != end_counts  # predictions moved between classes
     assert not errors and page.get_by_test_id("stException").count() == 0
+
+
+def test_writing_a_killed_runs_snapshots_from_the_sidebar_draws_them_without_a_reload(killed_runs, browser, tmp_path):
+    """The button starts `python -m core recover` in the background; the page follows that job, which loads
+    TensorFlow before the run says it is being written, and draws the charts once they are."""
+    import shutil
+
+    shutil.copytree(killed_runs, tmp_path / "runs")
+    process, base = start_server(str(tmp_path / "runs"))
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    page = context.new_page()
+    try:
+        page.goto(f"{base}/?run=killed")
+        page.get_by_text("Write them now").click(timeout=60_000)
+        page.get_by_text("Every layer at epoch").wait_for(timeout=120_000)
+        wait_for_charts(page, 2)
+        assert page.get_by_text("Write them now").count() == 0 and page.get_by_test_id("stException").count() == 0
+    finally:
+        context.close()
+        process.terminate()
+        process.wait(10)
