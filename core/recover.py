@@ -67,7 +67,11 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     except BaseException:  # Ctrl-C or a failure: what is written stays, and running this again goes on from there
         sink.writer.set_status("interrupted")
         raise
-    status, fields = (end["status"], end["fields"]) if end else ("interrupted", {})
+    if end is not None:
+        status, fields = end["status"], end["fields"]
+    else:  # the end a recording process already wrote stands (its journal outlived it); otherwise training was cut
+        ended = run.meta.get("status")
+        status, fields = (ended if ended in ("finished", "failed") else "interrupted"), {}
     sink.handle(("end", {"status": status, "fields": {**fields, "recovered_snapshots": len(pending)}}))
     store.files.remove_tree(store.files.join(run.id, JOURNAL_DIR))
     return Recovery(run.id, len(pending), status)

@@ -162,3 +162,17 @@ def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_p
         run = fit(Recorder(str(tmp_path), probe=(x, y)))
     assert run.status == "finished" and run.epochs() == [0, 1, 2, 3]  # recorded all the same
     assert not (tmp_path / run.id / JOURNAL_DIR).exists()
+
+
+def test_a_journal_that_outlived_a_complete_run_is_only_cleared(tmp_path):
+    """The training process was killed after the recording process wrote everything, end included, but before it
+    deleted the journal: recovering writes nothing and keeps the status."""
+    from core.recover import recover
+
+    root = str(tmp_path)
+    writer = RunWriter(root, "done", {"epochs_planned": 1})
+    Journal(root, "done").append("setup", {"x": np.zeros((2, 2)), "builder": {"activations": [], "labels": None}})
+    writer.set_status("finished", pid=2**22 + 12345)
+    result = recover(root, "done")
+    assert (result.written, result.status) == (0, "finished")
+    assert RunStore(root).run("done").status == "finished" and not (tmp_path / "done" / JOURNAL_DIR).exists()
