@@ -330,9 +330,9 @@ def live_caption(run: Run, epoch: int) -> None:
 
 def no_snapshot_yet(run: Run) -> None:
     """What a page shows for a run without a snapshot: why there is none, and whether one is coming."""
-    if not is_live(run) and run.unwritten_captures():
-        text = (f"Training was killed before this run's snapshots were written: {run.unwritten_captures()} of them "
-                "can still be written (sidebar).")
+    unwritten = 0 if is_live(run) else run.unwritten_captures()
+    if unwritten:
+        text = f"Training was killed before this run's snapshots were written: {unwritten} of them can still be written (sidebar)."
     elif not is_live(run):
         text = f"This run has no snapshot: it ended ({run.status}) before its first one was written."
     elif training_progress(run)[2]:
