@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     recover = commands.add_parser("recover", help="write the snapshots a killed training process held back (needs TensorFlow)")
     recover.add_argument("run")
     recover.add_argument("--runs", default="runs")
+    recover.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="import this module first, e.g. the one that registers the model's custom layers (repeatable)")
     recover.set_defaults(handler=_recover)
 
     diagnose = commands.add_parser("diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any")
@@ -149,8 +151,16 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
+    import importlib
+
     from core.recover import main as recover
 
+    sys.path.insert(0, os.getcwd())  # the user's modules, as `python -m` finds them, whatever the entry point
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f"--import {module}: {error}") from None
     return recover(args.runs, args.run)
 
 

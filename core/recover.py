@@ -110,7 +110,7 @@ class _ProbePass:
         except Exception as error:
             raise StoreError(f"The model cannot be rebuilt from its saved architecture ({type(error).__name__}: {error}). "
                              "Custom layers, losses and models must be registered with "
-                             "@keras.saving.register_keras_serializable in a module this command imports.") from None
+                             "@keras.saving.register_keras_serializable in a module that `--import MODULE` names.") from None
         self.layers = recorded_layers(model)
         self.variables = recorder._model_variables(model)
         # A variable's path gains its model's name as a prefix when the model is built in a fit: compare the

@@ -107,30 +107,51 @@ def test_a_run_still_being_written_or_without_a_journal_is_refused(killed_runs, 
         recover(root, "busy")
 
 
-def test_a_model_that_cannot_be_rebuilt_is_a_clear_error(tmp_path):
+CUSTOM_LAYERS = """
+import keras
+
+@keras.saving.register_keras_serializable(package="strata_test")
+class Doubler(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs * 2
+"""
+
+
+def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkeypatch):
+    import importlib
+
     import keras
 
-    from core.recover import recover
-
-    class Doubler(keras.layers.Layer):  # not registered: its config names a class no module provides
-        def call(self, inputs):
-            return inputs * 2
-
-    model = keras.Sequential([keras.Input((3,)), Doubler(), keras.layers.Dense(2, activation="softmax")])
+    (tmp_path / "strata_test_layers.py").write_text(CUSTOM_LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    layers = importlib.import_module("strata_test_layers")
+    model = keras.Sequential([keras.Input((3,)), layers.Doubler(), keras.layers.Dense(2, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
-    root = str(tmp_path)
+    root = str(tmp_path / "runs")
     writer = RunWriter(root, "custom", {"epochs_planned": 1})
     writer.update_meta(pid=2**22 + 12345)  # a process that is gone
     journal = Journal(root, "custom")
     builder = {"activations": [None, "softmax"], "labels": None, "components": 2, "seed": 0, "kernel_layer": 1, "logits": False}
-    journal.append("setup", {"x": np.zeros((4, 3), np.float32), "y": None, "grid": None, "builder": builder, "layers": 2,
+    journal.append("setup", {"x": np.ones((4, 3), np.float32), "y": None, "grid": None, "builder": builder, "layers": 2,
                              "variables": [[v.path, list(v.shape)] for v in model.weights], "model": model.to_json(),
                              "compile": model.get_compile_config()})
     journal.append("capture", {"kind": "epoch", "epoch": 0, "step": 0, "batch": None, "logs": {},
                                "state": [np.asarray(v) for v in model.weights]})
-    with pytest.raises(StoreError, match="register_keras_serializable"):
-        recover(root, "custom")
+
+    def recover(*extra):  # from the user's folder, where their module is
+        return subprocess.run([sys.executable, "-m", "core", "recover", "custom", "--runs", root, *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=240,
+                              env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
+
+    failed = recover()
+    assert failed.returncode == cli.EXIT_USAGE and "--import MODULE" in failed.stderr
+    assert "register_keras_serializable" in failed.stderr
     assert RunStore(root).run("custom").unwritten_captures() == 1  # the journal stays for a later attempt
+    done = recover("--import", "strata_test_layers")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = RunStore(root).run("custom")
+    assert run.unwritten_captures() == 0 and len(run.snapshots()) == 1
+    np.testing.assert_allclose(run.snapshots()[0].array("pred/probs"), model.predict(np.ones((4, 3), np.float32), verbose=0), atol=1e-6)
 
 
 def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_path, monkeypatch):
