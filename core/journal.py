@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from core.store import META_KEY, TEMP_PREFIX, _Files, npz_bytes
+from core.store import META_KEY, _Files, npz_bytes
 
 JOURNAL_DIR = "journal"
 SETUP = "setup"
@@ -29,13 +29,31 @@ ENTRY_NAME = re.compile(r"^(\d{6})-([a-z_]+)(?:-([a-z]+)-(\d+)-(\d+))?\.npz$")  
 _ARRAY = "__array__"
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One journal entry, read back: a sink message `(kind, payload)` or a capture (`kind == "capture"`)."""
+    """One journal entry, read back: a sink message `(kind, payload)` or a capture (`kind == "capture"`). Its
+    name says what it is; the payload (a capture's weights) is read only when used."""
 
-    name: str
-    kind: str
-    payload: dict
+    def __init__(self, files: _Files, run_id: str, name: str):
+        self.files, self.path, self.name = files, files.join(run_id, JOURNAL_DIR, name), name
+        match = ENTRY_NAME.match(name)
+        self.kind = match.group(2) if match else SETUP
+        self.key = (match.group(3), int(match.group(4)), int(match.group(5))) if self.kind == CAPTURE else None
+
+    @cached_property
+    def payload(self) -> dict:
+        """Raises ValueError naming the file when it is unreadable: writes are atomic, so that means damage."""
+        try:
+            with np.load(self.files.open(self.path), allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files if key != META_KEY}
+                header = json.loads(str(data[META_KEY]))
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"The journal entry {self.name} is unreadable ({error}).") from None
+        return _decode(header["payload"], arrays)
+
+
+def capture_key(meta: dict) -> tuple:
+    """What names one capture in a snapshot's metadata, as in its journal entry's name: (kind, epoch, step)."""
+    return meta.get("kind", "epoch"), int(meta["epoch"]), int(meta["step"])
 
 
 class Journal:
@@ -104,42 +122,13 @@ def _decode(value, arrays):
     return value
 
 
-def _read_entry(files: _Files, path: str, name: str) -> Entry:
-    with np.load(files.open(path), allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files if key != META_KEY}
-        header = json.loads(str(data[META_KEY]))
-    return Entry(name, header["kind"], _decode(header["payload"], arrays))
-
-
-def journal_names(files: _Files, run_id: str) -> list[str]:
-    """The names of a run's journal entries, setup first, then in the order they were written."""
+def read_journal(files: _Files, run_id: str) -> tuple[Entry | None, list[Entry]]:
+    """(setup, the other entries in the order they were written); temporary files are skipped."""
     names = files.listdir(files.join(run_id, JOURNAL_DIR))
-    return [n for n in names if n == f"{SETUP}.npz"] + [n for n in names if ENTRY_NAME.match(n)]
+    setup = Entry(files, run_id, f"{SETUP}.npz") if f"{SETUP}.npz" in names else None
+    return setup, [Entry(files, run_id, name) for name in names if ENTRY_NAME.match(name)]
 
 
 def pending_captures(files: _Files, run_id: str, written: set[tuple]) -> int:
-    """How many captures the journal holds that are not among the `written` (kind, epoch, step) snapshots."""
-    count = 0
-    for name in journal_names(files, run_id):
-        match = ENTRY_NAME.match(name)
-        if match and match.group(2) == CAPTURE and (match.group(3), int(match.group(4)), int(match.group(5))) not in written:
-            count += 1
-    return count
-
-
-def read_journal(files: _Files, run_id: str) -> tuple[Entry | None, list[Entry]]:
-    """(setup, entries in order). An entry left unreadable by a kill mid-write cannot exist (writes are
-    atomic), so an unreadable one means damage: it raises ValueError naming the file."""
-    setup, entries = None, []
-    for name in journal_names(files, run_id):
-        if name.startswith(TEMP_PREFIX):
-            continue
-        try:
-            entry = _read_entry(files, files.join(run_id, JOURNAL_DIR, name), name)
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"The journal entry {name} of run {run_id!r} is unreadable ({error}).") from None
-        if entry.kind == SETUP:
-            setup = entry
-        else:
-            entries.append(entry)
-    return setup, entries
+    """How many captures the journal holds that are not among the `written` snapshots (`capture_key`s)."""
+    return sum(e.kind == CAPTURE and e.key not in written for e in read_journal(files, run_id)[1])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.journal import CAPTURE, JOURNAL_DIR, Entry, read_journal
+from core.journal import CAPTURE, JOURNAL_DIR, Entry, capture_key, read_journal
 from core.store import Run, RunStore, StoreError, _process_alive
 
 
@@ -39,8 +39,8 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     if setup is None:
         raise StoreError(f"Run {run.id!r} has nothing to recover: it has no journal. Only a Recorder with a budget "
                          "(the default) journals its snapshots; every snapshot it wrote is already readable.")
-    written = {_key(s.meta): s for s in run.snapshots()}
-    pending = [e for e in entries if e.kind == CAPTURE and _key(e.payload) not in written]
+    written = {capture_key(s.meta): s for s in run.snapshots()}
+    pending = [e for e in entries if e.kind == CAPTURE and e.key not in written]
     seq = max((s.seq for s in written.values()), default=-1) + 1
     passes = _ProbePass(setup.payload) if pending else None  # first: a model that cannot be rebuilt changes nothing
     sink = _sink(root, run, setup.payload)
@@ -48,10 +48,10 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     try:
         if passes is not None and written:
             last = max(written.values(), key=lambda s: s.seq)
-            _resume(sink.builder, last, passes, next((e for e in entries if e.kind == CAPTURE and _key(e.payload) == _key(last.meta)), None))
+            _resume(sink.builder, last, passes, next((e for e in entries if e.key == capture_key(last.meta)), None))
         for entry in entries:
             if entry.kind == CAPTURE:
-                if _key(entry.payload) in written:
+                if entry.key in written:  # its weights are never read
                     continue
                 if progress is not None:
                     progress(done, len(pending), entry)
@@ -75,11 +75,6 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     sink.handle(("end", {"status": status, "fields": {**fields, "recovered_snapshots": len(pending)}}))
     store.files.remove_tree(store.files.join(run.id, JOURNAL_DIR))
     return Recovery(run.id, len(pending), status)
-
-
-def _key(meta: dict) -> tuple:
-    """What names one capture across the journal and the snapshots: (kind, epoch, step)."""
-    return meta.get("kind", "epoch"), int(meta["epoch"]), int(meta["step"])
 
 
 def _sink(root: str, run: Run, setup: dict):

@@ -470,12 +470,11 @@ class Run:
     def unwritten_captures(self) -> int:
         """Snapshots this run's training captured but never wrote: held back for its budget when its process was
         killed. `python -m core recover RUN` writes them (`core.recover`); 0 while the run is still recording."""
-        from core.journal import pending_captures  # it reads the journal's files with this module's helpers
+        from core.journal import capture_key, pending_captures  # it reads the journal with this module's helpers
 
         if self.status == "running" or not self.files.isdir(self.files.join(self.id, "journal")):
             return 0
-        written = {(s.meta.get("kind", "epoch"), int(s.meta["epoch"]), int(s.meta["step"])) for s in self.snapshots()}
-        return pending_captures(self.files, self.id, written)
+        return pending_captures(self.files, self.id, {capture_key(s.meta) for s in self.snapshots()})
 
     @property
     def name(self) -> str:
