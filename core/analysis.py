@@ -7,6 +7,7 @@ activation matrix: large inputs are reduced in row chunks, and the randomized PC
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,10 +17,12 @@ __all__ = [
     "LOG_HIST_EDGES",
     "PCAResult",
     "activation_stats",
+    "accuracy_interval",
     "align_pca",
     "cka_matrix",
     "class_separation",
     "effective_dimensionality",
+    "held_out_size",
     "linear_cka",
     "linear_probe_accuracy",
     "pca",
@@ -362,78 +365,36 @@ def _float32_matrix(x):
 
 
 def align_pca(result: PCAResult, previous: np.ndarray | None) -> tuple[PCAResult, np.ndarray]:
-    """`result` with components permuted and sign-flipped to match `previous` (k_prev, d) components.
+    """`result` with each component's sign chosen to follow `previous` (k_prev, d) components; never reordered.
 
-    The permutation maximises the total |overlap| |C_new C_prev^T| (an exact assignment), and each
-    component's sign makes its dot product with its match non-negative. Components left over when
-    k differs keep their rank order after the matched ones. Returns the aligned result and `order`:
-    for each aligned slot, the rank (0 = largest variance) it had in `result`.
+    Column j stays the (j+1)-th largest-variance direction of this snapshot, so an axis labelled PC1 always is
+    PC1 and its share of variance is true. Only orientation is aligned, so the cloud does not mirror-flip
+    between snapshots: each component takes the sign that makes its dot product with the previous component
+    it overlaps most non-negative (that follows a direction even when two components swap rank). Returns the
+    aligned result and `order`, the rank of each column: always 0, 1, ..., k-1 (stored for readers of older
+    runs, whose columns were permuted to follow the previous snapshot).
     """
     k = len(result.components)
+    order = np.arange(k)
     if previous is None:
-        return result, np.arange(k)
+        return result, order
     previous = np.asarray(previous, np.float64)
     if previous.ndim != 2 or previous.shape[1] != result.components.shape[1]:
         raise ValueError(
             f"previous components must have shape (k, {result.components.shape[1]}). "
             f"Received: shape {previous.shape}"
         )
+    if not len(previous):
+        return result, order
     overlap = np.nan_to_num(result.components.astype(np.float64) @ previous.T)  # (k, k_prev)
-    size = max(overlap.shape)
-    cost = np.zeros((size, size))
-    cost[: overlap.shape[0], : overlap.shape[1]] = -np.abs(overlap)
-    row_for_column = _min_cost_assignment(cost)  # (size,)
-    matched = [(row, col) for col, row in enumerate(row_for_column) if row < k and col < overlap.shape[1]]
-    matched_rows = {row for row, _ in matched}
-    order = np.array([row for row, _ in matched] + [r for r in range(k) if r not in matched_rows], np.int64)
-    signs = np.ones(k)
-    for slot, (row, col) in enumerate(matched):
-        signs[slot] = -1.0 if overlap[row, col] < 0 else 1.0
+    closest = overlap[np.arange(k), np.abs(overlap).argmax(axis=1)]
+    signs = np.where(closest < 0, -1.0, 1.0)
     aligned = replace(
         result,
-        components=(result.components[order] * signs[:, None]).astype(np.float32),
-        coords=(result.coords[:, order] * signs).astype(np.float32),
-        explained_variance=result.explained_variance[order],
-        explained_variance_ratio=result.explained_variance_ratio[order],
+        components=(result.components * signs[:, None]).astype(np.float32),
+        coords=(result.coords * signs).astype(np.float32),
     )
     return aligned, order
-
-
-def _min_cost_assignment(cost):
-    """For each column of the square `cost`, its row in the minimum-cost perfect matching.
-
-    The O(k^3) Hungarian algorithm with potentials (Kuhn-Munkres, shortest augmenting paths).
-    """
-    size = len(cost)
-    row_potential = np.zeros(size + 1)
-    column_potential = np.zeros(size + 1)
-    row_of_column = np.zeros(size + 1, np.int64)  # 1-based rows; column 0 is a sentinel
-    previous_column = np.zeros(size + 1, np.int64)
-    for row in range(1, size + 1):
-        row_of_column[0] = row
-        column = 0
-        slack = np.full(size + 1, np.inf)
-        used = np.zeros(size + 1, bool)
-        while row_of_column[column] != 0:
-            used[column] = True
-            current_row = row_of_column[column]
-            reduced = cost[current_row - 1] - row_potential[current_row] - column_potential[1:]
-            free = ~used[1:]
-            better = free & (reduced < slack[1:])
-            slack[1:][better] = reduced[better]
-            previous_column[1:][better] = column
-            candidates = np.where(free, slack[1:], np.inf)
-            next_column = int(np.argmin(candidates)) + 1
-            delta = candidates[next_column - 1]
-            row_potential[row_of_column[used]] += delta
-            column_potential[used] -= delta
-            slack[1:][free] -= delta
-            column = next_column
-        while column != 0:
-            prior = previous_column[column]
-            row_of_column[column] = row_of_column[prior]
-            column = prior
-    return row_of_column[1:] - 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -669,6 +630,28 @@ def _cached_halves(classes, seed):
         _halves_cache.clear()
         _halves_cache[key] = halves
     return halves
+
+
+def held_out_size(labels) -> int:
+    """How many probe samples each linear probe is scored on: the second half of every class (`stratified_halves`)."""
+    classes = _class_indices(labels)
+    return int(sum(np.count_nonzero(classes == label) // 2 for label in range(classes.max(initial=-1) + 1)))
+
+
+def accuracy_interval(accuracy: float, samples: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy measured on `samples` independent samples: (low, high).
+
+    Unlike accuracy ± 1.96 standard errors it stays inside [0, 1] and does not shrink to nothing at 0% or 100%,
+    which a small probe reaches easily. NaN in gives (nan, nan); no samples give (0, 1), knowing nothing."""
+    if not math.isfinite(accuracy):
+        return math.nan, math.nan
+    if samples <= 0:
+        return 0.0, 1.0
+    p = min(max(float(accuracy), 0.0), 1.0)
+    denominator = 1 + z * z / samples
+    centre = (p + z * z / (2 * samples)) / denominator
+    half = z * math.sqrt(p * (1 - p) / samples + z * z / (4 * samples * samples)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def stratified_halves(labels, seed):

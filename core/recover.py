@@ -140,9 +140,9 @@ def _resume(builder, last, passes: _ProbePass, entry: Entry | None) -> None:
     journaled weights (kept until the next capture was written) give the next one's update ratios."""
     coords = {}
     for index in range(len(last.meta.get("layers", []))):
-        value = last.array(f"L{index}/pca")
-        if value is not None:
-            coords[index] = value
+        projection = last.projection(index)
+        if projection is not None:
+            coords[index] = projection.coords
     builder.resume(coords, passes.layer_weights(entry.payload["state"]) if entry is not None else None)
 
 

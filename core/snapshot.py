@@ -1,8 +1,8 @@
 """Turns one raw capture (numpy arrays from the compiled probe pass) into a snapshot record: scalars and arrays.
 
 This is the numpy analysis that runs off the training thread. It keeps the little state that must carry from
-one snapshot to the next: each layer's previous principal components (so axes never flip or swap) and
-previous weights (for the update-to-weight ratio).
+one snapshot to the next: each layer's previous principal components (so an axis never mirror-flips, while PC1
+stays the largest) and previous weights (for the update-to-weight ratio).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _extreme_rows(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
 
 def _components_along(centred: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """(k, d) unit directions in this snapshot's feature space that place the probe samples as `coords` (n, k),
-    an earlier snapshot's stored coordinates, did: aligning to them matches each new axis to the old axis
+    an earlier snapshot's stored coordinates, did: aligning to them gives each new axis the sign of the old axis
     whose coordinates it correlates with most, when the old axes themselves are not at hand."""
     directions = (coords.T @ centred.astype(np.float64))  # (k, d)
     norms = np.linalg.norm(directions, axis=1, keepdims=True)

@@ -350,6 +350,44 @@ class Probe:
         return int(self.indices.shape[0])
 
 
+@dataclass(frozen=True)
+class Projection:
+    """One layer's points on its principal components at one snapshot: column j is PC j+1, the (j+1)-th
+    largest-variance direction of that snapshot, and `variance_ratio[j]` its share of the layer's variance."""
+
+    coords: np.ndarray  # (n, k)
+    variance_ratio: np.ndarray | None  # (k,) float64, descending; NaN where the recorder could not tell
+
+
+def variance_ratios(record: dict) -> np.ndarray | None:
+    """A layer record's explained-variance ratios by rank, largest first (see `Snapshot.projection`); None if absent."""
+    return _ranked(record, None)[0]
+
+
+def _ranked(record: dict, width: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ratios by rank, stored column of each rank or None when already in rank order) for a layer record.
+
+    Runs written before the alignment kept columns in variance order stored them permuted to follow the
+    previous snapshot, with `order` giving each column's rank; those are put back in rank order here. A
+    malformed `order` (not a permutation of the stored columns) is ignored."""
+    pca = record.get("pca") if isinstance(record, dict) else None
+    pca = pca if isinstance(pca, dict) else {}
+    raw = pca.get("explained_variance_ratio")
+    ratios = None
+    if isinstance(raw, list):
+        ratios = np.asarray([r if isinstance(r, (int, float)) and not isinstance(r, bool) else np.nan for r in raw], np.float64)
+    width = width if width is not None else (len(ratios) if ratios is not None else None)
+    order = pca.get("order")
+    columns = None
+    if isinstance(order, list) and width is not None and len(order) == width and all(
+            isinstance(r, int) and not isinstance(r, bool) for r in order) and sorted(order) == list(range(width)):
+        if order != sorted(order):
+            columns = np.argsort(np.asarray(order, np.int64), kind="stable")
+    if ratios is not None and columns is not None and len(ratios) == len(columns):
+        ratios = ratios[columns]
+    return ratios, columns
+
+
 class Snapshot:
     """One immutable snapshot: `meta` holds the scalars, `array(key)` loads one array on demand.
 
@@ -388,6 +426,20 @@ class Snapshot:
         """The scalar record of layer `index` (see FORMAT.md), or {} when absent."""
         layers = self.meta.get("layers", [])
         return layers[index] if 0 <= index < len(layers) else {}
+
+    def projection(self, index: int, points: str = "pca") -> Projection | None:
+        """Layer `index`'s probe samples (`points="pca"`) or input-plane grid (`"plane_pca"`) on its principal
+        components, PC1 first; None when this snapshot has none. Read PCA coordinates only through here: it
+        also puts older runs' permuted columns back in variance order."""
+        coords = self.array(f"L{index}/{points}")
+        if coords is None or coords.ndim != 2:
+            return None
+        ratios, columns = _ranked(self.layer(index), coords.shape[1])
+        if columns is not None:
+            coords = coords[:, columns]
+        if ratios is not None and len(ratios) != coords.shape[1]:
+            ratios = None
+        return Projection(coords, ratios)
 
 
 def _read_snapshot(files: _Files, path: str) -> Snapshot:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from core.diagnosis import diagnose
-from core.store import Run, main_weight, to_json_safe
+from core.store import Run, main_weight, to_json_safe, variance_ratios
 
 
 def run_summary(run: Run) -> dict:
@@ -21,7 +23,7 @@ def run_summary(run: Run) -> dict:
             "bias_gradient_norm": [_get(r, "grad", "bias", "norm") for r in records],
             "output_gradient_norm": [_get(r, "grad", "output", "norm") for r in records],
             "update_ratio": [_get(r, "update_ratio", kernel) for r in records],
-            "explained_variance_ratio": [_get(r, "pca", "explained_variance_ratio") for r in records],
+            "explained_variance_ratio": [_ranked_ratios(r) for r in records],
             "dead_fraction": [_get(r, "activation", "dead_fraction") for r in records],
             "saturated_fraction": [_get(r, "activation", "saturated_fraction") for r in records],
             "linear_probe": [_get(r, "linear_probe") for r in records],
@@ -66,3 +68,9 @@ def _get(record: dict, *path: str):
             return None
         record = record[key]
     return record
+
+
+def _ranked_ratios(record: dict) -> list[float | None] | None:
+    """A layer's explained-variance ratios, PC1 first (older runs stored them in aligned column order)."""
+    ratios = variance_ratios(record)
+    return None if ratios is None else [None if np.isnan(r) else float(r) for r in ratios]

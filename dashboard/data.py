@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.store import Run, Snapshot, StoreError
+from core.store import Run, Snapshot, StoreError, variance_ratios
 from dashboard.views.embeddings import Frame, Panel, coloring, frame_subset
 
 
@@ -32,11 +32,6 @@ def class_names(run: Run) -> list[str]:
     return list(run.meta.get("dataset", {}).get("class_names") or [])
 
 
-def layer_variance(snapshot: Snapshot, index: int) -> np.ndarray | None:
-    ratios = snapshot.layer(index).get("pca", {}).get("explained_variance_ratio")
-    return None if ratios is None else np.asarray([np.nan if r is None else r for r in ratios], dtype=np.float64)
-
-
 def input_panel(run: Run) -> Panel | None:
     """The raw input's PCA (fixed through training): the strip's first panel."""
     try:
@@ -53,9 +48,9 @@ def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
     """Input first, then every recorded layer at `snapshot`."""
     panels = [p for p in [input_panel(run)] if p is not None]
     for index, layer in enumerate(run.layers):
-        coords = snapshot.array(f"L{index}/pca")
-        if coords is not None:
-            panels.append(Panel(layer.get("name", f"layer {index}"), coords, layer_variance(snapshot, index)))
+        projection = snapshot.projection(index)
+        if projection is not None:
+            panels.append(Panel(layer.get("name", f"layer {index}"), projection.coords, projection.variance_ratio))
     return panels
 
 
@@ -69,12 +64,12 @@ def focus_frames(run: Run, layer: int, color_mode: str, chosen_epoch: int | None
     frames = []
     for position in frame_subset(times, chosen):
         snapshot = snapshots[position]
-        coords = snapshot.array(f"L{layer}/pca")
-        if coords is None:
+        projection = snapshot.projection(layer)
+        if projection is None:
             continue
         color = coloring(color_mode, truth, snapshot.array("pred/probs"), names)
         label = "" if snapshot.meta.get("kind", "epoch") == "epoch" else f"{times[position]:.2f}"
-        frames.append(Frame(int(snapshot.epoch), coords, layer_variance(snapshot, layer), color, label))
+        frames.append(Frame(int(snapshot.epoch), projection.coords, projection.variance_ratio, color, label))
     start = next((i for i, f in enumerate(frames) if not f.label and f.epoch == chosen), len(frames) - 1)
     return frames, max(start, 0)
 
@@ -103,6 +98,7 @@ def scree_inputs(run: Run, snapshot: Snapshot) -> tuple[list[str], list, list]:
     for index, layer in enumerate(run.layers):
         record = snapshot.layer(index)
         names.append(layer.get("name", f"layer {index}"))
-        variances.append(record.get("pca", {}).get("explained_variance_ratio"))
+        ratios = variance_ratios(record)
+        variances.append(None if ratios is None else [None if np.isnan(r) else float(r) for r in ratios])
         n90.append(record.get("dimensionality", {}).get("n90"))
     return names, variances, n90

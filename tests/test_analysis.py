@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.optimize import linear_sum_assignment
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -17,11 +16,13 @@ from sklearn.preprocessing import StandardScaler
 from core import analysis
 from core.analysis import (
     LOG_HIST_EDGES,
+    accuracy_interval,
     activation_stats,
     align_pca,
     cka_matrix,
     class_separation,
     effective_dimensionality,
+    held_out_size,
     linear_cka,
     linear_probe_accuracy,
     pca,
@@ -176,27 +177,31 @@ def test_pca_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------------
 
 
-def scrambled(result, permutation, signs):
-    """`result` with components permuted and sign-flipped, as a fresh snapshot could return it."""
-    return replace(
-        result,
-        components=result.components[permutation] * signs[:, None],
-        coords=result.coords[:, permutation] * signs,
-        explained_variance=result.explained_variance[permutation],
-        explained_variance_ratio=result.explained_variance_ratio[permutation],
-    )
+def negated(result, signs):
+    """`result` with its components sign-flipped, as a fresh snapshot of the same layer could return it."""
+    return replace(result, components=result.components * signs[:, None], coords=result.coords * signs)
 
 
-def test_align_recovers_a_permuted_negated_snapshot():
+def test_align_undoes_sign_flips_and_keeps_the_rank_order():
     original = pca(planted(200, 80, rank=6), k=6)
-    permutation = np.array([3, 0, 5, 1, 4, 2])
     signs = np.array([-1, 1, -1, -1, 1, -1], np.float32)
-    aligned, order = align_pca(scrambled(original, permutation, signs), original.components)
+    aligned, order = align_pca(negated(original, signs), original.components)
     np.testing.assert_array_equal(aligned.components, original.components)
     np.testing.assert_array_equal(aligned.coords, original.coords)
-    np.testing.assert_array_equal(aligned.explained_variance, original.explained_variance)
     np.testing.assert_array_equal(aligned.explained_variance_ratio, original.explained_variance_ratio)
-    np.testing.assert_array_equal(order, np.argsort(permutation))
+    np.testing.assert_array_equal(order, np.arange(6))
+
+
+def test_align_never_reorders_components_even_when_they_swapped_rank():
+    """Two directions trade places between snapshots: the columns stay in variance order (PC1 is the largest
+    now), and each keeps the orientation of the direction it continues, not of the column it had."""
+    original = pca(planted(200, 80, rank=6), k=6)
+    previous = original.components[[1, 0, 2, 3, 4, 5]] * np.array([-1, 1, 1, 1, 1, 1], np.float32)[:, None]
+    aligned, order = align_pca(original, previous)
+    np.testing.assert_array_equal(order, np.arange(6))
+    assert np.all(np.diff(aligned.explained_variance_ratio) <= 0)
+    np.testing.assert_array_equal(aligned.components[0], original.components[0])  # matches previous[1], sign +
+    np.testing.assert_array_equal(aligned.components[1], -original.components[1])  # matches previous[0], sign -
 
 
 def test_align_without_previous_is_identity():
@@ -206,30 +211,19 @@ def test_align_without_previous_is_identity():
     np.testing.assert_array_equal(order, np.arange(4))
 
 
-def test_align_with_different_k_matches_then_keeps_rank_order():
+def test_align_with_different_k_keeps_rank_order():
     original = pca(planted(200, 80, rank=6), k=6)
     aligned, order = align_pca(original, original.components[[2, 0]] * -1)
-    np.testing.assert_array_equal(order, [2, 0, 1, 3, 4, 5])
-    np.testing.assert_array_equal(aligned.components[0], -original.components[2])
-    np.testing.assert_array_equal(aligned.components[2], original.components[1])
+    np.testing.assert_array_equal(order, np.arange(6))
+    np.testing.assert_array_equal(aligned.components[0], -original.components[0])
+    np.testing.assert_array_equal(aligned.components[2], -original.components[2])
     fewer, order = align_pca(pca(planted(200, 80, rank=6), k=2), original.components[[4, 1, 0]])
-    np.testing.assert_array_equal(order, [1, 0])
+    np.testing.assert_array_equal(order, [0, 1])
 
 
 def test_align_rejects_mismatched_width():
     with pytest.raises(ValueError, match="shape"):
         align_pca(pca(planted(50, 20), k=3), np.eye(3, 21))
-
-
-def test_assignment_is_optimal_like_scipy():
-    rng = np.random.default_rng(0)
-    for size in (1, 2, 5, 17, 40):
-        cost = rng.random((size, size))
-        row_for_column = analysis._min_cost_assignment(cost)
-        assert sorted(row_for_column) == list(range(size))
-        rows, columns = linear_sum_assignment(cost)
-        ours = cost[row_for_column, np.arange(size)].sum()
-        assert ours == pytest.approx(cost[rows, columns].sum(), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -571,3 +565,25 @@ def test_effective_dimensionality_n90_from_top_ratios_and_after_alignment():
     assert effective_dimensionality(result)["n90"] == exact["n90"]
     aligned, _ = align_pca(result, result.components[::-1])
     assert effective_dimensionality(aligned) == effective_dimensionality(result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a probe accuracy rests on
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_held_out_size_is_the_second_half_of_every_class():
+    labels = np.array([0] * 7 + [1] * 4 + [2])  # halves: 3 of 7, 2 of 4, 0 of 1
+    assert held_out_size(labels) == 5
+    train, test = stratified_halves(labels, seed=3)
+    assert len(test) == held_out_size(labels)
+
+
+def test_accuracy_interval_is_wilsons():
+    # Reference values: Wilson score interval, z = 1.96 (e.g. statsmodels proportion_confint(method="wilson")).
+    assert accuracy_interval(0.9, 100) == pytest.approx((0.8256, 0.9448), abs=1e-4)
+    assert accuracy_interval(1.0, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)  # never a zero-width interval
+    low, high = accuracy_interval(0.9, 1000)
+    assert high - low < 0.04 and low < 0.9 < high
+    assert accuracy_interval(0.5, 0) == (0.0, 1.0)
+    assert all(np.isnan(accuracy_interval(float("nan"), 50)))

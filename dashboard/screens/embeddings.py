@@ -69,8 +69,10 @@ def show(run, view, live: bool) -> None:
               selection_mode=("points", "box", "lasso"))
         within = (f" Fractional epochs are the captures every {run.meta['batch_every']} batches within an epoch."
                   if run.meta.get("batch_every") else "")
-        st.caption("Press ▶ to replay training in the browser. Components are aligned from epoch to epoch, so what "
-                   f"moves is the representation, not the PCA flipping axes.{within}")
+        st.caption("Press ▶ to replay training in the browser. Every frame shows that epoch's own largest components "
+                   "(PC1 is always the largest), with their signs matched to the frame before, so the cloud never "
+                   "mirror-flips; when two components trade places, the axes trade too and their titles say so."
+                   f"{within}")
     with samples_col:
         selected_samples(run, snapshot, view.sel)
 

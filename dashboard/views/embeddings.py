@@ -337,7 +337,7 @@ class Panel:
     """One layer's probe coordinates at one snapshot."""
 
     name: str
-    coords: np.ndarray  # (n, k) on the aligned principal components
+    coords: np.ndarray  # (n, k) on the snapshot's principal components, PC1 first
     variance: np.ndarray | None  # (k,) explained variance ratio in the same column order
 
 
@@ -434,8 +434,9 @@ def focus_figure(
 ) -> dict:
     """One layer in 2-D or 3-D with an epoch slider and a Play button that animate in the browser.
 
-    The coordinates are the recorder's aligned components, and the axis ranges cover every frame, so the
-    cloud moves only as much as the representation does. `start` is the position of the frame shown first.
+    Each frame shows its own snapshot's top components in variance order (the recorder only matches their signs
+    to the frame before), and the axis ranges cover every frame, so the cloud moves only as much as the
+    representation does; each frame's axis titles give its own shares of variance. `start` is the position of the frame shown first.
     """
     three = dims == "3d"
     count = len(frames[0].coords)
