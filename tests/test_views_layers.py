@@ -66,6 +66,28 @@ def test_probe_depth_starts_at_the_input_and_shows_the_untrained_network():
     assert any(shape.x0 == "dense_1" for shape in figure.layout.shapes)  # the chosen layer is marked
 
 
+def test_probe_depth_error_bars_are_the_95_percent_interval_on_the_held_out_samples():
+    figure = views.probe_depth_figure(LAYERS, probe_table()[2], 0.55, epoch=2, held_out=100)
+    (now,) = traces(figure, "scatter")
+    # 0.9 on 100 samples: Wilson 95% interval 0.826 to 0.945
+    row = list(now.y).index(0.9)
+    assert now.error_y.array[row] == pytest.approx(0.9448 - 0.9, abs=1e-4)
+    assert now.error_y.arrayminus[row] == pytest.approx(0.9 - 0.8256, abs=1e-4)
+    assert traces(views.probe_depth_figure(LAYERS, probe_table()[2], 0.55, epoch=2), "scatter")[0].error_y.array is None
+    heatmap = traces(views.probe_heatmap(EPOCHS, LAYERS, probe_table(), baseline=0.55, held_out=100), "heatmap")[0]
+    assert "on 100 held-out samples" in heatmap.hovertemplate
+
+
+def test_probe_reliability_says_how_many_samples_how_sure_and_one_seed():
+    text = views.probe_reliability(1000, 2000, 0.9, seed=3)
+    assert "trained on 1,000 probe samples and scored on the other 1,000" in text
+    assert "95% interval is 88% to 92%" in text and "few samples" not in text
+    assert "one training run (seed 3)" in text
+    few = views.probe_reliability(40, 81, 0.9, seed=None)
+    assert "95% interval is 77% to 96%" in few and "few samples" in few and "one training run:" in few
+    assert "interval" not in views.probe_reliability(0, 0, None, None)
+
+
 def test_cka_heatmap_and_a_snapshot_without_one():
     matrix = [[1.0, 0.8, 0.2], [0.8, 1.0, None], [0.2, None, 1.0]]
     (heatmap,) = traces(views.cka_heatmap(LAYERS, matrix, epoch=3), "heatmap")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import metrics
+from core import analysis, metrics
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import layers as views
@@ -41,6 +41,7 @@ def show(run, live: bool) -> None:
         left, right = st.columns(2, gap="medium")
         chart(left, "probe_heatmap", probe_heatmap(*key))
         chart(right, "probe_depth", probe_depth(*key, layer_name))
+        st.caption(probe_reliability(*key, layer))
     else:
         st.info("This run was recorded without class labels, so it has no linear-probe accuracy or class separation.")
 
@@ -156,10 +157,18 @@ def _chance(run) -> float | None:
     return 1.0 / classes if classes else None
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def held_out(run_id: str) -> tuple[int, int]:
+    """(samples each linear probe is scored on, probe size): the probe's labels fix both."""
+    probe = _run(run_id).probe()
+    return (analysis.held_out_size(probe.y) if probe.y is not None else 0), probe.size
+
+
 @st.cache_resource(max_entries=16, show_spinner=False)
 def probe_heatmap(run_id, count, epoch):
     found = layer_metrics(run_id, count)
-    return views.probe_heatmap(found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)))
+    return views.probe_heatmap(found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)),
+                               held_out(run_id)[0])
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -168,7 +177,17 @@ def probe_depth(run_id, count, epoch, chosen):
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
     return views.probe_depth_figure(found.layers, found.probe[row], found.input_probe, found.epochs[row], initial,
-                                    _chance(_run(run_id)), chosen, initial_epoch=found.epochs[0])
+                                    _chance(_run(run_id)), chosen, initial_epoch=found.epochs[0],
+                                    held_out=held_out(run_id)[0])
+
+
+def probe_reliability(run_id, count, epoch, layer: int) -> str:
+    found = layer_metrics(run_id, count)
+    accuracy = found.probe[found.at(epoch)]
+    chosen = float(accuracy[layer]) if 0 <= layer < len(accuracy) else None
+    config = _run(run_id).meta.get("config")
+    seed = config.get("seed") if isinstance(config, dict) and isinstance(config.get("seed"), int) else None
+    return views.probe_reliability(*held_out(run_id), chosen, seed)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -229,10 +248,11 @@ def bent_plane(run_id, count, epoch, layer, components):
     grid_x, grid_y = np.meshgrid(plane["xs"], plane["ys"])  # grid point r*G + c is (xs[c], ys[r])
     panels = [("input", np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))]
     for index, info in enumerate(run.layers):
-        coords = snapshot.array(f"L{index}/plane_pca")
-        if coords is not None:
-            picked = [min(c, coords.shape[1]) - 1 for c in components]
-            panels.append((info.get("name", f"layer {index}"), coords[:, picked]))
+        projection = snapshot.projection(index, "plane_pca")
+        if projection is not None:  # a layer with fewer components than asked for is flat along the missing ones
+            coords = projection.coords
+            picked = [coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components]
+            panels.append((info.get("name", f"layer {index}"), np.stack(picked, axis=1)))
     chosen = run.layers[layer].get("name") if run.layers else None
     return views.bent_plane_figure(panels, snapshot.array("pred/plane_probs"), len(plane["xs"]), chosen,
                                    (f"PC{components[0]}", f"PC{components[1]}"))

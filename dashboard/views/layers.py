@@ -13,6 +13,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
+from core.analysis import accuracy_interval
+
 MAX_GRID_UNITS = 64  # unit maps and weight images drawn per layer; wider layers show their first 64
 GRID_COLUMNS = 8
 CELL_HEIGHT = 92  # pixels per row of image small multiples (16 to a row)
@@ -25,12 +27,14 @@ PALETTE = qualitative.Plotly + qualitative.Dark24
 UNIT_SCALE = "RdBu"  # diverging, as in TensorFlow Playground: one colour for positive, one for negative, white at 0
 DEPTH_SCALE = "Viridis"
 EARLY = "#b8b8b8"  # epoch 0 (before training) drawn as a faint reference
+FEW_HELD_OUT = 200  # below this many held-out samples a probe accuracy's 95% interval is wider than ±4 points at 90%
 
 CAPTIONS = {
-    "probe_heatmap": "Each cell: how well a linear classifier reads the class off that layer at that epoch (held-out "
-                     "half of the probe set). Brighter is more linearly decodable; the input row is the baseline.",
-    "probe_depth": "Linear-probe accuracy from input to output at the chosen epoch (grey: before training). A rise "
-                   "with depth means later layers make the classes linearly separable.",
+    "probe_heatmap": "Each cell: how well a linear classifier reads the class off that layer at that epoch, scored on "
+                     "the held-out half of the probe set. Brighter is more linearly decodable; the input row is the "
+                     "baseline.",
+    "probe_depth": "Linear-probe accuracy from input to output at the chosen epoch (grey: before training), with its "
+                   "95% interval. A rise with depth means later layers make the classes linearly separable.",
     "cka_heatmap": "Linear CKA between every pair of layers at the chosen epoch: 1 means two layers represent the "
                    "probe set the same way up to rotation and scale; blocks of high values are stages.",
     "cka_final": "Each layer's CKA with itself at the last epoch. A line reaching 1 early means that layer stopped "
@@ -146,8 +150,9 @@ def _no_data(message: str, height: int = 200) -> go.Figure:
 
 
 def probe_heatmap(epochs: list[int], layers: list[str], accuracy: np.ndarray, baseline: float | None,
-                  epoch: int | None = None, chance: float | None = None) -> go.Figure:
-    """Layer × epoch heatmap of linear-probe accuracy (epochs, layers), the input baseline as the first row."""
+                  epoch: int | None = None, chance: float | None = None, held_out: int | None = None) -> go.Figure:
+    """Layer × epoch heatmap of linear-probe accuracy (epochs, layers), the input baseline as the first row; the
+    hover names the `held_out` samples each accuracy was scored on."""
     if not epochs:
         return _no_data("No captured epochs yet.")
     names = ([INPUT] if baseline is not None else []) + list(layers)
@@ -158,7 +163,8 @@ def probe_heatmap(epochs: list[int], layers: list[str], accuracy: np.ndarray, ba
         z=z, x=list(epochs), y=names, zmin=colour_floor(z, chance), zmax=1.0,
         colorscale="Viridis", colorbar=dict(title="accuracy", thickness=12, tickformat=".0%"),
         texttemplate="%{z:.2f}" if text else None, textfont=dict(size=10),
-        hovertemplate="%{y} · epoch %{x}<br>probe accuracy %{z:.3f}<extra></extra>",
+        hovertemplate="%{y} · epoch %{x}<br>probe accuracy %{z:.3f}"
+                      + (f" on {held_out:,} held-out samples" if held_out else "") + "<extra></extra>",
     ))
     figure.update_xaxes(title_text="epoch", tickmode="array" if len(epochs) <= MAX_TEXT_COLUMNS else "auto",
                         tickvals=list(epochs) if len(epochs) <= MAX_TEXT_COLUMNS else None)
@@ -170,18 +176,26 @@ def probe_heatmap(epochs: list[int], layers: list[str], accuracy: np.ndarray, ba
 
 def probe_depth_figure(layers: list[str], accuracy: np.ndarray, baseline: float | None, epoch: int,
                        initial: np.ndarray | None = None, chance: float | None = None, chosen: str | None = None,
-                       initial_epoch: int = 0) -> go.Figure:
+                       initial_epoch: int = 0, held_out: int | None = None) -> go.Figure:
     """Accuracy against depth at `epoch` (and, faint, before training: at `initial_epoch`, which a resumed fit
-    starts from), starting from the input baseline."""
+    starts from), starting from the input baseline. With `held_out` (the samples each probe is scored on), every
+    point of `epoch` carries its 95% interval as an error bar."""
     names = ([INPUT] if baseline is not None else []) + list(layers)
     lead = [baseline] if baseline is not None else []
+    values = _clean(lead + list(accuracy))
     figure = go.Figure()
     if initial is not None:
         figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(initial)), mode="lines+markers", name=f"epoch {initial_epoch}",
                                     line=dict(color=EARLY, dash="dot")))
-    figure.add_trace(go.Scatter(x=names, y=_clean(lead + list(accuracy)), mode="lines+markers+text", name=f"epoch {epoch}",
+    error_y = None
+    if held_out:
+        bounds = [accuracy_interval(v, held_out) if v is not None else (math.nan, math.nan) for v in values]
+        error_y = dict(type="data", symmetric=False, color="rgba(31, 36, 48, 0.45)", thickness=1.2, width=4,
+                       array=[None if v is None else high - v for v, (_, high) in zip(values, bounds)],
+                       arrayminus=[None if v is None else v - low for v, (low, _) in zip(values, bounds)])
+    figure.add_trace(go.Scatter(x=names, y=values, mode="lines+markers+text", name=f"epoch {epoch}",
                                 line=dict(color=PALETTE[0], width=3), text=[_percent(v) for v in lead + list(accuracy)],
-                                textposition="top center", textfont=dict(size=10)))
+                                textposition="top center", textfont=dict(size=10), error_y=error_y))
     if baseline is not None:
         figure.add_hline(y=baseline, line=dict(color="grey", dash="dash"), annotation_text="input baseline",
                          annotation_position="bottom right")
@@ -195,6 +209,22 @@ def probe_depth_figure(layers: list[str], accuracy: np.ndarray, baseline: float 
     if chosen is not None:
         _mark_layer(figure, chosen)
     return _style(figure, 320)
+
+
+def probe_reliability(held_out: int, probe_size: int, accuracy: float | None, seed: int | None) -> str:
+    """What the probe accuracies rest on, in words: how many held-out samples, how wide a 95% interval that gives
+    at `accuracy` (the chosen layer's, say), and that the run is one training seed."""
+    trained = max(probe_size - held_out, 0)
+    text = (f"Each probe is trained on {trained:,} probe samples and scored on the other {held_out:,}, which it never "
+            "saw. ")
+    if held_out and accuracy is not None and math.isfinite(accuracy):
+        low, high = accuracy_interval(accuracy, held_out)
+        text += (f"At {accuracy:.0%} on {held_out:,} samples the 95% interval is {low:.0%} to {high:.0%} (the error "
+                 "bars), so smaller differences between layers or epochs may be noise. ")
+    if held_out < FEW_HELD_OUT:
+        text += "That is few samples: record with a larger probe (`probe_size`) for firmer numbers. "
+    seed_text = f" (seed {seed})" if seed is not None else ""
+    return text + f"All of it is one training run{seed_text}: another seed can give other curves."
 
 
 def colour_floor(z: list[list], chance: float | None = None) -> float:
