@@ -14,6 +14,7 @@ from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
 from core.analysis import accuracy_interval
+from core.snapshot import CKA_SKETCH_POINTS, SEPARATION_POINTS
 
 MAX_GRID_UNITS = 64  # unit maps and weight images drawn per layer; wider layers show their first 64
 GRID_COLUMNS = 8
@@ -37,10 +38,12 @@ CAPTIONS = {
                    "95% interval. A rise with depth means later layers make the classes linearly separable.",
     "cka_heatmap": "Linear CKA between every pair of layers at the chosen epoch: 1 means two layers represent the "
                    "probe set the same way up to rotation and scale; blocks of high values are stages.",
-    "cka_final": "Each layer's CKA with itself at the last epoch. A line reaching 1 early means that layer stopped "
-                 "changing; layers near the input usually settle first.",
-    "depth": "At the chosen epoch (grey: before training): class separation (silhouette, higher is better "
-             "separated) and how many directions each layer uses (n90, participation ratio).",
+    "cka_final": "Each layer's CKA with itself at the last epoch, on a fixed subsample of at most "
+                 f"{CKA_SKETCH_POINTS} probe samples. A line reaching 1 early means that layer stopped changing; layers "
+                 "near the input usually settle first.",
+    "depth": "At the chosen epoch (grey: before training): class separation (silhouette in the layer's top "
+             f"components, on at most {SEPARATION_POINTS} probe samples; higher is better separated) and how many "
+             "directions each layer uses (n90, participation ratio).",
     "time": "The same three measures over training, one line per layer, light near the input and dark near the output.",
     "unit_grid": "Every unit's response over the input plane (Playground style): blue where it fires, red where it is "
                  "negative, each unit on its own scale; the outlined one is the chosen unit.",
