@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from core.settings import spec_settings, text
 from core.store import RunStore, StoreError, to_json_safe
 
 EXIT_FINDINGS = 1  # `diagnose` found a problem: CI pipelines can gate on training health
@@ -36,30 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a built-in model and record it; prints the run id last")
-    train.add_argument("--dataset", default="spiral", help="moons, circles, spiral, xor, blobs, digits, iris, wine, breast_cancer, or a .npz/.csv path")
-    train.add_argument("--noise", type=float, default=0.1, help="noise of the 2-D data sets (default 0.1)")
-    train.add_argument("--label-column", default=None, help="label column of a .csv data set")
-    train.add_argument("--hidden", default="32,32,32", help="hidden layer sizes, e.g. 128,64,32")
-    train.add_argument("--activation", default="relu")
-    train.add_argument("--init", default="glorot_uniform", help="any Keras initializer name, e.g. he_normal")
-    train.add_argument("--optimizer", default="adam")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--l2", type=float, default=0.0)
-    train.add_argument("--dropout", type=float, default=0.0)
-    train.add_argument("--batch-norm", action="store_true")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--probe-size", type=int, default=2000)
-    train.add_argument("--every", type=int, default=1, help="capture every N epochs")
-    train.add_argument("--batch-every", type=int, default=None, help="also capture every N batches")
-    train.add_argument("--grad-every", type=int, default=None, help="also measure per-layer gradient norms every N batches (cheap)")
-    train.add_argument("--budget", type=float, default=None, metavar="SHARE",
-                       help="let the recording use at most this share of training's time beside it, e.g. 0.03; "
-                            "snapshots beyond it are analysed after training (default: every snapshot live)")
-    train.add_argument("--runs", default="runs", help="run store: a folder or an fsspec URL (default ./runs)")
-    train.add_argument("--name", default=None)
-    train.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    _add_training_flags(train)
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     train.set_defaults(handler=_train)
 
@@ -89,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
                           help="override a threshold, e.g. vanishing_ratio=1e-3 (repeatable; see core/DIAGNOSIS.md)")
     diagnose.set_defaults(handler=_diagnose)
     return parser
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of `TrainingSpec`, from the table in `core.settings` (defaults shared with the dashboard)."""
+    for setting in spec_settings():
+        help = setting.help if setting.public else argparse.SUPPRESS
+        if setting.type is bool:
+            parser.add_argument(setting.flag, action="store_true", help=help)
+            continue
+        if setting.public and setting.default is not None and "default" not in setting.help:
+            help = f"{setting.help} (default {text(setting)})"
+        if setting.type is tuple:  # layer sizes are typed as "32,32,32"; TrainingSpec.from_args parses them
+            parser.add_argument(setting.flag, default=text(setting), metavar=setting.metavar, help=help)
+        else:
+            parser.add_argument(setting.flag, type=setting.type, default=setting.default, metavar=setting.metavar, help=help)
 
 
 def _train(args: argparse.Namespace) -> int:

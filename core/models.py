@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
 
 import keras
 
-COMMON_ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "leaky_relu", "linear")
-COMMON_INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "random_normal")
-COMMON_OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
+from core.settings import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, dataclass_fields, model_settings
 
 
 @dataclass
-class ModelConfig:
-    """Architecture and training settings of the MLP; `validate()` checks them before any layer is built."""
+class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_settings()))):
+    """Architecture and training settings of the MLP; `validate()` checks them before any layer is built.
 
-    hidden: tuple[int, ...] = (128, 64, 32)  # units per hidden layer, input side first
-    activation: str = "relu"
-    init: str = "glorot_uniform"  # kernel initializer of every Dense layer (Keras's own default)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    l2: float = 0.0  # kernel weight decay factor; 0 adds no regularizer at all
-    dropout: float = 0.0  # rate after each hidden layer; 0 adds no Dropout layer
-    batch_norm: bool = False  # Dense -> BatchNormalization -> Activation, so BN sees pre-activations
-    seed: int = 0  # seeds Python, numpy and TensorFlow, so the same config gives the same initial weights
+    Its fields (`hidden`, `activation`, `init`, `optimizer`, `lr`, `l2`, `dropout`, `batch_norm`, `seed`) and their
+    defaults are the settings `core.settings` marks `model=True`, the same defaults `python -m core train` uses.
+    """
 
     def validate(self) -> "ModelConfig":
         """Returns self, or raises ValueError naming the first bad setting and the value received."""
@@ -36,9 +28,9 @@ class ModelConfig:
             raise ValueError(
                 f"hidden sizes must be positive integers, e.g. (128, 64, 32). Received: hidden={hidden!r}"
             )
-        _check_known(keras.activations.get, "activation", self.activation, COMMON_ACTIVATIONS)
-        _check_known(keras.initializers.get, "init", self.init, COMMON_INITIALIZERS)
-        _check_known(keras.optimizers.get, "optimizer", self.optimizer, COMMON_OPTIMIZERS)
+        _check_known(keras.activations.get, "activation", self.activation, ACTIVATIONS)
+        _check_known(keras.initializers.get, "init", self.init, INITIALIZERS)
+        _check_known(keras.optimizers.get, "optimizer", self.optimizer, OPTIMIZERS)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, e.g. 1e-3. Received: lr={self.lr!r}")
         if not 0 <= self.dropout < 1:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from core.datasets import stratified_subset
 from core.graph import RecordedLayer, forward_recording, recorded_layers
 from core.journal import Journal
+from core.settings import RECORDER_DEFAULTS
 from core.snapshot import RawCapture
 from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
 from core.worker import TRAINING, start_worker
@@ -26,7 +27,7 @@ from core.worker import TRAINING, start_worker
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
 GRAD_PROBE_SIZE = 256  # probe samples the per-batch gradient norms are measured on: a stable norm, still cheap
-DEFAULT_BUDGET = 0.03  # share of training's wall time the recording may take beside it (bench/README.md)
+DEFAULT_BUDGET = RECORDER_DEFAULTS["budget"]  # share of training's wall time; why it differs from the CLI's: core/settings.py
 
 
 class _OwnTracesAreExpected(logging.Filter):
@@ -113,14 +114,14 @@ class Recorder(keras.callbacks.Callback):
         self,
         log_dir: str = "runs",
         probe: Any = None,
-        every: int = 1,
+        every: int = RECORDER_DEFAULTS["every"],
         name: str | None = None,
         *,
-        batch_every: int | None = None,
-        grad_every: int | None = None,
-        probe_size: int = 2000,
-        components: int = 10,
-        seed: int = 0,
+        batch_every: int | None = RECORDER_DEFAULTS["batch_every"],
+        grad_every: int | None = RECORDER_DEFAULTS["grad_every"],
+        probe_size: int = RECORDER_DEFAULTS["probe_size"],
+        components: int = RECORDER_DEFAULTS["components"],
+        seed: int = RECORDER_DEFAULTS["seed"],
         image_shape: tuple[int, ...] | None = None,
         class_names: list[str] | None = None,
         feature_names: list[str] | None = None,

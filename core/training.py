@@ -4,41 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, make_dataclass
 from typing import Callable
 
 from core.datasets import load_dataset, split
 from core.models import ModelConfig, parse_hidden
-
-MAX_EPOCHS = 10_000
+from core.settings import dataclass_fields, model_settings, spec_settings
 
 
 @dataclass
-class TrainingSpec:
-    """Everything that defines a training run; stored whole in the run's config, so a run can be repeated."""
+class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_settings()))):
+    """Everything that defines a training run; stored whole in the run's config, so a run can be repeated.
 
-    dataset: str = "spiral"
-    noise: float = 0.1  # only for the 2-D data sets
-    label_column: str | None = None  # only for .csv data sets
-    hidden: tuple[int, ...] = (32, 32, 32)
-    activation: str = "relu"
-    init: str = "glorot_uniform"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 30
-    l2: float = 0.0
-    dropout: float = 0.0
-    batch_norm: bool = False
-    seed: int = 0
-    probe_size: int = 2000
-    every: int = 1
-    batch_every: int | None = None
-    grad_every: int | None = None  # per-batch gradient norms every N batches (cheap; None: off)
-    budget: float | None = None  # Recorder(budget=...); None: every snapshot analysed live, for watching training
-    runs: str = "runs"
-    name: str | None = None
-    run_id: str | None = None
+    One field per `python -m core train` flag, with the defaults, types and help declared in `core.settings`.
+    """
 
     @classmethod
     def from_args(cls, args) -> "TrainingSpec":
@@ -48,16 +27,17 @@ class TrainingSpec:
         return cls(**values).validate()
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            hidden=tuple(self.hidden), activation=self.activation, init=self.init, optimizer=self.optimizer,
-            lr=self.lr, l2=self.l2, dropout=self.dropout, batch_norm=self.batch_norm, seed=self.seed,
-        )
+        values = {setting.name: getattr(self, setting.name) for setting in model_settings()}
+        return ModelConfig(**{**values, "hidden": tuple(self.hidden)})
 
     def validate(self) -> "TrainingSpec":
-        for name, low, high in (("epochs", 1, MAX_EPOCHS), ("batch_size", 1, 1_000_000), ("every", 1, MAX_EPOCHS), ("probe_size", 10, 1_000_000)):
-            value = getattr(self, name)
+        for setting in spec_settings():
+            if setting.bounds is None:
+                continue
+            low, high = setting.bounds
+            value = getattr(self, setting.name)
             if not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}]. Received: {value!r}")
+                raise ValueError(f"{setting.flag} must be an integer in [{low}, {high}]. Received: {value!r}")
         if self.batch_every is not None and self.batch_every < 1:
             raise ValueError(f"--batch-every must be >= 1. Received: {self.batch_every!r}")
         if self.grad_every is not None and self.grad_every < 1:

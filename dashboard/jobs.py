@@ -20,17 +20,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
-from core.datasets import DATASETS, PLANE_DATASETS
+from core.datasets import PLANE_DATASETS
+from core.settings import dataclass_fields, form_settings, text
 from core.store import new_run_id
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m core` must find the core package from any cwd
-# The choices `core.models` accepts; copied because importing core.models would import Keras.
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "leaky_relu", "linear")
-INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal", "random_normal")
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
 MAX_HIDDEN_LAYERS = 12
 MAX_UNITS = 1024
 
@@ -66,23 +63,9 @@ class JobLimits:
 
 
 @dataclass(frozen=True)
-class TrainForm:
-    """What the "New run" form asks for; `args()` turns it into `python -m core train` flags."""
-
-    dataset: str = "spiral"
-    noise: float = 0.05  # 2-D data sets only
-    hidden: str = "32,32,32"
-    activation: str = "relu"
-    init: str = "glorot_uniform"
-    optimizer: str = "adam"
-    lr: float = 0.01
-    batch_size: int = 16
-    epochs: int = 30
-    l2: float = 0.0
-    dropout: float = 0.0
-    batch_norm: bool = False
-    seed: int = 0
-    name: str = ""
+class TrainForm(make_dataclass("FormSettings", dataclass_fields(form_settings(), as_text=("hidden", "name")), frozen=True)):
+    """What the "New run" form asks for, with the defaults of `python -m core train` (both come from
+    `core.settings`); `args()` turns it into its flags. `hidden` and `name` are text, as typed."""
 
     def check(self, limits: JobLimits) -> "TrainForm":
         """Returns self, or raises JobRefused naming the first bad value (the CLI checks the rest)."""
@@ -94,15 +77,10 @@ class TrainForm:
             )
         if not 1 <= self.epochs <= limits.max_epochs:
             raise JobRefused(f"Epochs must be from 1 to {limits.max_epochs} on this server. Received: {self.epochs}")
-        checks = (
-            ("dataset", self.dataset, DATASETS),
-            ("activation", self.activation, ACTIVATIONS),
-            ("initializer", self.init, INITIALIZERS),
-            ("optimizer", self.optimizer, OPTIMIZERS),
-        )
-        for label, value, allowed in checks:
-            if value not in allowed:
-                raise JobRefused(f"Unknown {label} {value!r}: choose one of {', '.join(allowed)}.")
+        for setting in form_settings():
+            value = getattr(self, setting.name)
+            if setting.choices and value not in setting.choices:
+                raise JobRefused(f"Unknown {setting.name} {value!r}: choose one of {', '.join(setting.choices)}.")
         if not (self.lr > 0 and 0 <= self.dropout < 1 and self.l2 >= 0 and self.noise >= 0 and self.batch_size >= 1):
             raise JobRefused(
                 "Learning rate must be > 0, dropout in [0, 1), L2, noise >= 0 and batch size >= 1. "
@@ -115,16 +93,16 @@ class TrainForm:
         return self.name.strip() or f"{self.dataset} {self.hidden.replace(',', '-').replace(' ', '')} {self.activation}"
 
     def args(self) -> list[str]:
-        flags = [
-            "--dataset", self.dataset, "--hidden", self.hidden.replace(" ", ""), "--activation", self.activation,
-            "--init", self.init, "--optimizer", self.optimizer, "--lr", repr(float(self.lr)),
-            "--batch-size", str(self.batch_size), "--epochs", str(self.epochs), "--l2", repr(float(self.l2)),
-            "--dropout", repr(float(self.dropout)), "--seed", str(self.seed), "--name", self.display_name(),
-        ]
-        if self.dataset in PLANE_DATASETS:
-            flags += ["--noise", repr(float(self.noise))]
-        if self.batch_norm:
-            flags.append("--batch-norm")
+        """The `python -m core train` flags that ask for this form's run."""
+        flags = []
+        for setting in form_settings():
+            value = self.display_name() if setting.name == "name" else getattr(self, setting.name)
+            if setting.name == "noise" and self.dataset not in PLANE_DATASETS:
+                continue  # the other data sets have no noise
+            if setting.type is bool:
+                flags += [setting.flag] if value else []
+            else:
+                flags += [setting.flag, value.replace(" ", "") if setting.type is tuple else text(setting, value)]
         return flags
 
 

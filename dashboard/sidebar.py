@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import streamlit as st
 
-from core.datasets import DATASETS, PLANE_DATASETS
+from core import settings
 from core.store import StoreError
 from dashboard import context
 from dashboard import state as schema
-from dashboard.jobs import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, TrainForm, JobRefused
+from dashboard.jobs import TrainForm, JobRefused
 
 STATUS_ICONS = {"running": ":green[:material/pending:]", "finished": ":blue[:material/check_circle:]",
                 "failed": ":red[:material/cancel:]", "interrupted": ":orange[:material/stop_circle:]"}
@@ -163,30 +163,34 @@ def _new_run_dialog() -> None:
     """The training form, in a dialog so its widgets cost nothing until someone opens it."""
     limits = context.jobs().limits
     with st.form("new_run_form", border=False):
-        left, middle, right = st.columns(3)
-        dataset = left.selectbox("Data set", DATASETS, index=DATASETS.index("spiral"))
-        noise = middle.slider("Noise (2-D sets)", 0.0, 0.5, 0.05, 0.01)
-        hidden = right.text_input("Hidden layers", "32,32,32", help="Units per hidden layer, input side first.")
-        activation = left.selectbox("Activation", ACTIVATIONS)
-        init = middle.selectbox("Initializer", INITIALIZERS)
-        optimizer = right.selectbox("Optimizer", OPTIMIZERS)
-        lr = left.number_input("Learning rate", 1e-5, 1.0, 0.01, format="%.4f")
-        batch_size = middle.number_input("Batch size", 1, 4096, 16)
-        epochs = right.number_input("Epochs", 1, max(1, limits.max_epochs), min(30, limits.max_epochs))
-        l2 = left.number_input("L2", 0.0, 1.0, 0.0, format="%.4f")
-        dropout = middle.number_input("Dropout", 0.0, 0.9, 0.0, 0.05)
-        seed = right.number_input("Seed", 0, 2**31 - 1, 0)
-        batch_norm = left.checkbox("Batch norm")
-        name = middle.text_input("Name (optional)")
+        columns = st.columns(3)
+        values = {setting.name: _form_widget(columns[i % 3], setting, limits)
+                  for i, setting in enumerate(settings.form_settings())}
         st.caption(f"Training runs in its own process. Limits here: {limits.max_jobs} job(s) at once, "
                    f"{limits.max_epochs} epochs.")
         submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:")
     if submitted:
-        start_training(TrainForm(
-            dataset=dataset, noise=noise if dataset in PLANE_DATASETS else 0.1, hidden=hidden, activation=activation,
-            init=init, optimizer=optimizer, lr=float(lr), batch_size=int(batch_size), epochs=int(epochs), l2=float(l2),
-            dropout=float(dropout), batch_norm=batch_norm, seed=int(seed), name=name,
-        ))
+        start_training(TrainForm(**values))
+
+
+def _form_widget(column, setting: settings.Setting, limits):
+    """The New run form's widget for `setting`, starting at the default `python -m core train` uses (the table in
+    `core.settings`); returns its value as `TrainForm` takes it."""
+    widget, key = setting.form, f"new_run_{setting.name}"
+    if setting.choices:
+        return column.selectbox(widget.label, setting.choices, index=setting.choices.index(setting.default), key=key)
+    if setting.type is bool:
+        return column.checkbox(widget.label, setting.default, key=key)
+    if setting.type in (str, tuple):
+        return column.text_input(widget.label, settings.text(setting), help=widget.help, key=key)
+    high = widget.high
+    if setting.name == "epochs":
+        high = max(1, min(high, limits.max_epochs))  # this server's limit
+    default = min(setting.default, high)
+    if widget.slider:
+        return setting.type(column.slider(widget.label, widget.low, high, default, widget.step, key=key))
+    return setting.type(column.number_input(widget.label, widget.low, high, default, widget.step, format=widget.format,
+                                            key=key))
 
 
 def start_training(form: TrainForm) -> None:

@@ -323,3 +323,23 @@ def test_a_killed_run_offers_to_write_its_held_back_snapshots(killed_runs, tmp_p
         assert run.unwritten_captures() == 0 and len(run.snapshots()) >= unwritten
     finally:
         manager.shutdown()
+
+
+def test_the_new_run_form_starts_at_the_declared_defaults_and_submits_them(spiral_run_dir, monkeypatch):
+    from core import settings
+
+    root, run_id = spiral_run_dir
+    monkeypatch.setenv("STRATA_MAX_EPOCHS", "20")
+    submitted = []
+    monkeypatch.setattr("dashboard.sidebar.start_training", submitted.append)
+    at = app(root, run=run_id)
+    at.sidebar.button(key="new_run").click().run()
+    assert not at.exception
+    widgets = {w.key: w.value for kind in ("selectbox", "slider", "text_input", "number_input", "checkbox")
+               for w in getattr(at, kind) if w.key and w.key.startswith("new_run_")}
+    expected = {f"new_run_{s.name}": settings.text(s) if s.type in (str, tuple) and not s.choices else s.default
+                for s in settings.form_settings()}
+    assert widgets == {**expected, "new_run_epochs": 20}  # epochs: at most this server's limit
+    next(b for b in at.button if b.label == "Train").click().run()
+    assert not at.exception
+    assert submitted == [TrainForm(epochs=20)]

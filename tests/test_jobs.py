@@ -29,7 +29,7 @@ def status_of(root, run_id):
 def test_form_becomes_cli_flags():
     args = TrainForm(dataset="moons", hidden="8, 4", epochs=3, batch_norm=True, name="x").args()
     assert args[args.index("--hidden") + 1] == "8,4"
-    assert args[args.index("--noise") + 1] == "0.05" and "--batch-norm" in args
+    assert args[args.index("--noise") + 1] == repr(TrainForm().noise) and "--batch-norm" in args
     assert "--noise" not in TrainForm(dataset="digits").args()  # noise only for the 2-D sets
     assert TrainForm(dataset="iris", hidden="8").display_name() == "iris 8 relu"
     DEMO.check(JobLimits())
