@@ -518,7 +518,10 @@ def _histogram(sample, moments, bins):
         low, high = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 1.0)
     if low == high:
         low, high = low - 0.5, high + 0.5  # np.histogram's convention for a constant input
-    counts, edges = np.histogram(np.clip(sample, low, high), bins=bins, range=(low, high))
+    # In float64: a nearly constant float32 layer (every output within a few ulps) has fewer representable float32
+    # steps in its range than bins, and np.histogram refuses to cut it ("Too many bins for data range").
+    values = np.clip(np.asarray(sample, np.float64), low, high)
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
     return counts.astype(np.int64), edges.astype(np.float64)
 
 

@@ -82,9 +82,13 @@ class SnapshotBuilder:
             "probe_loss": raw.loss,
             "probe_model_accuracy": self._model_accuracy(predictions),
             "layers": layers,
-            "cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]],
             "nonfinite": bool(not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))),
         }
+        skipped: dict[str, str] = {}
+        self._guarded(meta, arrays, skipped, "cka",
+                      lambda out: {"cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]]})
+        if skipped:
+            meta["skipped"] = skipped
         if raw.plane_predictions is not None:
             arrays["pred/plane_probs"] = self._class_probabilities(raw.plane_predictions).astype(np.float16)
         return meta, arrays
@@ -112,28 +116,54 @@ class SnapshotBuilder:
         return float(np.mean(predictions.argmax(axis=1) == self.labels))
 
     def _layer_record(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
+        """The layer's record. A degenerate layer (constant, NaN, huge) costs only the pieces that cannot be computed
+        on it: each one skipped is named in `record["skipped"]` with its reason, and the snapshot is still written."""
         prefix = f"L{index}/"
-        finite = np.isfinite(flat).all()
         record: dict = {}
-        if finite:
-            record.update(self._projection(index, raw, flat, arrays))
+        skipped: dict[str, str] = {}
+        nonfinite = int(np.count_nonzero(~np.isfinite(flat).all(axis=1))) if flat.size else 0
+        if nonfinite:
+            skipped["projection"] = f"the output holds NaN or Inf on {nonfinite} of {len(flat)} probe samples"
+        else:
+            self._guarded(record, arrays, skipped, "projection", lambda out: self._projection(index, raw, flat, out))
+        self._guarded(record, arrays, skipped, "activation", lambda out: self._activation(index, raw, out))
+        self._guarded(record, arrays, skipped, "gradients", lambda out: self._gradients(index, raw, out))
+        if not nonfinite:
+            self._guarded(record, arrays, skipped, "unit_rankings",
+                          lambda out: out.update(self._unit_rankings(prefix, raw.outputs[index])) or {})
+        if skipped:
+            record["skipped"] = skipped
+        return record
+
+    @staticmethod
+    def _guarded(record: dict, arrays: dict, skipped: dict, piece: str, compute) -> None:
+        """Run `compute(out) -> record fields`, which writes its arrays to `out`; keep both only if it succeeds,
+        else name the piece and the error in `skipped`."""
+        out: dict[str, np.ndarray] = {}
+        try:
+            with np.errstate(all="ignore"):
+                fields = compute(out)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, MemoryError) as error:
+            skipped[piece] = f"{type(error).__name__}: {error}"
+            return
+        record.update(fields)
+        arrays.update(out)
+
+    def _activation(self, index: int, raw: RawCapture, arrays: dict) -> dict:
+        prefix = f"L{index}/"
         stats = analysis.activation_stats(raw.outputs[index], activation=self.activations[index])
         arrays[prefix + "act_hist_counts"] = stats["hist_counts"]
         arrays[prefix + "act_hist_edges"] = stats["hist_edges"]
         arrays[prefix + "dead_units"] = stats["dead_units"]
         arrays[prefix + "saturated_units"] = stats["saturated_units"]
         arrays[prefix + "unit_mean"] = stats["unit_mean"]
-        record["activation"] = {
+        return {"activation": {
             "mean": stats["mean"],
             "std": stats["std"],
             "percentiles": np.asarray(stats["percentiles"]).tolist(),
             "dead_fraction": stats["dead_fraction"],
             "saturated_fraction": stats["saturated_fraction"],
-        }
-        record.update(self._gradients(index, raw, arrays))
-        if finite:
-            arrays.update(self._unit_rankings(prefix, raw.outputs[index]))
-        return record
+        }}
 
     def _projection(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
         prefix = f"L{index}/"

@@ -427,6 +427,17 @@ class Snapshot:
         layers = self.meta.get("layers", [])
         return layers[index] if 0 <= index < len(layers) else {}
 
+    def skipped(self) -> list[tuple[int | None, str, str]]:
+        """(layer index, or None for the whole snapshot; piece; reason) for every piece of analysis the recorder
+        could not compute at this snapshot, such as the projection of a layer whose output holds NaN."""
+        found = []
+        records = [(None, self.meta)] + [(index, layer) for index, layer in enumerate(self.meta.get("layers") or [])]
+        for index, record in records:
+            pieces = record.get("skipped") if isinstance(record, dict) else None
+            if isinstance(pieces, dict):
+                found += [(index, str(piece), str(reason)) for piece, reason in pieces.items()]
+        return found
+
     def projection(self, index: int, points: str = "pca") -> Projection | None:
         """Layer `index`'s probe samples (`points="pca"`) or input-plane grid (`"plane_pca"`) on its principal
         components, PC1 first; None when this snapshot has none. Read PCA coordinates only through here: it

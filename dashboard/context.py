@@ -37,6 +37,7 @@ import streamlit as st
 from core.store import Run, RunStore, RunSummary, Snapshot, StoreError
 from dashboard import state as schema
 from dashboard.jobs import JobManager, JobLimits
+from dashboard.views.runs import skipped_lines
 
 LIVE_SECONDS = 2.0  # how often charts of a training run poll the store
 _SEEDED = "_strata_seeded"  # session flag: the link in the URL has been read
@@ -342,6 +343,16 @@ def no_snapshot_yet(run: Run) -> None:
         text = ("Waiting for the first snapshot. The recorder takes one before training starts; within its `budget`, "
                 "the snapshots of a fit with short epochs are written once training ends.")
     st.info(text, icon=":material/hourglass_top:")
+
+
+def skipped_notice(run: Run, snapshot: Snapshot) -> None:
+    """Names the pieces of analysis the recorder could not compute at `snapshot` (a constant or NaN layer), so
+    a missing chart or number is explained. Layer names are the user's: they are shown as plain text."""
+    lines = skipped_lines([str(layer.get("name", i)) for i, layer in enumerate(run.layers)], snapshot.skipped())
+    if lines:
+        st.warning(f"At epoch {int(snapshot.epoch)}, {len(lines)} piece(s) of analysis could not be computed; "
+                   "everything else in this snapshot is shown.", icon=":material/warning:")
+        st.text("\n".join(lines))
 
 
 def layer_index() -> int:

@@ -44,6 +44,7 @@ def show(run, view, live: bool) -> None:
     count = len(run.epoch_snapshots())
     if live:
         context.live_caption(run, epoch)
+    context.skipped_notice(run, snapshot)
     key = (run.id, count, view.color, view.size, view.opacity, view.sel)
 
     st.subheader(f"Every layer at epoch {epoch}")

@@ -46,9 +46,10 @@ def show(run, others, role: str, live: bool) -> None:
     if live:
         context.live_caption(run, epoch)
     has_gradients = _has_gradients(run)
+    context.skipped_notice(run, snapshot)
     diagnosis(run, others, keys, has_gradients)
     if not has_gradients:
-        st.info("This run was recorded without labels, so it has no gradients: the charts below show how its weights "
+        st.info("This run was recorded without targets, so it has no gradients: the charts below show how its weights "
                 "move and what its activations do." + (" Compared runs keep their gradient charts." if others else ""))
     shows_gradients = has_gradients or any(_has_gradients(o) for o in others)
 
@@ -157,8 +158,10 @@ def _all_series(keys, epoch):
 
 
 def _has_gradients(run) -> bool:
-    """Whether the recorder measured gradients: it needs labels to compute a loss."""
-    return bool(run.meta.get("probe", {}).get("has_labels", True))
+    """Whether the recorder measured gradients: it needs targets to compute a loss, class labels or regression
+    targets alike, so this asks the snapshots rather than whether the probe has class labels."""
+    snapshots = run.epoch_snapshots()
+    return any(isinstance(snapshots[-1].layer(i).get("grad"), dict) for i in range(len(run.layers))) if snapshots else False
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)

@@ -33,6 +33,7 @@ def show(run, live: bool) -> None:
     epoch, count = int(snapshot.epoch), len(run.epoch_snapshots())
     if live:
         context.live_caption(run, epoch)
+    context.skipped_notice(run, snapshot)
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
     labelled = run.meta.get("probe", {}).get("has_labels", True)

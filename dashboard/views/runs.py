@@ -97,3 +97,22 @@ def _dig(record: dict, path: tuple[str, ...]):
             return None
         record = record[key]
     return record
+
+
+# What each piece a snapshot can skip (core.snapshot `skipped`) stands for, in the pages' words.
+SKIPPED_PIECES = {
+    "projection": "PCA projection, linear probe and class separation",
+    "activation": "activation statistics",
+    "gradients": "gradient statistics",
+    "unit_rankings": "most and least activating samples per unit",
+    "cka": "CKA between layers",
+}
+
+
+def skipped_lines(layer_names: list[str], skipped: list[tuple[int | None, str, str]]) -> list[str]:
+    """One plain-text line per piece of analysis a snapshot could not compute: the layer, what is missing, why."""
+    lines = []
+    for index, piece, reason in skipped:
+        where = layer_names[index] if index is not None and 0 <= index < len(layer_names) else "all layers"
+        lines.append(f"{where}: no {SKIPPED_PIECES.get(piece, piece)} ({reason})")
+    return lines
