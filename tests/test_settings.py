@@ -110,14 +110,17 @@ def test_the_declaration_and_the_form_never_import_tensorflow():
 
 
 def test_the_default_run_learns_the_spiral(tmp_path):
-    """A few epochs of `python -m core train` with every default: well above chance (0.5) on the two arms."""
+    """8 epochs of `python -m core train` with every other default: well above chance (0.5) on the two arms.
+
+    Measured at epoch 8 (seed 0): 0.88, and 0.97 after the default 30. The old defaults (lr 1e-3, batch 32, noise
+    0.1) ended the README's 40-epoch example at 0.605-0.645 (seeds 0-2)."""
     root = str(tmp_path / "runs")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "core", "train", "--epochs", "5", "--every", "5", "--probe-size", "200",
+    result = subprocess.run([sys.executable, "-m", "core", "train", "--epochs", "8", "--every", "8", "--probe-size", "200",
                              "--quiet", "--runs", root], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     run = RunStore(root).run(result.stdout.strip().splitlines()[-1])
     config = run.meta["config"]
     assert (config["dataset"], config["lr"], config["batch_size"], config["noise"]) == ("spiral", 0.01, 16, 0.03)
     val_accuracy = run.history()["val_accuracy"]
-    assert val_accuracy[-1] > 0.7, val_accuracy
+    assert val_accuracy[-1] > 0.75, val_accuracy
