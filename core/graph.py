@@ -7,6 +7,7 @@ how to rebuild them.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import keras
@@ -92,14 +93,40 @@ def recorded_layers(model: keras.Model, prefix: str = "") -> list[RecordedLayer]
     return layers
 
 
+# Built-in layers that compute something else in training than in inference (besides the `dropout` and
+# `recurrent_dropout` arguments of recurrent and attention layers, and the Random* augmentation layers).
+TRAINING_TYPES = frozenset(
+    {
+        "BatchNormalization", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+        "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    }
+)
+
+
+def trains_differently(model: keras.Model) -> bool:
+    """Whether some layer of `model` computes something else in training than in inference: batch normalization,
+    dropout, noise and augmentation layers, recurrent or attention layers with dropout, and custom layers whose
+    own `call` takes a `training` argument (every built-in layer's `call` takes one, so that says nothing)."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        kind = type(layer)
+        if kind.__name__ in TRAINING_TYPES or (kind.__name__.startswith("Random") and kind.__module__.startswith("keras.")):
+            return True
+        if any(float(getattr(layer, name, 0) or 0) > 0 for name in ("dropout", "recurrent_dropout")):
+            return True
+        if not kind.__module__.startswith("keras.") and "training" in inspect.signature(layer.call).parameters:
+            return True
+    return False
+
+
 def _single_float_output(layer) -> bool:
     if not _has_symbolic_output(layer):
         return True  # layers inside a nested model have outputs in that model's graph; checked when called
     return "float" in str(layer.output.dtype)
 
 
-def forward_recording(model: keras.Model, inputs, outputs: dict):
-    """Run `model` on `inputs` in inference mode; store each layer's output in `outputs[id(layer)]`.
+def forward_recording(model: keras.Model, inputs, outputs: dict, training: bool = False):
+    """Run `model` on `inputs` in inference mode (or training mode: `training`); store each layer's output in
+    `outputs[id(layer)]`.
 
     Meant to be traced once inside a `tf.function`: the Python walk over layers happens at trace time only.
     """
@@ -107,8 +134,8 @@ def forward_recording(model: keras.Model, inputs, outputs: dict):
 
     def recording(operation):
         if isinstance(operation, (keras.Sequential, Functional)):
-            return lambda *args, **kwargs: forward_recording(operation, args[0], outputs)
-        call = operation_fn(operation, training=False)
+            return lambda *args, **kwargs: forward_recording(operation, args[0], outputs, training)
+        call = operation_fn(operation, training=training)
 
         def call_and_record(*args, **kwargs):
             result = call(*args, **kwargs)

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.datasets import stratified_subset
-from core.graph import RecordedLayer, forward_recording, recorded_layers
+from core.graph import RecordedLayer, forward_recording, recorded_layers, trains_differently
 from core.journal import Journal
 from core.settings import RECORDER_DEFAULTS
 from core.snapshot import RawCapture
@@ -53,9 +53,12 @@ class Recorder(keras.callbacks.Callback):
 
     A snapshot is taken before training (epoch 0) and then every `every` epochs (and, optionally, every
     `batch_every` batches). Each snapshot holds, per layer: the layer's output on the probe set reduced to its
-    top principal components (aligned with the previous snapshot so axes never flip), explained variance,
-    activation percentiles and histogram, dead and saturated units, gradient statistics for every weight and
-    for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation and CKA.
+    top principal components (PC1 first; signs matched to the previous snapshot so axes never mirror-flip),
+    explained variance, activation percentiles and histogram, dead and saturated units, gradient statistics for
+    every weight and for the layer's output, the update-to-weight ratio, linear-probe accuracy, class separation
+    and CKA. Outputs and predictions are taken in inference mode; gradients the way training takes them: a model
+    with batch normalization, dropout or noise layers gets its gradients from a training-mode pass on the probe
+    (batch statistics, dropout on) that leaves its moving statistics and weights untouched.
 
     At a capture the training thread only reads the weights. The compiled probe pass on those values runs on
     a background thread, and the numpy analysis and all writing happen in a separate process. While training
@@ -577,10 +580,15 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
     so it can run beside training while the optimizer moves on.
     """
     weights = _weight_positions(layers, variables)
+    # Gradients are taken the way training takes them: a model with batch normalization, dropout or noise runs its
+    # gradient pass in training mode (batch statistics of the probe, dropout on). The pass is stateless, so the
+    # moving statistics and weights it would update are left alone. Outputs, predictions and the probe loss stay
+    # in inference mode, as the model is used; a model that trains as it infers needs one pass for both.
+    separate = with_loss and trains_differently(model)
 
-    def forward(x):
+    def forward(x, training=False):
         outputs: dict = {}
-        predictions = forward_recording(model, x, outputs)
+        predictions = forward_recording(model, x, outputs, training)
         return predictions, [outputs[id(layer.layer)] for layer in layers]
 
     # autograph=False: the function has no tensor-dependent Python control flow, and skipping the source
@@ -590,24 +598,33 @@ def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables
         layer_weights = [[state[i] for i in group] for group in weights]
         flat = [w for group in layer_weights for w in group]
         mapping = list(zip(variables, state))
-        with keras.StatelessScope(state_mapping=mapping), tf.GradientTape(persistent=True) as tape:
-            tape.watch(flat)
-            predictions, outputs = forward(x)
-            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False) if with_loss else None
-            if with_loss:
+        loss = None
+        if with_loss:
+            with keras.StatelessScope(state_mapping=mapping), tf.GradientTape(persistent=True) as tape:
+                tape.watch(flat)
+                trained_predictions, trained_outputs = forward(x, training=separate)
+                trained_loss = model.compute_loss(x=x, y=y, y_pred=trained_predictions, training=separate)
                 # Keras computes a cross-entropy from the logits it caches on a softmax or sigmoid output, which
                 # leaves the output itself off the gradient path. The same loss on a plain copy of it measures
                 # the error signal that reaches the model's last layer.
-                plain_predictions = tf.identity(predictions)
-                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=False)
+                plain_predictions = tf.identity(trained_predictions)
+                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=separate)
+        if not with_loss or separate:
+            with keras.StatelessScope(state_mapping=mapping):
+                predictions, outputs = forward(x)
+                if with_loss:
+                    loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
+        else:
+            predictions, outputs, loss = trained_predictions, trained_outputs, trained_loss
         result = {"predictions": predictions, "outputs": outputs, "loss": loss, "weights": layer_weights}
         if with_loss:
-            weight_grads = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            weight_grads = _dense(tape.gradient(trained_loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
             result["weight_grads"] = _regroup(weight_grads, layer_weights)
-            output_grads = tape.gradient(loss, outputs)
-            for index, output in enumerate(outputs):
+            output_grads = tape.gradient(trained_loss, trained_outputs)
+            for index, output in enumerate(trained_outputs):
                 if output_grads[index] is None:
-                    output_grads[index] = tape.gradient(output_loss, plain_predictions) if output is predictions else tf.zeros_like(output)
+                    output_grads[index] = (tape.gradient(output_loss, plain_predictions) if output is trained_predictions
+                                           else tf.zeros_like(output))
             # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
             # analysis process for one number apiece would double what every capture hands over.
             result["output_grad_norms"] = [tf.norm(tf.cast(g, tf.float64)) for g in output_grads]
@@ -651,14 +668,15 @@ def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], var
     weights (NaN for layers without weights), on a fixed batch. Like the probe pass it runs on `state`, values
     of `variables` read earlier, so it can run beside training. The per-layer loop runs at trace time only."""
     weights = _weight_positions(layers, variables)
+    training = trains_differently(model)  # as in the probe pass: gradients the way training takes them
 
     @tf.function(autograph=False, reduce_retracing=True)  # no tensor-dependent control flow, as in capture
     def gradient_norms(x, y, state):
         flat = [state[i] for group in weights for i in group]
         with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape() as tape:
             tape.watch(flat)
-            predictions = model(x, training=False)
-            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
+            predictions = model(x, training=training)
+            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training)
         gradients = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
         squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients]
         per_layer = [tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in _regroup(squares, weights)]

@@ -28,13 +28,13 @@ def _toy_data(n=64, seed=0):
     return x, y
 
 
-def _mlp(activation="relu", seed=0):
+def _mlp(activation="relu", seed=0, dropout=0.1):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [
             keras.Input((4,)),
             keras.layers.Dense(8, activation=activation, name="hidden_a"),
-            keras.layers.Dropout(0.1),
+            *([keras.layers.Dropout(dropout)] if dropout else []),
             keras.layers.Dense(6, activation=activation, name="hidden_b"),
             keras.layers.Dense(2, activation="softmax", name="out"),
         ]
@@ -77,7 +77,7 @@ def test_sequential_run_has_every_snapshot_and_field(tmp_path):
 
 def test_gradient_statistics_match_gradient_tape(tmp_path):
     x, y = _toy_data()
-    model = _mlp()
+    model = _mlp(dropout=0)  # a model that trains as it infers: one pass, the gradients of inference mode
     recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
     model.fit(x, y, epochs=1, batch_size=16, callbacks=[recorder], verbose=0)
     recorder.wait()
@@ -112,6 +112,52 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
     for index, gradient in enumerate(expected):
         np.testing.assert_allclose(last.layer(index)["grad"]["output"]["norm"], np.linalg.norm(gradient.numpy()), rtol=1e-4)
     assert last.layer(2)["grad"]["output"]["norm"] > 0
+
+
+def _batch_norm_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(8, name="dense"),
+        keras.layers.BatchNormalization(name="norm"),
+        keras.layers.Activation("relu", name="relu"),
+        keras.layers.Dense(2, activation="softmax", name="out"),
+    ])
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    return model
+
+
+def test_gradients_of_a_batch_norm_model_are_taken_in_training_mode_without_touching_its_state(tmp_path):
+    """The gradients are the ones training computes (batch statistics of the probe), not inference mode's, whose
+    moving statistics lag behind early on; and recording moves neither the moving statistics nor the weights."""
+    x, y = _toy_data(128)
+    x = x * 5 + 3  # far from the moving statistics' start (mean 0, variance 1)
+    plain = _batch_norm_model()
+    plain.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    model = _batch_norm_model()
+    recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
+    model.fit(x, y, epochs=1, batch_size=32, shuffle=False, callbacks=[recorder], verbose=0)
+    recorder.wait()
+    for recorded, reference in zip(model.variables, plain.variables):  # moving statistics and weights alike
+        np.testing.assert_allclose(recorded.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=recorded.path)
+
+    def gradients(training):
+        state = [v.numpy() for v in model.non_trainable_variables]
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=training), training=training)
+        found = tape.gradient(loss, model.trainable_weights)
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)  # a training-mode call moved the moving statistics: put them back
+        return {"/".join(v.path.split("/")[-2:]): g.numpy() for v, g in zip(model.trainable_weights, found)}
+
+    trained, inferred = gradients(True), gradients(False)
+    kernel = np.linalg.norm(trained["dense/kernel"])
+    assert abs(np.linalg.norm(inferred["dense/kernel"]) - kernel) > 0.1 * kernel  # the two modes differ here
+    last = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1]
+    names = [layer["name"] for layer in RunStore(str(tmp_path)).run(recorder.run_id).layers]
+    for name, role in (("dense", "kernel"), ("norm", "gamma"), ("norm", "beta"), ("out", "kernel")):
+        stats = last.layer(names.index(name))["grad"][role]
+        np.testing.assert_allclose(stats["norm"], np.linalg.norm(trained[f"{name}/{role}"]), rtol=1e-4)
 
 
 def test_pca_axes_do_not_flip_between_epochs(tmp_path):

@@ -10,13 +10,14 @@ from core import Recorder  # noqa: E402
 from core.store import RunStore, RunWriter  # noqa: E402
 
 
-def toy(seed=0):
+def toy(seed=0, middle=None):
+    """A two-layer model; `middle` (such as a BatchNormalization layer) goes between its layers."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype("int64")
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
-        keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"), keras.layers.Dropout(0.2),
+        keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"), *([middle] if middle else []),
         keras.layers.Dense(2, activation="softmax", name="out"),
     ])
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -24,7 +25,8 @@ def toy(seed=0):
 
 
 def test_norms_every_n_batches_match_gradient_tape(tmp_path):
-    model, x, y = toy()
+    # With batch normalization the norms are training's: batch statistics of the probe, moving ones untouched.
+    model, x, y = toy(middle=keras.layers.BatchNormalization(name="norm"))
     recorder = Recorder(str(tmp_path), probe=(x, y), grad_every=2, analysis="thread")
     model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)  # 4 batches per epoch
     recorder.wait()
@@ -32,11 +34,11 @@ def test_norms_every_n_batches_match_gradient_tape(tmp_path):
     run = RunStore(str(tmp_path)).run(recorder.run_id)
     steps, norms = run.batch_gradient_norms()
     assert run.meta["grad_every"] == 2
-    assert steps.tolist() == [2, 4, 6, 8, 10, 12] and norms.shape == (6, 2)
+    assert steps.tolist() == [2, 4, 6, 8, 10, 12] and norms.shape == (6, 3)
     with tf.GradientTape() as tape:  # the last measurement saw the final weights
-        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
-    gradients = tape.gradient(loss, model.trainable_weights)  # hidden kernel, bias, out kernel, bias
-    expected = [np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:])]
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True), training=True)
+    gradients = tape.gradient(loss, model.trainable_weights)  # hidden kernel, bias; norm gamma, beta; out kernel, bias
+    expected = [np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:4], gradients[4:])]
     assert np.allclose(norms[-1], expected, rtol=1e-4)
     assert len(run.epoch_snapshots()) == 4  # measuring norms takes no snapshots
 

@@ -64,14 +64,17 @@ def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
     assert result.returncode == 0, result.stderr[-3000:]
     store = RunStore(killed_root)
     run, reference = store.run("killed"), store.run("live")
-    assert "held-back snapshot(s); the run is interrupted" in result.stdout
+    # The kill comes as `fit` returns: whether its end had reached the journal by then depends on the machine's load,
+    # and recovery sets the status the journal names ("finished") or else "interrupted". Either way, it says which.
+    assert run.status in ("finished", "interrupted")
+    assert f"held-back snapshot(s); the run is {run.status}" in result.stdout
     assert "recovering killed: snapshot 1 of" in result.stderr  # progress on long work
     recovered = run.snapshots()
     _assert_same_snapshots(recovered, reference.snapshots()[: len(recovered)])
     assert len(recovered) >= EPOCHS  # every epoch but the capture in progress at the kill
     assert run.history()["loss"] == pytest.approx(reference.history()["loss"][: len(run.history()["loss"])])
     assert run.meta["epochs_done"] == EPOCHS and run.probe().size == reference.probe().size
-    assert run.status == "interrupted" and run.meta["recovered_snapshots"] == run.meta["snapshots"]
+    assert run.meta["recovered_snapshots"] == run.meta["snapshots"]
     assert not (Path(killed_root) / "killed" / JOURNAL_DIR).exists() and run.unwritten_captures() == 0
     assert cli.main(["recover", "killed", "--runs", killed_root]) == cli.EXIT_USAGE  # nothing left to do: a clear error
 
