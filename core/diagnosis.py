@@ -1,11 +1,13 @@
 """Names what goes wrong while a network trains, read off a recorded run: vanishing or exploding gradients, dead
-or saturated units, a learning rate far outside its band. Numpy-only: it reads `core.store.Run`, never TensorFlow.
+or saturated units, a learning rate far outside its band, a network that does not learn, overfits, or is too small
+for its data. Numpy-only: it reads `core.store.Run`, never TensorFlow.
 
 Every criterion compares numbers the recorder already stored per epoch snapshot (see FORMAT.md) with a
-threshold from `Thresholds`; the criteria and the measurements behind each default are in `core/DIAGNOSIS.md`.
-A healthy run must produce no finding at all, so a condition counts only when it holds for `persistence`
-consecutive snapshots, or when a second signal confirms it (a learning rate is "too high" only if the loss
-also failed to improve).
+threshold from `Thresholds`; the criteria and the measurements behind each default are in `core/DIAGNOSIS.md`,
+and `bench/bench_diagnosis.py` measures hits and false alarms on labelled training scenarios. A healthy run must
+produce no finding at all, so a condition counts only when it holds for `persistence` consecutive snapshots, or
+when a second signal confirms it (a learning rate is "too high" only if the loss also rose above where it started,
+or kept jumping up while the weights took large steps). Every message quotes the numbers that triggered it.
 
 Example:
 
@@ -25,9 +27,10 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from core.store import Run, Snapshot, main_weight
+from core.store import Run, Snapshot, StoreError, main_weight
 
-KINDS = ("vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "learning_rate")
+KINDS = ("vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "learning_rate", "not_learning",
+         "overfitting", "capacity")
 SEVERE_KINDS = frozenset({"exploding_gradients"})  # training is broken, not merely slow: shown as errors
 SATURATING_ACTIVATIONS = frozenset({"sigmoid", "hard_sigmoid", "sparse_sigmoid", "tanh", "hard_tanh", "softsign"})
 
@@ -44,18 +47,43 @@ class Thresholds:
     exploding_ratio: float = 1e2
     # A layer's gradient norm this many times its value before training. Healthy runs grow at most ~2x.
     exploding_growth: float = 1e2
-    # Fraction of a layer's units that are zero on every probe sample. Healthy deep ReLU + He runs reach 0.19.
-    dead_fraction: float = 0.5
+    # Fraction of a layer's units that are zero on every probe sample. Healthy deep ReLU + He runs reach 0.19; the
+    # demo (32-unit layers on 2-D data, seed 1) holds 0.50-0.66 for 8 epochs and ends at 0.97 accuracy; Adam 0.1 0.91+.
+    dead_fraction: float = 0.75
     # Fraction of a layer's units within 2% of their activation's bounds on 95% of the samples.
     saturated_fraction: float = 0.5
-    # Kernel update ‖Δw‖/‖w‖ per epoch, median over layers, above which an epoch whose probe loss did not
-    # improve is blamed on the learning rate. Healthy runs reach 0.35 per epoch, but while the loss falls.
+    # Kernel update ‖Δw‖/‖w‖ per epoch, median over layers, above which a loss that stays up is blamed on the
+    # learning rate (oscillating). Healthy runs reach 0.35 per epoch, but while the loss falls.
     update_ratio_high: float = 1e-1
+    # "Too high, oscillating": while the probe loss never beats its lowest so far, it jumps up by (1 + this) x
+    # its previous value at least `oscillations` times, and the weights move faster than `update_ratio_high`
+    # (median over that stretch). Adam 0.05 on digits: 4-5 such jumps at 0.22-0.25 per epoch; the demo: at most 2,
+    # at 0.05-0.06.
+    loss_rise: float = 0.25
+    oscillations: int = 3
+    # "Too high, diverged": the probe loss stays more than this fraction above its value before training, for
+    # `persistence` snapshots. No healthy bench run goes above 0.96x after epoch 0; diverged runs reach 1.3x to 56x.
+    divergence: float = 0.05
     # Kernel update per epoch of the fastest layer below which the learning rate is too low (while the loss
     # has not fallen by `min_loss_drop`). lr 1e-6 measures 1e-6; a converging SGD run at lr 0.01 1e-3.
     update_ratio_low: float = 1e-5
     # "Still untrained": the probe loss is above (1 - this) x its value before training.
     min_loss_drop: float = 0.5
+    # "Not learning": the probe loss is still "untrained" (above) and the probe accuracy has come less than this
+    # share of the way from chance to 100%. README's spiral example ends at 0.23-0.31; healthy bench runs at 0.90+.
+    chance_gap: float = 0.5
+    # Optimizer steps a run must have taken before "not learning" or "too little capacity" is judged: every run
+    # starts at its starting loss. The demo leaves its plateau after ~250 steps.
+    learning_steps: int = 200
+    # "Overfitting": the validation loss (Keras's `val_loss`) stays at least (1 + this) x its lowest, up to the last
+    # snapshot, while the training loss has fallen by at least `train_loss_drop` since that lowest point.
+    val_loss_rise: float = 0.1
+    train_loss_drop: float = 0.3
+    # "Too little capacity": the training accuracy has come less than this share of the way from chance to 100%,
+    # the loss has fallen by `min_loss_drop` (so it is learning) and it has stopped falling: by less than `plateau`
+    # of its value per snapshot, up to the last one. A 2-unit bottleneck on digits: 0.47-0.49; healthy runs 0.92+.
+    capacity_fit: float = 0.7
+    plateau: float = 0.02
     # Consecutive snapshots a condition must hold (all of them when a run has fewer).
     persistence: int = 3
 
@@ -66,6 +94,9 @@ class Thresholds:
                 raise ValueError(f"Threshold `{item.name}` must be a finite number >= 0. Received: {item.name}={value!r}")
         if int(self.persistence) != self.persistence or self.persistence < 1:
             raise ValueError(f"Threshold `persistence` must be a whole number >= 1. Received: persistence={self.persistence!r}")
+        for name in ("learning_steps", "oscillations"):
+            if int(getattr(self, name)) != getattr(self, name):
+                raise ValueError(f"Threshold `{name}` must be a whole number. Received: {name}={getattr(self, name)!r}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -85,7 +116,7 @@ class Thresholds:
                 raise ValueError(
                     f"--threshold {name} needs a number, e.g. {name}={getattr(self, name)!r}. Received: {pair!r}"
                 ) from None
-            changes[name] = int(value) if name == "persistence" and value.is_integer() else value
+            changes[name] = int(value) if name in ("persistence", "learning_steps", "oscillations") and value.is_integer() else value
         return replace(self, **changes)
 
 
@@ -104,6 +135,12 @@ class Finding:
     def severe(self) -> bool:
         return self.kind in SEVERE_KINDS
 
+    @property
+    def title(self) -> str:
+        """The message's opening words, such as "Learning rate too high" or "Not learning": every kind has one."""
+        head, sep, _ = self.message.partition(": ")
+        return head if sep else self.kind.replace("_", " ").capitalize()
+
     def brief(self) -> dict:
         """The `{kind, layer, epoch, message}` record of `show RUN --json`."""
         return {"kind": self.kind, "layer": self.layer, "epoch": self.epoch, "message": self.message}
@@ -114,8 +151,13 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> list[Finding]:
     series = _Series.of(run)
     if not series.epochs:
         return []
-    checks = (_exploding, _vanishing, _dead_units, _saturation, _learning_rate)
+    checks = (_exploding, _vanishing, _dead_units, _saturation, _learning_rate, _not_learning, _overfitting)
     findings = [finding for check in checks for finding in check(series, thresholds)]
+    if any(f.kind == "learning_rate" and f.evidence.get("mode") in ("diverged", "oscillating") for f in findings):
+        # a validation loss that rises while the steps are too large is the learning rate's doing, not overfitting
+        findings = [f for f in findings if f.kind != "overfitting"]
+    if not findings:  # too little capacity is the verdict only when nothing else explains the plateau
+        findings = _capacity(series, thresholds)
     return sorted(findings, key=lambda f: (not f.severe, f.epoch, KINDS.index(f.kind)))
 
 
@@ -127,6 +169,7 @@ def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> list[Finding]:
 class _Series:
     names: list[str]
     activations: list[str | None]
+    units: list[int | None]  # the last dimension of each layer's output (units or channels)
     kernel_layers: list[int]  # layers with a kernel, input side first (the output layer is the last one)
     epochs: list[int]
     kernel_grad: np.ndarray  # (S, L) ‖∂loss/∂kernel‖ on the probe set
@@ -137,6 +180,12 @@ class _Series:
     update_per_epoch: np.ndarray  # (S, L) kernel ‖Δw‖/‖w‖ since the previous snapshot, divided by the epochs between
     loss: np.ndarray  # (S,) probe loss, NaN when missing or non-finite
     nonfinite: np.ndarray  # (S,) bool: predictions or loss held NaN/Inf
+    accuracy: np.ndarray  # (S,) the model's accuracy on the probe set
+    steps: np.ndarray  # (S,) optimizer steps taken by each snapshot (NaN when not recorded)
+    train_loss: np.ndarray  # (S,) Keras's `loss` log of the epoch (NaN before training)
+    train_accuracy: np.ndarray  # (S,) Keras's `accuracy` log
+    val_loss: np.ndarray  # (S,) Keras's `val_loss` log (NaN without validation data)
+    chance: float  # the accuracy of always answering the probe's most common class (NaN without labels)
     nan_epoch: int | None
     config: dict
 
@@ -147,6 +196,7 @@ class _Series:
         return cls(
             names=[str(layer.get("name", f"layer {i}")) for i, layer in enumerate(layers)],
             activations=[layer.get("activation") for layer in layers],
+            units=[_units(layer) for layer in layers],
             kernel_layers=[i for i, layer in enumerate(layers) if main_weight(layer)],
             epochs=[int(s.epoch) for s in snapshots],
             kernel_grad=run.layer_series("grad", main_weight, "norm", snapshots=snapshots),
@@ -157,6 +207,12 @@ class _Series:
             update_per_epoch=update_ratios_per_epoch(run, snapshots),
             loss=np.array([_finite_or_nan(s.meta.get("probe_loss")) for s in snapshots]),
             nonfinite=np.array([bool(s.meta.get("nonfinite")) for s in snapshots]),
+            accuracy=np.array([_finite_or_nan(s.meta.get("probe_model_accuracy")) for s in snapshots]),
+            steps=np.array([_finite_or_nan(s.meta.get("step")) for s in snapshots]),
+            train_loss=_log_series(snapshots, "loss"),
+            train_accuracy=_log_series(snapshots, "accuracy"),
+            val_loss=_log_series(snapshots, "val_loss"),
+            chance=_chance(run),
             nan_epoch=run.meta.get("nan_epoch"),
             config=run.meta.get("config") or {},
         )
@@ -175,6 +231,26 @@ class _Series:
         start = self.loss[0] if self.loss.size else math.nan
         with np.errstate(invalid="ignore"):
             return np.isfinite(self.loss) & np.isfinite(start) & (self.loss > (1 - thresholds.min_loss_drop) * start)
+
+
+def _units(layer: dict) -> int | None:
+    shape = layer.get("output_shape") or []
+    return int(shape[-1]) if shape and isinstance(shape[-1], int) else None
+
+
+def _log_series(snapshots: list[Snapshot], key: str) -> np.ndarray:
+    return np.array([_finite_or_nan((s.meta.get("logs") or {}).get(key)) for s in snapshots])
+
+
+def _chance(run: Run) -> float:
+    """The share of the probe's most common class: what always answering it scores (1/classes when balanced)."""
+    try:
+        labels = run.probe().y
+    except StoreError:
+        return math.nan
+    if labels is None or not len(labels):
+        return math.nan
+    return float(np.bincount(np.asarray(labels, dtype=np.int64).ravel()).max() / len(labels))
 
 
 def _finite_or_nan(value) -> float:
@@ -271,6 +347,14 @@ def _dead_blocked(series: _Series, thresholds: Thresholds) -> np.ndarray:
     if not hidden:
         return np.zeros(len(series.epochs), bool)
     return np.nan_to_num(series.dead[:, hidden]).max(axis=1) >= thresholds.dead_fraction
+
+
+def _saturated_blocked(series: _Series, thresholds: Thresholds) -> np.ndarray:
+    """(S,) bool: some hidden layer is mostly saturated (a saturation finding), which also zeroes its gradient."""
+    hidden = series.hidden
+    if not hidden:
+        return np.zeros(len(series.epochs), bool)
+    return np.nan_to_num(series.saturated[:, hidden]).max(axis=1) >= thresholds.saturated_fraction
 
 
 def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
@@ -452,25 +536,12 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
     with np.errstate(all="ignore"):
         median = np.where(known, np.nanmedian(np.where(known[:, None], updates, 0.0), axis=1), np.nan)
         fastest = np.where(known, np.nanmax(np.where(known[:, None], updates, -np.inf), axis=1), np.nan)
-        not_improving = np.r_[False, ~(series.loss[1:] < series.loss[:-1])]  # NaN loss counts as not improving
-        too_high = known & (median > thresholds.update_ratio_high) & not_improving
-        too_low = known & (fastest < thresholds.update_ratio_low) & series.untrained(thresholds)
-    if too_high.any():
-        position = int(np.argmax(too_high))
-        layer = layers[int(np.nanargmax(updates[position]))]
-        evidence = {"median_update_ratio_per_epoch": float(median[position]), "threshold": thresholds.update_ratio_high,
-                    "probe_loss_before": _json_number(series.loss[position - 1]),
-                    "probe_loss_after": _json_number(series.loss[position]),
-                    "layers": {series.names[i]: _json_number(updates[position, k]) for k, i in enumerate(layers)}}
-        fix = f"Try: a learning rate 3 to 10 times lower{_lr_text(series)}, or a schedule with warm-up."
-        loss = "became non-finite" if not np.isfinite(series.loss[position]) else (
-            f"went from {series.loss[position - 1]:.3g} to {series.loss[position]:.3g} instead of falling")
-        message = (
-            f"Learning rate too high: by epoch {series.epochs[position]}, the weights moved by {_g(median[position])}x "
-            f"their norm per epoch (median over layers; `{series.names[layer]}` {_g(np.nanmax(updates[position]))}x; "
-            f"above {_g(thresholds.update_ratio_high)}), and the probe loss {loss}. {fix}"
-        )
-        return [Finding("learning_rate", series.names[layer], series.epochs[position], message, evidence, fix)]
+    too_high = _diverged(series, thresholds, median) or _oscillating(series, thresholds, median)
+    if too_high:
+        return [too_high]
+    with np.errstate(invalid="ignore"):
+        blocked = _dead_blocked(series, thresholds) | _saturated_blocked(series, thresholds)  # zero gradient at any rate
+        too_low = known & (fastest < thresholds.update_ratio_low) & series.untrained(thresholds) & ~blocked
     count = int(known.sum())
     stretch = _first_stretch(too_low, min(thresholds.persistence, count) if count else thresholds.persistence)
     if stretch is None:
@@ -488,6 +559,233 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
         f"{series.loss[end]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
     )
     return [Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)]
+
+
+def _too_high_fix(series: _Series) -> str:
+    return f"Try: a learning rate 3 to 10 times lower{_lr_text(series)}, or a schedule with warm-up."
+
+
+def _fastest_layer(series: _Series, start: int, end: int) -> int:
+    """The kernel layer whose weights moved most over snapshots start..end (the first one if none is known)."""
+    updates = series.update_per_epoch[start : end + 1, series.kernel_layers]
+    if not np.isfinite(updates).any():
+        return series.kernel_layers[0]
+    return series.kernel_layers[int(np.nanargmax(np.nanmax(updates, axis=0)))]
+
+
+def _moved(series: _Series, layer: int, start: int, end: int) -> str:
+    """", and `dense_0` moved most: 0.91x its norm per epoch", or nothing when the updates were not recorded."""
+    updates = series.update_per_epoch[start : end + 1, layer]
+    if not np.isfinite(updates).any():
+        return f"; the layer that moved most is `{series.names[layer]}`"
+    return f"; `{series.names[layer]}` moved most, by up to {_g(np.nanmax(updates))}x its norm per epoch"
+
+
+def _diverged(series: _Series, thresholds: Thresholds, median_update: np.ndarray) -> Finding | None:
+    """The probe loss stays above its value before training: the steps make the network worse than untrained."""
+    start_loss = series.loss[0]
+    if not np.isfinite(start_loss) or start_loss <= 0:
+        return None
+    limit = (1 + thresholds.divergence) * start_loss
+    with np.errstate(invalid="ignore"):
+        stretch = _first_stretch(series.loss > limit, thresholds.persistence)
+    if stretch is None:
+        return None
+    start, end = stretch
+    stretch_loss = series.loss[start : end + 1]
+    updates = median_update[start : end + 1]
+    layer = _fastest_layer(series, start, end)
+    fix = _too_high_fix(series)
+    evidence = {
+        "mode": "diverged", "probe_loss_before": float(start_loss), "reference_epoch": series.epochs[0],
+        "probe_loss_after": float(stretch_loss.min()), "probe_loss_peak": float(stretch_loss.max()),
+        "threshold": thresholds.divergence,
+        "median_update_ratio_per_epoch": float(np.nanmax(updates)) if np.isfinite(updates).any() else None,
+        "epochs": [series.epochs[start], series.epochs[end]],
+    }
+    message = (
+        f"Learning rate too high: from epoch {series.epochs[start]} to {series.epochs[end]}, the probe loss stayed between "
+        f"{stretch_loss.min():.3g} and {stretch_loss.max():.3g}, above its {start_loss:.3g} before training (more than "
+        f"{thresholds.divergence:.0%} above): training made the network worse than untrained{_moved(series, layer, start, end)}. {fix}"
+    )
+    return Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)
+
+
+def _stalls(loss: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each stretch of snapshots after training began in which the loss never went below the
+    lowest it had reached before the stretch."""
+    lowest_before = np.fmin.accumulate(np.r_[np.inf, loss[:-1]])
+    with np.errstate(invalid="ignore"):
+        stalled = ~(loss < lowest_before)  # a NaN loss is no progress
+    stalled[0] = False
+    stalls, start = [], None
+    for position, value in enumerate(np.r_[stalled, False]):
+        if value and start is None:
+            start = position
+        elif not value and start is not None:
+            stalls.append((start, position - 1))
+            start = None
+    return stalls
+
+
+def _oscillating(series: _Series, thresholds: Thresholds, median_update: np.ndarray) -> Finding | None:
+    """While the loss makes no progress, it jumps up again and again, and the weights still take large steps."""
+    loss = series.loss
+    if not np.isfinite(loss).any():
+        return None
+    for start, end in _stalls(loss):
+        with np.errstate(invalid="ignore"):
+            jumps = [t for t in range(start, end + 1) if loss[t] >= (1 + thresholds.loss_rise) * loss[t - 1]]
+        updates = median_update[start : end + 1]
+        typical_update = float(np.nanmedian(updates)) if np.isfinite(updates).any() else math.nan
+        if len(jumps) >= thresholds.oscillations and typical_update > thresholds.update_ratio_high:
+            break
+    else:
+        return None
+    reference = int(np.nanargmin(loss[:start]))  # the lowest loss before the stall, which it never beat
+    layer = _fastest_layer(series, start, end)
+    fix = _too_high_fix(series)
+    evidence = {
+        "mode": "oscillating", "probe_loss_before": float(loss[reference]), "reference_epoch": series.epochs[reference],
+        "probe_loss_peak": float(np.nanmax(loss[start : end + 1])), "rises": len(jumps),
+        "jumps": [{"epoch": series.epochs[t], "from": float(loss[t - 1]), "to": float(loss[t])} for t in jumps],
+        "threshold": thresholds.loss_rise, "median_update_ratio_per_epoch": typical_update,
+        "update_threshold": thresholds.update_ratio_high, "epochs": [series.epochs[start], series.epochs[end]],
+    }
+    jump_text = ", ".join(f"{loss[t - 1]:.3g} to {loss[t]:.3g} at epoch {series.epochs[t]}" for t in jumps)
+    message = (
+        f"Learning rate too high: the probe loss reached {loss[reference]:.3g} at epoch {series.epochs[reference]} and "
+        f"from epoch {series.epochs[start]} to {series.epochs[end]} never went below it, jumping up by "
+        f"{thresholds.loss_rise:.0%} or more {len(jumps)} times ({jump_text}), while the weights moved by {_g(typical_update)}x "
+        f"their norm per epoch (median over layers and epochs; above {_g(thresholds.update_ratio_high)})"
+        f"{_moved(series, layer, start, end)}. {fix}"
+    )
+    return Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whether the network learns at all, learns the training set only, or cannot fit it: read off the losses and
+# accuracies at the end of the run
+
+
+def _gap_closed(accuracy: float, chance: float) -> float:
+    """How much of the way from chance to a perfect score an accuracy has come: 0 at chance, 1 at 100%."""
+    return (accuracy - chance) / (1 - chance) if chance < 1 else math.nan
+
+
+def _ending(series: _Series, thresholds: Thresholds, condition: np.ndarray) -> tuple[int, int] | None:
+    """(start, end): the stretch of snapshots up to the last one over which `condition` holds, when it spans at
+    least `persistence` snapshots after training began and the run has taken `learning_steps` optimizer steps."""
+    last = len(series.epochs) - 1
+    steps = series.steps[last] - series.steps[0] if last > 0 else math.nan
+    if last < 1 or not (steps >= thresholds.learning_steps) or not condition[last]:
+        return None
+    start = last
+    while start > 1 and condition[start - 1]:
+        start -= 1
+    return (start, last) if last - start + 1 >= thresholds.persistence else None
+
+
+def _accuracy_text(series: _Series, accuracy: float) -> str:
+    return f"{accuracy:.3g} (chance: {series.chance:.3g}, the share of the most common class)"
+
+
+def _not_learning(series: _Series, thresholds: Thresholds) -> list[Finding]:
+    start_loss, chance = series.loss[0] if series.loss.size else math.nan, series.chance
+    if not (np.isfinite(start_loss) and np.isfinite(chance)):
+        return []
+    with np.errstate(invalid="ignore"):
+        near_chance = np.array([_gap_closed(a, chance) for a in series.accuracy]) < thresholds.chance_gap
+        level = series.untrained(thresholds) & (series.loss <= (1 + thresholds.divergence) * start_loss)
+        stuck = level & near_chance
+    stretch = _ending(series, thresholds, stuck)
+    if stretch is None:
+        return []
+    start, end = stretch
+    loss, accuracy = series.loss[end], series.accuracy[end]
+    steps = int(series.steps[end] - series.steps[0])
+    evidence = {
+        "probe_loss": float(loss), "probe_loss_before_training": float(start_loss), "loss_drop": float(1 - loss / start_loss),
+        "probe_accuracy": float(accuracy), "chance_accuracy": chance, "gap_closed": float(_gap_closed(accuracy, chance)),
+        "steps": steps, "loss_threshold": thresholds.min_loss_drop, "accuracy_threshold": thresholds.chance_gap,
+        "epochs": [series.epochs[start], series.epochs[end]],
+    }
+    layer = None  # the whole network
+    fix = (f"Try: a higher learning rate{_lr_text(series)} or more epochs if the loss is creeping down; otherwise check "
+           "that the labels match the inputs and that the inputs are scaled (standardized, or pixels in [0, 1]).")
+    message = (
+        f"Not learning: from epoch {series.epochs[start]} to {series.epochs[end]} ({steps} optimizer steps in all), the "
+        f"probe loss is {loss:.3g}, against {start_loss:.3g} before training (less than the {thresholds.min_loss_drop:.0%} "
+        f"drop that learning brings), and the probe accuracy is {_accuracy_text(series, accuracy)}, less than "
+        f"{thresholds.chance_gap:.0%} of the way from chance to 100%. {fix}"
+    )
+    return [Finding("not_learning", layer, series.epochs[start], message, evidence, fix)]
+
+
+def _overfitting(series: _Series, thresholds: Thresholds) -> list[Finding]:
+    val, train = series.val_loss, series.train_loss
+    if not np.isfinite(val).any():
+        return []
+    best = int(np.nanargmin(val))
+    with np.errstate(invalid="ignore"):
+        rising = (np.arange(len(val)) > best) & (val >= (1 + thresholds.val_loss_rise) * val[best])
+        train_falling = train <= (1 - thresholds.train_loss_drop) * train[best]
+    stretch = _ending(series, thresholds, rising)
+    if stretch is None or not train_falling[stretch[1]]:
+        return []
+    start, end = stretch
+    layer = None  # the whole network
+    evidence = {
+        "val_loss_lowest": float(val[best]), "lowest_at_epoch": series.epochs[best], "val_loss": float(val[end]),
+        "train_loss_at_lowest": float(train[best]), "train_loss": float(train[end]),
+        "val_loss_threshold": thresholds.val_loss_rise, "train_loss_threshold": thresholds.train_loss_drop,
+        "epochs": [series.epochs[start], series.epochs[end]],
+    }
+    fix = ("Try: stopping at the lowest validation loss (`keras.callbacks.EarlyStopping(restore_best_weights=True)`), "
+           "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller network.")
+    message = (
+        f"Overfitting: the validation loss was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from epoch "
+        f"{series.epochs[start]} to {series.epochs[end]} it stayed {thresholds.val_loss_rise:.0%} or more above that and "
+        f"ended at {val[end]:.3g}, while the training loss fell from {train[best]:.3g} to {train[end]:.3g} "
+        f"({1 - train[end] / train[best]:.0%} lower). The network learns its training samples, not the task. {fix}"
+    )
+    return [Finding("overfitting", layer, series.epochs[start], message, evidence, fix)]
+
+
+def _capacity(series: _Series, thresholds: Thresholds) -> list[Finding]:
+    train_loss = series.train_loss
+    train_accuracy = np.where(np.isfinite(series.train_accuracy), series.train_accuracy, series.accuracy)
+    chance = series.chance
+    if not np.isfinite(chance):
+        return []
+    with np.errstate(invalid="ignore"):
+        short = np.array([_gap_closed(a, chance) for a in train_accuracy]) < thresholds.capacity_fit
+        learned = ~series.untrained(thresholds) & np.isfinite(series.loss)
+        plateau = np.r_[False, train_loss[1:] > (1 - thresholds.plateau) * train_loss[:-1]]
+    stretch = _ending(series, thresholds, short & learned & plateau)
+    if stretch is None:
+        return []
+    start, end = stretch
+    accuracy, loss = train_accuracy[end], train_loss[end]
+    narrowest = min(series.hidden_kernel_layers or series.kernel_layers or [0], key=lambda i: series.units[i] or math.inf)
+    layer = series.names[narrowest]
+    width = f" (its narrowest layer, `{layer}`, has {series.units[narrowest]} units)" if series.units[narrowest] else ""
+    evidence = {
+        "train_accuracy": float(accuracy), "chance_accuracy": chance, "gap_closed": float(_gap_closed(accuracy, chance)),
+        "train_loss": float(loss), "train_loss_at_start_of_plateau": float(train_loss[start - 1]),
+        "narrowest_layer_units": series.units[narrowest],
+        "probe_loss_before_training": float(series.loss[0]), "accuracy_threshold": thresholds.capacity_fit,
+        "plateau_threshold": thresholds.plateau, "epochs": [series.epochs[start], series.epochs[end]],
+    }
+    fix = ("Try: wider or more hidden layers (`--hidden`), less regularization (`--l2`, `--dropout`), or a less "
+           "restrictive architecture; the gradients reach every layer, so the optimizer is not the problem.")
+    message = (
+        f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss fell by less "
+        f"than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the training accuracy "
+        f"stayed at {_accuracy_text(series, accuracy)}, less than {thresholds.capacity_fit:.0%} of the way from chance "
+        f"to fitting the training data. No other finding explains it: the network{width} cannot represent this data. {fix}"
+    )
+    return [Finding("capacity", layer, series.epochs[start], message, evidence, fix)]
 
 
 def _g(value) -> str:

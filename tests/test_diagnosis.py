@@ -1,5 +1,6 @@
 """The diagnosis on real trained runs (healthy and pathological), its criteria on written runs, and its CLI."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,7 +93,7 @@ def test_every_message_names_layer_epoch_evidence_and_fix(store):
     for name in ("vanishing", "exploding", "dead", "saturated", "slow"):
         for finding in diagnose(store.run(name)):
             assert finding.kind in KINDS
-            assert f"`{finding.layer}`" in finding.message, finding.message
+            assert finding.layer is None or f"`{finding.layer}`" in finding.message, finding.message
             assert f"epoch {finding.epoch}" in finding.message, finding.message
             assert finding.fix and finding.message.endswith(finding.fix) and finding.evidence
             json.dumps(finding.evidence)  # JSON-ready
@@ -114,7 +115,7 @@ def test_thresholds_are_configurable(store):
 # Criteria on hand-written runs: persistence, and dead units do not read as vanishing
 
 
-def write_run(root, run_id, kernel_norms, dead=None, losses=None):
+def write_run(root, run_id, kernel_norms, dead=None, losses=None, update=1e-2):
     """A 4-layer run (3 hidden + output) with the given per-snapshot kernel gradient norms (S, 4)."""
     layers = [{"index": i, "name": name, "type": "Dense", "activation": "relu" if i < 3 else "softmax", "weights": ["kernel", "bias"]}
               for i, name in enumerate(["dense_0", "dense_1", "dense_2", "output"])]
@@ -122,7 +123,7 @@ def write_run(root, run_id, kernel_norms, dead=None, losses=None):
     for seq, norms in enumerate(kernel_norms):
         records = [{"grad": {"kernel": {"norm": n, "nonfinite": 0}, "output": {"norm": n}},
                     "activation": {"dead_fraction": (dead[seq][i] if dead else 0.0), "saturated_fraction": 0.0},
-                    "update_ratio": {"kernel": 1e-2} if seq else {}} for i, n in enumerate(norms)]
+                    "update_ratio": {"kernel": update} if seq else {}} for i, n in enumerate(norms)]
         loss = losses[seq] if losses else 1.0 / (seq + 1)
         writer.write_snapshot(seq, {"kind": "epoch", "epoch": seq, "step": 10 * seq, "layers": records, "probe_loss": loss}, {})
     return RunStore(root).run(run_id)
@@ -143,11 +144,137 @@ def test_dead_layers_are_dead_units_not_vanishing_gradients(tmp_path):
     assert kinds(diagnose(run)) == ["dead_units"]
 
 
+def test_a_flat_loss_with_large_steps_is_not_a_learning_rate_too_high(tmp_path):
+    # Issue 17: the demo converged (loss "0.348 to 0.348") while Adam still moved its weights by 0.13 per epoch.
+    flat = [0.69, 0.5, 0.4, 0.348, 0.348, 0.349, 0.348]
+    assert diagnose(write_run(str(tmp_path), "flat", [[1, 1, 1, 1]] * 7, losses=flat, update=0.13)) == []
+    spike = [0.69, 0.3, 0.14, 0.25, 0.22, 0.12, 0.11]  # the demo's worst stretch (seed 0): back to its best in two epochs
+    assert diagnose(write_run(str(tmp_path), "spike", [[1, 1, 1, 1]] * 7, losses=spike, update=0.13)) == []
+
+
+def test_a_loss_that_stays_up_is_too_high_only_with_large_steps(tmp_path):
+    bouncing = [2.4, 0.4, 0.2, 0.31, 0.45, 0.38, 0.55, 0.42]
+    [finding] = diagnose(write_run(str(tmp_path), "bouncing", [[1, 1, 1, 1]] * 8, losses=bouncing, update=0.3))
+    assert finding.kind == "learning_rate" and finding.evidence["mode"] == "oscillating" and finding.epoch == 3
+    assert finding.evidence["probe_loss_before"] == 0.2 and finding.evidence["probe_loss_peak"] == 0.55
+    assert [jump["epoch"] for jump in finding.evidence["jumps"]] == [3, 4, 6]
+    assert "reached 0.2 at epoch 2" in finding.message and "3 times (0.2 to 0.31 at epoch 3, 0.31 to 0.45" in finding.message
+    assert diagnose(write_run(str(tmp_path), "small-steps", [[1, 1, 1, 1]] * 8, losses=bouncing, update=0.01)) == []
+    diverged = [0.7, 0.9, 1.4, 2.0, 1.8]
+    [finding] = diagnose(write_run(str(tmp_path), "diverged", [[1, 1, 1, 1]] * 5, losses=diverged, update=0.01))
+    assert finding.evidence["mode"] == "diverged" and finding.evidence["probe_loss_after"] == 0.9
+    assert "between 0.9 and 2," in finding.message and "its 0.7 before training" in finding.message
+
+
 def test_update_ratios_are_read_per_epoch(tmp_path):
     from core.diagnosis import update_ratios_per_epoch
 
     run = write_run(str(tmp_path), "every", [[1, 1, 1, 1]] * 3)
     assert np.isnan(update_ratios_per_epoch(run)[0]).all() and np.allclose(update_ratios_per_epoch(run)[1:], 1e-2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The labelled scenarios of bench/bench_diagnosis.py (issue 17): its fast subset, trained once at seed 0
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_diagnosis", REPO / "bench" / "bench_diagnosis.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)  # imports TensorFlow only to train, which happens in the subprocess below
+    return module
+
+
+BENCH = _bench()
+QUICK = [scenario for scenario in BENCH.SCENARIOS if scenario.quick]
+TRAIN_QUICK = """
+import runpy, sys
+sys.argv = ["bench_diagnosis.py", "--quick", "--seeds", "0", "--train-only", "--runs", sys.argv[1]]
+runpy.run_path("bench/bench_diagnosis.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def scenario_store(recorded):
+    return RunStore(str(recorded(TRAIN_QUICK)))
+
+
+def scenario_findings(store, name):
+    return diagnose(store.run(BENCH.run_id(BENCH.BY_NAME[name], 0)))
+
+
+def test_the_fast_subset_covers_healthy_runs_and_the_new_findings():
+    assert any(s.healthy for s in QUICK) and "tensorflow" not in sys.modules
+    assert {"learning_rate", "not_learning", "overfitting", "capacity"} <= {kind for s in QUICK for kind in s.must}
+
+
+@pytest.mark.parametrize("scenario", QUICK, ids=lambda s: s.name)
+def test_each_scenario_gets_its_findings_and_no_false_alarm(scenario_store, scenario):
+    given = set(kinds(scenario_findings(scenario_store, scenario.name)))
+    assert scenario.must <= given and not (scenario.must_not & given), (scenario.name, given)
+
+
+def test_oscillating_loss_evidence_supports_too_high(scenario_store):
+    run = scenario_store.run(BENCH.run_id(BENCH.BY_NAME["lr_high_oscillation"], 0))
+    [finding] = [f for f in diagnose(run) if f.kind == "learning_rate"]
+    evidence, limits = finding.evidence, Thresholds()
+    assert evidence["mode"] == "oscillating" and "too high" in finding.message
+    losses = {int(s.epoch): s.meta["probe_loss"] for s in run.epoch_snapshots()}
+    first, last = evidence["epochs"]
+    assert losses[evidence["reference_epoch"]] == pytest.approx(evidence["probe_loss_before"])
+    assert all(losses[epoch] >= evidence["probe_loss_before"] for epoch in range(first, last + 1))  # no progress
+    assert len(evidence["jumps"]) >= limits.oscillations and evidence["median_update_ratio_per_epoch"] > limits.update_ratio_high
+    for jump in evidence["jumps"]:  # each quoted jump is the run's, and a rise by the stated margin
+        assert (losses[jump["epoch"] - 1], losses[jump["epoch"]]) == pytest.approx((jump["from"], jump["to"]))
+        assert jump["to"] >= (1 + limits.loss_rise) * jump["from"]
+        assert f"{jump['from']:.3g} to {jump['to']:.3g} at epoch {jump['epoch']}" in finding.message
+
+
+def test_divergence_evidence_supports_too_high(scenario_store):
+    [finding] = [f for f in scenario_findings(scenario_store, "lr_high_divergence") if f.kind == "learning_rate"]
+    evidence = finding.evidence
+    assert evidence["mode"] == "diverged"
+    assert evidence["probe_loss_after"] > (1 + Thresholds().divergence) * evidence["probe_loss_before"]
+    assert f"{evidence['probe_loss_before']:.3g} before training" in finding.message
+
+
+def test_not_learning_quotes_a_loss_at_its_start_and_an_accuracy_at_chance(scenario_store):
+    [finding] = [f for f in scenario_findings(scenario_store, "not_learning_sgd_slow") if f.kind == "not_learning"]
+    evidence = finding.evidence
+    assert evidence["probe_loss"] > 0.9 * evidence["probe_loss_before_training"]
+    assert evidence["chance_accuracy"] == pytest.approx(0.5) and evidence["gap_closed"] < Thresholds().chance_gap
+    assert evidence["steps"] >= Thresholds().learning_steps
+    for number in (evidence["probe_loss"], evidence["probe_loss_before_training"], evidence["probe_accuracy"]):
+        assert f"{number:.3g}" in finding.message
+
+
+def test_overfitting_quotes_the_validation_loss_rising_while_the_training_loss_falls(scenario_store):
+    run = scenario_store.run(BENCH.run_id(BENCH.BY_NAME["overfitting_memorize"], 0))
+    [finding] = [f for f in diagnose(run) if f.kind == "overfitting"]
+    evidence, history = finding.evidence, run.history()
+    best = history["epoch"].index(evidence["lowest_at_epoch"])
+    assert evidence["val_loss_lowest"] == pytest.approx(min(history["val_loss"]))
+    assert evidence["val_loss_lowest"] == pytest.approx(history["val_loss"][best])
+    assert evidence["val_loss"] == pytest.approx(history["val_loss"][-1])
+    assert evidence["val_loss"] >= (1 + Thresholds().val_loss_rise) * evidence["val_loss_lowest"]  # it rose, by a margin
+    assert evidence["train_loss"] == pytest.approx(history["loss"][-1])
+    assert evidence["train_loss"] <= (1 - Thresholds().train_loss_drop) * evidence["train_loss_at_lowest"]  # while this fell
+    assert f"epoch {evidence['lowest_at_epoch']}" in finding.message
+
+
+def test_too_little_capacity_names_the_bottleneck(scenario_store):
+    [finding] = scenario_findings(scenario_store, "capacity_bottleneck")
+    evidence = finding.evidence
+    assert finding.kind == "capacity" and finding.layer == "dense_0" and evidence["narrowest_layer_units"] == 2
+    assert evidence["gap_closed"] < Thresholds().capacity_fit and evidence["train_loss"] < 0.7 * evidence["probe_loss_before_training"]
+    assert f"{evidence['train_accuracy']:.3g}" in finding.message and "has 2 units" in finding.message
+
+
+def test_every_new_kind_has_a_title_for_the_dashboard(scenario_store):
+    for scenario in QUICK:
+        for finding in scenario_findings(scenario_store, scenario.name):
+            assert finding.title and finding.title != finding.kind and finding.message.startswith(finding.title + ": ")
+            assert finding.fix and finding.message.endswith(finding.fix) and f"epoch {finding.epoch}" in finding.message
+            json.dumps(finding.evidence)
 
 
 # ----------------------------------------------------------------------------------------------------------

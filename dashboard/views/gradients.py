@@ -30,13 +30,6 @@ DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # one per run: the cur
 HEALTHY_BAND = (Thresholds().update_ratio_low, Thresholds().update_ratio_high)  # per epoch, centred on 1e-3 in log
 UNIT_STATES = ("active", "dead", "saturated")
 UNIT_COLOURS = ("#e8e8e8", "#222222", "#d62728")
-TITLES = {
-    "vanishing_gradients": "Vanishing gradients",
-    "exploding_gradients": "Exploding gradients",
-    "dead_units": "Dead units",
-    "saturation": "Saturated units",
-    "learning_rate": "Learning rate",
-}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -187,7 +180,7 @@ def finding_markdown(finding: Finding) -> str:
 def findings_summary(name: str, findings: list[Finding]) -> str:
     if not findings:
         return f"`{name}`: no problems found."
-    kinds = ", ".join(dict.fromkeys(TITLES.get(f.kind, f.kind).lower() for f in findings))
+    kinds = ", ".join(dict.fromkeys(f.title.lower() for f in findings))  # each finding names itself: no table per kind
     return f"`{name}`: {len(findings)} finding(s): {kinds}."
 
 
