@@ -17,7 +17,14 @@ import numpy as np
 import tensorflow as tf
 
 from core.datasets import stratified_subset
-from core.graph import RecordedLayer, forward_recording, recorded_layers, trains_differently
+from core.graph import (
+    RecordedLayer,
+    check_selection,
+    forward_recording,
+    recorded_layers,
+    select_layers,
+    trains_differently,
+)
 from core.journal import Journal
 from core.settings import RECORDER_DEFAULTS
 from core.snapshot import RawCapture
@@ -95,6 +102,12 @@ class Recorder(keras.callbacks.Callback):
             snapshot costs about the same whatever the epoch length, so with long epochs every snapshot is
             analysed live, and with short ones most wait until `fit` returns. None analyses each snapshot as it
             is taken, for watching a short fit live, and costs a short fit 1.2x on a 2-core machine.
+        layers: which layers to record. "auto" (None): every layer of a model with at most 32 recordable layers;
+            of a deeper one, its block outputs (each layer that joins branches, such as a residual `Add`), the
+            last layer at each spatial size and the head, at most 32. "all": every layer. Or a name, a pattern
+            (`"conv4_*_out"`), a layer class (`keras.layers.Conv2D`, or `"Conv2D"`), or a list of them; the
+            model's last layer is always recorded. An item that matches no layer fails at the start of `fit`,
+            listing the model's layers.
 
     Example:
 
@@ -134,8 +147,10 @@ class Recorder(keras.callbacks.Callback):
         plane: str | bool = "auto",
         analysis: str = "auto",
         budget: float | None = DEFAULT_BUDGET,
+        layers: str | list | None = RECORDER_DEFAULTS["layers"],
     ):
         super().__init__()
+        check_selection(layers)
         _require_int("every", every, minimum=1)
         _require_int("probe_size", probe_size, minimum=10)
         _require_int("components", components, minimum=1)
@@ -158,6 +173,7 @@ class Recorder(keras.callbacks.Callback):
         self.grad_every = grad_every
         self.components = components
         self.seed = seed
+        self.layer_selection = layers
         self.name = name
         if name is not None and not isinstance(name, str):
             raise ValueError(f"`name` must be a string, the run's display name. Received: name={name!r}")
@@ -266,7 +282,9 @@ class Recorder(keras.callbacks.Callback):
         self.wait()
         self._claim_run_id()
         model = self.model
-        layers = recorded_layers(model)  # raises ValueError naming the fix for unusable models
+        every_layer = recorded_layers(model)  # raises ValueError naming the fix for unusable models
+        layers = select_layers(every_layer, self.layer_selection)
+        self._layers_total = len(every_layer)
         _check_model_io(model, self._x, self._y_for_loss)
         if self.labels is not None and (loss := _regression_loss_name(model)):
             warnings.warn(
@@ -322,7 +340,8 @@ class Recorder(keras.callbacks.Callback):
     def _recovery_setup(self, builder: dict) -> dict:
         """On the worker's thread: what `python -m core recover` needs to rebuild the model and run the probe pass."""
         setup = {"x": self._x, "y": self._y_for_loss, "grid": self._grid, "builder": builder,
-                 "variables": [[v.path, list(v.shape)] for v in self._variables], "layers": len(self._layers)}
+                 "variables": [[v.path, list(v.shape)] for v in self._variables], "layers": len(self._layers),
+                 "layer_paths": [layer.path for layer in self._layers]}
         try:
             setup["model"] = self.model.to_json()
             setup["compile"] = json.loads(json.dumps(self.model.get_compile_config() or {}))
@@ -367,6 +386,8 @@ class Recorder(keras.callbacks.Callback):
             "name": self._run_name or self.run_id,
             **self._extra_meta,
             "layers": [layer.describe(i) for i, layer in enumerate(layers)],
+            "layer_selection": {"asked": _selection_text(self.layer_selection), "recorded": len(layers),
+                                "recordable": self._layers_total},
             "model": {"name": self.model.name, "params": int(self.model.count_params())},
             "probe": {
                 "size": int(len(self._x)),
@@ -553,6 +574,13 @@ class Recorder(keras.callbacks.Callback):
 
 # ----------------------------------------------------------------------------------------------------------
 # The compiled probe pass
+
+
+def _selection_text(selection) -> str:
+    """`Recorder(layers=...)` as text for run.json: "auto", "all", or the items (classes by name)."""
+    if selection is None or isinstance(selection, str):
+        return selection or "auto"
+    return ", ".join(item.__name__ if isinstance(item, type) else str(item) for item in selection)
 
 
 def _model_variables(model: keras.Model) -> list:

@@ -107,6 +107,9 @@ class _ProbePass:
                              "Custom layers, losses and models must be registered with "
                              "@keras.saving.register_keras_serializable in a module that `--import MODULE` names.") from None
         self.layers = recorded_layers(model)
+        if setup.get("layer_paths") is not None:  # the layers the Recorder chose (`layers=`); older journals: all
+            chosen = set(setup["layer_paths"])
+            self.layers = [layer for layer in self.layers if layer.path in chosen]
         self.variables = recorder._model_variables(model)
         # A variable's path gains its model's name as a prefix when the model is built in a fit: compare the
         # layer's and the weight's names, and the shapes.

@@ -130,6 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_every", int, None, "also capture every N batches", recorder=True),
     Setting("grad_every", int, None, "also measure per-layer gradient norms every N batches (cheap)", recorder=True),
     Setting("components", int, 10, "principal components kept of each layer's output", spec=False, recorder=True),
+    # None is "auto": every layer of a model with at most 32 recordable layers (so every built-in MLP), and a
+    # readable set of a deeper one: its block outputs, where each stage ends, and the head (core/graph.py).
+    Setting("layers", str, None, "the layers to record: all, or comma-separated names, patterns (block_*_add) or "
+            "types (Conv2D) (default: all of a model with up to 32, the block outputs and stage ends of a deeper one)",
+            metavar="SELECTION", recorder=True),
     # The one default that differs by entry point. The CLI and the dashboard's jobs record each snapshot as it is
     # taken (None), so a run can be watched epoch by epoch; a Recorder in someone's own `fit` keeps recording
     # within 3% of training's wall time, so it barely slows their training (bench/README.md).

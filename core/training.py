@@ -76,6 +76,7 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         config={**asdict(spec), "hidden": list(spec.hidden)},
         run_id=spec.run_id,
         budget=spec.budget,
+        layers=layer_selection(spec.layers),
     )
     callbacks = [recorder]
     if progress:
@@ -93,6 +94,13 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         signal.signal(signal.SIGTERM, previous)
     recorder.wait()  # the id is printed once its run is completely written
     return recorder.run_id
+
+
+def layer_selection(text: str | None) -> str | list[str] | None:
+    """`--layers` as the Recorder takes it: None (auto), "all"/"auto", or the comma-separated items as a list."""
+    if text is None or text.strip() in ("all", "auto"):
+        return None if text is None else text.strip()
+    return [item.strip() for item in text.split(",") if item.strip()] or text
 
 
 def _raise_interrupt(signum, frame):

@@ -94,7 +94,8 @@ def test_recorder_defaults_are_the_table_and_only_the_budget_differs_by_entry_po
 
     signature = inspect.signature(Recorder.__init__).parameters
     recorded = [s for s in settings.SETTINGS if s.recorder]
-    assert {s.name for s in recorded} == {"seed", "probe_size", "every", "batch_every", "grad_every", "components", "budget"}
+    assert {s.name for s in recorded} == {"seed", "probe_size", "every", "batch_every", "grad_every", "components", "budget",
+                                         "layers"}
     for setting in recorded:
         assert signature[setting.name].default == settings.RECORDER_DEFAULTS[setting.name], setting.name
     differs = {s.name: (s.default, s.for_recorder) for s in recorded if s.default != s.for_recorder}

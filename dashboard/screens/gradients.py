@@ -96,9 +96,13 @@ def show(run, others, role: str, live: bool) -> None:
                    "±1 for tanh) is saturation; a single bar at 0 for ReLU is dead units.")
 
     st.subheader("Activation percentiles per layer")
-    st.plotly_chart(percentiles(keys, epoch), key="percentiles", config=CHART_CONFIG)
+    st.plotly_chart(percentiles(keys, epoch, layer), key="percentiles", config=CHART_CONFIG)
+    shown = len(views.percentile_panels(len(run.layers), layer))
+    spread = (f" This run has {len(run.layers) - 1} hidden layers: {shown} of them are drawn, spread from first to last, "
+              "with the one chosen in the sidebar." if shown < len(run.layers) - 1 else "")
     st.caption("As in Glorot & Bengio (2010), figure 2: per hidden layer, the median (line), 25–75% (band) and 2% and "
-               "98% (dotted) of its activations on the probe set. Bands collapsing onto a bound mean saturated units.")
+               "98% (dotted) of its activations on the probe set. Bands collapsing onto a bound mean saturated units."
+               + spread)
 
     fraction_col, strip_col = st.columns([3, 2], gap="medium")
     with fraction_col:
@@ -199,8 +203,8 @@ def histograms(key, layer, kind, role, epoch):
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def percentiles(keys, epoch):
-    return views.percentile_figure(_all_series(keys, epoch), epoch)
+def percentiles(keys, epoch, layer):
+    return views.percentile_figure(_all_series(keys, epoch), epoch, chosen=layer)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

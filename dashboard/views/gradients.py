@@ -31,6 +31,8 @@ HEALTHY_BAND = (Thresholds().update_ratio_low, Thresholds().update_ratio_high)  
 UNIT_STATES = ("active", "dead", "saturated")
 UNIT_COLOURS = ("#e8e8e8", "#222222", "#d62728")
 
+MAX_PERCENTILE_PANELS = 24  # a deep model gets an even spread of its layers: each panel needs ~190 px of height
+
 
 # ------------------------------------------------------------------------------------------------------------
 # What the charts draw, read once per run
@@ -406,21 +408,39 @@ def _trim_empty_bins(density: np.ndarray) -> np.ndarray:
 # Activation percentile bands (Glorot & Bengio 2010, figure 2)
 
 
-def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns: int = 3) -> go.Figure:
-    """One panel per hidden layer: 25–75% band, median line and 2%/98% dotted lines over epochs, one colour per run."""
-    hidden = max(len(runs[0].layers) - 1, 1) if runs else 1
+def percentile_panels(layers: int, chosen: int | None = None, limit: int = MAX_PERCENTILE_PANELS) -> list[int]:
+    """The hidden layers (of `layers` recorded, the output last) that get a percentile panel: all of them up to
+    `limit`, else an even spread from first to last hidden layer that includes `chosen`."""
+    hidden = max(layers - 1, 1)
+    if hidden <= limit:
+        return list(range(hidden))
+    picks = {round(j * (hidden - 1) / (limit - 2)) for j in range(limit - 1)}
+    if chosen is not None and 0 <= chosen < hidden:
+        picks.add(chosen)
+    return sorted(picks)
+
+
+def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns: int = 3,
+                      chosen: int | None = None) -> go.Figure:
+    """One panel per hidden layer (at most `MAX_PERCENTILE_PANELS`, see `percentile_panels`): 25–75% band, median
+    line and 2%/98% dotted lines over epochs, one colour per run."""
+    shown = percentile_panels(len(runs[0].layers), chosen) if runs else [0]
+    hidden = len(shown)
     rows = math.ceil(hidden / columns)
-    titles = list(runs[0].layers[:hidden]) if runs else [""]
+    titles = [runs[0].layers[i] for i in shown] if runs else [""]
+    height = 120 + 190 * rows
     figure = make_subplots(rows=rows, cols=min(columns, hidden), subplot_titles=titles, shared_xaxes=True,
-                           vertical_spacing=0.12 / max(rows, 1) + 0.04, horizontal_spacing=0.06)
+                           vertical_spacing=min(60 / height, 0.9 / max(rows - 1, 1)), horizontal_spacing=0.06)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     labels = run_labels(runs)
     for index, series in enumerate(runs):
         colour = palette[index % len(palette)]
         fill = _rgba(colour, 0.22)
-        for column in range(min(hidden, len(series.layers))):
+        for column, layer in enumerate(shown):
+            if layer >= len(series.layers) - 1:
+                continue
             row, col = column // columns + 1, column % columns + 1
-            p = series.percentiles[:, column]  # (S, 5): 2, 25, 50, 75, 98
+            p = series.percentiles[:, layer]  # (S, 5): 2, 25, 50, 75, 98
             group = series.run_id
             first = column == 0
             kwargs = dict(x=series.epochs, legendgroup=group, hoverinfo="skip")
@@ -439,7 +459,7 @@ def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns
     if epoch is not None:
         for column in range(hidden):
             figure.add_vline(x=epoch, line=dict(color="grey", dash="dot", width=1), row=column // columns + 1, col=column % columns + 1)
-    _style(figure, 120 + 190 * rows)
+    _style(figure, height)
     figure.update_layout(margin=dict(t=64), legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0, xanchor="left"))
     return figure
 

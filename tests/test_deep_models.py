@@ -1,0 +1,107 @@
+"""Deep models are first-class: a residual network of more than 80 layers records a readable set of layers by
+default, any set the user names (by name, pattern or type), or all of them, and every page opens on each."""
+
+import subprocess
+import sys
+
+import pytest
+from apptest_pages import open_app
+
+from conftest import REPO
+from core.store import RunStore
+
+BLOCKS = 14  # 6 layers a block, plus the stem and head: 90 recordable layers
+
+RECORD = f"""
+import sys
+import keras, numpy as np
+from core import Recorder
+
+root = sys.argv[1]
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 8, 8, 3)).astype("float32")
+y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype("int64")
+
+
+def residual_network():
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    for block in range({BLOCKS}):
+        if block == {BLOCKS} // 2:  # a second stage at half the resolution
+            h = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="down")(h)
+        r = keras.layers.Conv2D(8, 3, padding="same", name=f"block{{block}}_conv_a")(h)
+        r = keras.layers.BatchNormalization(name=f"block{{block}}_bn_a")(r)
+        r = keras.layers.ReLU(name=f"block{{block}}_relu_a")(r)
+        r = keras.layers.Conv2D(8, 3, padding="same", name=f"block{{block}}_conv_b")(r)
+        r = keras.layers.BatchNormalization(name=f"block{{block}}_bn_b")(r)
+        h = keras.layers.Add(name=f"block{{block}}_add")([h, r])
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    outputs = keras.layers.Dense(2, activation="softmax", name="head")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+for run_id, layers in (("auto", None), ("adds", ["Add", "stem"]), ("all", "all")):
+    recorder = Recorder(root, probe=(x, y), run_id=run_id, budget=None, layers=layers)
+    residual_network().fit(x, y, epochs=1, batch_size=32, callbacks=[recorder], verbose=0)
+    recorder.wait()
+print("ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def deep_runs(recorded):
+    return str(recorded(RECORD))
+
+
+def names(run) -> list[str]:
+    return [layer["name"] for layer in run.layers]
+
+
+def test_a_deep_network_records_its_block_outputs_and_stage_ends_by_default(deep_runs):
+    run = RunStore(deep_runs).run("auto")
+    recorded = names(run)
+    assert run.meta["layer_selection"]["recordable"] > 80
+    assert run.meta["layer_selection"] == {"asked": "auto", "recorded": len(recorded),
+                                          "recordable": run.meta["layer_selection"]["recordable"]}
+    assert len(recorded) <= 32
+    assert [n for n in recorded if n.endswith("_add")] == [f"block{b}_add" for b in range(BLOCKS)]
+    assert recorded[0] == "stem" and recorded[-2:] == ["pool", "head"]
+    assert f"block{BLOCKS // 2 - 1}_add" in recorded  # the last layer at 8×8, where the first stage ends
+    stages = [layer["stage"] for layer in run.layers]
+    assert stages[0] == "8×8" and "4×4" in stages and stages[-1] == "layers"
+    assert all(len(s.meta["layers"]) == len(recorded) for s in run.epoch_snapshots())
+
+
+def test_the_layers_a_user_names_are_recorded_with_the_last_layer(deep_runs):
+    run = RunStore(deep_runs).run("adds")
+    assert names(run) == ["stem", *[f"block{b}_add" for b in range(BLOCKS)], "head"]
+    assert run.meta["layer_selection"]["asked"] == "Add, stem"
+
+
+def test_all_records_every_layer(deep_runs):
+    run = RunStore(deep_runs).run("all")
+    assert len(names(run)) == run.meta["layer_selection"]["recordable"] > 80
+
+
+@pytest.mark.parametrize("run_id", ["auto", "all"])
+@pytest.mark.parametrize("page", ["embeddings", "gradients", "layers"])
+def test_every_page_opens_on_the_deep_runs(deep_runs, run_id, page):
+    at = open_app(deep_runs, page, run=run_id, layer="block3_add")
+    assert not at.exception, at.exception
+    assert at.get("plotly_chart")
+
+
+def test_the_cli_records_the_layers_it_is_given(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "iris", "--hidden", "8,8", "--epochs",
+                             "1", "--layers", "dense_1,output", "--runs", str(tmp_path), "--quiet"],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.stdout.strip().splitlines()[-1]
+    assert names(RunStore(str(tmp_path)).run(run_id)) == ["dense_1", "output"]
+    wrong = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "iris", "--hidden", "8", "--epochs", "1",
+                            "--layers", "nothing_*", "--runs", str(tmp_path), "--quiet"],
+                           cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert wrong.returncode != 0 and "'nothing_*' matches no recorded layer" in wrong.stderr
