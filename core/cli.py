@@ -113,6 +113,8 @@ def _list_runs(args: argparse.Namespace) -> int:
     for row in [("id", "status", "dataset", "epochs", "name"), *rows]:
         print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:<{width[2]}}  {row[3]:>7}  {row[4]}")
     for s in summaries:
+        if s.damaged:  # listed, and skipped: only a command that names the run fails on it
+            print(f"\n{s.id}: {s.damaged}")
         if s.unwritten:
             print(f"\n{s.id}: training was killed before {s.unwritten} of its snapshots were written. "
                   f"Write them with: python -m core recover {s.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
@@ -131,8 +133,13 @@ def _show(args: argparse.Namespace) -> int:
     if summary["unwritten_snapshots"]:
         print(f"  {summary['unwritten_snapshots']} more were captured but not written when training was killed; "
               f"write them with: python -m core recover {run.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
+    for line in run.lost_snapshots().lines():
+        print(f"  lost: {line}")
+    for name, why in summary["damaged_files"].items():
+        if not name.startswith("snapshots/"):  # lost snapshots are listed above
+            print(f"  damaged: {name} ({why}); the rest of the run is shown without it")
     for layer in summary["layers"]:
-        print(f"  {layer['name']:<24} {layer['type']:<20} {str(layer['output_shape']):<16} {layer['params']:>8} params")
+        print(f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params")
     history = summary["metrics"]
     if history.get("loss"):
         print(f"final loss {history['loss'][-1]}  " + "  ".join(f"{k} {v[-1]}" for k, v in history.items() if k not in ("epoch", "loss") and v))
@@ -162,7 +169,12 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     thresholds = Thresholds().with_overrides(args.threshold)
     run = RunStore(args.runs).run(args.run)
+    if not run.epochs():  # no evidence is not health: a CI gate must not pass a run it could not read
+        lost = " ".join(run.lost_snapshots().lines())
+        raise StoreError(f"Run {run.id!r} has no readable snapshot, so there is nothing to diagnose." + (f" {lost}" if lost else ""))
     findings = diagnose(run, thresholds)
+    for line in run.lost_snapshots().lines():  # the verdict rests on the snapshots that are left
+        print(f"note: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json_safe({"run": run.id, "healthy": not findings, "thresholds": asdict(thresholds),
                                        "findings": [asdict(f) for f in findings]}), indent=1))

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -30,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
+
+from core import run_format
+from core.run_format import FormatProblem
 
 FORMAT_VERSION = 1
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -47,6 +51,25 @@ class StoreError(Exception):
 
 class RunNotFound(StoreError):
     pass
+
+
+class DamagedRun(StoreError):
+    """A run whose run.json cannot be read or does not hold what FORMAT.md says; the message gives the reason.
+    The store lists such a run as damaged, and every other run reads as before."""
+
+
+# What a reader catches from a file that is not what it should be: a torn or garbage npz, bad JSON, a bad field.
+READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def reason(error: BaseException) -> str:
+    """Why a file could not be read, in words that never hold a server path (an OSError's filename is left out)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, FormatProblem):
+        return str(error)
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200] if text else type(error).__name__
 
 
 def is_valid_run_id(run_id: object) -> bool:
@@ -400,6 +423,7 @@ class Snapshot:
         self._files = files
         self._path = path
         self._arrays: dict[str, np.ndarray] = {}
+        self.unreadable: dict[str, str] = {}  # array key -> why it could not be read
 
     @property
     def seq(self) -> int:
@@ -410,21 +434,33 @@ class Snapshot:
         return float(self.meta["epoch"])
 
     def keys(self) -> list[str]:
-        with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
-            return [k for k in npz.files if k != META_KEY]
+        try:
+            with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
+                return [k for k in npz.files if k != META_KEY]
+        except READ_ERRORS:
+            return []
 
     def array(self, key: str) -> np.ndarray | None:
-        """The array stored under `key`, or None when this snapshot has none."""
+        """The array stored under `key`, or None when this snapshot has none or it cannot be read (a damaged
+        member, or one that holds no numbers): `unreadable` then says why."""
         if key not in self._arrays:
-            with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
-                if key not in npz.files:
-                    return None
-                self._arrays[key] = npz[key]
+            try:
+                with self._files.open(self._path) as handle, np.load(handle, allow_pickle=False) as npz:
+                    if key not in npz.files:
+                        return None
+                    array = npz[key]
+            except READ_ERRORS as error:
+                self.unreadable[key] = reason(error)
+                return None
+            if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+                self.unreadable[key] = f"holds {array.dtype}, not numbers"
+                return None
+            self._arrays[key] = array
         return self._arrays[key]
 
     def layer(self, index: int) -> dict:
         """The scalar record of layer `index` (see FORMAT.md), or {} when absent."""
-        layers = self.meta.get("layers", [])
+        layers = self.meta.get("layers") or []
         return layers[index] if 0 <= index < len(layers) else {}
 
     def skipped(self) -> list[tuple[int | None, str, str]]:
@@ -453,10 +489,22 @@ class Snapshot:
         return Projection(coords, ratios)
 
 
-def _read_snapshot(files: _Files, path: str) -> Snapshot:
-    with files.open(path) as handle, np.load(handle, allow_pickle=False) as npz:
+def _load_npz(handle):
+    """np.load for a file that must be an npz archive: anything else (np.load would try it as a pickle or a .npy)
+    raises FormatProblem."""
+    if handle.read(4) != b"PK\x03\x04":
+        raise FormatProblem("not an npz archive")
+    handle.seek(0)
+    return np.load(handle, allow_pickle=False)
+
+
+def _read_snapshot(files: _Files, path: str, seq: int) -> Snapshot:
+    """The snapshot in file `path` (named for `seq`), its header checked. Raises one of READ_ERRORS."""
+    with files.open(path) as handle, _load_npz(handle) as npz:
+        if META_KEY not in npz.files:
+            raise FormatProblem("it has no header")
         meta = json.loads(str(npz[META_KEY]))
-    return Snapshot(meta, files, path)
+    return Snapshot(run_format.snapshot_meta(meta, seq), files, path)
 
 
 class Run:
@@ -467,6 +515,7 @@ class Run:
         self.id = checked_run_id(run_id)
         self._snapshots: dict[int, Snapshot] = {}
         self._batch_gradients: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._damaged: dict[str, str] = {}  # file (relative to the run) -> why it cannot be read
         self._settled = False  # every snapshot has been listed: the run had ended when we last looked
         self._meta: dict | None = None
         self.meta  # fail early with RunNotFound
@@ -487,11 +536,13 @@ class Run:
         path = self.files.join(self.id, "run.json")
         self._stamp = self.files.stamp(path)  # before the read: a change in between shows at the next revalidate
         try:
-            meta = json.loads(self.files.read_bytes(path))
+            meta = run_format.run_meta(json.loads(self.files.read_bytes(path)))
         except FileNotFoundError:
-            raise RunNotFound(f"No run {self.id!r} in {self.files.url}.") from None
+            raise RunNotFound(f"No run {self.id!r} in this store.") from None
+        except FormatProblem as error:
+            raise DamagedRun(f"Run {self.id!r} is damaged: {error}.") from None
         except (ValueError, OSError) as error:
-            raise StoreError(f"Run {self.id!r} has an unreadable run.json: {error}") from None
+            raise DamagedRun(f"Run {self.id!r} has an unreadable run.json ({reason(error)}).") from None
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise StoreError(
                 f"Run {self.id!r} was written by a newer Strata (format {meta['format_version']}); "
@@ -513,9 +564,13 @@ class Run:
             if not match or int(match.group(1)) in self._snapshots:
                 continue
             try:
-                snapshot = _read_snapshot(self.files, self.files.join(self.id, "snapshots", name))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+                snapshot = _read_snapshot(self.files, self.files.join(self.id, "snapshots", name), int(match.group(1)))
+            except READ_ERRORS as error:
+                # Writes are atomic, so a file under its final name that does not read is damaged, not unfinished;
+                # it is tried again at the next poll all the same, in case a copy is still going on.
+                self._damaged[f"snapshots/{name}"] = reason(error)
                 continue
+            self._damaged.pop(f"snapshots/{name}", None)
             self._snapshots[snapshot.seq] = snapshot
             new.append(snapshot.seq)
         # The writer sets the final status after its last snapshot: once seen, the listing is complete for good.
@@ -545,7 +600,13 @@ class Run:
 
     @property
     def layers(self) -> list[dict]:
-        return self.meta.get("layers", [])
+        return self.meta.get("layers") or []
+
+    def damaged_files(self) -> dict[str, str]:
+        """{file, relative to the run: why it cannot be read} for every file the reader found damaged and skipped
+        so far (snapshots once listed; probe.npz, history.json and batch gradients once read)."""
+        self.snapshots()
+        return dict(sorted(self._damaged.items()))
 
     def snapshots(self) -> list[Snapshot]:
         """All complete snapshots, ordered by sequence number."""
@@ -571,14 +632,48 @@ class Run:
     def epochs(self) -> list[int]:
         return [int(s.epoch) for s in self.epoch_snapshots()]
 
+    def planned_epochs(self) -> list[int]:
+        """The epochs the recorder's schedule has captured by now: the first (before training), every `every`-th
+        up to `epochs_done`, and the last one of a finished run (FORMAT.md). Compare with `epochs()`."""
+        done, every = int(self.meta.get("epochs_done") or 0), int(self.meta.get("every") or 1)
+        trained = self.history().get("epoch") or []
+        first = int(trained[0]) - 1 if trained and isinstance(trained[0], (int, float)) else min(self.epochs(), default=0)
+        planned = {first} | {epoch for epoch in range(first + 1, done + 1) if epoch % every == 0}
+        if self.status == "finished" and done > first:
+            planned.add(done)
+        return sorted(planned)
+
+    def lost_snapshots(self) -> "LostSnapshots":
+        """Snapshots this run captured that cannot be read, and why: damaged files, sequence numbers with no file,
+        and epochs of the capture schedule with no snapshot. While the run is still written only damage is known."""
+        self.snapshots()
+        files = {name: f"damaged ({why})" for name, why in self._damaged.items() if name.startswith("snapshots/")}
+        if self.status == "running":
+            return LostSnapshots((), files)
+        written = max([int(self.meta.get("snapshots") or 0), *(seq + 1 for seq in self._snapshots),
+                       *(int(SNAPSHOT_NAME.match(name.split("/")[1]).group(1)) + 1 for name in files)])
+        for seq in range(written):
+            name = f"snapshots/{snapshot_name(seq)}"
+            if seq not in self._snapshots and name not in files:
+                files[name] = "missing (deleted, or never finished: a full disk or a killed writer)"
+        readable = set(self.epochs())
+        epochs = tuple(epoch for epoch in self.planned_epochs() if epoch not in readable)
+        return LostSnapshots(epochs, dict(sorted(files.items())), self.unwritten_captures() if epochs or files else 0)
+
     def probe(self) -> Probe:
+        """The probe set. StoreError when it is not written yet, or damaged (the reason is in `damaged_files`)."""
         if not hasattr(self, "_probe"):
             try:
                 data = self.files.read_bytes(self.files.join(self.id, "probe.npz"))
             except FileNotFoundError:
                 raise StoreError(f"Run {self.id!r} has no probe set yet.") from None
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
+            try:
+                with _load_npz(io.BytesIO(data)) as npz:
+                    arrays = {key: npz[key] for key in npz.files}
+                run_format.probe_arrays(arrays)
+            except READ_ERRORS as error:
+                self._damaged["probe.npz"] = reason(error)
+                raise StoreError(f"Run {self.id!r} has a damaged probe set (probe.npz: {reason(error)}).") from None
             plane = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("plane/")}
             self._probe = Probe(
                 y=arrays.get("y"), indices=arrays["indices"], x=arrays.get("x"), plane=plane, input_pca=arrays.get("input/pca")
@@ -588,11 +683,14 @@ class Run:
     def history(self) -> dict[str, list]:
         """Keras logs per epoch: {'epoch': [1, 2, ...], 'loss': [...], 'val_accuracy': [...], ...}."""
         try:
-            return json.loads(self.files.read_bytes(self.files.join(self.id, "history.json")))
+            history = run_format.history(json.loads(self.files.read_bytes(self.files.join(self.id, "history.json"))))
         except FileNotFoundError:
             return {"epoch": []}
-        except (ValueError, OSError):
+        except READ_ERRORS as error:  # a half-written file from an old, non-atomic copy reads as empty too
+            self._damaged["history.json"] = reason(error)
             return {"epoch": []}
+        self._damaged.pop("history.json", None)
+        return history
 
     def batch_gradient_norms(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps (m,) int, norms (m, layers) float): each layer's gradient norm every `grad_every` batches.
@@ -606,10 +704,14 @@ class Run:
                 continue
             try:
                 data = self.files.read_bytes(self.files.join(self.id, BATCH_GRADIENTS_DIR, name))
-                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                    self._batch_gradients[name] = (npz["steps"], npz["norms"])
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-                continue  # being written: read next time
+                with _load_npz(io.BytesIO(data)) as npz:
+                    steps, norms = npz["steps"], npz["norms"]
+                run_format.batch_gradients(steps, norms, len(self.layers))
+            except READ_ERRORS as error:
+                self._damaged[f"{BATCH_GRADIENTS_DIR}/{name}"] = reason(error)
+                continue  # tried again next time
+            self._damaged.pop(f"{BATCH_GRADIENTS_DIR}/{name}", None)
+            self._batch_gradients[name] = (steps, norms)
         parts = [self._batch_gradients[name] for name in sorted(self._batch_gradients)]
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, len(self.layers)), np.float32)
@@ -626,9 +728,35 @@ class Run:
         paths = [tuple(step(layer) if callable(step) else step for step in path) for layer in self.layers]
         values = np.full((len(snapshots), len(self.layers)), np.nan)
         for row, snapshot in enumerate(snapshots):
-            for column, record in enumerate(snapshot.meta.get("layers", [])[: len(self.layers)]):
+            for column, record in enumerate((snapshot.meta.get("layers") or [])[: len(self.layers)]):
                 values[row, column] = _dig(record, paths[column])
         return values
+
+
+@dataclass(frozen=True)
+class LostSnapshots:
+    """What a run captured and cannot show (`Run.lost_snapshots`): falsy when nothing is lost."""
+
+    epochs: tuple[int, ...] = ()  # epochs of the capture schedule without a readable snapshot
+    files: dict[str, str] = field(default_factory=dict)  # snapshot file (relative to the run) -> why it is not read
+    unwritten: int = 0  # captures still in the journal: `python -m core recover` can write them
+
+    def __bool__(self) -> bool:
+        return bool(self.epochs or self.files)
+
+    def lines(self) -> list[str]:
+        """Plain-text sentences: how many, which, and why."""
+        lines = []
+        if self.epochs:
+            shown = ", ".join(str(e) for e in self.epochs[:20]) + (", …" if len(self.epochs) > 20 else "")
+            lines.append(f"{len(self.epochs)} captured epoch(s) have no readable snapshot: {shown}.")
+        for name, why in list(self.files.items())[:20]:
+            lines.append(f"{name} is {why}.")
+        if len(self.files) > 20:
+            lines.append(f"… and {len(self.files) - 20} more snapshot file(s).")
+        if self.unwritten:
+            lines.append(f"{self.unwritten} capture(s) were held back and never written: `python -m core recover` writes them.")
+        return lines
 
 
 MAIN_WEIGHTS = ("kernel", "depthwise_kernel", "embeddings")  # what stands for a layer where views say "kernel"
@@ -647,7 +775,7 @@ def _dig(record: dict, path: tuple[str | None, ...]) -> float:
         if not isinstance(value, dict) or key not in value:
             return math.nan
         value = value[key]
-    return math.nan if value is None else float(value)
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _process_alive(meta: dict) -> bool:
@@ -688,6 +816,7 @@ class RunSummary:
     created: float
     error: str | None = None
     unwritten: int = 0  # snapshots held back when training was killed: `python -m core recover` writes them
+    damaged: str | None = None  # why the run cannot be read (its status is then "damaged"); None for a readable run
 
 
 class RunStore:
@@ -715,15 +844,23 @@ class RunStore:
         return self._runs[run_id]
 
     def list_runs(self) -> list[RunSummary]:
-        """Summaries of every readable run, newest first. Unreadable runs are skipped, not fatal."""
+        """Summaries of every run, newest first. A run that cannot be read is listed as "damaged", with the reason
+        in `damaged`; it never stops the others from being listed."""
         summaries = []
         for run_id in self.run_ids():
             try:
-                run = Run(self.files, run_id)
-            except StoreError:
-                continue
-            summaries.append(summarize(run))
+                summaries.append(summarize(Run(self.files, run_id)))
+            except RunNotFound:
+                continue  # deleted since the folder was listed
+            except Exception as error:  # one run's files, whatever is wrong with them, never hide the other runs
+                why = str(error) if isinstance(error, StoreError) else f"Run {run_id!r} cannot be read ({reason(error)})."
+                summaries.append(RunSummary(id=run_id, name=run_id, status="damaged", dataset="", epochs_done=0,
+                                            epochs_planned=0, created=self._folder_time(run_id), damaged=why))
         return sorted(summaries, key=lambda s: s.created, reverse=True)
+
+    def _folder_time(self, run_id: str) -> float:
+        stamp = self.files.stamp(self.files.join(run_id, "run.json"))
+        return stamp[0] / 1e9 if isinstance(stamp, tuple) else 0.0
 
     def rename(self, run_id: str, name: str) -> None:
         """Change a run's display name (its id, and so every link to it, stays the same)."""
@@ -738,37 +875,103 @@ class RunStore:
         self.files.remove_tree(self.files.join(run_id))
         self._runs.pop(run_id, None)
 
+    def zip_file(self, run_id: str) -> io.RawIOBase:
+        """The run folder as a zip archive in an unnamed temporary file, read from its start; the caller closes it.
+
+        Files are copied into it one piece at a time, so neither the run nor the archive is ever held in memory.
+        Only the run's own regular files go in: symbolic links (to a file or folder anywhere) are skipped, and a run
+        folder that is itself a link, or resolves outside the store, is refused.
+        """
+        self.check_download(run_id)
+        with tempfile.TemporaryFile() as spool:
+            with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for relative in self._walk(run_id):
+                    try:
+                        source = self._open_regular(self.files.join(run_id, *relative.split("/")))
+                    except OSError:
+                        continue  # replaced by a link, or deleted, since the folder was listed
+                    with source, archive.open(f"{run_id}/{relative}", "w", force_zip64=True) as target:
+                        while chunk := source.read(1 << 20):
+                            target.write(chunk)
+            spool.flush()
+            archive_file = os.fdopen(os.dup(spool.fileno()), "rb", buffering=0)  # outlives `spool`: a raw FileIO
+        archive_file.seek(0)
+        return archive_file
+
     def zip_bytes(self, run_id: str) -> bytes:
-        """The whole run folder as a zip archive, for download."""
+        """The whole run folder as a zip archive (see `zip_file`, which does not hold it in memory)."""
+        with self.zip_file(run_id) as archive:
+            return archive.read()
+
+    def check_download(self, run_id: str) -> None:
+        """StoreError when `zip_file` would refuse the run: one that cannot be opened, or a run folder that is a link
+        or resolves outside the store (a link planted in the store must not serve another folder)."""
         self.run(run_id)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            for relative in self._walk(run_id):
-                archive.writestr(f"{run_id}/{relative}", self.files.read_bytes(self.files.join(run_id, *relative.split("/"))))
-        return buffer.getvalue()
+        if self.files.fs:
+            return  # object stores have no links
+        folder = self.files.join(run_id)
+        root = os.path.realpath(self.files.root)
+        if os.path.islink(folder) or os.path.dirname(os.path.realpath(folder)) != root:
+            raise StoreError(f"Run {run_id!r} is a link to a folder elsewhere, so it is not offered for download.")
+
+    def _open_regular(self, path: str):
+        """The file at `path` for reading, refusing a link or anything but a regular file (a FIFO would block)."""
+        if self.files.fs:
+            return self.files.open(path)
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            os.close(handle)
+            raise OSError(f"{path} is not a regular file")
+        return os.fdopen(handle, "rb")
 
     def _walk(self, run_id: str, prefix: str = "") -> Iterator[str]:
+        """The run's files (relative paths), skipping temporary files, links and anything but files and folders."""
         directory = self.files.join(run_id, *prefix.split("/")) if prefix else self.files.join(run_id)
         for name in self.files.listdir(directory):
             if name.startswith(TEMP_PREFIX):
                 continue
             relative = f"{prefix}/{name}" if prefix else name
-            if self.files.isdir(self.files.join(run_id, *relative.split("/"))):
-                yield from self._walk(run_id, relative)
+            path = self.files.join(run_id, *relative.split("/"))
+            if self.files.fs:
+                kind = "directory" if self.files.isdir(path) else "file"
             else:
+                try:
+                    mode = os.lstat(path).st_mode
+                except OSError:
+                    continue
+                kind = "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
+            if kind == "directory":
+                yield from self._walk(run_id, relative)
+            elif kind == "file":
                 yield relative
 
 
 def summarize(run: Run) -> RunSummary:
+    """The run's row in the run list. A probe.npz that is not a readable zip makes the row "damaged" (only its
+    table of contents is read: a probe's inputs can be large)."""
     meta = run.meta
     return RunSummary(
         id=run.id,
         name=run.name,
         status=run.status,
-        dataset=str(meta.get("dataset", {}).get("name", "custom")),
-        epochs_done=int(meta.get("epochs_done", 0)),
+        dataset=str(meta.get("dataset", {}).get("name") or "custom"),
+        epochs_done=int(meta.get("epochs_done") or 0),
         epochs_planned=int(meta.get("epochs_planned") or 0),
-        created=float(meta.get("created", 0.0)),
+        created=float(meta.get("created") or 0.0),
         error=meta.get("error"),
         unwritten=run.unwritten_captures(),
+        damaged=_probe_problem(run),
     )
+
+
+def _probe_problem(run: Run) -> str | None:
+    path = run.files.join(run.id, "probe.npz")
+    try:
+        with run.files.open(path) as handle, _load_npz(handle) as npz:
+            if "indices" not in npz.files:
+                raise FormatProblem("probe.npz has no `indices`")
+    except FileNotFoundError:
+        return None  # not written yet
+    except READ_ERRORS as error:
+        return f"Run {run.id!r} has a damaged probe set (probe.npz: {reason(error)})."
+    return None

@@ -12,6 +12,7 @@ def run_summary(run: Run) -> dict:
     """id, status, layers, captured epochs, Keras metrics, and per layer and epoch the key statistics."""
     meta = run.meta
     snapshots = run.epoch_snapshots()
+    lost = run.lost_snapshots()
     epochs = [int(s.epoch) for s in snapshots]
     layer_names = [layer["name"] for layer in run.layers]
     per_layer = {}
@@ -45,6 +46,8 @@ def run_summary(run: Run) -> dict:
         "nan_epoch": meta.get("nan_epoch"),
         "error": meta.get("error"),
         "unwritten_snapshots": run.unwritten_captures(),
+        "lost_snapshots": {"epochs": list(lost.epochs), "files": lost.files},
+        "damaged_files": run.damaged_files(),
         "metrics": run.history(),
         "per_layer": per_layer,
         "probe_accuracy": _probe_accuracy(run, snapshots, layer_names),

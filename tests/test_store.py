@@ -125,7 +125,8 @@ def test_missing_run_and_unreadable_metadata(tmp_path):
     (tmp_path / "broken" / "run.json").write_text("{not json")
     with pytest.raises(StoreError):
         store.run("broken")
-    assert store.list_runs() == []  # listed runs skip the unreadable one instead of failing
+    [listed] = store.list_runs()  # listed as damaged, with the reason, instead of failing the listing
+    assert (listed.id, listed.status) == ("broken", "damaged") and "unreadable run.json" in listed.damaged
 
 
 def test_newer_format_is_refused_with_a_message(tmp_path):
