@@ -14,6 +14,8 @@
     context.set_selection(rows)      # select probe rows (URL `sel`); view.sel reads them back
     context.run_facts(run)           # state.RunFacts: layer names, captured epochs, components, probe size
     context.store()                  # the cached RunStore of STRATA_RUNS (a folder or fsspec URL; default ./runs)
+    context.damaged_runs()           # summaries of the runs that cannot be opened, each with its reason
+    context.lost_notice(run)         # says which captured snapshots of the run cannot be read, and why
     context.jobs()                   # the JobManager every session shares (training runs in subprocesses)
     context.add_notice("...")        # shown at the top of the page; notices explain what a link could not show
 
@@ -21,6 +23,10 @@ Every view setting lives in the URL: sidebar widgets use `bind="query-params"` w
 their key (`run`, `layer`, `epoch`, ...), and the selection (`sel`) is written to `st.query_params` directly.
 A page's own controls can do the same with their own keys (e.g. `key="grad_role", bind="query-params"`).
 Wrap live charts in `st.fragment(run_every=context.LIVE_SECONDS)` while `context.is_live()`.
+
+Names, layer names, link values and messages come from users and from files: put them into Markdown (captions,
+alerts, headers, labels, toasts) only through `plain()` (dashboard/views/text.py), and never show the store's path,
+which is the server's business.
 
 Page modules live in `dashboard/screens/` (not `pages/`: Streamlit's old multipage mode would run files in a
 folder of that name as scripts of their own).
@@ -38,6 +44,7 @@ from core.store import Run, RunStore, RunSummary, Snapshot, StoreError
 from dashboard import state as schema
 from dashboard.jobs import JobManager, JobLimits
 from dashboard.views.runs import skipped_lines
+from dashboard.views.text import plain
 
 LIVE_SECONDS = 2.0  # how often charts of a training run poll the store
 _SEEDED = "_strata_seeded"  # session flag: the link in the URL has been read
@@ -81,8 +88,14 @@ def _summaries(root: str) -> list[RunSummary]:
 
 
 def run_summaries() -> list[RunSummary]:
-    """Every readable run, newest first (re-read at most every LIVE_SECONDS)."""
-    return _summaries(runs_root())
+    """Every run that can be opened, newest first (re-read at most every LIVE_SECONDS)."""
+    return [s for s in _summaries(runs_root()) if s.status != "damaged"]
+
+
+def damaged_runs() -> list[RunSummary]:
+    """Runs the store lists as damaged, with the reason in `damaged`: an unreadable run.json (they cannot be
+    opened) or probe set (they open, without what needs it)."""
+    return [s for s in _summaries(runs_root()) if s.damaged]
 
 
 def refresh_runs() -> None:
@@ -307,7 +320,7 @@ def live_section(run: Run, draw: Callable[[bool], None]) -> None:
                 run.refresh()
             draw(live)
         except StoreError as error:
-            st.error(f"Run `{run.id}` cannot be read: {error}")
+            st.error(f"Run {plain(run.id)} cannot be read: {plain(error)}", icon=":material/error:")
 
     section()
 
@@ -343,6 +356,21 @@ def no_snapshot_yet(run: Run) -> None:
         text = ("Waiting for the first snapshot. The recorder takes one before training starts; within its `budget`, "
                 "the snapshots of a fit with short epochs are written once training ends.")
     st.info(text, icon=":material/hourglass_top:")
+    if not unwritten:
+        lost_notice(run)
+
+
+def lost_notice(run: Run) -> None:
+    """Over a run's charts: the captured snapshots that cannot be read (how many, which, why), and other damaged
+    files of the run. An ended run that lost snapshots would otherwise look complete ("finished 10/10")."""
+    lost = run.lost_snapshots()
+    others = {name: why for name, why in run.damaged_files().items() if not name.startswith("snapshots/")}
+    if not lost and not others:
+        return
+    lines = lost.lines() + [f"{name} cannot be read ({why}); what needs it is not shown." for name, why in others.items()]
+    head = (f"This run lost {len(lost.epochs)} of its captured snapshots" if lost.epochs else
+            "Some of this run's files cannot be read") + ": everything else is shown."
+    st.warning(head + "\n\n" + "\n".join(f"- {plain(line)}" for line in lines), icon=":material/broken_image:")
 
 
 def skipped_notice(run: Run, snapshot: Snapshot) -> None:

@@ -12,6 +12,7 @@ import streamlit as st  # noqa: E402
 from core.store import StoreError  # noqa: E402
 from dashboard import context, sidebar  # noqa: E402
 from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
+from dashboard.views.text import plain  # noqa: E402
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 
@@ -30,7 +31,10 @@ page = st.navigation(pages)
 
 
 def store_error(error: Exception) -> None:
-    st.error(f"Cannot read the run store `{context.runs_root()}`: {type(error).__name__}: {error}")
+    """The store itself is unreachable. Visitors learn that, and the kind of error; where the store is and the full
+    error (paths, URLs) go to the server's log, for its operator."""
+    print(f"strata: cannot read the run store {context.runs_root()!r}: {type(error).__name__}: {error}", file=sys.stderr)
+    st.error(f"Cannot read the run store ({plain(type(error).__name__)}). The server's log says why.", icon=":material/error:")
     st.stop()
 
 
@@ -41,7 +45,7 @@ try:
 except STORE_ERRORS as error:
     store_error(error)
 if context.notices():
-    lines = "\n".join(f"- {notice}" for notice in context.notices())
+    lines = "\n".join(f"- {plain(notice)}" for notice in context.notices())  # they quote the link
     st.warning(f"**This link could not be shown exactly as written.**\n{lines}", icon=":material/link_off:")
 page.run()  # before the sidebar: the browser gets the charts first (see sidebar.render)
 try:

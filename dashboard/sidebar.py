@@ -15,6 +15,7 @@ from core.store import StoreError
 from dashboard import context
 from dashboard import state as schema
 from dashboard.jobs import TrainForm, JobRefused
+from dashboard.views.text import plain
 
 STATUS_ICONS = {"running": ":green[:material/pending:]", "finished": ":blue[:material/check_circle:]",
                 "failed": ":red[:material/cancel:]", "interrupted": ":orange[:material/stop_circle:]"}
@@ -68,12 +69,15 @@ def _run_picker(run) -> None:
     options = list(summaries)
     if run is not None and run.id not in options:
         options.insert(0, run.id)  # just created: the cached list has not seen it yet
+    damaged = context.damaged_runs()
+    if damaged:
+        st.caption(f":orange[:material/broken_image:] {len(damaged)} run(s) cannot be read fully: the Runs page says why.")
     if not options:
         st.caption("No runs yet.")
         return
     st.selectbox(
         "Run", options, index=None, key="run", bind="query-params", placeholder="Choose a run",
-        help="Runs in " + context.runs_root() + ", newest first. The id is what links refer to.",
+        help="Runs in this store, newest first. The id is what links refer to.",
     )
     if run is not None:
         _run_status(run.id)
@@ -93,12 +97,15 @@ def _run_status(run_id: str) -> None:
             if live:
                 run.refresh()
         except StoreError as error:
-            st.error(str(error))
+            st.error(plain(error))
             return
         meta, status = run.meta, run.status
         done, planned, trained = context.training_progress(run)
         dataset = meta.get("dataset", {}).get("name")  # a Recorder in the user's own fit may not name one
-        parts = [f"{STATUS_ICONS.get(status, '')} **{run.name}**", status, dataset, f"epoch {done}/{planned or '?'}"]
+        lost = run.lost_snapshots()
+        parts = [f"{STATUS_ICONS.get(status, '')} **{plain(run.name)}**", status, plain(dataset) if dataset else None,
+                 f"epoch {done}/{planned or '?'}",
+                 f":orange[{len(lost.epochs)} snapshot(s) lost]" if lost.epochs else None]
         st.caption(" · ".join(part for part in parts if part))
         if status == "running":
             if trained:  # a Recorder within its budget writes held-back snapshots after fit
@@ -114,7 +121,7 @@ def _run_status(run_id: str) -> None:
             context.refresh_runs()
             st.rerun(scope="app")  # it just finished: refresh the epoch slider and the charts once
         if status == "failed" and meta.get("error"):
-            st.caption(f"Error: {meta['error']}")
+            st.caption(f"Error: {plain(meta['error'])}")
         if status == "interrupted":
             _unwritten(run)
 
@@ -128,7 +135,8 @@ def _unwritten(run) -> None:
         st.info("Writing the held-back snapshots…", icon=":material/restore:")
         return
     if job is not None and job.state == "failed" and "recover" in job.process.args:
-        st.error(f"Writing the held-back snapshots failed:\n\n{job.log_tail(3)}")
+        st.error("Writing the held-back snapshots failed:")
+        st.code(job.log_tail(3), language=None)
         return
     count = run.unwritten_captures()
     if not count:
@@ -139,7 +147,7 @@ def _unwritten(run) -> None:
         try:
             context.jobs().recover(run.id, run.name)
         except JobRefused as error:
-            st.error(str(error))
+            st.error(plain(error))
             return
         context.refresh_runs()
         st.rerun(scope="app")  # the run reads "running" while they are written: the pages follow it live
@@ -198,7 +206,7 @@ def start_training(form: TrainForm) -> None:
     try:
         job = context.jobs().start(form)
     except JobRefused as error:
-        st.error(str(error))
+        st.error(plain(error))
         return
     st.session_state[_PENDING] = job.run_id
     st.session_state[_FORM_OPEN] = False
@@ -219,10 +227,11 @@ def _pending_run() -> None:
             context.store().run(run_id)
         except StoreError:
             if job is not None and not job.running:
-                st.error(f"Training stopped before it started:\n\n```\n{job.log_tail()}\n```")
+                st.error("Training stopped before it started:")
+                st.code(job.log_tail(), language=None)
                 st.session_state.pop(_PENDING, None)
                 return
-            st.info(f"Starting `{run_id}` (loading TensorFlow)…", icon=":material/hourglass_top:")
+            st.info(f"Starting {plain(run_id)} (loading TensorFlow)…", icon=":material/hourglass_top:")
             return
         st.session_state.pop(_PENDING, None)
         context.follow_run(run_id)

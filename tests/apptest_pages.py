@@ -1,12 +1,19 @@
 """Opening one page of the dashboard in Streamlit's AppTest, as a link would: `open_app(root, "layers", run=...)`."""
 
 import os
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")  # the script each session runs
+
+
+def shown(markdown: str) -> str:
+    """The text a Markdown string shows: the pages escape user text (dashboard/views/text.py `plain`: backslashes, and
+    an invisible word joiner where a bare link could start)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
 
 
 def open_app(root, page: str = "", **params) -> AppTest:

@@ -10,7 +10,7 @@ import pytest
 
 from core.store import RunStore
 from dashboard import context
-from apptest_pages import open_app
+from apptest_pages import open_app, shown
 from dashboard.jobs import JobLimits, TrainForm
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")  # the script each session runs
@@ -20,7 +20,7 @@ app = open_app
 
 
 def notices(at) -> list[str]:
-    return [w.value for w in at.warning]
+    return [shown(w.value) for w in at.warning]
 
 
 def share_link(at) -> str:

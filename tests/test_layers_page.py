@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from apptest_pages import open_app
+from apptest_pages import open_app, shown
 from core.store import RunStore
 from dashboard.views.layers import CAPTIONS
 
@@ -77,7 +77,7 @@ def test_a_bad_unit_in_the_link_falls_back_to_unit_0_with_a_notice(spiral_run_di
         at = layers_page(root, run=run_id, layer="dense_0", unit=bad)
         assert not at.exception, bad
         assert at.selectbox(key="unit").value == 0
-        [notice] = [w.value for w in at.warning]
+        [notice] = [shown(w.value) for w in at.warning]
         assert f"unit={bad}" in notice and "showing unit 0" in notice
 
 

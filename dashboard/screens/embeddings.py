@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import context, data, sidebar
 from dashboard.jobs import DEMO
 from dashboard.views import embeddings as views
+from dashboard.views.text import plain
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
 
@@ -23,8 +24,7 @@ def render() -> None:
 def first_contact() -> None:
     st.markdown(
         "Strata shows **what the hidden layers of a network learn**: every layer's outputs on a fixed probe set, "
-        "projected onto their principal components, epoch by epoch. There are no runs in "
-        f"`{context.runs_root()}` yet."
+        "projected onto their principal components, epoch by epoch. There are no runs in this store yet."
     )
     if context.jobs().limits.viewer_mode:
         st.info("Record a run with `python -m core train --dataset spiral` (or `core.Recorder` in your own `fit`).")
@@ -44,6 +44,7 @@ def show(run, view, live: bool) -> None:
     count = len(run.epoch_snapshots())
     if live:
         context.live_caption(run, epoch)
+    context.lost_notice(run)
     context.skipped_notice(run, snapshot)
     key = (run.id, count, view.color, view.size, view.opacity, view.sel)
 
@@ -63,7 +64,7 @@ def show(run, view, live: bool) -> None:
     layer = context.layer_index()
     focus_col, samples_col = st.columns([3, 2], gap="medium")
     with focus_col:
-        st.subheader(f"Focus: {run.layers[layer]['name'] if run.layers else 'layer'} over training")
+        st.subheader(f"Focus: {plain(run.layers[layer]['name']) if run.layers else 'layer'} over training")
         three = view.dims == "3d"
         pcs = (view.pcx, view.pcy, view.pcz)
         chart(focus(*key, layer, epoch, view.dims, pcs), "focus", on_select="ignore" if three else _selected("focus"),
@@ -112,7 +113,8 @@ def selected_samples(run, snapshot, rows) -> None:
     st.caption(f"{len(rows)} selected · {correct} of {len(table)} shown predicted correctly at epoch {int(snapshot.epoch)}")
     if dataset.get("image_shape") and probe.x is not None:
         images = views.thumbnails(probe.x, rows, dataset["image_shape"])
-        captions = [f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else str(r.get("prediction", "")) for r in table[: len(images)]]
+        captions = [plain(f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else r.get("prediction", ""))
+                    for r in table[: len(images)]]  # class names are the user's; captions are Markdown
         st.image(images, caption=captions, width=70, clamp=True)
     st.dataframe(table, hide_index=True, height=min(320, 38 + 35 * len(table)))
     st.button("Clear selection", key="clear_selection", on_click=context.set_selection, args=((),))

@@ -9,6 +9,7 @@ from core.diagnosis import diagnose
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import gradients as views
+from dashboard.views.text import plain
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
 ROLES = ("kernel", "bias")
@@ -23,7 +24,7 @@ def render() -> None:
     )
     run = context.current_run()
     if run is None:
-        st.info(f"No run to show: there are no runs in `{context.runs_root()}` yet. Train one from the sidebar or with "
+        st.info("No run to show: there are no runs in this store yet. Train one from the sidebar or with "
                 "`python -m core train`.")
         return
     left, right = st.columns([1, 3], vertical_alignment="bottom")
@@ -46,6 +47,7 @@ def show(run, others, role: str, live: bool) -> None:
     if live:
         context.live_caption(run, epoch)
     has_gradients = _has_gradients(run)
+    context.lost_notice(run)
     context.skipped_notice(run, snapshot)
     diagnosis(run, others, keys, has_gradients)
     if not has_gradients:
@@ -79,12 +81,12 @@ def show(run, others, role: str, live: bool) -> None:
                    "it while the loss rises means the learning rate is too high, below it the weights barely move.")
 
     name = run.layers[layer]["name"] if run.layers else "layer"
-    st.subheader(f"Histograms over time: `{name}`")
+    st.subheader(f"Histograms over time: {plain(name)}")
     grad_col, act_col = st.columns(2, gap="medium") if has_gradients else (None, st.container())
     if grad_col is not None:
         with grad_col:
             if run.layers and views.histogram_weight(run.layers[layer], role) is None:
-                st.info(f"`{name}` ({run.layers[layer].get('type', 'layer')}) has no {role} weights, so no gradient "
+                st.info(f"{plain(name)} ({plain(run.layers[layer].get('type') or 'layer')}) has no {role} weights, so no gradient "
                         "histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar.")
             else:
                 st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
@@ -132,15 +134,25 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
     """Callouts at the top: one per finding of the current run, and a line per compared run."""
     findings = findings_for(*keys[0])
     if not findings:
-        st.success(f"No problems found in `{run.name}`: " + views.healthy_summary(has_gradients),
+        st.success(f"No problems found in {plain(run.name)}: " + views.healthy_summary(has_gradients),
                    icon=":material/check_circle:")
     for finding in findings:
         if finding.severe:
-            st.error(views.finding_markdown(finding), icon=":material/error:")
+            st.error(finding_text(finding), icon=":material/error:")
         else:
-            st.warning(views.finding_markdown(finding), icon=":material/warning:")
+            st.warning(finding_text(finding), icon=":material/warning:")
     for other, key in zip(others, keys[1:]):
-        st.caption("Compared run " + views.findings_summary(other.name, findings_for(*key)))
+        found = findings_for(*key)
+        kinds = ", ".join(dict.fromkeys(f.title.lower() for f in found))
+        st.caption(f"Compared run {plain(other.name)}: "
+                   + (f"{len(found)} finding(s): {plain(kinds)}." if found else "no problems found."))
+
+
+def finding_text(finding) -> str:
+    """A finding's callout: its "Kind:" opening in bold, then the message, whose layer names are the user's, as
+    plain text."""
+    head, sep, body = finding.message.partition(": ")
+    return f"**{plain(head)}.** {plain(body[:1].upper() + body[1:], limit=4000)}" if sep else plain(finding.message, 4000)
 
 
 # ------------------------------------------------------------------------------------------------------------

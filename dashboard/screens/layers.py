@@ -9,6 +9,7 @@ from core import analysis, metrics
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import layers as views
+from dashboard.views.text import plain
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
 
@@ -33,6 +34,7 @@ def show(run, live: bool) -> None:
     epoch, count = int(snapshot.epoch), len(run.epoch_snapshots())
     if live:
         context.live_caption(run, epoch)
+    context.lost_notice(run)
     context.skipped_notice(run, snapshot)
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
@@ -69,9 +71,9 @@ def chart(where, name: str, figure, title: str | None = None, labelled: bool = T
 def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) -> None:
     name = run.layers[layer]["name"] if run.layers else "layer"
     count = unit_count(snapshot, layer)
-    st.header(f"Units of {name}")
+    st.header(f"Units of {plain(name)}")
     if not count:
-        st.info(f"`{name}` has no recorded unit statistics at epoch {key[2]}.")
+        st.info(f"{plain(name)} has no recorded unit statistics at epoch {key[2]}.")
         return
     unit = unit_picker(count, name)
     probe, dataset = run.probe(), run.meta.get("dataset", {})
@@ -124,7 +126,8 @@ def unit_picker(count: int, layer_name: str) -> int:
     """The `unit` control, bound to the link. A link's unit this layer does not have falls back to unit 0."""
     requested = st.query_params.get("unit")
     if requested is not None and requested not in {str(u) for u in range(count)}:
-        st.warning(f"The link's `unit={requested[:20]}` is not a unit of `{layer_name}` (0–{count - 1}); showing unit 0.",
+        st.warning(f"The link's {plain('unit=' + requested[:20])} is not a unit of {plain(layer_name)} (0–{count - 1}); "
+                   "showing unit 0.",
                    icon=":material/link_off:")
     unit = st.selectbox("Unit", list(range(count)), key="unit", bind="query-params",
                         help="The unit (channel, for convolutions) of the chosen layer whose samples are shown.")

@@ -7,13 +7,15 @@ import streamlit as st
 from core.store import StoreError
 from dashboard import context
 from dashboard.views import runs as views
+from dashboard.views.text import plain
 
 
 def render() -> None:
     st.title("Runs")
     summaries = context.run_summaries()
+    damaged(context.damaged_runs())
     if not summaries:
-        st.info(f"No runs in `{context.runs_root()}` yet. Start one from the sidebar or with `python -m core train`.")
+        st.info("No runs in this store yet. Start one from the sidebar or with `python -m core train`.")
         return
     store = context.store()
     histories = {s.id: _history(store, s.id) for s in summaries}
@@ -37,11 +39,28 @@ def render() -> None:
         manage(current)
 
 
+def damaged(summaries) -> None:
+    """The runs the store cannot read fully, each with its reason: listed, never hidden, never fatal."""
+    if not summaries:
+        return
+    st.warning(f"{len(summaries)} run(s) in this store cannot be read fully. Runs whose run.json is damaged cannot be "
+               "opened; the others open without what needs the damaged file. Every other run is unaffected.",
+               icon=":material/broken_image:")
+    st.dataframe([{"id": s.id, "status": s.status, "why": s.damaged} for s in summaries], hide_index=True,
+                 key="damaged_list")
+
+
 def manage(run) -> None:
-    st.subheader(f"Manage `{run.name}`")
+    st.subheader(f"Manage {plain(run.name)}")
     viewer = context.jobs().limits.viewer_mode
-    st.download_button("Download as zip", data=lambda: context.store().zip_bytes(run.id), file_name=f"{run.id}.zip",
-                       mime="application/zip", on_click="ignore", icon=":material/download:", key="download")
+    try:
+        context.store().check_download(run.id)
+    except StoreError as error:
+        st.button("Download as zip", disabled=True, icon=":material/download:", key="download_refused")
+        st.caption(plain(error))
+    else:  # the archive is built when clicked, in a temporary file (see RunStore.zip_file)
+        st.download_button("Download as zip", data=lambda: context.store().zip_file(run.id), file_name=f"{run.id}.zip",
+                           mime="application/zip", on_click="ignore", icon=":material/download:", key="download")
     if viewer:
         st.caption("Renaming and deleting are off in viewer mode.")
         return
@@ -50,7 +69,7 @@ def manage(run) -> None:
         if st.form_submit_button("Rename"):
             _rename(run.id, name)
     running = run.status == "running"
-    confirm = st.checkbox(f"Yes, delete `{run.name}` and all of its snapshots", key="confirm_delete", disabled=running)
+    confirm = st.checkbox(f"Yes, delete {plain(run.name)} and all of its snapshots", key="confirm_delete", disabled=running)
     st.button("Delete run", type="primary", disabled=not confirm or running, on_click=_delete, args=(run.id,), key="delete")
     if running:
         st.caption("Cancel training (sidebar) before deleting this run.")
@@ -67,10 +86,10 @@ def _rename(run_id: str, name: str) -> None:
     try:
         context.store().rename(run_id, name)
     except (StoreError, OSError) as error:
-        st.error(f"Could not rename: {error}")
+        st.error(f"Could not rename: {plain(error)}")
         return
     context.refresh_runs()
-    st.toast(f"Renamed to {name.strip() or run_id}")
+    st.toast(f"Renamed to {plain(name.strip() or run_id)}")
     st.rerun()
 
 
@@ -79,10 +98,10 @@ def _delete(run_id: str) -> None:
     try:
         context.store().delete(run_id)
     except (StoreError, OSError) as error:
-        context.add_notice(f"Could not delete run `{run_id}`: {error}")
+        context.add_notice(f"Could not delete run {run_id}: {error}")  # notices are shown as plain text
         return
     context.refresh_runs()
     remaining = [s.id for s in context.run_summaries() if s.id != run_id]
     st.session_state["run"] = remaining[0] if remaining else None
     st.session_state["confirm_delete"] = False
-    st.toast(f"Deleted run {run_id}")
+    st.toast(f"Deleted run {plain(run_id)}")
