@@ -293,6 +293,7 @@ class Recorder(keras.callbacks.Callback):
                 "prediction and trains no linear probes.", UserWarning, stacklevel=3)
             self.labels = None
         self._layers = layers
+        self._fit_probe_to_memory(layers)
         self._variables = _model_variables(model)
         self._state_bytes = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in self._variables)
         self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
@@ -348,6 +349,25 @@ class Recorder(keras.callbacks.Callback):
         except Exception as error:  # a subclassed model without get_config, a loss that is a lambda...
             setup["error"] = f"{type(error).__name__}: {error}"
         return setup
+
+    def _fit_probe_to_memory(self, layers: list[RecordedLayer]) -> None:
+        """Keep at most `PROBE_OUTPUT_BYTES` of recorded outputs per snapshot: a stratified subset of the probe, with a
+        warning that says why and what to do, when the recorded layers are too wide for all of it."""
+        shapes = [layer.shape for layer in layers]
+        if any(shape is None or not all(isinstance(d, int) for d in shape) for shape in shapes):
+            return
+        per_sample = 4 * sum(math.prod(shape) for shape in shapes)
+        keep = max(MIN_PROBE, PROBE_OUTPUT_BYTES // max(per_sample, 1))
+        if len(self._x) <= keep:
+            return
+        rows = _probe_rows(len(self._x), self.labels, keep, self.seed)
+        warnings.warn(
+            f"The {len(layers)} recorded layers' outputs take {per_sample / 2**20:.1f} MB a probe sample, so Strata observes "
+            f"them on {len(rows)} of the {len(self._x)} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB a "
+            "snapshot). Record fewer or narrower layers (`layers=`) to keep more.", UserWarning, stacklevel=4)
+        self._x, self.probe_indices = np.ascontiguousarray(self._x[rows]), self.probe_indices[rows]
+        self._y_for_loss = None if self._y_for_loss is None else self._y_for_loss[rows]
+        self.labels = None if self.labels is None else self.labels[rows]
 
     def _claim_run_id(self) -> None:
         """Give this fit a run id no run holds yet; raises ValueError, naming the fix, for a given id that is taken."""
@@ -601,70 +621,120 @@ def _weight_positions(layers: list[RecordedLayer], variables: list) -> list[list
     return [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
 
 
-def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
-    """One tf.function that returns every layer's output, all gradients and the weights in a single pass.
+GRADIENT_CHUNK = 32  # probe samples per gradient step of the probe pass: a training batch's worth of memory
+OUTPUT_CHUNK = 128  # probe samples per forward chunk: the pass never holds a whole large probe's activations at once
+# The recorded layers' outputs on the whole probe cross to the analysis at each snapshot: a deep image model's can
+# take megabytes a sample (MobileNetV2's 18 default layers at 96x96: 1.7 MB), so the probe keeps at most as many
+# samples as fit in this, and never fewer than MIN_PROBE.
+PROBE_OUTPUT_BYTES = 512 * 2**20
+MIN_PROBE = 100
 
-    It runs on `state`, values of `variables` read earlier (see `_read_state`), never on the live variables,
-    so it can run beside training while the optimizer moves on.
+
+def gradient_rows(count: int) -> np.ndarray:
+    """The probe rows gradients are measured on: at most `GRAD_PROBE_SIZE`, evenly spread over the probe (itself a
+    stratified sample), so every class stays in. Gradient statistics are norms and histograms: 256 samples give them
+    to a few percent, while a backward pass over a 2,000-sample probe of a deep network cost more than an epoch."""
+    return np.unique(np.linspace(0, count - 1, min(count, GRAD_PROBE_SIZE)).round().astype(np.int64))
+
+
+class _ProbePass:
+    """The probe pass of one model: every recorded layer's output, the predictions and the probe loss in inference
+    mode, and the gradients of the loss, on `state` (values of `variables` read earlier, never the live variables,
+    so it runs beside training while the optimizer moves on).
+
+    Gradients are taken the way training takes them, in chunks of `GRADIENT_CHUNK` samples on `gradient_rows`: a
+    model with batch normalization, dropout or noise runs its gradient steps in training mode (batch statistics of
+    each chunk, dropout on), on a stateless pass that leaves moving statistics and weights alone; chunk by chunk,
+    its memory is a training step's. The gradient of the mean loss is the size-weighted sum of the chunks'.
+    Outputs, predictions and the probe loss come from inference mode, as the model is used, in chunks of
+    `OUTPUT_CHUNK`, keeping only the recorded layers' outputs.
     """
-    weights = _weight_positions(layers, variables)
-    # Gradients are taken the way training takes them: a model with batch normalization, dropout or noise runs its
-    # gradient pass in training mode (batch statistics of the probe, dropout on). The pass is stateless, so the
-    # moving statistics and weights it would update are left alone. Outputs, predictions and the probe loss stay
-    # in inference mode, as the model is used; a model that trains as it infers needs one pass for both.
-    separate = with_loss and trains_differently(model)
 
-    def forward(x, training=False):
-        outputs: dict = {}
-        predictions = forward_recording(model, x, outputs, training)
-        return predictions, [outputs[id(layer.layer)] for layer in layers]
+    def __init__(self, model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
+        self.weights = _weight_positions(layers, variables)
+        self.with_loss, self.plane = with_loss, plane
+        training = trains_differently(model)
 
-    # autograph=False: the function has no tensor-dependent Python control flow, and skipping the source
-    # conversion cuts the one-off tracing cost several times over.
-    @tf.function(autograph=False, reduce_retracing=True)
-    def capture(x, y, grid, state):
-        layer_weights = [[state[i] for i in group] for group in weights]
-        flat = [w for group in layer_weights for w in group]
-        mapping = list(zip(variables, state))
-        loss = None
-        if with_loss:
-            with keras.StatelessScope(state_mapping=mapping), tf.GradientTape(persistent=True) as tape:
+        def forward(x, training=False):
+            outputs: dict = {}
+            predictions = forward_recording(model, x, outputs, training)
+            return predictions, [outputs[id(layer.layer)] for layer in layers]
+
+        # autograph=False: the functions have no tensor-dependent Python control flow, and skipping the source
+        # conversion cuts the one-off tracing cost several times over.
+        @tf.function(autograph=False, reduce_retracing=True)
+        def infer(x, y, state):
+            with keras.StatelessScope(state_mapping=list(zip(variables, state))):
+                predictions, outputs = forward(x)
+                total = (model.compute_loss(x=x, y=y, y_pred=predictions, training=False) * tf.cast(tf.shape(x)[0], tf.float32)
+                         if y is not None else None)
+            return predictions, outputs, total
+
+        @tf.function(autograph=False, reduce_retracing=True)
+        def gradients(x, y, state, share):
+            """(weight gradients, squared norms of the output gradients) of `share` x the chunk's mean loss."""
+            layer_weights = [[state[i] for i in group] for group in self.weights]
+            flat = [w for group in layer_weights for w in group]
+            with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape(persistent=True) as tape:
                 tape.watch(flat)
-                trained_predictions, trained_outputs = forward(x, training=separate)
-                trained_loss = model.compute_loss(x=x, y=y, y_pred=trained_predictions, training=separate)
+                predictions, outputs = forward(x, training=training)
+                loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training) * share
                 # Keras computes a cross-entropy from the logits it caches on a softmax or sigmoid output, which
                 # leaves the output itself off the gradient path. The same loss on a plain copy of it measures
                 # the error signal that reaches the model's last layer.
-                plain_predictions = tf.identity(trained_predictions)
-                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=separate)
-        if not with_loss or separate:
-            with keras.StatelessScope(state_mapping=mapping):
-                predictions, outputs = forward(x)
-                if with_loss:
-                    loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
-        else:
-            predictions, outputs, loss = trained_predictions, trained_outputs, trained_loss
-        result = {"predictions": predictions, "outputs": outputs, "loss": loss, "weights": layer_weights}
-        if with_loss:
-            weight_grads = _dense(tape.gradient(trained_loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-            result["weight_grads"] = _regroup(weight_grads, layer_weights)
-            output_grads = tape.gradient(trained_loss, trained_outputs)
-            for index, output in enumerate(trained_outputs):
+                plain_predictions = tf.identity(predictions)
+                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=training) * share
+            weight_grads = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            output_grads = tape.gradient(loss, outputs)
+            for index, output in enumerate(outputs):
                 if output_grads[index] is None:
-                    output_grads[index] = (tape.gradient(output_loss, plain_predictions) if output is trained_predictions
+                    output_grads[index] = (tape.gradient(output_loss, plain_predictions) if output is predictions
                                            else tf.zeros_like(output))
             # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
             # analysis process for one number apiece would double what every capture hands over.
-            result["output_grad_norms"] = [tf.norm(tf.cast(g, tf.float64)) for g in output_grads]
+            return weight_grads, [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in output_grads]
+
+        self._infer, self._gradients = infer, gradients
+
+    def __call__(self, x, y, grid, state) -> dict:
+        count = int(x.shape[0])
+        chunks = [self._infer(x[i : i + OUTPUT_CHUNK], None if y is None else y[i : i + OUTPUT_CHUNK], state)
+                  for i in range(0, count, OUTPUT_CHUNK)]
+        result = {
+            "predictions": _joined([c[0] for c in chunks]),
+            "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
+            "loss": sum(float(c[2]) for c in chunks) / count if self.with_loss else None,
+            "weights": [[state[i] for i in group] for group in self.weights],
+        }
+        if self.with_loss:
+            rows = tf.constant(gradient_rows(count))
+            gx, gy = tf.gather(x, rows), tf.gather(y, rows)
+            size = int(rows.shape[0])
+            weight_grads, squares = None, None
+            for start in range(0, size, GRADIENT_CHUNK):
+                share = tf.constant(min(GRADIENT_CHUNK, size - start) / size, tf.float32)
+                grads, norms = self._gradients(gx[start : start + GRADIENT_CHUNK], gy[start : start + GRADIENT_CHUNK], state, share)
+                weight_grads = grads if weight_grads is None else [a + b for a, b in zip(weight_grads, grads)]
+                squares = norms if squares is None else [a + b for a, b in zip(squares, norms)]
+            result["weight_grads"] = _regroup(weight_grads, result["weights"])
+            result["output_grad_norms"] = [tf.sqrt(s) for s in squares]
         else:
-            result["weight_grads"] = [[] for _ in weights]
-            result["output_grad_norms"] = [None] * len(weights)
-        if plane:
-            with keras.StatelessScope(state_mapping=mapping):
-                result["plane_predictions"], result["plane_outputs"] = forward(grid)
+            result["weight_grads"] = [[] for _ in self.weights]
+            result["output_grad_norms"] = [None] * len(self.weights)
+        if self.plane:
+            plane = [self._infer(grid[i : i + OUTPUT_CHUNK], None, state) for i in range(0, int(grid.shape[0]), OUTPUT_CHUNK)]
+            result["plane_predictions"] = _joined([c[0] for c in plane])
+            result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
         return result
 
-    return capture
+
+def _joined(chunks: list):
+    return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
+
+
+def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
+    """The probe pass of `model` (see `_ProbePass`), called as `capture(x, y, grid, state)`."""
+    return _ProbePass(model, layers, variables, with_loss, plane)
 
 
 def run_capture_pass(capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields) -> RawCapture:
@@ -736,8 +806,8 @@ def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None)
 
 
 def _to_numpy(value):
-    if value is None:
-        return None
+    if value is None or isinstance(value, (int, float)):
+        return value
     if isinstance(value, (list, tuple)):
         return [_to_numpy(v) for v in value]
     return value.numpy()

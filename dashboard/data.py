@@ -44,13 +44,24 @@ def input_panel(run: Run) -> Panel | None:
     return Panel("input", coords, None if ratios is None else np.asarray(ratios, dtype=np.float64))
 
 
+def pooled_note(snapshot: Snapshot, index: int) -> str:
+    """" · pooled 6×6" for a layer whose PCA is of its output averaged to a 6×6 grid of positions (a wide feature
+    map: see core.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
+    pca = snapshot.layer(index).get("pca")
+    grid = pca.get("pooled") if isinstance(pca, dict) else None
+    if isinstance(grid, list) and grid and all(isinstance(g, int) and not isinstance(g, bool) for g in grid):
+        return " · pooled " + "×".join(str(g) for g in grid)
+    return ""
+
+
 def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
     """Input first, then every recorded layer at `snapshot`."""
     panels = [p for p in [input_panel(run)] if p is not None]
     for index, layer in enumerate(run.layers):
         projection = snapshot.projection(index)
         if projection is not None:
-            panels.append(Panel(layer.get("name", f"layer {index}"), projection.coords, projection.variance_ratio))
+            panels.append(Panel(layer.get("name", f"layer {index}") + pooled_note(snapshot, index), projection.coords,
+                                projection.variance_ratio))
     return panels
 
 

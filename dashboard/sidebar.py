@@ -16,6 +16,7 @@ from dashboard import context
 from dashboard import state as schema
 from dashboard.jobs import TrainForm, JobRefused
 from dashboard.views.text import plain
+from dashboard.views.runs import layer_labels
 
 STATUS_ICONS = {"running": ":green[:material/pending:]", "finished": ":blue[:material/check_circle:]",
                 "failed": ":red[:material/cancel:]", "interrupted": ":orange[:material/stop_circle:]"}
@@ -251,8 +252,10 @@ def _view_controls(run, embeddings_page: bool) -> None:
         return
     st.divider()
     if facts.layers:
-        st.selectbox("Layer", facts.layers, key="layer", bind="query-params",
-                     help="The layer the focus view and the other pages show.")
+        labels = layer_labels(run.layers)
+        st.selectbox("Layer", facts.layers, key="layer", bind="query-params", format_func=lambda name: labels.get(name, name),
+                     help="The layer the focus view and the other pages show, listed by stage (spatial size) in a deep "
+                          "model. Type to search.")
     if len(facts.epochs) > 1:
         st.select_slider("Epoch", facts.epochs, value=facts.epochs[-1], key="epoch", bind="query-params",
                          help="Captured epochs; 0 is before training.")

@@ -86,6 +86,14 @@ def test_all_records_every_layer(deep_runs):
     assert len(names(run)) == run.meta["layer_selection"]["recordable"] > 80
 
 
+def test_the_layer_picker_lists_a_deep_models_layers_by_stage(deep_runs):
+    at = open_app(deep_runs, "layers", run="auto", layer="block3_add")
+    picker = at.sidebar.selectbox(key="layer")
+    assert picker.value == "block3_add"
+    assert "8×8 · block3_add" in picker.options and "4×4 · block12_add" in picker.options
+    assert "layers · head" in picker.options
+
+
 @pytest.mark.parametrize("run_id", ["auto", "all"])
 @pytest.mark.parametrize("page", ["embeddings", "gradients", "layers"])
 def test_every_page_opens_on_the_deep_runs(deep_runs, run_id, page):

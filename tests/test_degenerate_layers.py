@@ -133,3 +133,45 @@ def test_the_gradients_page_shows_a_regression_runs_gradients(real_runs):
 def test_the_other_pages_open_on_the_regression_run(real_runs, page):
     at = open_app(real_runs, page, run="regression")
     assert not at.exception and at.get("plotly_chart")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Wide feature maps: analysed on their outputs averaged over regions, and saying so
+
+
+def test_a_wide_feature_map_is_averaged_over_regions_before_its_pca():
+    from core.snapshot import MAX_FEATURES, analysis_features
+
+    rng = np.random.default_rng(0)
+    wide = rng.random((6, 48, 48, 32)).astype(np.float32)  # 73,728 values a sample
+    features, grid = analysis_features(wide)
+    assert grid == [6, 6] and features.shape == (6, 6 * 6 * 32) and features.shape[1] <= MAX_FEATURES
+    np.testing.assert_allclose(features, wide.reshape(6, 6, 8, 6, 8, 32).mean(axis=(2, 4)).reshape(6, -1), rtol=1e-5)
+    uneven = rng.random((2, 5, 3, 700)).astype(np.float32)  # 5 positions into 2 regions: rows 0-1 (2 of them) and 2-4
+    features, grid = analysis_features(uneven)
+    assert grid == [2, 1]
+    expected = np.stack([uneven[:, :2].mean(axis=(1, 2)), uneven[:, 2:].mean(axis=(1, 2))], axis=1).reshape(2, -1)
+    np.testing.assert_allclose(features, expected, rtol=1e-5)
+    narrow = rng.random((4, 8, 8, 16)).astype(np.float32)
+    features, grid = analysis_features(narrow)
+    assert grid is None and features.shape == (4, 1024)
+
+
+def test_the_pca_of_a_pooled_layer_states_its_grid_and_true_shares_of_the_pooled_output():
+    from core.analysis import pca
+    from core.snapshot import analysis_features
+
+    rng = np.random.default_rng(1)
+    wide = (rng.standard_normal((80, 24, 24, 16)) * np.linspace(0.1, 3, 16)).astype(np.float32)
+    builder = SnapshotBuilder(activations=["linear"], labels=None, components=4)
+    raw = RawCapture(kind="epoch", epoch=0, step=0, batch=None, logs={}, outputs=[wide],
+                     predictions=np.full((80, 2), 0.5, np.float32), loss=None, weights=[{}], weight_grads=[],
+                     output_grad_norms=[None])
+    meta, arrays = builder.build(raw)
+    record = meta["layers"][0]["pca"]
+    assert record["pooled"] == [12, 12]
+    exact = pca(analysis_features(wide)[0], k=4, method="gram")
+    np.testing.assert_allclose(record["explained_variance_ratio"], exact.explained_variance_ratio, rtol=1e-3)
+    assert arrays["L0/pca"].shape == (80, 4)
+    edges = arrays["L0/act_hist_edges"]  # activation statistics are of the output itself, not of its averages
+    assert edges[0] <= wide.min() and edges[-1] >= wide.max()

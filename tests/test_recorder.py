@@ -114,6 +114,41 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
     assert last.layer(2)["grad"]["output"]["norm"] > 0
 
 
+def test_gradients_of_a_large_probe_come_from_an_even_spread_of_256_samples(tmp_path):
+    from core.recorder import GRAD_PROBE_SIZE, gradient_rows
+
+    rows = gradient_rows(1000)
+    assert len(rows) == GRAD_PROBE_SIZE and rows[0] == 0 and rows[-1] == 999 and np.all(np.diff(rows) >= 3)
+    assert gradient_rows(40).tolist() == list(range(40))
+    x, y = _toy_data(600)
+    model = _mlp(dropout=0)
+    recorder = Recorder(str(tmp_path), probe=(x, y), probe_size=600, analysis="thread")
+    model.fit(x, y, epochs=1, batch_size=64, callbacks=[recorder], verbose=0)
+    recorder.wait()
+    picked = gradient_rows(600)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x[picked], y=y[picked], y_pred=model(x[picked], training=False), training=False)
+    expected = tape.gradient(loss, model.trainable_weights)[0].numpy()  # hidden_a's kernel
+    last = RunStore(str(tmp_path)).run(recorder.run_id).epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.layer(0)["grad"]["kernel"]["norm"], np.linalg.norm(expected), rtol=1e-4)
+
+
+def test_a_probe_too_large_for_the_recorded_outputs_is_cut_to_a_stratified_subset_with_a_warning(tmp_path, monkeypatch):
+    from core import recorder as recorder_module
+
+    x, y = _toy_data(400)
+    per_sample = 4 * (8 + 6 + 2)  # the three recorded layers' outputs, float32
+    monkeypatch.setattr(recorder_module, "PROBE_OUTPUT_BYTES", 150 * per_sample)
+    recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
+    with pytest.warns(UserWarning, match=r"on 150 of the 400 probe samples"):
+        _fit(_mlp(), recorder, epochs=1, x=x, y=y)
+    run = RunStore(str(tmp_path)).run(recorder.run_id)
+    probe = run.probe()
+    assert probe.size == 150 and run.epoch_snapshots()[-1].array("L0/pca").shape[0] == 150
+    np.testing.assert_array_equal(probe.y, y[probe.indices])  # the rows kept are the rows described
+    assert abs(np.mean(probe.y) - np.mean(y)) < 0.02  # stratified: the class balance is kept
+
+
 def _batch_norm_model():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -142,13 +177,20 @@ def test_gradients_of_a_batch_norm_model_are_taken_in_training_mode_without_touc
         np.testing.assert_allclose(recorded.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6, err_msg=recorded.path)
 
     def gradients(training):
+        """As training takes them: the mean over batches of 32 (the recorder's gradient chunks) of each batch's
+        gradient, batch statistics per batch in training mode."""
         state = [v.numpy() for v in model.non_trainable_variables]
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=training), training=training)
-        found = tape.gradient(loss, model.trainable_weights)
+        total = None
+        for start in range(0, len(x), 32):
+            with tf.GradientTape() as tape:
+                batch = x[start : start + 32]
+                loss = model.compute_loss(x=batch, y=y[start : start + 32], y_pred=model(batch, training=training),
+                                          training=training)
+            found = [g.numpy() * len(batch) / len(x) for g in tape.gradient(loss, model.trainable_weights)]
+            total = found if total is None else [a + b for a, b in zip(total, found)]
         for variable, value in zip(model.non_trainable_variables, state):
             variable.assign(value)  # a training-mode call moved the moving statistics: put them back
-        return {"/".join(v.path.split("/")[-2:]): g.numpy() for v, g in zip(model.trainable_weights, found)}
+        return {"/".join(v.path.split("/")[-2:]): g for v, g in zip(model.trainable_weights, total)}
 
     trained, inferred = gradients(True), gradients(False)
     kernel = np.linalg.norm(trained["dense/kernel"])

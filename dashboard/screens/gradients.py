@@ -9,7 +9,7 @@ from core.diagnosis import diagnose
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import gradients as views
-from dashboard.views.text import plain
+from dashboard.views.text import plain, plain_with_code
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
 ROLES = ("kernel", "bias")
@@ -152,7 +152,7 @@ def finding_text(finding) -> str:
     """A finding's callout: its "Kind:" opening in bold, then the message, whose layer names are the user's, as
     plain text."""
     head, sep, body = finding.message.partition(": ")
-    return f"**{plain(head)}.** {plain(body[:1].upper() + body[1:], limit=4000)}" if sep else plain(finding.message, 4000)
+    return f"**{plain(head)}.** {plain_with_code(body[:1].upper() + body[1:])}" if sep else plain_with_code(finding.message)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -116,3 +116,14 @@ def skipped_lines(layer_names: list[str], skipped: list[tuple[int | None, str, s
         where = layer_names[index] if index is not None and 0 <= index < len(layer_names) else "all layers"
         lines.append(f"{where}: no {SKIPPED_PIECES.get(piece, piece)} ({reason})")
     return lines
+
+
+def layer_labels(layers: list[dict]) -> dict[str, str]:
+    """How the layer picker lists each recorded layer: "24×24 · block_2_add", its stage (spatial size, or nested
+    model) first, so the layers of a deep model read in groups and typing a stage or a name finds them. A run whose
+    layers share one stage (an MLP), or that names none, lists bare names."""
+    stages = [layer.get("stage") if isinstance(layer.get("stage"), str) else None for layer in layers]
+    names = [str(layer.get("name", f"layer {i}")) for i, layer in enumerate(layers)]
+    if len({s for s in stages if s}) < 2:
+        return {name: name for name in names}
+    return {name: f"{stage} · {name}" if stage else name for name, stage in zip(names, stages)}

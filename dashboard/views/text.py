@@ -29,3 +29,35 @@ def plain(text: object, limit: int = 300) -> str:
     words = _AUTOLINK.sub(JOINER, words)
     inner = {match.start() for match in _WORD_UNDERSCORE.finditer(words)}
     return _PUNCTUATION.sub(lambda match: match.group() if match.start() in inner else "\\" + match.group(), words)
+
+
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def plain_with_code(text: object, limit: int = 4000) -> str:
+    """`text` as `plain` makes it, except that its `code spans` (how core's messages quote layer names and flags)
+    stay code spans. A code span's content is never markup, so only its delimiters need care: they are made longer
+    than any run of backticks inside it."""
+    words = " ".join(str(text).split())
+    if len(words) > limit:
+        words = words[: limit - 1] + "…"
+    parts, last = [], 0
+    for match in _CODE_SPAN.finditer(words):
+        parts += [_spaced(words[last : match.start()], limit), code(match.group(1))]
+        last = match.end()
+    parts.append(_spaced(words[last:], limit))
+    return "".join(parts)
+
+
+def _spaced(text: str, limit: int) -> str:
+    """`plain(text)` with the spaces it had at either end, which `plain` trims."""
+    lead = " " if text[:1] == " " else ""
+    trail = " " if text[-1:] == " " and text.strip() else ""
+    return lead + plain(text, limit) + trail
+
+
+def code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
