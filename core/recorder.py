@@ -867,7 +867,11 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
             "Recorder needs a probe set: pass `probe=(x_val, y_val)` (or `probe=x_val` without labels), "
             "a fixed sample of inputs the layers are observed on."
         )
-    x, y = (probe[0], probe[1] if len(probe) > 1 else None) if isinstance(probe, (tuple, list)) else (probe, None)
+    # As `fit` and `validation_data` read them: a tuple is (x, y); a list or a dict is x (several inputs, or inputs
+    # by name).
+    x, y = (probe[0], probe[1] if len(probe) > 1 else None) if isinstance(probe, tuple) and probe else (probe, None)
+    x = _single_array(x, "inputs", "inputs")
+    y = None if y is None else _single_array(y, "targets", "outputs")
     x = np.asarray(x)
     if x.ndim < 2 or len(x) < 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(
@@ -894,6 +898,26 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
     return x, y, labels
 
 
+SEVERAL_IO = ("Strata records models with one input and one output for now: a model with several {kind} cannot be "
+              "recorded yet. Record a single-input, single-output part of it, such as a nested model's base, or pass "
+              "one array. Received: {form}")
+
+
+def _single_array(value: Any, what: str, kind: str) -> Any:
+    """`value` itself, or its only array when it is a one-entry dict or list (one input or output, by name); a
+    ValueError naming the form for several arrays, which are several inputs or outputs (`kind`)."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            return next(iter(value.values()))
+        raise ValueError(SEVERAL_IO.format(kind=kind, form=f"a dict of {len(value)} {what} ({', '.join(map(str, value))})"))
+    if isinstance(value, (list, tuple)) and value and all(hasattr(item, "shape") and hasattr(item, "dtype") for item in value):
+        if len(value) == 1:
+            return value[0]
+        shapes = ", ".join(str(tuple(item.shape)) for item in value)
+        raise ValueError(SEVERAL_IO.format(kind=kind, form=f"a {type(value).__name__} of {len(value)} arrays ({shapes})"))
+    return value
+
+
 def _class_ids(y: np.ndarray) -> np.ndarray | None:
     """(n,) int class ids from integer labels (any numeric dtype holding whole numbers) or from one-hot or
     probability rows; None for other targets, such as regression values."""
@@ -917,8 +941,9 @@ def _probe_rows(count: int, labels: np.ndarray | None, size: int, seed: int) -> 
 def _check_model_io(model: keras.Model, x: np.ndarray, y: np.ndarray | None) -> None:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(
-            f"Recorder supports models with one input and one output. Received: model `{model.name}` with "
-            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
+            f"Strata records models with one input and one output for now. Received: model `{model.name}` with "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs. Record a single-input, single-output part of "
+            "it, such as a nested model's base."
         )
     expected = tuple(model.inputs[0].shape[1:])
     received = tuple(x.shape[1:])
