@@ -621,8 +621,12 @@ def _weight_positions(layers: list[RecordedLayer], variables: list) -> list[list
     return [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
 
 
-GRADIENT_CHUNK = 32  # probe samples per gradient step of the probe pass: a training batch's worth of memory
-OUTPUT_CHUNK = 128  # probe samples per forward chunk: the pass never holds a whole large probe's activations at once
+# The probe pass runs in chunks of samples whose activations (every layer's output, float32) take at most this, so
+# it never holds a whole large probe's activations at once; a small model's whole probe is one chunk, one call.
+CHUNK_BYTES = 64 * 2**20
+# A model that trains differently (batch normalization, dropout) takes its training-mode gradients in chunks of
+# this many samples, Keras's default batch: batch statistics over a chunk are what its training steps see.
+GRADIENT_CHUNK = 32
 # The recorded layers' outputs on the whole probe cross to the analysis at each snapshot: a deep image model's can
 # take megabytes a sample (MobileNetV2's 18 default layers at 96x96: 1.7 MB), so the probe keeps at most as many
 # samples as fit in this, and never fewer than MIN_PROBE.
@@ -642,18 +646,23 @@ class _ProbePass:
     mode, and the gradients of the loss, on `state` (values of `variables` read earlier, never the live variables,
     so it runs beside training while the optimizer moves on).
 
-    Gradients are taken the way training takes them, in chunks of `GRADIENT_CHUNK` samples on `gradient_rows`: a
-    model with batch normalization, dropout or noise runs its gradient steps in training mode (batch statistics of
-    each chunk, dropout on), on a stateless pass that leaves moving statistics and weights alone; chunk by chunk,
-    its memory is a training step's. The gradient of the mean loss is the size-weighted sum of the chunks'.
-    Outputs, predictions and the probe loss come from inference mode, as the model is used, in chunks of
-    `OUTPUT_CHUNK`, keeping only the recorded layers' outputs.
+    Gradients are taken the way training takes them, on `gradient_rows`: a model with batch normalization, dropout
+    or noise runs its gradient steps in training mode, in chunks of `GRADIENT_CHUNK` samples (batch statistics of
+    each chunk, dropout on), on a stateless pass that leaves moving statistics and weights alone; other models in
+    chunks sized by `CHUNK_BYTES`. The gradient of the mean loss is the size-weighted sum of the chunks'. Outputs,
+    predictions and the probe loss come from inference mode, as the model is used, in chunks sized by
+    `CHUNK_BYTES`, keeping only the recorded layers' outputs.
     """
 
     def __init__(self, model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
         self.weights = _weight_positions(layers, variables)
         self.with_loss, self.plane = with_loss, plane
         training = trains_differently(model)
+        shapes = [layer.shape for layer in recorded_layers(model)]
+        per_sample = 4 * sum(math.prod(s) for s in shapes if s is not None and all(isinstance(d, int) for d in s)) or 1
+        self.output_chunk = max(16, CHUNK_BYTES // per_sample)
+        # A backward pass keeps about three times a forward pass's activations.
+        self.gradient_chunk = GRADIENT_CHUNK if training else max(16, CHUNK_BYTES // (3 * per_sample))
 
         def forward(x, training=False):
             outputs: dict = {}
@@ -698,8 +707,8 @@ class _ProbePass:
 
     def __call__(self, x, y, grid, state) -> dict:
         count = int(x.shape[0])
-        chunks = [self._infer(x[i : i + OUTPUT_CHUNK], None if y is None else y[i : i + OUTPUT_CHUNK], state)
-                  for i in range(0, count, OUTPUT_CHUNK)]
+        step = self.output_chunk
+        chunks = [self._infer(x[i : i + step], None if y is None else y[i : i + step], state) for i in range(0, count, step)]
         result = {
             "predictions": _joined([c[0] for c in chunks]),
             "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
@@ -711,9 +720,10 @@ class _ProbePass:
             gx, gy = tf.gather(x, rows), tf.gather(y, rows)
             size = int(rows.shape[0])
             weight_grads, squares = None, None
-            for start in range(0, size, GRADIENT_CHUNK):
-                share = tf.constant(min(GRADIENT_CHUNK, size - start) / size, tf.float32)
-                grads, norms = self._gradients(gx[start : start + GRADIENT_CHUNK], gy[start : start + GRADIENT_CHUNK], state, share)
+            step = self.gradient_chunk
+            for start in range(0, size, step):
+                share = tf.constant(min(step, size - start) / size, tf.float32)
+                grads, norms = self._gradients(gx[start : start + step], gy[start : start + step], state, share)
                 weight_grads = grads if weight_grads is None else [a + b for a, b in zip(weight_grads, grads)]
                 squares = norms if squares is None else [a + b for a, b in zip(squares, norms)]
             result["weight_grads"] = _regroup(weight_grads, result["weights"])
@@ -722,7 +732,8 @@ class _ProbePass:
             result["weight_grads"] = [[] for _ in self.weights]
             result["output_grad_norms"] = [None] * len(self.weights)
         if self.plane:
-            plane = [self._infer(grid[i : i + OUTPUT_CHUNK], None, state) for i in range(0, int(grid.shape[0]), OUTPUT_CHUNK)]
+            plane = [self._infer(grid[i : i + self.output_chunk], None, state)
+                     for i in range(0, int(grid.shape[0]), self.output_chunk)]
             result["plane_predictions"] = _joined([c[0] for c in plane])
             result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
         return result
