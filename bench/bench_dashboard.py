@@ -27,7 +27,6 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from dashboard.synthetic import synthetic_run  # noqa: E402
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from core.diagnosis import KINDS  # noqa: E402  (numpy only)
 

@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_dashboard import (  # noqa: E402
     BASELINE_APP, CHROMIUM, CHROMIUM_ARGS, REPO, open_and_time, start_server, synthetic_run,

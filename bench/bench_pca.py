@@ -14,7 +14,6 @@ import tracemalloc
 import numpy as np
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.analysis import pca  # noqa: E402
 
 SHAPES = [(2000, 512), (1000, 4096), (2000, 16384), (10000, 16384)]

@@ -101,8 +101,7 @@ def peak_rss(process) -> int:
 def measure(model: str, variant: str, round_number: int, args, runs: str) -> dict:
     command = [sys.executable, __file__, "--child", "--model", model, "--variant", variant, "--round", str(round_number),
                "--samples", str(args.samples), "--epochs", str(args.epochs), "--runs", runs]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak: dict = {}
     sampler = threading.Thread(target=lambda: peak.setdefault("rss", peak_rss(process)))
     sampler.start()
@@ -115,7 +114,6 @@ def measure(model: str, variant: str, round_number: int, args, runs: str) -> dic
 
 def first_charts(runs: str, run_id: str) -> dict[str, float]:
     """Seconds to the first chart painted on each page of `run_id`, after one unmeasured load of the server."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_dashboard import CHROMIUM, CHROMIUM_ARGS, open_and_time, start_server
     from playwright.sync_api import sync_playwright
 

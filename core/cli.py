@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Strata: record and inspect what hidden layers learn.")
+    prog = "strata" if os.path.basename(sys.argv[0]) == "strata" else "python -m core"
+    parser = argparse.ArgumentParser(prog=prog, description="Strata: record and inspect what hidden layers learn.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a built-in model and record it; prints the run id last")

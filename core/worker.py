@@ -27,7 +27,6 @@ import time
 import warnings
 from collections.abc import Callable
 
-import core
 from core.journal import Journal
 from core.sink import CPU_REPORT, RunSink, write_frame
 
@@ -323,10 +322,8 @@ class ProcessWorker(_QueuedWorker):
     start_seconds = SPAWN_SECONDS
 
     def _spawn(self) -> None:
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
             # One BLAS thread: the matrices are small, and training needs the other core.
             OPENBLAS_NUM_THREADS="1",
             OMP_NUM_THREADS="1",

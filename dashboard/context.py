@@ -72,9 +72,8 @@ def store() -> RunStore:
     return _store(runs_root())
 
 
-@st.cache_resource(show_spinner=False)
 def _jobs(root: str, limits: JobLimits) -> JobManager:
-    return JobManager(root, limits)
+    return JobManager.shared(root, limits)  # not st.cache_resource: a browser's clear_cache message empties that
 
 
 def jobs() -> JobManager:

@@ -1,8 +1,10 @@
 """Jobs started from the dashboard: each one is `python -m core train` (or `recover`) in its own process.
 
 The page process never imports TensorFlow; it only starts, lists and cancels these processes. One
-`JobManager` is shared by every session (`context.jobs()` caches it), so two people watching a run see one
-job. Limits come from the environment so a deployment can set them without code:
+`JobManager` per store is shared by every session of the server process (`JobManager.shared`), so two people
+watching a run see one job. It is held here, not in a Streamlit cache: a browser can ask the server to clear
+its caches, and that must not forget running jobs or reset the limit. Limits come from the environment, so a
+deployment can set them without code:
 
     STRATA_MAX_JOBS     training processes at once (default 1)
     STRATA_MAX_EPOCHS   epochs one job may ask for (default 200)
@@ -27,7 +29,6 @@ from core.datasets import PLANE_DATASETS
 from core.settings import dataclass_fields, form_settings, text
 from core.store import new_run_id
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # `python -m core` must find the core package from any cwd
 MAX_HIDDEN_LAYERS = 12
 MAX_UNITS = 1024
 
@@ -147,9 +148,21 @@ class Job:
 class JobManager:
     """Starts, lists and cancels training processes that write into one run store."""
 
+    _shared: dict[tuple[str, JobLimits], "JobManager"] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, runs_root: str, limits: JobLimits) -> "JobManager":
+        """The one manager of this store and these limits in this process, created on first use."""
+        with cls._shared_lock:
+            key = (str(runs_root), limits)
+            if key not in cls._shared:
+                cls._shared[key] = cls(runs_root, limits)
+            return cls._shared[key]
+
     def __init__(self, runs_root: str, limits: JobLimits | None = None, python: str = sys.executable):
         root = str(runs_root)
-        self.runs_root = root if "://" in root else os.path.abspath(root)  # the child runs in the repository folder
+        self.runs_root = root if "://" in root else os.path.abspath(root)  # the child may run anywhere
         self.limits = limits or JobLimits.from_env()
         self.python = python
         self._jobs: dict[str, Job] = {}
@@ -188,7 +201,6 @@ class JobManager:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [self.python, "-m", "core", *args, "--runs", self.runs_root],
-                cwd=REPO_ROOT,
                 env=_child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -235,6 +247,5 @@ class JobManager:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up noise out of the log tail
     return env

@@ -3,16 +3,13 @@
 Start the dashboard with `streamlit run dashboard/app.py`, which serves this script (see app.py)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `streamlit run` puts dashboard/, not the repo, on the path
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from core.store import StoreError  # noqa: E402
-from dashboard import context, sidebar  # noqa: E402
-from dashboard.screens import embeddings, gradients, layers, runs  # noqa: E402
-from dashboard.views.text import plain  # noqa: E402
+from core.store import StoreError
+from dashboard import context, sidebar
+from dashboard.screens import embeddings, gradients, layers, runs
+from dashboard.views.text import plain
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 

@@ -42,7 +42,7 @@ def run_script(script: str, root: str) -> str:
     imports TensorFlow; returns its last line of output."""
     result = subprocess.run(
         [sys.executable, "-c", script, root], cwd=REPO, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, f"recording the fixture run failed:\n{result.stderr[-3000:]}"
     return (result.stdout.strip().splitlines() or [""])[-1]
@@ -96,7 +96,6 @@ KILLED_EPOCHS = 6
 KILLED_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {repo!r})
     import keras, numpy as np, tensorflow as tf
     from core import Recorder
 

@@ -56,7 +56,7 @@ def gradient_runs(tmp_path_factory) -> str:
         root.mkdir(exist_ok=True)
         result = subprocess.run(
             [sys.executable, "-c", _TRAIN, str(root), json.dumps(SPECS)], cwd=REPO, capture_output=True, text=True,
-            timeout=400, env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+            timeout=400, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
         assert result.returncode == 0, f"training the gradient runs failed:\n{result.stderr[-3000:]}"
         done.write_text(result.stdout.strip().splitlines()[-1])

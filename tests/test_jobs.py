@@ -99,3 +99,27 @@ def test_a_job_that_fails_at_once_explains_itself(tmp_path):
     job.process.wait(30)
     assert job.state == "failed"
     assert isinstance(job.log_tail(), str)
+
+
+def test_a_browser_clearing_the_server_caches_keeps_the_jobs_and_their_limit(tmp_path, monkeypatch):
+    """A visitor can send BackMsg(clear_cache=True); the server then empties every st.cache_data and
+    st.cache_resource. The job manager must survive it: a second job under a limit of 1 stays refused, and the
+    first job keeps its Cancel button (the manager still knows it)."""
+    from streamlit.runtime import caching
+
+    from dashboard import context
+
+    root = str(tmp_path / "runs")
+    monkeypatch.setenv("STRATA_RUNS", root)
+    monkeypatch.setenv("STRATA_MAX_JOBS", "1")
+    monkeypatch.setenv("STRATA_MAX_EPOCHS", "1000")
+    manager = context.jobs()
+    job = manager.start(TrainForm(dataset="spiral", hidden="4", epochs=1000, batch_size=8))
+    try:
+        caching.cache_data.clear()  # what AppSession does on a clear_cache message
+        caching.cache_resource.clear()
+        assert context.jobs() is manager and context.jobs().get(job.run_id) is job
+        with pytest.raises(JobRefused, match="already running"):
+            context.jobs().start(TrainForm(epochs=1))
+    finally:
+        manager.shutdown()

@@ -166,7 +166,7 @@ print(json.dumps({"input": run.meta["input"]["linear_probe"], "layers": run.laye
 def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _TRAIN_SPIRAL, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])

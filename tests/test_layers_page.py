@@ -100,8 +100,7 @@ def test_a_tabular_run_shows_feature_values(tmp_path):
     script = ("import sys; from core.training import TrainingSpec, train; "
               "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(APP).parents[1], capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(Path(APP).parents[1]),
-                                                        "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            text=True, timeout=180, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
     run_id = result.stdout.strip().splitlines()[-1]
     at = layers_page(tmp_path, run=run_id, unit="2")

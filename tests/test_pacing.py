@@ -187,7 +187,6 @@ def test_snapshots_held_back_during_fit_are_written_after_it_each_with_its_own_w
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {repo!r})
     import keras, numpy as np
     from core import Recorder, worker
     from core.store import RunStore

@@ -656,7 +656,6 @@ def test_memory_filesystem_root(tmp_path):
 CRASH_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {repo!r})
     import keras, numpy as np
     from core import Recorder
 
@@ -859,7 +858,6 @@ def test_a_fit_that_raised_is_ended_as_interrupted_when_the_recorder_fits_again(
 NOTEBOOK_SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {repo!r})
     import numpy as np, keras
     from IPython.core.interactiveshell import InteractiveShell
     from core import Recorder

@@ -144,7 +144,7 @@ def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkey
     def recover(*extra):  # from the user's folder, where their module is
         return subprocess.run([sys.executable, "-m", "core", "recover", "custom", "--runs", root, *extra], cwd=tmp_path,
                               capture_output=True, text=True, timeout=240,
-                              env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
 
     failed = recover()
     assert failed.returncode == cli.EXIT_USAGE and "--import MODULE" in failed.stderr

@@ -151,7 +151,7 @@ def test_rename_delete_and_zip(root):
 
 def test_crashed_writer_reads_as_interrupted(tmp_path):
     code = (
-        "import sys; sys.path.insert(0, '.');"
+        
         "from core.store import RunWriter;"
         f"RunWriter({str(tmp_path)!r}, 'dead', {{}})"
     )
