@@ -99,6 +99,7 @@ def _idle_seconds() -> float | None:
     except (OSError, IndexError, ValueError):
         return None
 _UNFINISHED: set[_QueuedWorker] = set()
+EXIT_WAIT = 900.0  # seconds a process waits at exit for held-back snapshots before it leaves them to the journal
 
 
 class _QueuedWorker:
@@ -398,22 +399,37 @@ def start_worker(root: str, mode: str = "auto", budget: float | None = None, jou
     return ProcessWorker(budget, journal)
 
 
-def wait_for_all(report_after: float = 1.0) -> None:
+def _exit_wait() -> float:
+    """The most seconds `wait_for_all` waits at exit: STRATA_EXIT_WAIT, default 15 minutes."""
+    try:
+        return max(0.0, float(os.environ.get("STRATA_EXIT_WAIT", EXIT_WAIT)))
+    except ValueError:
+        return EXIT_WAIT
+
+
+def wait_for_all(report_after: float = 1.0, timeout: float | None = None) -> None:
     """Wait for every worker's unfinished work (at exit: snapshots held back while training ran), saying so on
-    stderr when it takes longer than `report_after` seconds. Ctrl-C stops waiting."""
+    stderr when it takes longer than `report_after` seconds. Ctrl-C stops waiting, and so does `timeout`
+    (default `_exit_wait()`): a process never hangs at exit, and the journal keeps what was not written."""
     workers = list(_UNFINISHED)
     if not workers or all(w.wait(report_after) for w in workers):
         return
+    deadline = time.monotonic() + (_exit_wait() if timeout is None else timeout)
     left = sum(w.waiting for w in workers)
     print(f"Strata: writing the last snapshots of the run ({left} to go; Ctrl-C to stop)...", file=sys.stderr, flush=True)
     try:
         for w in workers:
-            w.wait()
+            if not w.wait(max(0.0, deadline - time.monotonic())):
+                print("Strata: gave up waiting (STRATA_EXIT_WAIT); the run keeps the snapshots written so far.",
+                      file=sys.stderr, flush=True)
+                break
+        else:
+            return
     except KeyboardInterrupt:
         print("Strata: stopped; the run keeps the snapshots written so far.", file=sys.stderr, flush=True)
-        for journal in {w.journal for w in workers if w.journal is not None}:
-            runs = "" if journal.root == "runs" else f" --runs {journal.root}"
-            print(f"Strata: `python -m core recover {journal.run_id}{runs}` writes the rest.", file=sys.stderr, flush=True)
+    for journal in {w.journal for w in workers if w.journal is not None}:
+        runs = "" if journal.root == "runs" else f" --runs {journal.root}"
+        print(f"Strata: `python -m core recover {journal.run_id}{runs}` writes the rest.", file=sys.stderr, flush=True)
 
 
 atexit.register(wait_for_all)

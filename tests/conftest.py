@@ -23,7 +23,20 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("STRATA_EXIT_WAIT", "120")  # a test process never waits long at exit
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test sets in os.environ (open_app sets STRATA_RUNS for AppTest, which runs in this process) is
+    undone after it, so no test sees another's store or settings."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 _TRAIN = """
 import json, sys

@@ -116,16 +116,12 @@ def test_a_tabular_run_shows_feature_values(tmp_path):
 # In the browser
 
 
-def choose(page, combobox, option: str, attempts: int = 5) -> None:
-    """Pick `option` in a selectbox; a rerun that lands while the menu is open closes it, so try again."""
-    for _ in range(attempts):
-        combobox.click()
-        try:
-            page.get_by_role("option").filter(has_text=re.compile(f"^{re.escape(option)}$")).click(timeout=3_000)
-            return
-        except Exception:  # playwright's TimeoutError: the menu closed under us
-            page.keyboard.press("Escape")
-    raise AssertionError(f"could not choose {option!r}")
+def choose(page, combobox, option: str) -> None:
+    """Pick `option` in a selectbox once the app has finished its script run (a rerun landing while the menu
+    is open would close it)."""
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    combobox.click()
+    page.get_by_role("option").filter(has_text=re.compile(f"^{re.escape(option)}$")).click(timeout=30_000)
 
 
 @pytest.mark.browser

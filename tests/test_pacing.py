@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -107,28 +108,45 @@ def test_held_back_work_runs_anyway_once_it_holds_too_much_memory(busy_training,
     while len(pool.delivered) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)
-    # "a" ran within the budget; holding b, c, d (300 bytes) is over the cap, so "b" ran too; c, d fit in it.
-    assert pool.delivered == [("snapshot", "a"), ("snapshot", "b")] and pool.deferred_bytes == 200
-    pool.finish()
-    busy_training()
+    try:
+        # "a" ran within the budget; holding b, c, d (300 bytes) is over the cap, so "b" ran too; c, d fit in it.
+        assert pool.delivered == [("snapshot", "a"), ("snapshot", "b")] and pool.deferred_bytes == 200
+    finally:
+        pool.finish()
+        busy_training()
     assert pool.wait(5) and [name for _, name in pool.delivered] == list("abcd")
 
 
-def test_when_training_leaves_the_cpu_idle_held_back_work_runs():
+def test_when_training_leaves_the_cpu_idle_held_back_work_runs(monkeypatch):
     # Training that waits on data, a GPU or a sleep leaves the machine idle: work beside it then costs nothing.
+    # The machine's idle counter is injected (every core idle, however loaded the machine running the test is).
+    monkeypatch.setattr(worker, "_idle_seconds", lambda: time.monotonic() * 4)
     worker.TRAINING.began()
+    pool = _ListWorker(budget=0.001)
     try:
-        pool = _ListWorker(budget=0.001)
         for name in "abc":
             pool.submit(_slow(name))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(pool.delivered) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # this process idles, as a training thread blocked on input would
         assert [name for _, name in pool.delivered] == list("abc")
     finally:
         worker.TRAINING.ended()
-    pool.finish()
+        pool.finish()
     assert pool.wait(5)
+
+
+def test_a_process_never_hangs_at_exit_on_work_that_does_not_finish(monkeypatch, capsys):
+    pool = _ListWorker(budget=None)
+    release = threading.Event()
+    pool.submit(lambda: release.wait(60) and None)  # a write stuck on a dead disk, say
+    try:
+        worker.wait_for_all(report_after=0.05, timeout=0.2)  # returns: the journal keeps the rest
+        assert "gave up waiting" in capsys.readouterr().err
+    finally:
+        release.set()
+        pool.finish()
+    assert pool.wait(10)
 
 
 keras = pytest.importorskip("keras")
