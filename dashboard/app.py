@@ -6,9 +6,18 @@ This file is the server. `streamlit run` finds the `st.App` below and serves it:
 
 from pathlib import Path
 
+import pandas  # noqa: F401  (plotly imports it lazily: see below)
+import plotly.graph_objects  # noqa: F401
 import streamlit as st
 from starlette.middleware import Middleware
 
+from dashboard import sidebar  # noqa: F401
+from dashboard.screens import embeddings, gradients, layers, runs  # noqa: F401
 from dashboard.preload import PreloadPlotly
+
+# Everything the pages import is imported here, once, while the server starts and before any session runs.
+# Left to the sessions, the first visitors' threads imported it at the same moment, and plotly's lazy
+# `import pandas` in one thread saw the half-initialized module of another ("partially initialized module
+# 'pandas' has no attribute 'Series'", in 4 of 5 cold starts with 5 visitors).
 
 app = st.App(str(Path(__file__).with_name("main.py")), middleware=[Middleware(PreloadPlotly)])
