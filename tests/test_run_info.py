@@ -1,0 +1,34 @@
+"""The typed read model of a run (core/run_info.py) on real run.json files and on what older runs omit."""
+
+from core.run_info import DatasetInfo, LayerInfo, RunInfo, layer_key, parse_layer_key
+from core.store import RunStore
+from dashboard.synthetic import synthetic_run
+
+
+def test_layer_keys_round_trip():
+    assert layer_key(3, "pca") == "L3/pca" and parse_layer_key("L3/pca") == (3, "pca")
+    assert parse_layer_key("L12/unit_top") == (12, "unit_top") and parse_layer_key("L0/act_hist/counts") == (0, "act_hist/counts")
+    assert parse_layer_key("cka") is None and parse_layer_key("Lx/pca") is None
+
+
+def test_a_written_run_reads_as_typed_info(tmp_path):
+    run_id = synthetic_run(str(tmp_path), layers=3, snapshots=2, points=50)
+    run = RunStore(str(tmp_path)).run(run_id)
+    info = RunInfo.from_meta(run.meta, run.id)
+    assert info.id == run_id and info.name == run.name and info.status == run.meta["status"]
+    assert [layer.name for layer in info.layers] == [layer["name"] for layer in run.layers]
+    assert [layer.index for layer in info.layers] == [0, 1, 2]
+    assert info.layers[1].key("pca") == "L1/pca" and info.layers[1].key("pca") in run.snapshots()[0].keys()
+    assert info.dataset.class_names == tuple(run.meta["dataset"]["class_names"])
+    assert info.dataset.classes == len(run.meta["dataset"]["class_names"])
+    assert info.layer(info.layers[2].name) is info.layers[2] and info.layer("no such layer") is None
+
+
+def test_what_an_older_or_foreign_run_omits_reads_as_absent():
+    info = RunInfo.from_meta({"status": "finished", "layers": [{"name": "dense"}]}, "r1")
+    assert info.name == "r1" and info.dataset == DatasetInfo() and info.dataset.classes == 0
+    assert info.layers == (LayerInfo(index=0, name="dense"),) and info.layers[0].weights == ()
+    assert info.probe.has_labels is False and info.probe.plane is False and info.config == {}
+    full = DatasetInfo.from_meta({"name": 7, "kind": "image", "image_shape": [8, 8], "n_classes": 10,
+                                  "class_names": [0, 1]})
+    assert full.name == "7" and full.image_shape == (8, 8) and full.classes == 10 and full.class_names == ("0", "1")
