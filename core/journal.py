@@ -43,7 +43,7 @@ class Entry:
     def payload(self) -> dict:
         """Raises ValueError naming the file when it is unreadable: writes are atomic, so that means damage."""
         try:
-            with np.load(self.files.open(self.path), allow_pickle=False) as data:
+            with self.files.open(self.path) as handle, np.load(handle, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files if key != META_KEY}
                 header = json.loads(str(data[META_KEY]))
         except (OSError, ValueError, KeyError) as error:
@@ -78,19 +78,24 @@ class Journal:
             name += ".npz"
             self._next += 1
         arrays: dict[str, np.ndarray] = {}
-        self.files.write_atomic(self.files.join(self.dir, name), npz_bytes(arrays, {"kind": kind, "payload": _encode(payload, arrays)}))
+        data = npz_bytes(arrays, {"kind": kind, "payload": _encode(payload, arrays)})
+        self.files.write_atomic(self._path(name), data)
         return name
 
     def done(self, name: str | None) -> None:
         """What entry `name` stands for is written: delete it (a capture's, once the next capture is written)."""
         match = ENTRY_NAME.match(name or "")
-        if match is None:  # nothing, or the setup: it stays while the journal does
+        if name is None or match is None:  # nothing, or the setup: it stays while the journal does
             return
         if match.group(2) == CAPTURE:
             name, self._kept = self._kept, name
             if name is None:
                 return
-        self.files.remove(self.files.join(self.dir, name))
+        self.files.remove(self._path(name))
+
+    def _path(self, name: str) -> str:
+        # Joined from the root (`_Files.join` takes names, never a path such as `self.dir`).
+        return self.files.join(self.run_id, JOURNAL_DIR, name)
 
     def close(self) -> None:
         """The run is completely written: the journal goes."""

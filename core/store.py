@@ -119,13 +119,22 @@ def to_json_safe(value: Any) -> Any:
 
 
 def _filesystem(root: str):
-    """(fs, path) for a local folder or an fsspec URL. fsspec is imported lazily: local use needs none of it."""
+    """(fs, path) for a local folder or an fsspec URL; fs is None for local disk, a `file://` URL included, which
+    then gets the local writes (fsync, rename) and link checks. fsspec is imported lazily: local use needs none."""
     if "://" not in root:
         return None, os.path.abspath(root)
     import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
     fs, path = fsspec.core.url_to_fs(root)
+    if isinstance(fs, LocalFileSystem):
+        return None, os.path.abspath(path)
     return fs, path.rstrip("/")
+
+
+# Object stores whose upload of one object is atomic (a reader sees the old object or the new one, never a part):
+# a file is written in place, without a temporary object to copy and delete.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
 
 
 class _Files:
@@ -134,19 +143,38 @@ class _Files:
     def __init__(self, root: str):
         self.url = root
         self.fs, self.root = _filesystem(root)
+        protocols = self.fs.protocol if self.fs else ()
+        self.atomic_put = bool(ATOMIC_PUT_PROTOCOLS & ({protocols} if isinstance(protocols, str) else set(protocols)))
 
     def join(self, *parts: str) -> str:
+        """The path of `parts` under the root: each part is one name (a run id, a folder or file name), never a
+        path. A path passed again would be joined under the root a second time on an object store (the journal's
+        entries once landed at `<root>/<root>/<run>/journal/`), while on local disk it silently replaced the root."""
+        for part in parts:
+            if not isinstance(part, str) or not part or part in (".", "..") or "/" in part or "\\" in part:
+                raise ValueError(f"A store path is joined from single names, not paths. Received: {parts!r}")
         return "/".join([self.root, *parts]) if self.fs else os.path.join(self.root, *parts)
 
+    def _fresh(self, path: str) -> None:
+        """Forget fsspec's cached listing of `path` and its parents: another process (the recording one, a
+        recovery) may have written since, and a reader must see it (s3fs caches listings for good)."""
+        self.fs.invalidate_cache(path)
+
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path) if self.fs else os.path.exists(path)
+        if self.fs:
+            self._fresh(path)
+            return self.fs.exists(path)
+        return os.path.exists(path)
 
     def holds_run(self, run_id: str) -> bool:
         """Whether a run with this id is here: a folder is a run once its run.json is written."""
         return self.exists(self.join(run_id, "run.json"))
 
     def isdir(self, path: str) -> bool:
-        return self.fs.isdir(path) if self.fs else os.path.isdir(path)
+        if self.fs:
+            self._fresh(path)
+            return self.fs.isdir(path)
+        return os.path.isdir(path)
 
     def makedirs(self, path: str) -> None:
         if self.fs:
@@ -158,6 +186,7 @@ class _Files:
         """Names (not paths) of the entries in `path`; empty when it does not exist."""
         try:
             if self.fs:
+                self._fresh(path)
                 return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
             return sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
@@ -171,8 +200,10 @@ class _Files:
         """Something that changes whenever the file at `path` is replaced (None when unknown or missing)."""
         try:
             if self.fs:
-                info = self.fs.info(path)
-                return info.get("mtime") or info.get("LastModified") or info.get("created") or info.get("ETag")
+                self._fresh(path)
+                info = self.fs.info(path)  # an object store's time has whole seconds: its ETag tells rewrites apart
+                when = info.get("mtime") or info.get("LastModified") or info.get("created")
+                return when, info.get("ETag"), info.get("size")
             stat = os.stat(path)
             return stat.st_mtime_ns, stat.st_ino
         except (OSError, ValueError):
@@ -187,6 +218,9 @@ class _Files:
     def write_atomic(self, path: str, data: bytes) -> None:
         """Write `data` to a temporary sibling, fsync it, then rename it over `path`."""
         directory = path.rsplit("/", 1)[0] if self.fs else os.path.dirname(path)
+        if self.atomic_put:
+            self.fs.pipe_file(path, data)
+            return
         if self.fs:
             temp = f"{directory}/{TEMP_PREFIX}{uuid.uuid4().hex}"
             try:
@@ -860,7 +894,11 @@ class RunStore:
 
     def _folder_time(self, run_id: str) -> float:
         stamp = self.files.stamp(self.files.join(run_id, "run.json"))
-        return stamp[0] / 1e9 if isinstance(stamp, tuple) else 0.0
+        when = stamp[0] if isinstance(stamp, tuple) else None
+        if isinstance(when, (int, float)):
+            return when / 1e9 if not self.files.fs else float(when)
+        timestamp = getattr(when, "timestamp", None)  # S3's LastModified is a datetime
+        return float(timestamp()) if callable(timestamp) else 0.0
 
     def rename(self, run_id: str, name: str) -> None:
         """Change a run's display name (its id, and so every link to it, stays the same)."""
