@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Thresholds:
 
     def with_overrides(self, pairs: list[str] | None) -> "Thresholds":
         """A copy with `name=value` pairs applied (as given on the command line); ValueError names a bad pair."""
-        changes: dict[str, float] = {}
+        changes: dict[str, Any] = {}  # floats, and ints for the whole-number thresholds
         for pair in pairs or []:
             name, sep, text = pair.partition("=")
             name = name.strip().replace("-", "_")
@@ -426,13 +427,17 @@ def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
     broken = series.nonfinite | (series.nonfinite_grad.sum(axis=1) > 0)
     if broken.any() or series.nan_epoch is not None:
         position = int(np.argmax(broken)) if broken.any() else len(series.epochs) - 1
-        epoch = series.epochs[position] if broken.any() else int(series.nan_epoch)
+        if broken.any():
+            epoch = series.epochs[position]
+        else:
+            assert series.nan_epoch is not None  # nothing non-finite was captured, so training recorded a NaN epoch
+            epoch = int(series.nan_epoch)
         if series.nan_epoch is not None:
             epoch = min(epoch, int(series.nan_epoch))
         counts = series.nonfinite_grad[position]
         layer = int(np.argmax(counts > 0)) if (counts > 0).any() else (series.kernel_layers or [0])[0]
         finite_before = series.loss[:position][np.isfinite(series.loss[:position])]
-        evidence = {
+        evidence: dict[str, Any] = {
             "nan_epoch": series.nan_epoch, "first_nonfinite_snapshot": series.epochs[position] if broken.any() else None,
             "nonfinite_gradient_entries": {series.names[i]: int(c) for i, c in enumerate(counts) if c > 0},
             "last_finite_loss": float(finite_before[-1]) if finite_before.size else None,

@@ -10,7 +10,7 @@ from core.settings import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, dataclass_field
 
 
 @dataclass
-class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_settings()))):
+class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_settings()))):  # type: ignore[misc]
     """Architecture and training settings of the MLP; `validate()` checks them before any layer is built.
 
     Its fields (`hidden`, `activation`, `init`, `optimizer`, `lr`, `l2`, `dropout`, `batch_norm`, `seed`) and their

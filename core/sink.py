@@ -34,6 +34,20 @@ class RunSink:
         self.strict = strict  # raise instead of warning (a recovery, where no training goes on)
         self._warned = False
 
+    @property
+    def _writer(self) -> RunWriter:
+        """The run's writer; a message before `attach` fails with AttributeError (and warns, unless strict)."""
+        if self.writer is None:
+            raise AttributeError("no run attached: the recorder sends `attach` first")
+        return self.writer
+
+    @property
+    def _builder(self) -> SnapshotBuilder:
+        """The snapshot builder; a message before `attach` fails with AttributeError (and warns, unless strict)."""
+        if self.builder is None:
+            raise AttributeError("no run attached: the recorder sends `attach` first")
+        return self.builder
+
     def handle(self, message: tuple) -> None:
         kind, payload = message
         try:
@@ -61,28 +75,28 @@ class RunSink:
     def _on_probe(self, arrays: dict, x: np.ndarray, components: int, seed: int) -> None:
         flat = x.reshape(len(x), -1).astype(np.float32)
         baseline = analysis.pca(flat, k=components, seed=seed)
-        self.writer.write_probe({**arrays, "input/pca": baseline.coords.astype(np.float32)})
+        self._writer.write_probe({**arrays, "input/pca": baseline.coords.astype(np.float32)})
         summary = {"explained_variance_ratio": np.asarray(baseline.explained_variance_ratio).tolist()}
-        labels = self.builder.labels
+        labels = self._builder.labels
         if labels is not None:
             summary["linear_probe"] = analysis.linear_probe_accuracy(flat, labels, seed=seed)
             summary["separation"] = analysis.class_separation(baseline.coords, labels, seed=seed)
-        self.writer.update_meta(input=summary)
+        self._writer.update_meta(input=summary)
 
     def _on_snapshot(self, seq: int, raw: RawCapture) -> None:
-        meta, arrays = self.builder.build(raw)
-        self.writer.write_snapshot(seq, meta, arrays)
-        self.writer.update_meta(snapshots=seq + 1)
+        meta, arrays = self._builder.build(raw)
+        self._writer.write_snapshot(seq, meta, arrays)
+        self._writer.update_meta(snapshots=seq + 1)
 
     def _on_batch_gradients(self, epoch: int, steps: np.ndarray, norms: np.ndarray) -> None:
-        self.writer.write_batch_gradients(epoch, steps, norms)
+        self._writer.write_batch_gradients(epoch, steps, norms)
 
     def _on_epoch(self, epoch: int, history: dict, nan_epoch: int | None) -> None:
-        self.writer.write_history(history)
-        self.writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)
+        self._writer.write_history(history)
+        self._writer.update_meta(epochs_done=epoch, nan_epoch=nan_epoch)
 
     def _on_end(self, status: str, fields: dict) -> None:
-        self.writer.set_status(status, **fields)
+        self._writer.set_status(status, **fields)
 
 
 def write_frame(stream, message: tuple) -> None:

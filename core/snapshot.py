@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,8 @@ class SnapshotBuilder:
             "epoch": raw.epoch,
             "step": raw.step,
             "batch": raw.batch,
-            "logs": {k: float(v) for k, v in raw.logs.items() if np.isscalar(v)},
+            # numpy's isscalar guard also admits str, bytes and complex, which float() is not typed for
+            "logs": {k: float(v) for k, v in raw.logs.items() if np.isscalar(v)},  # type: ignore[arg-type]
             "probe_loss": raw.loss,
             "probe_model_accuracy": self._model_accuracy(predictions),
             "layers": layers,
@@ -186,7 +188,7 @@ class SnapshotBuilder:
             plane = analysis_features(raw.plane_outputs[index])[0]
             arrays[prefix + "plane_pca"] = ((plane - aligned.mean) @ aligned.components.T).astype(np.float32)
             arrays[prefix + "plane_units"] = _unit_matrix(raw.plane_outputs[index]).astype(np.float16)
-        record = {
+        record: dict[str, Any] = {
             "pca": {
                 "explained_variance_ratio": np.asarray(aligned.explained_variance_ratio).tolist(),
                 "order": np.asarray(order).tolist(),
@@ -282,7 +284,7 @@ def analysis_features(output: np.ndarray, limit: int = MAX_FEATURES) -> tuple[np
     grid = list(positions)
     while math.prod(grid) * channels > limit and max(grid) > 1:
         grid = [max(1, cells // 2) for cells in grid]
-    pooled = np.asarray(output, np.float32)
+    pooled: np.ndarray = np.asarray(output, np.float32)  # the averages below are float64
     for axis, (size, cells) in enumerate(zip(positions, grid), start=1):
         edges = np.linspace(0, size, cells + 1).round().astype(np.int64)
         shape = [1] * pooled.ndim

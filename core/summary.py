@@ -67,7 +67,7 @@ def _probe_accuracy(run: Run, snapshots, layer_names: list[str]) -> dict:
     }
 
 
-def _get(record: dict, *path: str):
+def _get(record: dict, *path: str | None):  # a None key (a layer without a kernel) is never found
     for key in path:
         if not isinstance(record, dict) or key not in record:
             return None

@@ -13,7 +13,7 @@ from core.settings import dataclass_fields, model_settings, spec_settings
 
 
 @dataclass
-class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_settings()))):
+class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_settings()))):  # type: ignore[misc]
     """Everything that defines a training run; stored whole in the run's config, so a run can be repeated.
 
     One field per `python -m core train` flag, with the defaults, types and help declared in `core.settings`.

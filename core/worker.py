@@ -159,13 +159,13 @@ class _QueuedWorker:
             if message is _FINISH:
                 finished, last = True, extra
                 if last is not None:  # a recovery sets the status training ended with
-                    last_entry = self._journaled(lambda: self.journal.append(*last))
+                    last_entry = self._journaled(lambda journal: journal.append(*last))
             elif callable(message):
-                entry = self._journaled(lambda: self.journal.append(*extra())) if extra is not None else None
+                entry = self._journaled(lambda journal: journal.append(*extra())) if extra is not None else None
                 work.append((message, nbytes, entry))
                 self.deferred_bytes += nbytes
             else:
-                messages.append((message, self._journaled(lambda: self.journal.append(*message))))
+                messages.append((message, self._journaled(lambda journal: journal.append(*message))))
 
         try:
             while messages or work or not finished:
@@ -204,18 +204,18 @@ class _QueuedWorker:
             self._held = 0
             self._stop()
             if self._delivered_last and self._complete():
-                self._journaled(lambda: self.journal.close())
+                self._journaled(lambda journal: journal.close())
                 self.journal = None
             _UNFINISHED.discard(self)
 
-    def _journaled(self, operation: Callable[[], str | None]) -> str | None:
+    def _journaled(self, operation: Callable[[Journal], str | None]) -> str | None:
         """Run one journal operation. A failure (a full disk) ends journaling for this run with a warning: the
         run is still recorded, but a kill of the training process would lose what is not written yet."""
         if self.journal is None:
             return None
         start = time.thread_time()
         try:
-            return operation()
+            return operation(self.journal)
         except Exception as error:
             journal, self.journal = self.journal, None
             warnings.warn(f"Strata could not write its recovery journal ({type(error).__name__}: {error}). The run is "
@@ -232,7 +232,7 @@ class _QueuedWorker:
     def _written(self, entry: str | None) -> None:
         """What journal `entry` stands for is in the run for good."""
         if entry is not None:
-            self._journaled(lambda: self.journal.done(entry))
+            self._journaled(lambda journal: journal.done(entry))
 
     def _complete(self) -> bool:
         """Whether everything delivered was written (the journal then goes)."""
@@ -337,6 +337,7 @@ class ProcessWorker(_QueuedWorker):
             warnings.warn(f"Strata could not start its recording process ({error}); recording in a thread instead.", RuntimeWarning, stacklevel=1)
             self._fallback = RunSink()
             return
+        assert self._process.stdout is not None  # started with stdout=PIPE
         os.set_blocking(self._process.stdout.fileno(), False)
         # Counted until the child reports its own CPU time, which includes its start-up.
         self.pacer.spend(SPAWN_SECONDS)
@@ -351,6 +352,7 @@ class ProcessWorker(_QueuedWorker):
             return
         if self._broken:
             return
+        assert self._process is not None  # ready, and no fallback: the child was started
         try:
             write_frame(self._process.stdin, message)
             self._in_flight.append(entry)  # written once the child reports it handled this message
@@ -361,6 +363,7 @@ class ProcessWorker(_QueuedWorker):
     def _account(self) -> None:
         if self._process is None:
             return
+        assert self._process.stdout is not None  # started with stdout=PIPE
         try:
             self._reports += os.read(self._process.stdout.fileno(), 1 << 16)
         except (BlockingIOError, OSError, ValueError):
@@ -378,6 +381,7 @@ class ProcessWorker(_QueuedWorker):
     def _stop(self) -> None:
         if self._process is None:
             return
+        assert self._process.stdin is not None and self._process.stdout is not None  # started with both pipes
         try:
             self._process.stdin.close()
         except OSError:

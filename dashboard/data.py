@@ -100,7 +100,9 @@ def timeline(run: Run) -> tuple[list[Snapshot], list[float]]:
 
 def scree_inputs(run: Run, snapshot: Snapshot) -> tuple[list[str], list, list]:
     """(names, explained variance ratios, components for 90%) for the input and every layer."""
-    names, variances, n90 = [], [], []
+    names: list[str] = []
+    variances: list[list | None] = []
+    n90: list[int | None] = []
     base = run.meta.get("input", {}).get("explained_variance_ratio")
     if base is not None:
         names.append("input")

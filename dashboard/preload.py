@@ -16,7 +16,9 @@ the component under its expected name just gets no preload. bench/README.md has 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit
 
@@ -53,7 +55,7 @@ class PreloadPlotly:
         chunk = chunk or find()
         self.tags = preload_tags(chunk) if chunk else None
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:  # an ASGI app
         if self.tags is None or scope["type"] != "http" or scope.get("method") != "GET":
             await self.app(scope, receive, send)
             return
@@ -81,6 +83,7 @@ class PreloadPlotly:
         await self.app(scope, receive, rewrite)
 
     async def _send_page(self, head: dict, content: bytes, zipped: bool, send) -> None:
+        assert self.tags is not None  # `__call__` hands pages here only when there are tags to add
         html = gzip.decompress(content) if zipped else content
         changed = with_tags(html, self.tags)
         if changed is not None:

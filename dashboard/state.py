@@ -125,10 +125,11 @@ def parse_rows(values: list[str]) -> tuple[int, ...]:
 
 def format_rows(rows: tuple[int, ...]) -> str:
     """The inverse of `parse_rows`, with runs of consecutive rows written as ranges: (1, 2, 3, 7) -> "1-3,7"."""
-    parts, rows = [], sorted(set(rows))
-    start = previous = None
-    for row in rows + [None]:
-        if start is not None and row == previous + 1:
+    parts: list[str] = []
+    start: int | None = None
+    previous: int | None = None  # set together with start
+    for row in [*sorted(set(rows)), None]:
+        if start is not None and previous is not None and row == previous + 1:
             previous = row
             continue
         if start is not None:
@@ -240,7 +241,8 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
         notices.append(f"Run {facts.id} has no layer `{state.layer}`; showing `{first}` instead.")
         changes["layer"] = None
     if state.epoch is not None and facts.epochs and state.epoch not in facts.epochs:
-        nearest = min(facts.epochs, key=lambda e: (abs(e - state.epoch), e))
+        wanted = state.epoch
+        nearest = min(facts.epochs, key=lambda e: (abs(e - wanted), e))
         notices.append(
             f"Run {facts.id} has no snapshot at epoch {state.epoch} "
             f"(it has {facts.epochs[0]}–{facts.epochs[-1]}); showing epoch {nearest}."

@@ -47,7 +47,8 @@ def synthetic_run(
     history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     for epoch in range(snapshots):
         progress = epoch / max(1, snapshots - 1)
-        arrays, records = {}, []
+        arrays: dict[str, np.ndarray] = {}
+        records: list[dict] = []
         for index in range(layers):
             separation = (0.2 + 0.8 * (index + 1) / layers) * (0.1 + 0.9 * progress)  # deeper and later: apart
             arrays[f"L{index}/pca"] = (noise + separation * centres[labels]).astype(np.float32)

@@ -14,7 +14,9 @@ import base64
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -97,7 +99,7 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
     if probs is not None and probs.ndim == 2 and probs.shape[1] == 1 and not (mode == "label" and labels is not None):
         return _value_coloring(probs[:, 0])
     predicted = None if probs is None else np.argmax(probs, axis=1)
-    if predicted is not None and len(names) < probs.shape[1]:
+    if probs is not None and len(names) < probs.shape[1]:  # probs is not None exactly when predicted is not None
         names = names + tuple(str(i) for i in range(len(names), probs.shape[1]))
     if labels is not None and len(names) <= int(labels.max(initial=0)):
         names = names + tuple(str(i) for i in range(len(names), int(labels.max()) + 1))
@@ -105,7 +107,7 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
         return Coloring(labels.astype(np.int16), names, "true label")
     if mode == "confidence" and probs is not None:
         return Coloring(np.max(probs, axis=1).astype(np.float32), (), "confidence")
-    if mode == "correct" and labels is not None:
+    if mode == "correct" and labels is not None and predicted is not None:  # with labels, predicted is set here
         return Coloring((predicted != labels).astype(np.int16), ("correct", "wrong"), "prediction")
     if mode == "label" and labels is not None:
         return Coloring(labels.astype(np.int16), names, "true label")
@@ -172,7 +174,7 @@ def figure(data: list[dict], layout: dict, frames: list[dict] | None = None) -> 
 
 def _styled(layout: dict) -> dict:
     """`layout` in the dashboard's chart style; what the layout sets itself wins."""
-    styled = dict(font=FONT, paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
+    styled: dict[str, Any] = dict(font=FONT, paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
                   hoverlabel=dict(bgcolor="#ffffff", bordercolor="rgba(31, 36, 48, 0.2)", font=dict(FONT, color=INK)))
     styled.update(layout)
     legend = styled.get("legend")
@@ -187,8 +189,8 @@ def _styled(layout: dict) -> dict:
     scene = styled.get("scene")
     if isinstance(scene, dict):
         styled["scene"] = {k: ({**AXIS_STYLE, **v} if k.endswith("axis") and isinstance(v, dict) else v) for k, v in scene.items()}
-        for axis in ("xaxis", "yaxis", "zaxis"):
-            styled["scene"].get(axis, {}).pop("automargin", None)
+        for axis_name in ("xaxis", "yaxis", "zaxis"):
+            styled["scene"].get(axis_name, {}).pop("automargin", None)
     return styled
 
 
@@ -319,7 +321,7 @@ def _moved(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colorin
     each category trace draws."""
     traces = []
     for category, members in _groups(color, rows):
-        trace = dict(type=kind)
+        trace: dict[str, Any] = dict(type=kind)
         if recolour:
             trace["customdata"] = typed(members)
             if category is None:
@@ -411,7 +413,7 @@ class Frame:
         return self.label or str(self.epoch)
 
 
-def frame_subset(epochs: list[int], chosen: int | None, limit: int = MAX_FRAMES) -> list[int]:
+def frame_subset(epochs: Sequence[float], chosen: int | None, limit: int = MAX_FRAMES) -> list[int]:
     """Positions of at most `limit` epochs spread evenly over `epochs`, always including the first, the last and
     `chosen`."""
     if len(epochs) <= limit:
@@ -598,7 +600,7 @@ def sample_table(rows, labels, probs, class_names, features=None, feature_names=
     name = lambda i: names[i] if 0 <= i < len(names) else str(i)  # noqa: E731
     table = []
     for row in list(rows)[:limit]:
-        entry = {"row": int(row)}
+        entry: dict[str, Any] = {"row": int(row)}
         if labels is not None:
             entry["label"] = name(int(labels[row]))
         if probs is not None and probs.shape[1] == 1:  # one value per sample: a regression's prediction

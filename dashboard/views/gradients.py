@@ -479,10 +479,11 @@ def unit_states(snapshot: Snapshot, layers: list[str]) -> np.ndarray:
     rows = []
     for index in range(hidden):
         dead, saturated = snapshot.array(f"L{index}/dead_units"), snapshot.array(f"L{index}/saturated_units")
-        if dead is None and saturated is None:
+        present = dead if dead is not None else saturated
+        if present is None:  # neither array was recorded
             rows.append(np.zeros(0))
             continue
-        state = np.zeros(len(dead if dead is not None else saturated))
+        state = np.zeros(len(present))
         if saturated is not None:
             state[saturated.astype(bool)] = 2
         if dead is not None:

@@ -7,6 +7,7 @@ same in every line chart. Grids of units and images are heatmap small multiples 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -445,7 +446,7 @@ def bent_plane_figure(panels: list[tuple[str, np.ndarray]], plane_probs: np.ndar
         line_x, line_y = mesh_lines(coords[:, :2], side)
         figure.add_trace(go.Scatter(x=line_x, y=line_y, mode="lines", line=dict(color="rgba(120, 120, 120, 0.45)", width=0.7), hoverinfo="skip",
                                     showlegend=False), row=row, col=col)
-        marker = dict(size=3.5)
+        marker: dict[str, Any] = dict(size=3.5)
         if decision is not None:
             if decision.shape[1] == 1:
                 marker.update(color=decision[:, 0], colorscale="Viridis")
@@ -455,9 +456,11 @@ def bent_plane_figure(panels: list[tuple[str, np.ndarray]], plane_probs: np.ndar
                 marker.update(color=[PALETTE[c % len(PALETTE)] for c in decision.argmax(axis=1)])
         figure.add_trace(go.Scatter(x=coords[:, 0], y=coords[:, 1], mode="markers", marker=marker, showlegend=False,
                                     hovertemplate=f"{name}<br>grid point %{{pointNumber}}<extra></extra>"), row=row, col=col)
-        titles = ("x1", "x2") if raw_first and index == 0 else axis_titles
-        figure.update_xaxes(visible=True, showticklabels=False, title_text=titles[0], title_font_size=10, row=row, col=col)
-        figure.update_yaxes(visible=True, showticklabels=False, title_text=titles[1], title_font_size=10, row=row, col=col)
+        names = ("x1", "x2") if raw_first and index == 0 else axis_titles
+        figure.update_xaxes(visible=True, showticklabels=False, title_text=names[0], title_font_size=10,
+                            row=row, col=col)
+        figure.update_yaxes(visible=True, showticklabels=False, title_text=names[1], title_font_size=10,
+                            row=row, col=col)
         if name == chosen:
             _outline(figure, index)
     figure.update_annotations(font_size=12)
