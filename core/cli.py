@@ -1,4 +1,5 @@
-"""The `python -m core` command line: train a built-in model, list runs, show one as JSON, diagnose one, recover one.
+"""The `python -m core` command line: train a built-in model, list runs, show one as JSON, diagnose one, recover one,
+import a run zip.
 
 Only `train` and `recover` import TensorFlow; the read commands use the numpy-only store reader.
 """
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                          help="import this module first, e.g. the one that registers the model's custom layers (repeatable)")
     recover.set_defaults(handler=_recover)
+
+    imports = commands.add_parser("import", help="add a run from a zip archive (a run downloaded from the dashboard) "
+                                  "under a new id; prints the id")
+    imports.add_argument("zip", help="the run's zip archive")
+    imports.add_argument("--runs", default="runs")
+    imports.add_argument("--name", help="display name of the imported run (default: the name it had)")
+    imports.set_defaults(handler=_import)
 
     diagnose = commands.add_parser("diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any")
     diagnose.add_argument("run")
@@ -163,6 +171,12 @@ def _recover(args: argparse.Namespace) -> int:
         except ImportError as error:
             raise ValueError(f"--import {module}: {error}") from None
     return recover(args.runs, args.run)
+
+
+def _import(args: argparse.Namespace) -> int:
+    with open(args.zip, "rb") as archive:
+        print(RunStore(args.runs).import_zip(archive, name=args.name))
+    return 0
 
 
 def _diagnose(args: argparse.Namespace) -> int:

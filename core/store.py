@@ -243,6 +243,20 @@ class _Files:
             raise
         _fsync_directory(directory)
 
+    def write_from(self, path: str, chunks) -> None:
+        """Write a new file at `path` from an iterable of byte strings, without holding it whole. Not atomic: for
+        files in a folder that no reader looks at yet (an import's temporary folder)."""
+        if self.fs:
+            with self.fs.open(path, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+            return
+        with open(path, "xb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+
     def remove(self, path: str) -> None:
         """Delete one file; a file that is already gone is fine."""
         try:
@@ -259,10 +273,16 @@ class _Files:
             shutil.rmtree(path)
 
     def rename(self, source: str, target: str) -> None:
-        if self.fs:
-            self.fs.mv(source, target, recursive=True)
-        else:
+        """Move a folder to a new name (atomic on local disk). An object store has no folders: each file moves on
+        its own (s3fs's recursive move also tries to copy the folders' own names, which are no objects)."""
+        if not self.fs:
             os.replace(source, target)
+            return
+        self._fresh(source)
+        for path in self.fs.find(source):
+            self.fs.mv(path, target + path[len(source):])
+        if self.fs.exists(source):  # a file system with folders of its own (memory://) keeps the empty one
+            self.remove_tree(source)
 
 
 def _ignore_errors(function, *args) -> None:
@@ -935,6 +955,14 @@ class RunStore:
             archive_file = os.fdopen(os.dup(spool.fileno()), "rb", buffering=0)  # outlives `spool`: a raw FileIO
         archive_file.seek(0)
         return archive_file
+
+    def import_zip(self, archive, name: str | None = None, limits=None) -> str:
+        """Unpack a run zip (a seekable binary file, such as `zip_file` serves) into this store under a new run id,
+        and return the id. StoreError, leaving nothing behind, for an archive that is not a valid run or could harm
+        the store (paths out of the run, links, zip bombs, files that are not the run format's): see `core.archive`."""
+        from core.archive import ImportLimits, import_run
+
+        return import_run(self.files, archive, name, limits or ImportLimits())
 
     def zip_bytes(self, run_id: str) -> bytes:
         """The whole run folder as a zip archive (see `zip_file`, which does not hold it in memory)."""
