@@ -86,8 +86,7 @@ class SnapshotBuilder:
             "epoch": raw.epoch,
             "step": raw.step,
             "batch": raw.batch,
-            # numpy's isscalar guard also admits str, bytes and complex, which float() is not typed for
-            "logs": {k: float(v) for k, v in raw.logs.items() if np.isscalar(v)},  # type: ignore[arg-type]
+            "logs": _numeric_logs(raw.logs),
             "probe_loss": raw.loss,
             "probe_model_accuracy": self._model_accuracy(predictions),
             "layers": layers,
@@ -248,6 +247,19 @@ class SnapshotBuilder:
         units = np.ascontiguousarray(_unit_matrix(output)[:, :MAX_UNITS_RANKED].T)  # (units, n), rows contiguous
         top, bottom = _extreme_rows(units, TOP_SAMPLES)
         return {prefix + "unit_top": top, prefix + "unit_bottom": bottom}
+
+
+def _numeric_logs(logs: dict) -> dict[str, float]:
+    """The real numbers among Keras's logs: a callback may add text or arrays, which only lose themselves."""
+    kept = {}
+    for key, value in logs.items():
+        if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__float__") or np.ndim(value) != 0:
+            continue
+        try:
+            kept[str(key)] = float(value)  # numbers, numpy scalars and 0-d arrays, tensors that hold one number
+        except (TypeError, ValueError):
+            continue
+    return kept
 
 
 def _extreme_rows(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
