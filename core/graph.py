@@ -226,21 +226,25 @@ def _single_float_output(layer) -> bool:
     return "float" in str(layer.output.dtype)
 
 
-def forward_recording(model: keras.Model, inputs, outputs: dict, training: bool = False):
+def forward_recording(model: keras.Model, inputs, outputs: dict, training: bool = False, added: dict | None = None):
     """Run `model` on `inputs` in inference mode (or training mode: `training`); store each layer's output in
-    `outputs[id(layer)]`.
+    `outputs[id(layer)]`. `added` {id(layer): tensor} is added to those layers' outputs before they go on: zeros
+    change no value, and the gradient with respect to one is the gradient reaching that layer's output.
 
-    Meant to be traced once inside a `tf.function`: the Python walk over layers happens at trace time only.
+    Meant to be traced once inside a compiled function (`tf.function`, `jax.jit`): the Python walk over layers
+    happens at trace time only.
     """
     graph = _graph_of(model)
 
     def recording(operation):
         if isinstance(operation, (keras.Sequential, Functional)):
-            return lambda *args, **kwargs: forward_recording(operation, args[0], outputs, training)
+            return lambda *args, **kwargs: forward_recording(operation, args[0], outputs, training, added)
         call = operation_fn(operation, training=training)
 
         def call_and_record(*args, **kwargs):
             result = call(*args, **kwargs)
+            if added is not None and id(operation) in added:
+                result = result + added[id(operation)]
             outputs[id(operation)] = result
             return result
 

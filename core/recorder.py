@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import math
 import os
 import sys
@@ -14,18 +13,18 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from core.datasets import stratified_subset
-from core.graph import (
-    RecordedLayer,
-    check_selection,
-    forward_recording,
-    recorded_layers,
-    select_layers,
-    trains_differently,
-)
+from core.graph import RecordedLayer, check_selection, recorded_layers, select_layers
 from core.journal import Journal
+from core.probe_pass import (
+    GRAD_PROBE_SIZE,
+    backend_passes,
+    check_backend,
+    gradient_rows,  # noqa: F401  (where the recorder's tests and tools have read it)
+    model_variables,
+    weight_positions,
+)
 from core.settings import RECORDER_DEFAULTS
 from core.snapshot import RawCapture
 from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
@@ -33,26 +32,7 @@ from core.worker import TRAINING, start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
-GRAD_PROBE_SIZE = 256  # probe samples the per-batch gradient norms are measured on: a stable norm, still cheap
 DEFAULT_BUDGET = RECORDER_DEFAULTS["budget"]  # share of training's wall time; why it differs from the CLI's: core/settings.py
-
-
-class _OwnTracesAreExpected(logging.Filter):
-    """Drops TensorFlow's "triggered tf.function retracing" warning about this module's compiled passes.
-
-    TensorFlow counts traces per function body, not per function: every Recorder traces its own probe pass
-    once, so the fifth `fit` recorded in one process (a notebook, a sweep) drew a warning that blamed
-    excessive retracing on Strata. Retracing warnings about anything else still pass.
-    """
-
-    OWN = ("_capture_function.<locals>.capture", "_gradient_norm_function.<locals>.gradient_norms")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "triggered tf.function retracing" not in message or not any(name in message for name in self.OWN)
-
-
-logging.getLogger("tensorflow").addFilter(_OwnTracesAreExpected())
 
 
 class Recorder(keras.callbacks.Callback):
@@ -150,6 +130,7 @@ class Recorder(keras.callbacks.Callback):
         layers: str | list | None = RECORDER_DEFAULTS["layers"],
     ):
         super().__init__()
+        check_backend()  # Keras's backend is fixed at its import: an unsupported one is refused before any fit
         check_selection(layers)
         _require_int("every", every, minimum=1)
         _require_int("probe_size", probe_size, minimum=10)
@@ -259,7 +240,7 @@ class Recorder(keras.callbacks.Callback):
         captures = ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
                     or bool(getattr(self.model, "stop_training", False)))
         # Read the weights before any message wakes the worker's thread, which would contend for the GIL.
-        state = _read_state(self._variables) if captures else None
+        state = _read_state(self.model, self._variables) if captures else None
         self._log_epoch(epoch + 1, logs or {})
         self._send_batch_gradients(epoch + 1)
         if captures:
@@ -295,14 +276,14 @@ class Recorder(keras.callbacks.Callback):
         self._layers = layers
         self._fit_probe_to_memory(layers)
         self._variables = _model_variables(model)
-        self._state_bytes = sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in self._variables)
+        self._state_bytes = sum(math.prod(v.shape) * backend_passes().dtype_size(v.dtype) for v in self._variables)
         self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
         self._grid = self._plane_grid() if self._plane else None
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._grid)
         if self.grad_every and self._y_for_loss is not None:
             rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
             self._grad_norm_fn = _gradient_norm_function(model, layers, self._variables)
-            self._grad_inputs = (tf.constant(self._x[rows]), tf.constant(self._y_for_loss[rows]))
+            self._grad_inputs = _probe_tensors(self._x[rows], self._y_for_loss[rows], None)[:2]
         if not self._create_run(layers):
             return
         self._worker = start_worker(self.log_dir, self.analysis, self.budget, self._open_journal())
@@ -447,12 +428,12 @@ class Recorder(keras.callbacks.Callback):
 
     def _capture(self, kind: str, epoch: int, batch: int | None = None, logs=None, state: list | None = None) -> None:
         """Queue a probe pass on `state`, the weights as they are now (read here unless given). The pass runs on
-        the worker's thread while training goes on: TensorFlow copies a variable on its next update while a
-        read of it is alive, so `state` keeps this moment's values."""
+        the worker's thread while training goes on: the read keeps this moment's values (TensorFlow copies a
+        variable on its next update while a read of it is alive; on JAX the read is a copy)."""
         if not self._active:
             return
         if state is None:
-            state = _read_state(self._variables)
+            state = _read_state(self.model, self._variables)
         if kind == "epoch":
             self._last_captured_epoch = epoch
         step = self._steps if self._counts_batches else self._optimizer_steps(epoch)
@@ -491,7 +472,7 @@ class Recorder(keras.callbacks.Callback):
     def _measure_gradient_norms(self, step: int) -> None:
         """Queue a gradient-norm pass on the weights as they are now; like the probe pass, it runs on the worker's
         thread, so the training thread only reads the weights."""
-        state = _read_state(self._variables)
+        state = _read_state(self.model, self._variables)
         self._worker.submit(lambda: self._gradient_norms_on(step, state), self._state_bytes)
 
     def _gradient_norms_on(self, step: int, state: list) -> None:
@@ -499,7 +480,7 @@ class Recorder(keras.callbacks.Callback):
         if self._grad_norm_fn is None:
             return None
         try:
-            self._batch_gradients.append((step, self._grad_norm_fn(*self._grad_inputs, state).numpy()))
+            self._batch_gradients.append((step, np.asarray(self._grad_norm_fn(*self._grad_inputs, state))))
         except Exception as error:  # an optional extra: stop measuring, never stop training
             self._grad_norm_fn = None
             warnings.warn(f"Strata stopped measuring per-batch gradient norms ({type(error).__name__}: {error}); "
@@ -603,149 +584,41 @@ def _selection_text(selection) -> str:
     return ", ".join(item.__name__ if isinstance(item, type) else str(item) for item in selection)
 
 
-def _model_variables(model: keras.Model) -> list:
-    """Every variable the forward pass reads (weights, and state such as batch-norm statistics), once each."""
-    return list({id(v): v for v in [*model.trainable_variables, *model.non_trainable_variables]}.values())
-
-
-def _read_state(variables: list) -> list:
-    """The current value of every variable, as tensors that keep that value: TensorFlow copies a variable's
-    buffer on its next update while a read of it is still alive. Eager reads cost ~20 µs a variable, less than
-    tracing a function to batch them would take back over a run."""
-    return [tf.convert_to_tensor(v) for v in variables]
-
-
-def _weight_positions(layers: list[RecordedLayer], variables: list) -> list[list[int]]:
-    """Per layer, the positions of its trainable weights in `variables` (and so in a state read from them)."""
-    position = {id(v): i for i, v in enumerate(variables)}
-    return [[position[id(v)] for v in layer.layer.trainable_weights] for layer in layers]
-
-
-# The probe pass runs in chunks of samples whose activations (every layer's output, float32) take at most this, so
-# it never holds a whole large probe's activations at once; a small model's whole probe is one chunk, one call.
-CHUNK_BYTES = 64 * 2**20
-# A model that trains differently (batch normalization, dropout) takes its training-mode gradients in chunks of
-# this many samples, Keras's default batch: batch statistics over a chunk are what its training steps see.
-GRADIENT_CHUNK = 32
 # The recorded layers' outputs on the whole probe cross to the analysis at each snapshot: a deep image model's can
 # take megabytes a sample (MobileNetV2's 18 default layers at 96x96: 1.7 MB), so the probe keeps at most as many
 # samples as fit in this, and never fewer than MIN_PROBE.
 PROBE_OUTPUT_BYTES = 512 * 2**20
 MIN_PROBE = 100
 
-
-def gradient_rows(count: int) -> np.ndarray:
-    """The probe rows gradients are measured on: at most `GRAD_PROBE_SIZE`, evenly spread over the probe (itself a
-    stratified sample), so every class stays in. Gradient statistics are norms and histograms: 256 samples give them
-    to a few percent, while a backward pass over a 2,000-sample probe of a deep network cost more than an epoch."""
-    return np.unique(np.linspace(0, count - 1, min(count, GRAD_PROBE_SIZE)).round().astype(np.int64))
-
-
-class _ProbePass:
-    """The probe pass of one model: every recorded layer's output, the predictions and the probe loss in inference
-    mode, and the gradients of the loss, on `state` (values of `variables` read earlier, never the live variables,
-    so it runs beside training while the optimizer moves on).
-
-    Gradients are taken the way training takes them, on `gradient_rows`: a model with batch normalization, dropout
-    or noise runs its gradient steps in training mode, in chunks of `GRADIENT_CHUNK` samples (batch statistics of
-    each chunk, dropout on), on a stateless pass that leaves moving statistics and weights alone; other models in
-    chunks sized by `CHUNK_BYTES`. The gradient of the mean loss is the size-weighted sum of the chunks'. Outputs,
-    predictions and the probe loss come from inference mode, as the model is used, in chunks sized by
-    `CHUNK_BYTES`, keeping only the recorded layers' outputs.
-    """
-
-    def __init__(self, model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
-        self.weights = _weight_positions(layers, variables)
-        self.with_loss, self.plane = with_loss, plane
-        training = trains_differently(model)
-        shapes = [layer.shape for layer in recorded_layers(model)]
-        per_sample = 4 * sum(math.prod(s) for s in shapes if s is not None and all(isinstance(d, int) for d in s)) or 1
-        self.output_chunk = max(16, CHUNK_BYTES // per_sample)
-        # A backward pass keeps about three times a forward pass's activations.
-        self.gradient_chunk = GRADIENT_CHUNK if training else max(16, CHUNK_BYTES // (3 * per_sample))
-
-        def forward(x, training=False):
-            outputs: dict = {}
-            predictions = forward_recording(model, x, outputs, training)
-            return predictions, [outputs[id(layer.layer)] for layer in layers]
-
-        # autograph=False: the functions have no tensor-dependent Python control flow, and skipping the source
-        # conversion cuts the one-off tracing cost several times over.
-        @tf.function(autograph=False, reduce_retracing=True)
-        def infer(x, y, state):
-            with keras.StatelessScope(state_mapping=list(zip(variables, state))):
-                predictions, outputs = forward(x)
-                total = (model.compute_loss(x=x, y=y, y_pred=predictions, training=False) * tf.cast(tf.shape(x)[0], tf.float32)
-                         if y is not None else None)
-            return predictions, outputs, total
-
-        @tf.function(autograph=False, reduce_retracing=True)
-        def gradients(x, y, state, share):
-            """(weight gradients, squared norms of the output gradients) of `share` x the chunk's mean loss."""
-            layer_weights = [[state[i] for i in group] for group in self.weights]
-            flat = [w for group in layer_weights for w in group]
-            with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape(persistent=True) as tape:
-                tape.watch(flat)
-                predictions, outputs = forward(x, training=training)
-                loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training) * share
-                # Keras computes a cross-entropy from the logits it caches on a softmax or sigmoid output, which
-                # leaves the output itself off the gradient path. The same loss on a plain copy of it measures
-                # the error signal that reaches the model's last layer.
-                plain_predictions = tf.identity(predictions)
-                output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=training) * share
-            weight_grads = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-            output_grads = tape.gradient(loss, outputs)
-            for index, output in enumerate(outputs):
-                if output_grads[index] is None:
-                    output_grads[index] = (tape.gradient(output_loss, plain_predictions) if output is predictions
-                                           else tf.zeros_like(output))
-            # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
-            # analysis process for one number apiece would double what every capture hands over.
-            return weight_grads, [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in output_grads]
-
-        self._infer, self._gradients = infer, gradients
-
-    def __call__(self, x, y, grid, state) -> dict:
-        count = int(x.shape[0])
-        step = self.output_chunk
-        chunks = [self._infer(x[i : i + step], None if y is None else y[i : i + step], state) for i in range(0, count, step)]
-        result = {
-            "predictions": _joined([c[0] for c in chunks]),
-            "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
-            "loss": sum(float(c[2]) for c in chunks) / count if self.with_loss else None,
-            "weights": [[state[i] for i in group] for group in self.weights],
-        }
-        if self.with_loss:
-            rows = tf.constant(gradient_rows(count))
-            gx, gy = tf.gather(x, rows), tf.gather(y, rows)
-            size = int(rows.shape[0])
-            weight_grads, squares = None, None
-            step = self.gradient_chunk
-            for start in range(0, size, step):
-                share = tf.constant(min(step, size - start) / size, tf.float32)
-                grads, norms = self._gradients(gx[start : start + step], gy[start : start + step], state, share)
-                weight_grads = grads if weight_grads is None else [a + b for a, b in zip(weight_grads, grads)]
-                squares = norms if squares is None else [a + b for a, b in zip(squares, norms)]
-            result["weight_grads"] = _regroup(weight_grads, result["weights"])
-            result["output_grad_norms"] = [tf.sqrt(s) for s in squares]
-        else:
-            result["weight_grads"] = [[] for _ in self.weights]
-            result["output_grad_norms"] = [None] * len(self.weights)
-        if self.plane:
-            plane = [self._infer(grid[i : i + self.output_chunk], None, state)
-                     for i in range(0, int(grid.shape[0]), self.output_chunk)]
-            result["plane_predictions"] = _joined([c[0] for c in plane])
-            result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
-        return result
-
-
-def _joined(chunks: list):
-    return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
+# The backend's own pieces (`core.probe_tf` or `core.probe_jax`), through these: `core.recover` runs the same pass.
+_model_variables = model_variables
+_weight_positions = weight_positions
 
 
 def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
-    """The probe pass of `model` (see `_ProbePass`), called as `capture(x, y, grid, state)`."""
-    return _ProbePass(model, layers, variables, with_loss, plane)
+    """The probe pass of `model` (`core.probe_pass.ProbePass`) on the current backend, called as
+    `capture(x, y, grid, state)`."""
+    return backend_passes().ProbePass(model, layers, variables, with_loss, plane)
+
+
+def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], variables: list):
+    """A compiled function `(x, y, state) -> (layers,)` norms of each layer's loss gradient over all its weights
+    (NaN for a layer without weights), on the current backend."""
+    return backend_passes().gradient_norm_function(model, layers, variables)
+
+
+def _read_state(model: keras.Model | None, variables: list) -> list:
+    """The current value of every variable, as tensors that keep that value while training goes on."""
+    return backend_passes().read_state(model, variables)
+
+
+def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None) -> tuple:
+    return tuple(backend_passes().constants([x, y, grid]))
+
+
+def _state_tensors(values: list[np.ndarray]) -> list:
+    """A state read back from numpy (a journaled capture), as the backend's tensors."""
+    return backend_passes().constants(values)
 
 
 def run_capture_pass(capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields) -> RawCapture:
@@ -772,56 +645,12 @@ def layer_weights(layers: list[RecordedLayer], values: list[list]) -> list[dict]
     return [dict(zip(_roles(layer), group)) for layer, group in zip(layers, values)]
 
 
-def _gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], variables: list):
-    """One tf.function returning a (layers,) vector: the L2 norm of each layer's loss gradient over all its
-    weights (NaN for layers without weights), on a fixed batch. Like the probe pass it runs on `state`, values
-    of `variables` read earlier, so it can run beside training. The per-layer loop runs at trace time only."""
-    weights = _weight_positions(layers, variables)
-    training = trains_differently(model)  # as in the probe pass: gradients the way training takes them
-
-    @tf.function(autograph=False, reduce_retracing=True)  # no tensor-dependent control flow, as in capture
-    def gradient_norms(x, y, state):
-        flat = [state[i] for group in weights for i in group]
-        with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape() as tape:
-            tape.watch(flat)
-            predictions = model(x, training=training)
-            loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training)
-        gradients = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-        squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients]
-        per_layer = [tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in _regroup(squares, weights)]
-        return tf.stack(per_layer)  # (layers,)
-
-    return gradient_norms
-
-
-def _dense(gradients: list) -> list:
-    """Gradients as dense tensors: an embedding table's arrives as IndexedSlices (only the rows looked up)."""
-    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
-
-
-def _regroup(flat: list, groups: list[list]) -> list[list]:
-    regrouped, start = [], 0
-    for group in groups:
-        regrouped.append(flat[start : start + len(group)])
-        start += len(group)
-    return regrouped
-
-
-def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None):
-    # Converted once: passing numpy each time would copy the probe into TensorFlow at every capture.
-    return (
-        tf.constant(x),
-        tf.constant(y) if y is not None else None,
-        tf.constant(grid) if grid is not None else None,
-    )
-
-
 def _to_numpy(value):
     if value is None or isinstance(value, (int, float)):
         return value
     if isinstance(value, (list, tuple)):
         return [_to_numpy(v) for v in value]
-    return value.numpy()
+    return np.asarray(value)
 
 
 def _loss_takes_logits(model: keras.Model) -> bool:
@@ -963,5 +792,5 @@ def _check_model_io(model: keras.Model, x: np.ndarray, y: np.ndarray | None) -> 
             f"The probe inputs do not fit the model: model `{model.name}` takes samples of shape {expected}, "
             f"the probe has samples of shape {received}. Pass probe inputs shaped like the training inputs."
         )
-    if y is not None and model.compiled_loss is None and getattr(model, "loss", None) is None:
+    if y is not None and getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
         raise ValueError("Compile the model with a loss before fit: Recorder measures gradients of that loss.")

@@ -5,7 +5,8 @@ worker journals each one in the run folder (`core.journal`). When the training p
 written (SIGKILL, the OOM killer, a power cut), this rebuilds the model from the journaled architecture and
 compiled loss, runs the probe pass on each journaled state, and writes the snapshots as the recording
 process would have, in order, with the epoch logs and the final status. Running it again after an
-interruption goes on where it stopped. This imports TensorFlow, so it runs as a process of its own.
+interruption goes on where it stopped. This imports Keras's backend (TensorFlow, or JAX with
+`KERAS_BACKEND=jax`), so it runs as a process of its own.
 """
 
 from __future__ import annotations
@@ -123,9 +124,7 @@ class _ProbePass:
         self._inputs = recorder._probe_tensors(setup["x"], y, grid)
 
     def run(self, capture: dict):
-        import tensorflow as tf
-
-        state = [tf.constant(value) for value in capture["state"]]
+        state = self._recorder._state_tensors(capture["state"])
         fields = {key: capture[key] for key in ("kind", "epoch", "step", "batch", "logs")}
         return self._recorder.run_capture_pass(self._fn, self._inputs, self.layers, state, **fields)
 
