@@ -228,3 +228,20 @@ def test_timeline_without_steps_per_epoch_keeps_only_epoch_ends(tmp_path):
         writer.write_snapshot(seq, {"kind": kind, "epoch": epoch, "step": step, "layers": [{}]}, {})
     snapshots, times = data.timeline(RunStore(str(tmp_path)).run("nosteps"))
     assert [s.seq for s in snapshots] == [0, 2] and times == [0.0, 1.0]
+
+
+def test_a_probe_without_labels_or_input_pca(tmp_path):
+    writer = RunWriter(str(tmp_path), "plain", {"name": "plain", "layers": [{"name": "a"}], "input": {}})
+    writer.write_probe({"indices": np.arange(3)})
+    writer.write_snapshot(
+        0,
+        {"kind": "epoch", "epoch": 0, "step": 0, "layers": [{}]},
+        {"L0/pca": np.zeros((3, 2), np.float32), "pred/probs": np.eye(3, dtype=np.float32)},
+    )
+    run = RunStore(str(tmp_path)).run("plain")
+    assert data.labels(run) is None and data.input_panel(run) is None
+    assert [p.name for p in data.strip_panels(run, run.snapshots()[0])] == ["a"]
+    frames, start = data.focus_frames(run, 0, "label", 99)  # no labels: coloured by prediction; no epoch 99
+    assert start == 0 and [f.epoch for f in frames] == [0]
+    np.testing.assert_array_equal(frames[0].color.values, [0, 1, 2])
+    assert frames[0].color.title == "predicted label"
