@@ -17,6 +17,9 @@
     context.damaged_runs()           # summaries of the runs that cannot be opened, each with its reason
     context.lost_notice(run)         # says which captured snapshots of the run cannot be read, and why
     context.jobs()                   # the JobManager every session shares (training runs in subprocesses)
+    context.access()                 # access.Access: this visitor's role ("none", "viewer", "editor") and why
+    context.can_edit()               # True when this visitor may train, cancel, recover, rename and delete
+    context.may_edit("delete runs")  # the same, saying why not: call it in every action that changes runs
     context.add_notice("...")        # shown at the top of the page; notices explain what a link could not show
 
 Every view setting lives in the URL: sidebar widgets use `bind="query-params"` with the parameter name as
@@ -35,6 +38,7 @@ folder of that name as scripts of their own).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from typing import Callable
 
@@ -42,6 +46,7 @@ import streamlit as st
 
 from core.store import Run, RunStore, RunSummary, Snapshot, StoreError
 from dashboard import state as schema
+from dashboard.access import NONE, Access, Roles, decide, is_local, sign_in_problems, verified_email
 from dashboard.jobs import JobManager, JobLimits
 from dashboard.views.runs import skipped_lines
 from dashboard.views.text import plain
@@ -79,6 +84,67 @@ def _jobs(root: str, limits: JobLimits) -> JobManager:
 def jobs() -> JobManager:
     """The one JobManager of this server process: two viewers of a run see the same job."""
     return _jobs(runs_root(), JobLimits.from_env())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Who may do what (the rule is dashboard/access.py's)
+
+
+def _secret_table(name: str) -> dict | None:
+    """A table of `.streamlit/secrets.toml` as plain dicts; None without a secrets file or such a table."""
+    if not st.secrets.load_if_toml_exists():  # also False for a file that does not parse: no sign-in, no roles
+        return None
+    value = st.secrets.get(name)
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def sign_in_settings() -> dict | None:
+    """The `[auth]` table `st.login` reads, or None when sign-in is not configured."""
+    return _secret_table("auth") or None
+
+
+_LOGGED: set[str] = set()
+
+
+def server_log(message: str) -> None:
+    """Print `message` to the server's log once per process: settings problems are the operator's business."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        print(f"strata: {message}", file=sys.stderr)
+
+
+def access() -> Access:
+    """This visitor's role and why, from the sign-in settings, `st.user`, the roles, where the session comes from
+    and STRATA_VIEWER_MODE. Read afresh on every call, so a role taken away applies to the next click."""
+    auth = sign_in_settings()
+    for problem in sign_in_problems(auth):
+        server_log(f"sign-in is not usable: {problem} (.streamlit/secrets.toml)")
+    user = st.user.to_dict() if auth else {}
+    signed_in = bool(user.get("is_logged_in"))
+    try:
+        roles = Roles.from_config((_secret_table("strata") or {}).get("roles"))
+    except ValueError as error:
+        server_log(f"no one is let in: {error}")
+        if auth and signed_in:
+            return Access(NONE, "This dashboard's roles are misconfigured, so no one is let in. Its server log says why.")
+        roles = Roles()
+    local = is_local(st.get_option("server.address"), st.context.ip_address, dict(st.context.headers.items()))
+    return decide(sign_in=bool(auth), signed_in=signed_in, email=verified_email(user), roles=roles, local=local,
+                  viewer_mode=JobLimits.from_env().viewer_mode)
+
+
+def can_edit() -> bool:
+    """Whether this visitor may train, cancel, recover, rename and delete runs (pages show those controls only then)."""
+    return access().can_edit
+
+
+def may_edit(action: str) -> bool:
+    """`can_edit()`, checked again inside an action (a button callback runs before the page is drawn again, so
+    a role taken away since must still stop it); when refused, says so and why."""
+    verdict = access()
+    if not verdict.can_edit:
+        st.error(f"You cannot {plain(action)} here. {plain(verdict.why)}", icon=":material/lock:")
+    return verdict.can_edit
 
 
 @st.cache_data(ttl=LIVE_SECONDS, show_spinner=False)

@@ -7,7 +7,7 @@ import sys
 import streamlit as st
 
 from core.store import StoreError
-from dashboard import context, sidebar
+from dashboard import account, context, sidebar
 from dashboard.screens import embeddings, gradients, layers, runs
 from dashboard.views.text import plain
 
@@ -24,7 +24,11 @@ pages = [
     # open the same page instead of Streamlit's "Page not found".
     st.Page(embeddings.render, url_path="embeddings", visibility="hidden", **EMBEDDINGS),
 ]
-page = st.navigation(pages)
+verdict = context.access()
+page = st.navigation(pages, position="sidebar" if verdict.can_view else "hidden")
+if not verdict.can_view:  # must sign in, or is not allowed: nothing of the store, not even the run list
+    account.gate(verdict)
+    st.stop()
 
 
 def store_error(error: Exception) -> None:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core import settings
 from core.store import StoreError
-from dashboard import context
+from dashboard import account, context
 from dashboard import state as schema
 from dashboard.jobs import TrainForm, JobRefused
 from dashboard.views.text import plain
@@ -28,6 +28,7 @@ def render(embeddings_page: bool) -> None:
     """Draw the sidebar. The app draws it after the page, whose charts need `view_state` only: the browser then
     receives the charts first and starts loading plotly.js while it sets up the sidebar's widgets."""
     with st.sidebar:
+        account.sidebar_box(context.access())
         run = context.current_run()
         _run_picker(run)
         _new_run()
@@ -114,8 +115,8 @@ def _run_status(run_id: str) -> None:
             else:
                 st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
             job = context.jobs().get(run_id)
-            if job is not None and job.running and not context.jobs().limits.viewer_mode:
-                if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:"):
+            if job is not None and job.running and context.can_edit():
+                if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:") and context.may_edit("cancel training"):
                     context.jobs().cancel(run_id)
                     st.toast("Cancel sent: the run stops after the current batch.")
         elif live:
@@ -144,7 +145,9 @@ def _unwritten(run) -> None:
         return
     st.warning(f"Training was killed before {count} of its snapshots were written. They can still be written: "
                f"`python -m core recover {run.id}`.", icon=":material/restore:")
-    if not context.jobs().limits.viewer_mode and st.button("Write them now", key="recover_run", icon=":material/restore:"):
+    if context.can_edit() and st.button("Write them now", key="recover_run", icon=":material/restore:"):
+        if not context.may_edit("write a run's snapshots"):
+            return
         try:
             context.jobs().recover(run.id, run.name)
         except JobRefused as error:
@@ -155,7 +158,7 @@ def _unwritten(run) -> None:
 
 
 def _new_run() -> None:
-    if context.jobs().limits.viewer_mode:
+    if not context.can_edit():
         return
     _pending_run()
     st.button("New run", icon=":material/add:", key="new_run", width="stretch", on_click=_set_form_open, args=(True,))
@@ -204,6 +207,8 @@ def _form_widget(column, setting: settings.Setting, limits):
 
 def start_training(form: TrainForm) -> None:
     """Start a job for `form` and follow its run as soon as it appears; errors become messages."""
+    if not context.may_edit("train runs"):
+        return
     try:
         job = context.jobs().start(form)
     except JobRefused as error:

@@ -28,12 +28,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(runs_root: str, **env) -> tuple[subprocess.Popen, str]:
-    """`streamlit run dashboard/app.py` on a free port; returns (process, base URL) once /_stcore/health answers."""
+def start_server(runs_root: str, *, address: str = "127.0.0.1", args: tuple[str, ...] = (),
+                 **env) -> tuple[subprocess.Popen, str]:
+    """`streamlit run dashboard/app.py` on a free port, listening on `address`, with more `args`; returns (process,
+    base URL on 127.0.0.1) once /_stcore/health answers."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
+         "--server.headless", "true", "--server.address", address, *args],
         cwd=REPO, env={**os.environ, "STRATA_RUNS": runs_root, **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

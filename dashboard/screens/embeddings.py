@@ -26,7 +26,7 @@ def first_contact() -> None:
         "Strata shows **what the hidden layers of a network learn**: every layer's outputs on a fixed probe set, "
         "projected onto their principal components, epoch by epoch. There are no runs in this store yet."
     )
-    if context.jobs().limits.viewer_mode:
+    if not context.can_edit():
         st.info("Record a run with `python -m core train --dataset spiral` (or `core.Recorder` in your own `fit`).")
         return
     st.markdown(f"Train a small demo: a {DEMO.hidden.replace(',', '-')} ReLU network on the two-arm spiral, "

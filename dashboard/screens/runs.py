@@ -52,7 +52,7 @@ def damaged(summaries) -> None:
 
 def manage(run) -> None:
     st.subheader(f"Manage {plain(run.name)}")
-    viewer = context.jobs().limits.viewer_mode
+    verdict = context.access()
     try:
         context.store().check_download(run.id)
     except StoreError as error:
@@ -61,8 +61,8 @@ def manage(run) -> None:
     else:  # the archive is built when clicked, in a temporary file (see RunStore.zip_file)
         st.download_button("Download as zip", data=lambda: context.store().zip_file(run.id), file_name=f"{run.id}.zip",
                            mime="application/zip", on_click="ignore", icon=":material/download:", key="download")
-    if viewer:
-        st.caption("Renaming and deleting are off in viewer mode.")
+    if not verdict.can_edit:
+        st.caption(plain(verdict.why))
         return
     with st.form("rename", border=False):
         name = st.text_input("Display name", run.name, help="The id (and so every link) stays the same.")
@@ -83,6 +83,8 @@ def _history(store, run_id: str) -> dict:
 
 
 def _rename(run_id: str, name: str) -> None:
+    if not context.may_edit("rename runs"):
+        return
     try:
         context.store().rename(run_id, name)
     except (StoreError, OSError) as error:
@@ -95,6 +97,8 @@ def _rename(run_id: str, name: str) -> None:
 
 def _delete(run_id: str) -> None:
     """A button callback: it runs before the script, so it may move the bound `run` widget to another run."""
+    if not context.may_edit("delete runs"):
+        return
     try:
         context.store().delete(run_id)
     except (StoreError, OSError) as error:
