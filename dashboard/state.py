@@ -250,8 +250,9 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
         changes["epoch"] = nearest
     for name in ("pcx", "pcy", "pcz"):
         if getattr(state, name) > facts.components:
-            default = getattr(DEFAULTS, name)
-            notices.append(f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}.")
+            default = min(getattr(DEFAULTS, name), max(1, facts.components))
+            if getattr(state, name) != getattr(DEFAULTS, name):  # a link asked for it; a default is not news
+                notices.append(f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}.")
             changes[name] = default
     if not facts.has_labels and state.color in ("label", "correct"):
         if state.color != DEFAULTS.color:  # the default colouring switching over is not something a link asked for

@@ -41,7 +41,7 @@ def synthetic_run(
         "every": 1, "batch_every": None, "components": components, "seed": seed,
         "epochs_planned": snapshots - 1, "epochs_done": 0, "snapshots": 0,
     })
-    x = (centres[labels, :8] * 0.2 + rng.normal(size=(points, 8))).astype(np.float32)
+    x = (np.tile(centres[labels], (1, -(-8 // components)))[:, :8] * 0.2 + rng.normal(size=(points, 8))).astype(np.float32)
     writer.write_probe({"indices": np.arange(points), "y": labels, "x": x,
                         "input/pca": (noise + 0.2 * centres[labels]).astype(np.float32)})
     history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}

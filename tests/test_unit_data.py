@@ -245,3 +245,9 @@ def test_a_probe_without_labels_or_input_pca(tmp_path):
     assert start == 0 and [f.epoch for f in frames] == [0]
     np.testing.assert_array_equal(frames[0].color.values, [0, 1, 2])
     assert frames[0].color.title == "predicted label"
+
+
+def test_a_synthetic_run_may_store_fewer_components_than_its_eight_inputs(tmp_path):
+    run_id = synthetic_run(str(tmp_path), layers=2, snapshots=2, points=40, components=3)
+    run = RunStore(str(tmp_path)).run(run_id)
+    assert run.probe().x.shape == (40, 8) and run.snapshots()[0].array("L0/pca").shape == (40, 3)

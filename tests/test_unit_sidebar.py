@@ -250,13 +250,6 @@ def test_the_share_box_shows_the_link_of_the_view(store_root):
     assert "Opening this link shows the same run" in " ".join(_captions(at))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="state.validate resets an out-of-range PC to its default even when the default "
-    "(pcz=3) is itself out of range, so a run storing 2 components opens with a notice about a link "
-    "value nobody gave ('`pcz` is back to PC3')",
-)
 def test_a_run_with_two_components_opens_without_a_notice(odd_root):
     at = _open(odd_root, run="live")
     assert [w.value for w in at.main.warning] == []
