@@ -1,4 +1,4 @@
-"""Runs page: list the runs, compare their settings and results, rename, download or delete one."""
+"""Runs page: list the runs, compare their settings and results, rename, download or delete one, import a run zip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def render() -> None:
     damaged(context.damaged_runs())
     if not summaries:
         st.info("No runs in this store yet. Start one from the sidebar or with `python -m core train`.")
+        upload()
         return
     store = context.store()
     histories = {s.id: _history(store, s.id) for s in summaries}
@@ -37,6 +38,7 @@ def render() -> None:
 
     if current is not None:
         manage(current)
+    upload()
 
 
 def damaged(summaries) -> None:
@@ -73,6 +75,32 @@ def manage(run) -> None:
     st.button("Delete run", type="primary", disabled=not confirm or running, on_click=_delete, args=(run.id,), key="delete")
     if running:
         st.caption("Cancel training (sidebar) before deleting this run.")
+
+
+def upload() -> None:
+    """Add a run from a zip archive (one downloaded here), for visitors who may edit; the outcome as plain text."""
+    if not context.can_edit():
+        return
+    st.subheader("Import a run")
+    st.file_uploader("Run zip", type="zip", key="import_zip",
+                     help="A run downloaded as a zip from a Strata dashboard. It is added under a new id.")
+    st.button("Import", on_click=_import, disabled=st.session_state.get("import_zip") is None, key="import_run")
+    if st.session_state.get("import_result"):
+        st.text(st.session_state["import_result"])  # plain text: a refusal may quote names from the archive
+
+
+def _import() -> None:
+    """A button callback: the import runs once per click, and the next run of the page lists the new run."""
+    archive = st.session_state.get("import_zip")
+    if archive is None or not context.may_edit("import runs"):
+        return
+    try:
+        run_id = context.store().import_zip(archive)
+    except (StoreError, OSError) as error:
+        st.session_state["import_result"] = f"Not imported: {error}"
+        return
+    context.refresh_runs()
+    st.session_state["import_result"] = f"Imported {archive.name} as run {run_id}."
 
 
 def _history(store, run_id: str) -> dict:
