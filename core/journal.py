@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from functools import cached_property
 
 import numpy as np
@@ -46,9 +47,10 @@ class Entry:
             with self.files.open(self.path) as handle, np.load(handle, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files if key != META_KEY}
                 header = json.loads(str(data[META_KEY]))
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"The journal entry {self.name} is unreadable ({error}).") from None
-        return _decode(header["payload"], arrays)
+            return _decode(header["payload"], arrays)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise ValueError(f"The journal entry {self.name} is unreadable ({reason}).") from None
 
 
 def capture_key(meta: dict) -> tuple:
@@ -105,6 +107,8 @@ class Journal:
 def _encode(value, arrays: dict):
     """`value` with every numpy array moved into `arrays` (as a reference), the rest JSON."""
     if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:  # np.savez would pickle it, and entries are read without pickle
+            raise TypeError(f"A journal entry holds arrays of numbers or text, not of Python objects ({value.dtype}).")
         key = f"a{len(arrays)}"
         arrays[key] = value
         return {_ARRAY: key}

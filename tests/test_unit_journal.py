@@ -238,25 +238,14 @@ def test_a_journal_on_an_fsspec_store_lands_under_the_run(tmp_path):
 # Damage
 
 
-# Entry.payload catches OSError, ValueError and KeyError, but not the EOFError and zipfile.BadZipFile that np.load
-# raises for an empty or cut zip (core.store's READ_ERRORS has them): those escape as they are.
-_NOT_CAUGHT = pytest.mark.xfail(
-    strict=True,
-    raises=(EOFError, zipfile.BadZipFile),
-    reason="journal.Entry.payload does not turn EOFError/BadZipFile into ValueError",
-)
-
-
 @pytest.mark.parametrize(
     "content",
     [
         pytest.param(b"not an npz at all", id="garbage"),
         pytest.param(npz_bytes({"a0": np.arange(3)}), id="no-header"),
-        pytest.param(
-            npz_bytes({"a0": np.arange(3)}, {"kind": "capture", "payload": {}})[:-30], id="cut-npz", marks=_NOT_CAUGHT
-        ),
-        pytest.param(b"", id="empty", marks=_NOT_CAUGHT),
-        pytest.param(b"PK\x03\x04" + b"\x00" * 40, id="broken-zip", marks=_NOT_CAUGHT),
+        pytest.param(npz_bytes({"a0": np.arange(3)}, {"kind": "capture", "payload": {}})[:-30], id="cut-npz"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"PK\x03\x04" + b"\x00" * 40, id="broken-zip"),
     ],
 )
 def test_a_damaged_entry_raises_value_error_naming_the_file(tmp_path, content):
@@ -284,11 +273,6 @@ def test_an_entry_holding_a_pickled_object_array_is_refused_on_reading(tmp_path)
         _ = entry.payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="journal.Entry.payload reads header['payload'] outside its try: a header "
-    "without 'payload' raises KeyError, not the documented ValueError naming the file",
-)
 def test_a_header_without_payload_raises_value_error_naming_the_file(tmp_path):
     journal = Journal(str(tmp_path), "run")
     name = journal.append("epoch", {})
@@ -298,11 +282,6 @@ def test_a_header_without_payload_raises_value_error_naming_the_file(tmp_path):
         _ = entry.payload
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Journal.append writes an object array with pickle (np.savez allows it), so "
-    "the entry it wrote cannot be read back: it should refuse it when writing",
-)
 def test_appending_an_object_array_is_refused_when_written(tmp_path):
     journal = Journal(str(tmp_path), "run")
     with pytest.raises((TypeError, ValueError)):
