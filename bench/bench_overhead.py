@@ -20,7 +20,10 @@ were, how long after `fit` returned the run was completely written ("written +":
 for the budget; the next fit starts only then), the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
 plain `fit`), and the time the probe passes took on the recorder's worker thread, beside training.
 
-    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N]
+    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N] [--backend jax]
+
+`--backend` (default: `KERAS_BACKEND`, else TensorFlow) runs everything on that Keras backend; `tensorboard` needs
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras fixes its backend when it is imported, so --backend is read before the imports below.
+if "--backend" in sys.argv[:-1]:
+    os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
 
 import keras  # noqa: E402
 
@@ -218,6 +224,7 @@ def main() -> None:
     parser.add_argument("--batch-every", type=int, default=None, help="also snapshot every N batches")
     parser.add_argument("--grad-every", type=int, default=10, help="recorder+grad: gradient norms every N batches")
     parser.add_argument("--variants", default="plain,recorder,recorder+grad,tensorboard,naive")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), help="the Keras backend (read before Keras is imported)")
     args = parser.parse_args()
     data = load_dataset("digits")
     rows = stratified_subset(data.y, 1000, seed=0)
@@ -228,7 +235,7 @@ def main() -> None:
             variants.insert(0, base)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as root:
-        fit_seconds("plain", data, probe, 1, root, None)  # warm-up: first TF use pays one-off costs
+        fit_seconds("plain", data, probe, 1, root, None)  # warm-up: the backend's first use pays one-off costs
         for round_index in range(args.rounds):
             order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
@@ -236,7 +243,7 @@ def main() -> None:
             print(f"round {round_index + 1}: " + "  ".join(f"{v} {results[v][-1]['wall']:.2f}s" for v in variants), flush=True)
         runs = RunStore(root).list_runs()
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
-    print(f"\ndigits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
+    print(f"\n{keras.backend.backend()}: digits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
           + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
     if any(v.endswith("-pinned") for v in variants):
         print("(-pinned variants: training on CPU 0 and the recording process on CPU 1; ratios against plain-pinned)")
