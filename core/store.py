@@ -572,6 +572,7 @@ class Run:
         self._damaged: dict[str, str] = {}  # file (relative to the run) -> why it cannot be read
         self._settled = False  # every snapshot has been listed: the run had ended when we last looked
         self._meta: dict | None = None
+        self._probe_checked: tuple[Any, str | None] | None = None  # (probe.npz's stamp, what is wrong with it)
         self.meta  # fail early with RunNotFound
 
     @property
@@ -880,6 +881,7 @@ class RunStore:
         self.files = _Files(str(root))
         self.url = str(root)
         self._runs: dict[str, Run] = {}
+        self._damaged_runs: dict[str, tuple[Any, RunSummary]] = {}  # run id -> (run.json's stamp, its row)
 
     def run_ids(self) -> list[str]:
         return [
@@ -899,17 +901,31 @@ class RunStore:
 
     def list_runs(self) -> list[RunSummary]:
         """Summaries of every run, newest first. A run that cannot be read is listed as "damaged", with the reason
-        in `damaged`; it never stops the others from being listed."""
+        in `damaged`; it never stops the others from being listed.
+
+        Listing again is cheap: a run's run.json is read again only when its stamp (mtime, or an object store's
+        ETag) changed, and a damaged one's reason is kept until its file changes. A 100 MB run.json costs its
+        parse once, not at every refresh of the run list."""
         summaries = []
         for run_id in self.run_ids():
+            stamp = self.files.stamp(self.files.join(run_id, "run.json"))
+            known = self._damaged_runs.get(run_id)
+            if known is not None and stamp is not None and known[0] == stamp:
+                summaries.append(known[1])
+                continue
             try:
-                summaries.append(summarize(Run(self.files, run_id)))
+                summaries.append(summarize(self.run(run_id)))
+                self._damaged_runs.pop(run_id, None)
             except RunNotFound:
+                self._runs.pop(run_id, None)
                 continue  # deleted since the folder was listed
             except Exception as error:  # one run's files, whatever is wrong with them, never hide the other runs
+                self._runs.pop(run_id, None)
                 why = str(error) if isinstance(error, StoreError) else f"Run {run_id!r} cannot be read ({reason(error)})."
-                summaries.append(RunSummary(id=run_id, name=run_id, status="damaged", dataset="", epochs_done=0,
-                                            epochs_planned=0, created=self._folder_time(run_id), damaged=why))
+                summary = RunSummary(id=run_id, name=run_id, status="damaged", dataset="", epochs_done=0,
+                                     epochs_planned=0, created=self._folder_time(run_id), damaged=why)
+                self._damaged_runs[run_id] = (stamp, summary)
+                summaries.append(summary)
         return sorted(summaries, key=lambda s: s.created, reverse=True)
 
     def _folder_time(self, run_id: str) -> float:
@@ -1032,6 +1048,15 @@ def summarize(run: Run) -> RunSummary:
 
 def _probe_problem(run: Run) -> str | None:
     path = run.files.join(run.id, "probe.npz")
+    stamp = run.files.stamp(path)
+    if stamp is not None and run._probe_checked is not None and run._probe_checked[0] == stamp:
+        return run._probe_checked[1]  # the same file as last time: the same answer
+    problem = _read_probe_problem(run, path)
+    run._probe_checked = (stamp, problem)
+    return problem
+
+
+def _read_probe_problem(run: Run, path: str) -> str | None:
     try:
         with run.files.open(path) as handle, _load_npz(handle) as npz:
             if "indices" not in npz.files:

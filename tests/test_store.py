@@ -223,3 +223,31 @@ def test_a_cached_reader_sees_an_ended_run_that_changes(root):
     recovery.set_status("interrupted", recovered_snapshots=2)
     run = store.run("ended")
     assert run.meta["recovered_snapshots"] == 2 and [s.seq for s in run.snapshots()] == [0, 1, 2, 3]
+
+
+def test_listing_again_reads_only_the_run_json_files_that_changed(root, monkeypatch):
+    """The dashboard lists the store every few seconds: an unchanged run.json (even 100 MB of it) is not read
+    and parsed again, and neither is a damaged one whose file did not change."""
+    for run_id in ("a", "b"):
+        writer = RunWriter(root, run_id, _layer_meta())
+        writer.write_probe({"indices": np.arange(20)})
+        writer.set_status("finished")
+    store = RunStore(root)
+    store.files.makedirs(store.files.join("broken"))
+    store.files.write_atomic(store.files.join("broken", "run.json"), b"[1, 2]")
+    reads = []
+    original = store.files.read_bytes
+    monkeypatch.setattr(store.files, "read_bytes", lambda path: reads.append(path.rsplit("/", 2)[-2]) or original(path))
+    first = store.list_runs()
+    assert sorted(reads) == ["a", "b", "broken"]
+    assert {s.id: s.status for s in first} == {"a": "finished", "b": "finished", "broken": "damaged"}
+    reads.clear()
+    assert store.list_runs() == first and reads == []  # nothing changed: nothing read
+    store.rename("b", "renamed")
+    reads.clear()
+    listed = {s.id: s for s in store.list_runs()}
+    assert reads == ["b"] and listed["b"].name == "renamed" and listed["broken"].status == "damaged"
+    store.files.write_atomic(store.files.join("broken", "run.json"), b'{"status": "finished", "name": "fixed"}')
+    reads.clear()
+    listed = {s.id: s for s in store.list_runs()}
+    assert reads == ["broken"] and listed["broken"].status == "finished" and listed["broken"].name == "fixed"
