@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from core.settings import spec_settings, text
+from core.settings import STAGE_PREFIX, spec_settings, text
 from core.store import RunStore, StoreError, to_json_safe
 
 EXIT_FINDINGS = 1  # `diagnose` found a problem: CI pipelines can gate on training health
@@ -97,9 +97,14 @@ def _train(args: argparse.Namespace) -> int:
     from core.training import TrainingSpec, train
 
     spec = TrainingSpec.from_args(args)
-    run_id = train(spec, progress=None if args.quiet else _print_progress)
+    run_id = train(spec, progress=None if args.quiet else _print_progress, stage=_print_stage)
     print(run_id)
     return 0
+
+
+def _print_stage(name: str) -> None:
+    """One line as each stage of `train` begins, quiet or not: the dashboard reads them from a job's log."""
+    print(f"{STAGE_PREFIX}{name}", file=sys.stderr, flush=True)
 
 
 def _print_progress(epoch: int, epochs: int, logs: dict) -> None:

@@ -23,6 +23,11 @@ INITIALIZERS = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "l
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
 
 MAX_EPOCHS = 10_000
+
+# What `core.training.train` does before its first epoch, in order; `python -m core train` prints each as it
+# begins, as STAGE_PREFIX + name on stderr, and the dashboard shows them while a job it started gets going.
+TRAINING_STAGES = ("loading TensorFlow and Keras", "loading the data set", "building the model", "training")
+STAGE_PREFIX = "strata: stage: "
 _SAME = object()  # a Recorder default that is the table's own
 
 

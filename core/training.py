@@ -9,7 +9,7 @@ from typing import Callable
 
 from core.datasets import load_dataset, split
 from core.models import ModelConfig, parse_hidden
-from core.settings import dataclass_fields, model_settings, spec_settings
+from core.settings import TRAINING_STAGES, dataclass_fields, model_settings, spec_settings
 
 
 @dataclass
@@ -48,18 +48,25 @@ class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_sett
         return self
 
 
-def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None = None) -> str:
-    """Train and record one run; returns its id. The run is marked failed or interrupted if training stops early."""
+def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None = None,
+          stage: Callable[[str], None] | None = None) -> str:
+    """Train and record one run; returns its id. The run is marked failed or interrupted if training stops early.
+    `stage` hears each of `TRAINING_STAGES` as it begins (the dashboard shows them while a job starts)."""
+    say = stage or (lambda name: None)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not the user's business
+    spec.validate()
+    say(TRAINING_STAGES[0])
     import keras
 
     from core.models import build_model
     from core.recorder import Recorder
 
-    spec.validate()
+    say(TRAINING_STAGES[1])
     data = load_dataset(spec.dataset, noise=spec.noise, seed=spec.seed, label_column=spec.label_column)
     x_train, y_train, x_val, y_val = split(data, seed=spec.seed)
+    say(TRAINING_STAGES[2])
     model = build_model(data.x.shape[1:], data.n_classes, spec.model_config())
+    say(TRAINING_STAGES[3])
     recorder = Recorder(
         spec.runs,
         probe=(data.x, data.y),

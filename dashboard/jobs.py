@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 from core.datasets import PLANE_DATASETS
-from core.settings import dataclass_fields, form_settings, text
+from core.settings import STAGE_PREFIX, TRAINING_STAGES, dataclass_fields, form_settings, text
 from core.store import new_run_id
 
 MAX_HIDDEN_LAYERS = 12
@@ -135,6 +135,16 @@ class Job:
         if self.cancelled:
             return "cancelled"
         return "finished" if code == 0 else "failed"
+
+    def stage(self) -> tuple[int, str] | None:
+        """(index in TRAINING_STAGES, name) of the last stage the training process announced; None before the
+        first (Python itself is still starting) or for a job that announces none (a recovery)."""
+        found = None
+        for line in self.log_tail(200).splitlines():
+            name = line.removeprefix(STAGE_PREFIX) if line.startswith(STAGE_PREFIX) else None
+            if name in TRAINING_STAGES:
+                found = (TRAINING_STAGES.index(name), name)
+        return found
 
     def log_tail(self, lines: int = 8) -> str:
         """The last lines the process wrote (stderr and stdout), to explain a failure."""

@@ -6,6 +6,7 @@ always holds the view; `context.prepare()` has already made their session-state 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import streamlit as st
@@ -237,7 +238,14 @@ def _pending_run() -> None:
                 st.code(job.log_tail(), language=None)
                 st.session_state.pop(_PENDING, None)
                 return
-            st.info(f"Starting {plain(run_id)} (loading TensorFlow)…", icon=":material/hourglass_top:")
+            if job is None:
+                st.info(f"Starting {plain(run_id)}…", icon=":material/hourglass_top:")
+                return
+            stage = job.stage()
+            done = 0 if stage is None else stage[0]
+            doing = "starting Python" if stage is None else stage[1]
+            st.progress(done / len(settings.TRAINING_STAGES),
+                        text=f"Starting {plain(run_id)}: {doing} ({time.time() - job.started:.0f} s)")
             return
         st.session_state.pop(_PENDING, None)
         context.follow_run(run_id)

@@ -343,3 +343,28 @@ def test_the_new_run_form_starts_at_the_declared_defaults_and_submits_them(spira
     next(b for b in at.button if b.label == "Train").click().run()
     assert not at.exception
     assert submitted == [TrainForm(epochs=20)]
+
+
+def test_a_starting_job_shows_which_stage_it_is_in(spiral_run_dir, tmp_path):
+    """TensorFlow takes seconds to load: until the run appears, the sidebar shows the stage the training process
+    last announced on its log (`python -m core train` prints each), how far along that is, and the time so far."""
+    from dashboard.jobs import Job
+
+    root, _ = spiral_run_dir
+    log = tmp_path / "job.log"
+    log.write_text("strata: stage: loading TensorFlow and Keras\nstrata: stage: loading the data set\n")
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    manager = context._jobs(str(root), JobLimits.from_env())
+    manager._jobs["20261205-000000-starting"] = Job("20261205-000000-starting", "starting", process, log)
+    try:
+        at = open_app(root)
+        at.session_state["_strata_pending_run"] = "20261205-000000-starting"
+        at.run()
+        assert not at.exception
+        (bar,) = at.get("progress")
+        assert bar.proto.value == 25  # one of the four stages done
+        assert "loading the data set" in bar.proto.text and "20261205-000000-starting" in shown(bar.proto.text)
+    finally:
+        process.kill()
+        process.wait(10)
+        manager._jobs.pop("20261205-000000-starting", None)

@@ -123,3 +123,14 @@ def test_a_browser_clearing_the_server_caches_keeps_the_jobs_and_their_limit(tmp
             context.jobs().start(TrainForm(epochs=1))
     finally:
         manager.shutdown()
+
+
+def test_a_training_job_announces_its_stages_in_order(tmp_path):
+    from core.settings import STAGE_PREFIX, TRAINING_STAGES
+
+    manager = JobManager(str(tmp_path / "runs"), JobLimits())
+    job = manager.start(TrainForm(dataset="spiral", hidden="4", epochs=1, name="stages"))
+    assert job.process.wait(180) == 0, job.log_tail()
+    announced = [line.removeprefix(STAGE_PREFIX) for line in job.log_tail(200).splitlines() if line.startswith(STAGE_PREFIX)]
+    assert announced == list(TRAINING_STAGES)
+    assert job.stage() == (len(TRAINING_STAGES) - 1, "training")
