@@ -56,6 +56,9 @@ class Recorder(keras.callbacks.Callback):
     does the process when it exits. Held-back weights are also journaled in the run folder, so if the process
     is killed first, `python -m core recover RUN` writes them. A failure anywhere warns and never stops `fit`.
 
+    It records on Keras's TensorFlow and JAX backends, each with its own compiled passes (`core.probe_tf`,
+    `core.probe_jax`); on any other backend it is refused at construction with a RuntimeError.
+
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
         probe: `(x, y)` or `x`. The inputs the layers are observed on, and optionally their labels (integer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax")
 TIMEOUT = 300  # seconds for one backend's subprocess: importing it, compiling its passes, two fits and two plain ones
 
-_RECORD = r'''
-import json, sys
+# The data, and the two models built with the given weights (argv: store root, given.npz, ...).
+_MODELS = r"""
+import json, os, signal, sys
 import numpy as np
 import keras
 from core import Recorder
-from core.probe_pass import gradient_rows
 
-root, given_path, out_path = sys.argv[1:4]
+root, given_path = sys.argv[1:3]
 given = np.load(given_path)
 x, y = given["x"], given["y"]
 backend = keras.backend.backend()
@@ -54,8 +55,17 @@ def build(name):
     return model
 
 
-def fit(model, callbacks=()):
-    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, callbacks=list(callbacks), verbose=0)
+def fit(model, callbacks=(), epochs=2):
+    model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, callbacks=list(callbacks), verbose=0)
+"""
+
+# Records both models (argv[3]: where to write the references and the model's variables after fit).
+_RECORD = (
+    _MODELS
+    + r'''
+from core.probe_pass import gradient_rows
+
+out_path = sys.argv[3]
 
 
 def training_mode_gradients(model):
@@ -110,6 +120,31 @@ np.savez(out_path, **out)
 print(json.dumps({"backend": backend, "tensorflow_before_fit": tensorflow_before_fit,
                   "probe_pass": type(recorder._capture_fn).__module__, "probe_tf_loaded": "core.probe_tf" in sys.modules}))
 '''
+)
+
+
+# Fits the MLP for 4 epochs with snapshots held back for the budget (argv[3] "killed": then SIGKILLs itself once the
+# last capture is journaled, before the held-back snapshots are written) or analysed live (argv[3] "live").
+_KILLABLE = (
+    _MODELS
+    + r"""
+import glob, time
+from core import worker
+
+worker._idle_seconds = lambda: None  # nothing runs beside training, however idle the machine: all is held back
+mode = sys.argv[3]
+recorder = Recorder(root, probe=(x, y), run_id=mode, components=3, budget=None if mode == "live" else 0.03)
+fit(build("mlp"), [recorder], epochs=4)
+if mode == "killed":
+    # The worker's thread journals each capture as it takes it over: wait for the last one (milliseconds), while the
+    # first held-back snapshot's probe pass is still being compiled.
+    deadline = time.monotonic() + 60
+    while not glob.glob(os.path.join(root, mode, "journal", "*-capture-epoch-4-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGKILL)
+assert recorder.wait(120)
+"""
+)
 
 
 def _given(path: Path) -> None:
@@ -300,3 +335,39 @@ def test_an_unsupported_backend_is_refused_when_the_recorder_is_made():
         "Strata records on the TensorFlow and JAX backends; PyTorch is not supported yet: set KERAS_BACKEND=tensorflow or jax",
     ]
     assert not (REPO / "unused").exists()
+
+
+def test_a_fit_killed_on_jax_is_recovered_on_jax_as_it_was_recorded_live(tmp_path):
+    """`python -m core recover` runs the JAX probe pass on the journaled weights: the snapshots a SIGKILL left
+    unwritten come out as the same fit recorded live wrote them."""
+    _given(tmp_path / "given.npz")
+    root, env = tmp_path / "runs", {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    for mode, status in (("live", 0), ("killed", -signal.SIGKILL)):
+        command = [sys.executable, "-c", _KILLABLE, str(root), str(tmp_path / "given.npz"), mode]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == status, result.stderr[-3000:]
+    killed = RunStore(str(root)).run("killed")
+    unwritten = killed.unwritten_captures()
+    assert unwritten >= 1 and unwritten + len(killed.snapshots()) == 5
+    command = [sys.executable, "-m", "core", "recover", "killed", "--runs", str(root)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recovered, live = RunStore(str(root)).run("killed"), RunStore(str(root)).run("live")
+    # The status the journal's end entry names, or "interrupted" when the kill came first: as on TensorFlow.
+    assert recovered.status in ("finished", "interrupted")
+    assert recovered.meta["recovered_snapshots"] == unwritten
+    assert (
+        [s.meta["epoch"] for s in recovered.snapshots()]
+        == [s.meta["epoch"] for s in live.snapshots()]
+        == [0, 1, 2, 3, 4]
+    )
+    for mine, theirs in zip(recovered.snapshots(), live.snapshots()):
+        assert mine.meta["step"] == theirs.meta["step"]
+        np.testing.assert_allclose(mine.array("L0/kernel"), theirs.array("L0/kernel"), atol=1e-6)
+        for index in range(3):
+            np.testing.assert_allclose(mine.array(f"L{index}/pca"), theirs.array(f"L{index}/pca"), atol=1e-4)
+            np.testing.assert_allclose(
+                mine.array(f"L{index}/unit_mean"), theirs.array(f"L{index}/unit_mean"), atol=1e-5
+            )
+            for role, statistics in theirs.layer(index)["grad"].items():
+                assert mine.layer(index)["grad"][role]["norm"] == pytest.approx(statistics["norm"], rel=1e-4)
