@@ -34,6 +34,7 @@ import numpy as np
 
 from core import run_format
 from core.run_format import FormatProblem
+from core.run_info import RunInfo, layer_key
 
 FORMAT_VERSION = 1
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -494,6 +495,10 @@ class Snapshot:
         except READ_ERRORS:
             return []
 
+    def layer_array(self, index: int, name: str) -> np.ndarray | None:
+        """Layer `index`'s array `name` ("pca", "unit_mean", "dead_units", ...): `array(layer_key(index, name))`."""
+        return self.array(layer_key(index, name))
+
     def array(self, key: str) -> np.ndarray | None:
         """The array stored under `key`, or None when this snapshot has none or it cannot be read (a damaged
         member, or one that holds no numbers): `unreadable` then says why."""
@@ -532,7 +537,7 @@ class Snapshot:
         """Layer `index`'s probe samples (`points="pca"`) or input-plane grid (`"plane_pca"`) on its principal
         components, PC1 first; None when this snapshot has none. Read PCA coordinates only through here: it
         also puts older runs' permuted columns back in variance order."""
-        coords = self.array(f"L{index}/{points}")
+        coords = self.layer_array(index, points)
         if coords is None or coords.ndim != 2:
             return None
         ratios, columns = _ranked(self.layer(index), coords.shape[1])
@@ -573,6 +578,7 @@ class Run:
         self._settled = False  # every snapshot has been listed: the run had ended when we last looked
         self._meta: dict | None = None
         self._probe_checked: tuple[Any, str | None] | None = None  # (probe.npz's stamp, what is wrong with it)
+        self._info: tuple[dict, RunInfo] | None = None
         self.meta  # fail early with RunNotFound
 
     @property
@@ -656,6 +662,15 @@ class Run:
     @property
     def layers(self) -> list[dict]:
         return self.meta.get("layers") or []
+
+    @property
+    def info(self) -> RunInfo:
+        """run.json as the typed read model (`core.run_info`): what pages and commands read, instead of `.get`
+        chains on `meta`. Built again only when run.json changed."""
+        meta = self.meta
+        if self._info is None or self._info[0] is not meta:
+            self._info = (meta, RunInfo.from_meta(meta, self.id))
+        return self._info[1]
 
     def damaged_files(self) -> dict[str, str]:
         """{file, relative to the run: why it cannot be read} for every file the reader found damaged and skipped
@@ -1036,7 +1051,7 @@ def summarize(run: Run) -> RunSummary:
         id=run.id,
         name=run.name,
         status=run.status,
-        dataset=str(meta.get("dataset", {}).get("name") or "custom"),
+        dataset=run.info.dataset.name or "custom",
         epochs_done=int(meta.get("epochs_done") or 0),
         epochs_planned=int(meta.get("epochs_planned") or 0),
         created=float(meta.get("created") or 0.0),

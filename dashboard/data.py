@@ -29,7 +29,7 @@ def labels(run: Run) -> np.ndarray | None:
 
 
 def class_names(run: Run) -> list[str]:
-    return list(run.meta.get("dataset", {}).get("class_names") or [])
+    return list(run.info.dataset.class_names)
 
 
 def input_panel(run: Run) -> Panel | None:

@@ -104,7 +104,7 @@ def _run_status(run_id: str) -> None:
             return
         meta, status = run.meta, run.status
         done, planned, trained = context.training_progress(run)
-        dataset = meta.get("dataset", {}).get("name")  # a Recorder in the user's own fit may not name one
+        dataset = run.info.dataset.name  # a Recorder in the user's own fit may not name one
         lost = run.lost_snapshots()
         parts = [f"{STATUS_ICONS.get(status, '')} **{plain(run.name)}**", status, plain(dataset) if dataset else None,
                  f"epoch {done}/{planned or '?'}",

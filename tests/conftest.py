@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,13 @@ def _record_killable(root: Path, mode: str) -> None:
                             timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     expected = -signal.SIGKILL if mode == "killed" else 0
     assert result.returncode == expected, result.stderr[-3000:]
+    if mode == "killed":  # its recording process outlives it, writing what it was handed, then exits on EOF
+        from core.store import RunStore
+
+        deadline = time.monotonic() + 120
+        while RunStore(str(root)).run(mode).status == "running":
+            assert time.monotonic() < deadline, "the killed fit's recording process did not exit within 120 s"
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

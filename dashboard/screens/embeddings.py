@@ -104,15 +104,15 @@ def selected_samples(run, snapshot, rows) -> None:
                    "layer, listed here, and kept in the link.")
         return
     probe = run.probe()
-    dataset = run.meta.get("dataset", {})
+    dataset = run.info.dataset
     probs = snapshot.array("pred/probs")
-    table = views.sample_table(rows, probe.y, probs, dataset.get("class_names"),
-                               features=None if dataset.get("image_shape") else probe.x,
-                               feature_names=dataset.get("feature_names"))
+    table = views.sample_table(rows, probe.y, probs, list(dataset.class_names),
+                               features=None if dataset.image_shape else probe.x,
+                               feature_names=list(dataset.feature_names))
     correct = sum(1 for row in table if row.get("correct"))
     st.caption(f"{len(rows)} selected · {correct} of {len(table)} shown predicted correctly at epoch {int(snapshot.epoch)}")
-    if dataset.get("image_shape") and probe.x is not None:
-        images = views.thumbnails(probe.x, rows, dataset["image_shape"])
+    if dataset.image_shape and probe.x is not None:
+        images = views.thumbnails(probe.x, rows, dataset.image_shape)
         captions = [plain(f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else r.get("prediction", ""))
                     for r in table[: len(images)]]  # class names are the user's; captions are Markdown
         st.image(images, caption=captions, width=70, clamp=True)

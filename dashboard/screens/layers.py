@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from core import analysis, metrics
+from core.run_info import parse_layer_key
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import layers as views
@@ -76,39 +77,39 @@ def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) ->
         st.info(f"{plain(name)} has no recorded unit statistics at epoch {key[2]}.")
         return
     unit = unit_picker(count, name)
-    probe, dataset = run.probe(), run.meta.get("dataset", {})
+    probe, dataset = run.probe(), run.info.dataset
     dead = is_dead(snapshot, layer, unit)
-    mean = snapshot.array(f"L{layer}/unit_mean")
+    mean = snapshot.layer_array(layer, "unit_mean")
     facts = [f"unit {unit} of {count}", f"mean activation {float(mean[unit]):.3g}"]
     st.markdown(" · ".join(facts + (["**dead**: zero for every probe sample, so no sample drives it more than another"] if dead else [])))
     examples = unit_examples(snapshot, layer, unit)
     if examples is None and not dead:
         st.info(f"No probe samples are ranked for unit {unit} at epoch {key[2]}: the recorder ranks the first 256 units "
                 "of a layer, and none while its outputs are not finite.")
-    if dataset.get("image_shape") and probe.x is not None:
+    if dataset.image_shape and probe.x is not None:
         if examples is not None:
             chart(st, "unit_images", unit_images(*key, layer, unit), f"Unit {unit}: its most and least activating images")
-        if snapshot.array(f"L{layer}/unit_top") is not None:
+        if snapshot.layer_array(layer, "unit_top") is not None:
             chart(st, "prototypes", prototypes(*key, layer, unit), "Every unit's favourite input")
         kernel = kernel_figure(*key, layer, unit)
         if kernel is not None:
             chart(st, "kernel_images", kernel, "First-layer weights as images")
-    elif snapshot.array(f"L{layer}/plane_units") is not None and probe.plane:
+    elif snapshot.layer_array(layer, "plane_units") is not None and probe.plane:
         chart(st, "unit_grid", unit_grid(*key, layer, unit), "Every unit over the input plane")
         chart(st, "unit_plane", unit_plane(*key, layer, unit), f"Unit {unit} and the decision boundary")
         chart(st, "bent_plane", bent_plane(*key, layer, components), "How each layer bends the input plane")
     elif examples is not None and probe.x is not None:
         chart(st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples")
     if examples is not None:
-        table = views.unit_examples_table(None if dataset.get("image_shape") else probe.x, probe.y,
+        table = views.unit_examples_table(None if dataset.image_shape else probe.x, probe.y,
                                           snapshot.array("pred/probs"), examples.top, examples.bottom,
-                                          dataset.get("class_names"), dataset.get("feature_names"))
+                                          list(dataset.class_names), list(dataset.feature_names))
         with st.expander(f"The {len(examples.top)} most and least activating probe samples of unit {unit}"):
             st.dataframe(table, hide_index=True)
 
 
 def is_dead(snapshot, layer: int, unit: int) -> bool:
-    dead = snapshot.array(f"L{layer}/dead_units")
+    dead = snapshot.layer_array(layer, "dead_units")
     return bool(dead is not None and unit < len(dead) and dead[unit])
 
 
@@ -118,7 +119,7 @@ def unit_examples(snapshot, layer: int, unit: int) -> metrics.UnitExamples | Non
 
 
 def unit_count(snapshot, layer: int) -> int:
-    means = snapshot.array(f"L{layer}/unit_mean")
+    means = snapshot.layer_array(layer, "unit_mean")
     return 0 if means is None else int(len(means))
 
 
@@ -157,7 +158,7 @@ def cka_series(run_id: str, count: int):
 
 
 def _chance(run) -> float | None:
-    classes = run.meta.get("dataset", {}).get("n_classes") or len(run.meta.get("dataset", {}).get("class_names") or [])
+    classes = run.info.dataset.classes
     return 1.0 / classes if classes else None
 
 
@@ -230,8 +231,8 @@ def time_metrics(run_id, count, epoch):
 def unit_grid(run_id, count, epoch, layer, unit):
     snapshot = _snapshot(_run(run_id), epoch)
     plane = _run(run_id).probe().plane
-    return views.unit_grid_figure(snapshot.array(f"L{layer}/plane_units"), plane["xs"], plane["ys"], unit,
-                                  snapshot.array(f"L{layer}/dead_units"))
+    return views.unit_grid_figure(snapshot.layer_array(layer, "plane_units"), plane["xs"], plane["ys"], unit,
+                                  snapshot.layer_array(layer, "dead_units"))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -240,9 +241,9 @@ def unit_plane(run_id, count, epoch, layer, unit):
     snapshot, probe = _snapshot(run, epoch), run.probe()
     examples = unit_examples(snapshot, layer, unit)
     top, bottom = (examples.top, examples.bottom) if examples else ([], [])
-    return views.unit_plane_figure(snapshot.array(f"L{layer}/plane_units")[:, unit], snapshot.array("pred/plane_probs"),
+    return views.unit_plane_figure(snapshot.layer_array(layer, "plane_units")[:, unit], snapshot.array("pred/plane_probs"),
                                    probe.plane["xs"], probe.plane["ys"], probe.x, probe.y, top, bottom, unit,
-                                   run.meta.get("dataset", {}).get("class_names"))
+                                   list(run.info.dataset.class_names))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -266,23 +267,23 @@ def bent_plane(run_id, count, epoch, layer, components):
 def unit_features(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples = unit_examples(_snapshot(run, epoch), layer, unit)
-    return views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, run.meta.get("dataset", {}).get("feature_names"))
+    return views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, list(run.info.dataset.feature_names))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_images(run_id, count, epoch, layer, unit):
     run = _run(run_id)
-    examples, dataset = unit_examples(_snapshot(run, epoch), layer, unit), run.meta["dataset"]
-    return views.unit_images_figure(run.probe().x, examples.top, examples.bottom, dataset["image_shape"], run.probe().y,
-                                    dataset.get("class_names"))
+    examples, dataset = unit_examples(_snapshot(run, epoch), layer, unit), run.info.dataset
+    return views.unit_images_figure(run.probe().x, examples.top, examples.bottom, dataset.image_shape, run.probe().y,
+                                    list(dataset.class_names))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def prototypes(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     snapshot = _snapshot(run, epoch)
-    dead = snapshot.array(f"L{layer}/dead_units")
-    images = views.prototype_images(run.probe().x, snapshot.array(f"L{layer}/unit_top"), run.meta["dataset"]["image_shape"], dead)
+    dead = snapshot.layer_array(layer, "dead_units")
+    images = views.prototype_images(run.probe().x, snapshot.layer_array(layer, "unit_top"), run.info.dataset.image_shape, dead)
     titles = [f"{u}" + (" · dead" if dead is not None and dead[u] else "") for u in range(len(images))]
     return views.image_grid_figure(images, titles, views.GRID_COLUMNS * 2, chosen=unit)
 
@@ -292,12 +293,12 @@ def kernel_figure(run_id, count, epoch, layer, unit):
     """The first Dense layer's weights as images, or None when the run stored no kernel that fits the images."""
     run = _run(run_id)
     snapshot = _snapshot(run, epoch)
-    keys = [k for k in snapshot.keys() if k.endswith("/kernel")]
-    if not keys:
+    kernels = [found for found in map(parse_layer_key, snapshot.keys()) if found and found[1] == "kernel"]
+    if not kernels:
         return None
-    images = views.kernel_images(snapshot.array(keys[0]), run.meta["dataset"]["image_shape"])
+    kernel_layer = kernels[0][0]
+    images = views.kernel_images(snapshot.layer_array(kernel_layer, "kernel"), run.info.dataset.image_shape)
     if images is None:
         return None
-    kernel_layer = int(keys[0].split("/")[0][1:])
     return views.image_grid_figure(images, [str(u) for u in range(len(images))], views.GRID_COLUMNS * 2, scale=views.UNIT_SCALE,
                                    symmetric=True, chosen=unit if kernel_layer == layer else None)

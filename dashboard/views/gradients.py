@@ -329,7 +329,7 @@ class HistogramSeries:
 
 def activation_histograms(snapshots: list[Snapshot], layer: int, bins: int = HISTOGRAM_BINS) -> HistogramSeries:
     """Each snapshot's activation histogram (its own edges) rebinned onto one grid spanning all of them."""
-    pairs = [(s.array(f"L{layer}/act_hist_edges"), s.array(f"L{layer}/act_hist_counts")) for s in snapshots]
+    pairs = [(s.layer_array(layer, "act_hist_edges"), s.layer_array(layer, "act_hist_counts")) for s in snapshots]
     spans = [(float(e[0]), float(e[-1])) for e, c in pairs if e is not None and c is not None and np.isfinite(e).all()]
     low = min((a for a, _ in spans), default=0.0)
     high = max((b for _, b in spans), default=1.0)
@@ -359,7 +359,7 @@ def gradient_histograms(run: Run, snapshots: list[Snapshot], layer: int, role: s
         role = histogram_weight(run.layers[layer], role) or role
     rows = []
     for snapshot in snapshots:
-        counts = snapshot.array(f"L{layer}/grad_{role}_log_hist")
+        counts = snapshot.layer_array(layer, f"grad_{role}_log_hist")
         rows.append(np.full(bins, np.nan) if counts is None or len(counts) != bins else counts.astype(np.float64))
     return HistogramSeries(np.asarray([int(s.epoch) for s in snapshots]), LOG_HIST_EDGES.copy(), _normalised(rows, bins), log_values=True)
 
@@ -478,7 +478,7 @@ def unit_states(snapshot: Snapshot, layers: list[str]) -> np.ndarray:
     hidden = max(len(layers) - 1, 0)
     rows = []
     for index in range(hidden):
-        dead, saturated = snapshot.array(f"L{index}/dead_units"), snapshot.array(f"L{index}/saturated_units")
+        dead, saturated = snapshot.layer_array(index, "dead_units"), snapshot.layer_array(index, "saturated_units")
         present = dead if dead is not None else saturated
         if present is None:  # neither array was recorded
             rows.append(np.zeros(0))
