@@ -121,3 +121,8 @@ def constants(arrays: list) -> list:
 def dtype_size(dtype: str) -> int:
     """Bytes per element of a variable's dtype (`bfloat16` included)."""
     return np.dtype(getattr(jnp, dtype, dtype)).itemsize
+
+
+def writes_the_run(model: keras.Model) -> bool:
+    """Whether this process records: on JAX, one process trains (multi-process JAX is not supported yet)."""
+    return True

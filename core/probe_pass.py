@@ -38,7 +38,7 @@ def check_backend(name: str | None = None) -> str:
 
 def backend_passes() -> ModuleType:
     """The module of the current backend's compiled passes: `core.probe_tf` or `core.probe_jax`. Each has
-    `ProbePass`, `gradient_norm_function`, `read_state`, `constants` and `dtype_size`."""
+    `ProbePass`, `gradient_norm_function`, `read_state`, `constants`, `dtype_size` and `writes_the_run`."""
     if check_backend() == "jax":
         from core import probe_jax
 

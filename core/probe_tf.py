@@ -122,3 +122,21 @@ def dtype_size(dtype: str) -> int:
 def _dense(gradients: list) -> list:
     """Gradients as dense tensors: an embedding table's arrives as IndexedSlices (only the rows looked up)."""
     return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
+
+
+def writes_the_run(model: keras.Model) -> bool:
+    """Whether this process records: True except in a non-chief worker of a multi-worker tf.distribute job
+    (MultiWorkerMirroredStrategy), where every worker runs the same script and one, the chief, must write.
+    The chief is the task of type "chief", or worker 0 of a cluster without one, as TensorFlow's own
+    checkpointing decides. The probe pass is local (it reads the mirrored weights and needs no collective), so
+    the other workers do nothing for it and never wait on it."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if sum(len(tasks) if isinstance(tasks, (list, dict)) else 1 for tasks in cluster.values()) <= 1:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and "chief" not in cluster and int(resolver.task_id or 0) == 0

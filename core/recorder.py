@@ -213,6 +213,8 @@ class Recorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self._active:  # the last fit this recorder followed raised, and Keras skips on_train_end when it does
             self.end("interrupted")
+        if not backend_passes().writes_the_run(self.model):
+            return  # a non-chief worker of a multi-worker job: the chief records the run, this one stays inactive
         self._start()
         self._start_captured = False  # the first snapshot waits for on_epoch_begin, which names the epoch
 
