@@ -16,7 +16,6 @@ import argparse
 import collections
 import functools
 import os
-import sys
 import tempfile
 import time
 
@@ -110,8 +109,10 @@ def main() -> None:
     for _ in range(args.repeats):
         replay(messages, spent)
     total = sum(seconds for label, seconds in spent.items() if label.startswith("all "))
-    print(f"digits MLP 64-128-64-32-10, {args.epochs} epochs, probe 1000: {len(messages)} messages, {snapshots} snapshots, "
-          f"replayed {args.repeats} times in one thread")
+    print(
+        f"digits MLP 64-128-64-32-10, {args.epochs} epochs, probe 1000: {len(messages)} messages, {snapshots} snapshots, "
+        f"replayed {args.repeats} times in one thread"
+    )
     print(f"{'part':<32} {'ms per snapshot':>15} {'share':>6}")
     for label, seconds in sorted(spent.items(), key=lambda item: (item[0].startswith("all "), -item[1])):
         print(f"{label:<32} {seconds / args.repeats / snapshots * 1000:>15.2f} {seconds / total:>6.0%}")

@@ -34,8 +34,14 @@ APP = str(REPO / "dashboard" / "app.py")  # the server: `streamlit run dashboard
 SCRIPT = str(REPO / "dashboard" / "main.py")  # the script each session runs (what AppTest runs)
 CHROMIUM = "/usr/bin/chromium"
 WARM_OPENS = 5  # fresh browser contexts per measurement after the cold one (median)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _app_test(root: str, run_id: str):
@@ -122,7 +128,10 @@ def start_server(script: str, root: str, cwd: Path = REPO) -> tuple[subprocess.P
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.headless", "true"],
-        cwd=cwd, env={**os.environ, "STRATA_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, "STRATA_RUNS": root},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -169,8 +178,12 @@ def browser_numbers(root: str, run_id: str) -> dict:
             browser.close()
         results["first chart painted (cold server)"] = timings[0][0]
         results[f"first chart painted (warm, median of {WARM_OPENS})"] = statistics.median(t[0] for t in timings[1:])
-        results[f"first chart seen by Playwright (warm, median of {WARM_OPENS})"] = statistics.median(t[1] for t in timings[1:])
-        results[f"all 4 charts seen by Playwright (warm, median of {WARM_OPENS})"] = statistics.median(t[2] for t in timings[1:])
+        results[f"first chart seen by Playwright (warm, median of {WARM_OPENS})"] = statistics.median(
+            t[1] for t in timings[1:]
+        )
+        results[f"all 4 charts seen by Playwright (warm, median of {WARM_OPENS})"] = statistics.median(
+            t[2] for t in timings[1:]
+        )
         process = psutil.Process(server.pid)
         results["server RSS MB"] = process.memory_info().rss / 2**20
         maps = {m.path for m in process.memory_maps()}
@@ -194,27 +207,65 @@ def main() -> None:
 
     rows = []
     first, times = rerun_times(root, "bench-8x50x2000", args.reruns)
-    rows += [("8x50x2000", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
-             ("8x50x2000", f"AppTest rerun after a widget change, median of {len(times)}",
-              f"{statistics.median(times) * 1000:.0f} ms", "<= 200 ms"),
-             ("8x50x2000", "AppTest rerun, slowest", f"{max(times) * 1000:.0f} ms", "")]
+    rows += [
+        ("8x50x2000", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
+        (
+            "8x50x2000",
+            f"AppTest rerun after a widget change, median of {len(times)}",
+            f"{statistics.median(times) * 1000:.0f} ms",
+            "<= 200 ms",
+        ),
+        ("8x50x2000", "AppTest rerun, slowest", f"{max(times) * 1000:.0f} ms", ""),
+    ]
     first, times = rerun_times(root, "bench-100k", max(3, args.reruns // 3))
-    rows += [("100k points", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
-             ("100k points", "AppTest rerun, median", f"{statistics.median(times) * 1000:.0f} ms", "usable")]
+    rows += [
+        ("100k points", "AppTest first run (cold caches)", f"{first * 1000:.0f} ms", ""),
+        ("100k points", "AppTest rerun, median", f"{statistics.median(times) * 1000:.0f} ms", "usable"),
+    ]
     if not args.skip_browser and os.path.exists(CHROMIUM):
         painted, seen = baseline_first_chart(root)
-        rows.append(("baseline", f"1-chart page: first chart painted (warm, median of {WARM_OPENS})", f"{painted:.2f} s", "reference"))
-        rows.append(("baseline", f"1-chart page: first chart seen by Playwright (warm, median of {WARM_OPENS})", f"{seen:.2f} s", "reference"))
+        rows.append(
+            (
+                "baseline",
+                f"1-chart page: first chart painted (warm, median of {WARM_OPENS})",
+                f"{painted:.2f} s",
+                "reference",
+            )
+        )
+        rows.append(
+            (
+                "baseline",
+                f"1-chart page: first chart seen by Playwright (warm, median of {WARM_OPENS})",
+                f"{seen:.2f} s",
+                "reference",
+            )
+        )
         for run_id, label in (("bench-8x50x2000", "8x50x2000"), ("bench-100k", "100k points")):
             numbers = browser_numbers(root, run_id)
             for name, value in numbers.items():
-                goal = ("<= 3 s" if name.startswith("first chart painted") else {"server RSS MB": "< 300 MB",
-                        "tensorflow loaded": "False"}.get(name, "")) if label == "8x50x2000" else ""
-                shown = f"{value:.2f} s" if isinstance(value, float) and "MB" not in name else (
-                    f"{value:.0f} MB" if "MB" in name else str(value))
+                goal = (
+                    (
+                        "<= 3 s"
+                        if name.startswith("first chart painted")
+                        else {"server RSS MB": "< 300 MB", "tensorflow loaded": "False"}.get(name, "")
+                    )
+                    if label == "8x50x2000"
+                    else ""
+                )
+                shown = (
+                    f"{value:.2f} s"
+                    if isinstance(value, float) and "MB" not in name
+                    else (f"{value:.0f} MB" if "MB" in name else str(value))
+                )
                 rows.append((label, f"browser: {name}", shown, goal))
-    rows.append(("machine", "load average (1, 5, 15 min) at the end", " ".join(f"{v:.1f}" for v in os.getloadavg()),
-                 f"{os.cpu_count()} CPUs"))
+    rows.append(
+        (
+            "machine",
+            "load average (1, 5, 15 min) at the end",
+            " ".join(f"{v:.1f}" for v in os.getloadavg()),
+            f"{os.cpu_count()} CPUs",
+        )
+    )
     width = max(len(r[1]) for r in rows)
     print(f"\n{'workload':<12} {'measure':<{width}} {'result':>10}  goal")
     for workload, name, value, goal in rows:

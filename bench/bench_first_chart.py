@@ -15,13 +15,17 @@ import argparse
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-
 from bench_dashboard import (  # noqa: E402
-    BASELINE_APP, CHROMIUM, CHROMIUM_ARGS, REPO, open_and_time, start_server, synthetic_run,
+    BASELINE_APP,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    open_and_time,
+    start_server,
+    synthetic_run,
 )
 
 LINK = "/?run=bench-8x50x2000&layer=dense_3&epoch=25"
@@ -58,7 +62,10 @@ def main() -> None:
             for round_number in range(args.rounds):
                 for label, _, base, link in random.sample(servers, len(servers)):
                     painted[label].append(open_and_time(browser, base + link, {"width": 1400, "height": 1600})[0])
-                print(f"round {round_number + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in painted.items()), flush=True)
+                print(
+                    f"round {round_number + 1}: " + "  ".join(f"{k} {v[-1]:.2f}s" for k, v in painted.items()),
+                    flush=True,
+                )
             browser.close()
     finally:
         for _, process, _, _ in servers:

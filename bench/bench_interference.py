@@ -28,17 +28,17 @@ from core.datasets import load_dataset, stratified_subset  # noqa: E402
 
 PERIOD = 0.140  # seconds: about one epoch of the issue-2 workload, as the recording process's rhythm
 
-SPINNER = """
+SPINNER = f"""
 import os, sys, time
 os.nice(10)
-busy = float(sys.argv[1]) * {period}
+busy = float(sys.argv[1]) * {PERIOD}
 while True:
     start = time.perf_counter()
     while time.perf_counter() - start < busy:
         pass
-    if busy < {period}:
-        time.sleep({period} - busy)
-""".format(period=PERIOD)
+    if busy < {PERIOD}:
+        time.sleep({PERIOD} - busy)
+"""
 
 
 def measured_fit(duty: int, data, probe, epochs: int, root: str) -> tuple[float, float]:
@@ -77,10 +77,16 @@ def main() -> None:
             order = random.sample(duties, len(duties))
             for duty in order:
                 results[duty].append(measured_fit(duty, data, probe, args.epochs, root))
-            print(f"round {round_index + 1}: " + "  ".join(f"{d}% {results[d][-1][0]:.2f}s" for d in duties), flush=True)
-    print(f"\nplain fit of the issue-2 workload ({args.epochs} epochs) beside a process spinning at nice 10, "
-          f"in {PERIOD * 1000:.0f} ms cycles")
-    print(f"{'spinner busy':<13} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'fastest':>8} {'own CPU':>8}")
+            print(
+                f"round {round_index + 1}: " + "  ".join(f"{d}% {results[d][-1][0]:.2f}s" for d in duties), flush=True
+            )
+    print(
+        f"\nplain fit of the issue-2 workload ({args.epochs} epochs) beside a process spinning at nice 10, "
+        f"in {PERIOD * 1000:.0f} ms cycles"
+    )
+    print(
+        f"{'spinner busy':<13} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'fastest':>8} {'own CPU':>8}"
+    )
     alone = results[0]
     for duty in duties:
         rows = results[duty]
@@ -88,7 +94,9 @@ def main() -> None:
         fastest = min(w for w, _ in rows) / min(a for a, _ in alone)
         cpu = statistics.median(c / a for (_, c), (_, a) in zip(rows, alone))
         label = "alone" if duty == 0 else f"{duty}%"
-        print(f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {ratio_columns(ratios)} {fastest:>7.2f}x {cpu:>7.2f}x")
+        print(
+            f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {ratio_columns(ratios)} {fastest:>7.2f}x {cpu:>7.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ were, how long after `fit` returned the run was completely written ("written +":
 for the budget; the next fit starts only then), the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
 plain `fit`), and the time the probe passes took on the recorder's worker thread, beside training.
 
-    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N] [--backend jax]
+    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N] [--backend jax] [--strategy mirrored]
 
 `--backend` (default: `KERAS_BACKEND`, else TensorFlow) runs everything on that Keras backend; `tensorboard` needs
-TensorFlow.
+TensorFlow. `--strategy mirrored` trains every variant under MirroredStrategy on two logical CPU devices.
 """
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keras fixes its backend when it is imported, so --backend is read before the imports below.
 if "--backend" in sys.argv[:-1]:
     os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
+
+# --strategy mirrored: every fit (plain and recorded) trains under tf.distribute.MirroredStrategy on two logical
+# CPU devices, which must be declared before TensorFlow initializes them.
+STRATEGY = None
+if "--strategy" in sys.argv[:-1] and sys.argv[sys.argv.index("--strategy") + 1] == "mirrored":
+    import tensorflow as tf
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
 
 import keras  # noqa: E402
 
@@ -164,13 +176,19 @@ def baseline(variant: str) -> str:
     return "plain-pinned" if variant.endswith("-pinned") else "plain"
 
 
-def measured_fit(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> dict:
+def measured_fit(
+    variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10
+) -> dict:
     """Wall time, this process's CPU time, child processes' CPU time and machine busy share of one `fit`."""
     before, stat_before = os.times(), _cpu_ticks()
     TimedRecorder.spent = TimedRecorder.off_thread = 0.0
-    setting = {"recorder-discard": discarding_child, "plain-pinned": pinned, "recorder-pinned": pinned}.get(variant, contextlib.nullcontext)
+    setting = {"recorder-discard": discarding_child, "plain-pinned": pinned, "recorder-pinned": pinned}.get(
+        variant, contextlib.nullcontext
+    )
     with setting():
-        wall, finishing, fit_cpu = fit_seconds(variant.removesuffix("-pinned"), data, probe, epochs, root, batch_every, grad_every)
+        wall, finishing, fit_cpu = fit_seconds(
+            variant.removesuffix("-pinned"), data, probe, epochs, root, batch_every, grad_every
+        )
     after, stat_after = os.times(), _cpu_ticks()
     ticks = [b - a for a, b in zip(stat_before, stat_after)]
     busy = 1 - (ticks[3] + ticks[4]) / sum(ticks) if sum(ticks) and len(ticks) > 4 else float("nan")  # idle + iowait
@@ -193,17 +211,26 @@ def _cpu_ticks() -> list[int]:
         return []
 
 
-def fit_seconds(variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10) -> tuple[float, float, float]:
+def fit_seconds(
+    variant: str, data, probe, epochs: int, root: str, batch_every: int | None, grad_every: int = 10
+) -> tuple[float, float, float]:
     """Wall time of one `fit`, how much longer until its run was completely written (untimed in the ratios), and
     this process's CPU time during the `fit`."""
-    model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
+    with STRATEGY.scope() if STRATEGY is not None else contextlib.nullcontext():
+        model = build_model((64,), 10, ModelConfig(hidden=(128, 64, 32), activation="relu", optimizer="adam", seed=0))
     callbacks = {
         "plain": [],
         "recorder": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
-        "recorder-live": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, budget=None)],
+        "recorder-live": lambda: [
+            TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, budget=None)
+        ],
         "recorder-discard": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
-        "recorder-nojournal": lambda: [UnjournaledRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)],
-        "recorder+grad": lambda: [TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)],
+        "recorder-nojournal": lambda: [
+            UnjournaledRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every)
+        ],
+        "recorder+grad": lambda: [
+            TimedRecorder(root, probe=probe, every=1, name="bench", batch_every=batch_every, grad_every=grad_every)
+        ],
         "tensorboard": lambda: [keras.callbacks.TensorBoard(log_dir=tempfile.mkdtemp(dir=root), histogram_freq=1)],
         "naive": lambda: [NaiveCapture(probe[0])],
     }[variant]
@@ -224,7 +251,15 @@ def main() -> None:
     parser.add_argument("--batch-every", type=int, default=None, help="also snapshot every N batches")
     parser.add_argument("--grad-every", type=int, default=10, help="recorder+grad: gradient norms every N batches")
     parser.add_argument("--variants", default="plain,recorder,recorder+grad,tensorboard,naive")
-    parser.add_argument("--backend", choices=("tensorflow", "jax"), help="the Keras backend (read before Keras is imported)")
+    parser.add_argument(
+        "--backend", choices=("tensorflow", "jax"), help="the Keras backend (read before Keras is imported)"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("none", "mirrored"),
+        default="none",
+        help="mirrored: every fit under MirroredStrategy on two logical CPU devices (TensorFlow)",
+    )
     args = parser.parse_args()
     data = load_dataset("digits")
     rows = stratified_subset(data.y, 1000, seed=0)
@@ -239,25 +274,37 @@ def main() -> None:
         for round_index in range(args.rounds):
             order = variants if round_index % 2 == 0 else variants[::-1]
             for variant in order:
-                results[variant].append(measured_fit(variant, data, probe, args.epochs, root, args.batch_every, args.grad_every))
-            print(f"round {round_index + 1}: " + "  ".join(f"{v} {results[v][-1]['wall']:.2f}s" for v in variants), flush=True)
+                results[variant].append(
+                    measured_fit(variant, data, probe, args.epochs, root, args.batch_every, args.grad_every)
+                )
+            print(
+                f"round {round_index + 1}: " + "  ".join(f"{v} {results[v][-1]['wall']:.2f}s" for v in variants),
+                flush=True,
+            )
         runs = RunStore(root).list_runs()
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
-    print(f"\n{keras.backend.backend()}: digits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
-          + (f", every {args.batch_every} batches" if args.batch_every else "") + f" ({snapshots} snapshots per run)")
+    print(
+        f"\n{keras.backend.backend()}{' MirroredStrategy(2 CPU devices)' if STRATEGY else ''}: digits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
+        + (f", every {args.batch_every} batches" if args.batch_every else "")
+        + f" ({snapshots} snapshots per run)"
+    )
     if any(v.endswith("-pinned") for v in variants):
         print("(-pinned variants: training on CPU 0 and the recording process on CPU 1; ratios against plain-pinned)")
-    print(f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
-          f" {'child CPU':>9} {'busy':>5} {'written +':>9}"
-          f" {'in hooks':>14} {'probe passes':>12}")
+    print(
+        f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
+        f" {'child CPU':>9} {'busy':>5} {'written +':>9}"
+        f" {'in hooks':>14} {'probe passes':>12}"
+    )
     for variant in variants:
         rows, plain = results[variant], results[baseline(variant)]
         walls = [r["wall"] / p["wall"] for r, p in zip(rows, plain)]
         cpu = statistics.median(r["cpu"] / p["cpu"] for r, p in zip(rows, plain))
-        print(f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {ratio_columns(walls)} {cpu:>12.2f}x"
-              f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
-              f" {statistics.median(r['busy'] for r in rows):>5.0%}"
-              f" {statistics.median(r['finishing'] for r in rows):>8.2f}s" + _hooks_column(rows, plain))
+        print(
+            f"{variant:<16} {statistics.median(r['wall'] for r in rows):>9.2f}s {ratio_columns(walls)} {cpu:>12.2f}x"
+            f" {statistics.median(r['child_cpu'] for r in rows):>8.2f}s"
+            f" {statistics.median(r['busy'] for r in rows):>5.0%}"
+            f" {statistics.median(r['finishing'] for r in rows):>8.2f}s" + _hooks_column(rows, plain)
+        )
 
 
 def ratio_columns(ratios: list[float]) -> str:
@@ -266,8 +313,10 @@ def ratio_columns(ratios: list[float]) -> str:
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     mean = statistics.mean(ratios)
     half = 1.96 * statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
-    return (f"{statistics.median(ratios):>9.2f}x {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13}"
-            f" {f'{mean:.2f}x ({mean - half:.2f}-{mean + half:.2f})':>19}")
+    return (
+        f"{statistics.median(ratios):>9.2f}x {f'({quartiles[0]:.2f}-{quartiles[2]:.2f})':>13}"
+        f" {f'{mean:.2f}x ({mean - half:.2f}-{mean + half:.2f})':>19}"
+    )
 
 
 def _hooks_column(rows: list[dict], plain: list[dict]) -> str:
@@ -276,8 +325,10 @@ def _hooks_column(rows: list[dict], plain: list[dict]) -> str:
     if not any(r["hooks"] for r in rows):
         return ""
     share = statistics.median(r["hooks"] / p["wall"] for r, p in zip(rows, plain))
-    return (f" {statistics.median(r['hooks'] for r in rows):>6.2f}s ({share:.1%})"
-            f" {statistics.median(r['off_thread'] for r in rows):>10.2f}s")
+    return (
+        f" {statistics.median(r['hooks'] for r in rows):>6.2f}s ({share:.1%})"
+        f" {statistics.median(r['off_thread'] for r in rows):>10.2f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ The goal is the largest case under 1 s with a few hundred MB of extra memory on 
 
 import argparse
 import os
-import sys
 import threading
 import time
 import tracemalloc

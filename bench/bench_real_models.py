@@ -43,8 +43,10 @@ def images(samples: int, seed: int = 0):
     angle = np.pi * y / CLASSES
     frequency = 3 + (y % 3) * 2
     phase = rng.uniform(0, 2 * np.pi, samples)
-    wave = np.sin(frequency[:, None, None] * (np.cos(angle)[:, None, None] * xs + np.sin(angle)[:, None, None] * ys)
-                  * np.pi + phase[:, None, None])
+    wave = np.sin(
+        frequency[:, None, None] * (np.cos(angle)[:, None, None] * xs + np.sin(angle)[:, None, None] * ys) * np.pi
+        + phase[:, None, None]
+    )
     x = wave[..., None] * np.array([1.0, 0.6, 0.3], np.float32) + rng.normal(0, 0.5, (samples, SIZE, SIZE, 3))
     return x.astype("float32"), y.astype("int64")
 
@@ -76,9 +78,13 @@ def child(args) -> None:
         result["written"] = time.perf_counter() - start - fitted
         run = RunStore(args.runs).run(recorder.run_id)
         folder = Path(args.runs) / recorder.run_id / "snapshots"
-        result.update(run_id=recorder.run_id, layers=len(run.layers),
-                      recordable=run.meta["layer_selection"]["recordable"], snapshots=len(run.snapshots()),
-                      snapshot_mb=max(f.stat().st_size for f in folder.iterdir()) / 2**20)
+        result.update(
+            run_id=recorder.run_id,
+            layers=len(run.layers),
+            recordable=run.meta["layer_selection"]["recordable"],
+            snapshots=len(run.snapshots()),
+            snapshot_mb=max(f.stat().st_size for f in folder.iterdir()) / 2**20,
+        )
     result["total"] = time.perf_counter() - start
     print(json.dumps(result), flush=True)
 
@@ -99,8 +105,23 @@ def peak_rss(process) -> int:
 
 
 def measure(model: str, variant: str, round_number: int, args, runs: str) -> dict:
-    command = [sys.executable, __file__, "--child", "--model", model, "--variant", variant, "--round", str(round_number),
-               "--samples", str(args.samples), "--epochs", str(args.epochs), "--runs", runs]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        model,
+        "--variant",
+        variant,
+        "--round",
+        str(round_number),
+        "--samples",
+        str(args.samples),
+        "--epochs",
+        str(args.epochs),
+        "--runs",
+        runs,
+    ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak: dict = {}
     sampler = threading.Thread(target=lambda: peak.setdefault("rss", peak_rss(process)))
@@ -122,8 +143,10 @@ def first_charts(runs: str, run_id: str) -> dict[str, float]:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             open_and_time(browser, f"{base}/?run={run_id}")
-            times = {page: open_and_time(browser, f"{base}/{page}?run={run_id}", {"width": 1400, "height": 1600})[0]
-                     for page in ("embeddings", "gradients", "layers")}
+            times = {
+                page: open_and_time(browser, f"{base}/{page}?run={run_id}", {"width": 1400, "height": 1600})[0]
+                for page in ("embeddings", "gradients", "layers")
+            }
             browser.close()
     finally:
         server.terminate()
@@ -149,27 +172,37 @@ def main() -> None:
         return
     runs = tempfile.mkdtemp(prefix="strata-real-")
     variants = args.variants.split(",")
-    print(f"{args.samples} samples of {SIZE}x{SIZE}x3, {args.epochs} epochs, batch 32; {args.rounds} interleaved rounds; "
-          f"store {runs}", flush=True)
+    print(
+        f"{args.samples} samples of {SIZE}x{SIZE}x3, {args.epochs} epochs, batch 32; {args.rounds} interleaved rounds; "
+        f"store {runs}",
+        flush=True,
+    )
     for model in args.models.split(","):
         results: dict[str, list[dict]] = {v: [] for v in variants}
         for round_number in range(args.rounds):
             order = variants if round_number % 2 == 0 else variants[::-1]
             for variant in order:
                 results[variant].append(measure(model, variant, round_number, args, runs))
-            print(f"{model} round {round_number + 1}: " + "  ".join(
-                f"{v} {results[v][-1]['total']:.1f}s {results[v][-1]['rss_mb']:.0f}MB" for v in variants), flush=True)
+            print(
+                f"{model} round {round_number + 1}: "
+                + "  ".join(f"{v} {results[v][-1]['total']:.1f}s {results[v][-1]['rss_mb']:.0f}MB" for v in variants),
+                flush=True,
+            )
         print(f"\n{model}: median over {args.rounds} rounds, ratios to plain fit in the same round")
         for variant in variants:
             rows = results[variant]
             wall = statistics.median(r["total"] / p["total"] for r, p in zip(rows, results["plain"]))
             rss = statistics.median(r["rss_mb"] / p["rss_mb"] for r, p in zip(rows, results["plain"]))
-            line = (f"  {variant:12s} wall {statistics.median(r['total'] for r in rows):6.1f} s ({wall:.2f}x)  "
-                    f"peak RSS {statistics.median(r['rss_mb'] for r in rows):6.0f} MB ({rss:.2f}x)")
+            line = (
+                f"  {variant:12s} wall {statistics.median(r['total'] for r in rows):6.1f} s ({wall:.2f}x)  "
+                f"peak RSS {statistics.median(r['rss_mb'] for r in rows):6.0f} MB ({rss:.2f}x)"
+            )
             if variant == "recorder":
-                line += (f"  written {statistics.median(r['written'] for r in rows):.1f} s after fit  largest snapshot "
-                         f"{max(r['snapshot_mb'] for r in rows):.1f} MB  layers {rows[-1]['layers']} of "
-                         f"{rows[-1]['recordable']}")
+                line += (
+                    f"  written {statistics.median(r['written'] for r in rows):.1f} s after fit  largest snapshot "
+                    f"{max(r['snapshot_mb'] for r in rows):.1f} MB  layers {rows[-1]['layers']} of "
+                    f"{rows[-1]['recordable']}"
+                )
             print(line, flush=True)
         if args.pages and "recorder" in results:
             times = first_charts(runs, results["recorder"][-1]["run_id"])

@@ -48,9 +48,23 @@ def percentile(values: list[float], share: float) -> float:
 def start_server(root: str, xsrf: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port), "--server.headless", "true",
-         "--server.enableXsrfProtection", str(xsrf).lower()],
-        cwd=REPO, env={**os.environ, "STRATA_RUNS": root}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            APP,
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.enableXsrfProtection",
+            str(xsrf).lower(),
+        ],
+        cwd=REPO,
+        env={**os.environ, "STRATA_RUNS": root},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -149,8 +163,11 @@ def main() -> None:
                         times += level(browser, [f"{b}/{PAGES[args.page]}?run={run_id}" for b in bases], sessions)
                 cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
                 rss = sum(p.memory_info().rss for p in processes) / 2**20
-                print(f"| {sessions} | {statistics.median(times):.2f} s | {percentile(times, 0.95):.2f} s | "
-                      f"{max(times):.2f} s | {rss:.0f} MB | {cpu:.1f} |", flush=True)
+                print(
+                    f"| {sessions} | {statistics.median(times):.2f} s | {percentile(times, 0.95):.2f} s | "
+                    f"{max(times):.2f} s | {rss:.0f} MB | {cpu:.1f} |",
+                    flush=True,
+                )
             if browser is not None:
                 browser.close()
                 playwright.stop()

@@ -381,8 +381,7 @@ def align_pca(result: PCAResult, previous: np.ndarray | None) -> tuple[PCAResult
     previous = np.asarray(previous, np.float64)
     if previous.ndim != 2 or previous.shape[1] != result.components.shape[1]:
         raise ValueError(
-            f"previous components must have shape (k, {result.components.shape[1]}). "
-            f"Received: shape {previous.shape}"
+            f"previous components must have shape (k, {result.components.shape[1]}). Received: shape {previous.shape}"
         )
     if not len(previous):
         return result, order

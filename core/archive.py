@@ -104,9 +104,9 @@ def _check_directory(archive: BinaryIO, size: int, limits: ImportLimits) -> None
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) < at + 22:
         return
-    entries, directory_bytes = struct.unpack("<HI", tail[at + 10:at + 16])
-    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":  # a zip64 locator, pointing at the zip64 end record
-        offset = struct.unpack("<Q", tail[at - 12:at - 4])[0]
+    entries, directory_bytes = struct.unpack("<HI", tail[at + 10 : at + 16])
+    if at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":  # a zip64 locator, pointing at the zip64 end record
+        offset = struct.unpack("<Q", tail[at - 12 : at - 4])[0]
         if offset + 56 <= size:
             archive.seek(offset)
             record = archive.read(56)
@@ -137,8 +137,10 @@ def _plan(infos: list[zipfile.ZipInfo], limits: ImportLimits) -> dict[str, zipfi
                 raise StoreError(f"The archive holds a folder that is not part of a run: {_shown(info.filename)}.")
             continue
         if not _is_run_file(relative):
-            raise StoreError(f"The archive holds a file that is not part of a run: {_shown(info.filename)}. A run "
-                             "holds run.json, probe.npz, history.json, snapshots/, batch_gradients/ and journal/.")
+            raise StoreError(
+                f"The archive holds a file that is not part of a run: {_shown(info.filename)}. A run "
+                "holds run.json, probe.npz, history.json, snapshots/, batch_gradients/ and journal/."
+            )
         if path in plan:
             raise StoreError(f"The archive holds {_shown(info.filename)} twice.")
         plan[path] = info
@@ -146,8 +148,10 @@ def _plan(infos: list[zipfile.ZipInfo], limits: ImportLimits) -> dict[str, zipfi
         raise StoreError("The archive holds no run.json, so it is not a run.")
     declared = sum(info.file_size for info in plan.values())
     if declared > limits.unpacked_bytes:  # the cheap refusal; what is read is counted all the same
-        raise StoreError(f"The archive would unpack to {_megabytes(declared)}; at most "
-                         f"{_megabytes(limits.unpacked_bytes)} are accepted.")
+        raise StoreError(
+            f"The archive would unpack to {_megabytes(declared)}; at most "
+            f"{_megabytes(limits.unpacked_bytes)} are accepted."
+        )
     return plan
 
 
@@ -205,14 +209,19 @@ class _Budget:
                     produced += len(chunk)
                     self.left -= len(chunk)
                     if self.left < 0:
-                        raise StoreError(f"The archive unpacks to more than {_megabytes(self.limits.unpacked_bytes)}; "
-                                         "no more is accepted.")
+                        raise StoreError(
+                            f"The archive unpacks to more than {_megabytes(self.limits.unpacked_bytes)}; "
+                            "no more is accepted."
+                        )
                     if produced > MIB and produced > self.limits.ratio * packed:
-                        raise StoreError(f"{_shown(info.filename)} unpacks to more than {self.limits.ratio} times its "
-                                         "packed size: the archive is refused as a zip bomb.")
+                        raise StoreError(
+                            f"{_shown(info.filename)} unpacks to more than {self.limits.ratio} times its "
+                            "packed size: the archive is refused as a zip bomb."
+                        )
                     if cap is not None and produced > cap:
-                        raise StoreError(f"{_shown(info.filename)} is larger than {_megabytes(cap)}, more than a "
-                                         "run's can be.")
+                        raise StoreError(
+                            f"{_shown(info.filename)} is larger than {_megabytes(cap)}, more than a run's can be."
+                        )
                     yield chunk
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
             raise StoreError(f"{_shown(info.filename)} does not unpack ({reason(error)}).") from None
@@ -229,8 +238,10 @@ def _run_meta(data: bytes, name: str | None) -> dict:
     except (ValueError, UnicodeDecodeError) as error:  # FormatProblem is a ValueError too
         raise StoreError(f"The archive's run.json is not a valid run ({reason(error)}).") from None
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise StoreError(f"The archive's run was written by a newer Strata (format {meta['format_version']}); this one "
-                         f"reads format {FORMAT_VERSION}.")
+        raise StoreError(
+            f"The archive's run was written by a newer Strata (format {meta['format_version']}); this one "
+            f"reads format {FORMAT_VERSION}."
+        )
     if name is not None and str(name).strip():
         meta["name"] = str(name).strip()[:200]
     if meta.get("status", "running") == "running":
@@ -238,8 +249,9 @@ def _run_meta(data: bytes, name: str | None) -> dict:
     return meta
 
 
-def _unpack(files: _Files, zipped: zipfile.ZipFile, plan: dict[str, zipfile.ZipInfo], meta: dict,
-            limits: ImportLimits) -> str:
+def _unpack(
+    files: _Files, zipped: zipfile.ZipFile, plan: dict[str, zipfile.ZipInfo], meta: dict, limits: ImportLimits
+) -> str:
     budget = _Budget(limits)
     temp = f"{TEMP_PREFIX}import-{uuid.uuid4().hex}"
     run_id = _fresh_id(files, meta)

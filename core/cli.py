@@ -54,26 +54,43 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=_show)
 
-    recover = commands.add_parser("recover", help="write the snapshots a killed training process held back (needs TensorFlow)")
+    recover = commands.add_parser(
+        "recover", help="write the snapshots a killed training process held back (needs TensorFlow)"
+    )
     recover.add_argument("run")
     recover.add_argument("--runs", default="runs")
-    recover.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                         help="import this module first, e.g. the one that registers the model's custom layers (repeatable)")
+    recover.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, e.g. the one that registers the model's custom layers (repeatable)",
+    )
     recover.set_defaults(handler=_recover)
 
-    imports = commands.add_parser("import", help="add a run from a zip archive (a run downloaded from the dashboard) "
-                                  "under a new id; prints the id")
+    imports = commands.add_parser(
+        "import",
+        help="add a run from a zip archive (a run downloaded from the dashboard) under a new id; prints the id",
+    )
     imports.add_argument("zip", help="the run's zip archive")
     imports.add_argument("--runs", default="runs")
     imports.add_argument("--name", help="display name of the imported run (default: the name it had)")
     imports.set_defaults(handler=_import)
 
-    diagnose = commands.add_parser("diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any")
+    diagnose = commands.add_parser(
+        "diagnose", help="name training problems (vanishing gradients, dead units, ...); exit 1 if any"
+    )
     diagnose.add_argument("run")
     diagnose.add_argument("--runs", default="runs")
     diagnose.add_argument("--json", action="store_true", help="machine-readable output")
-    diagnose.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                          help="override a threshold, e.g. vanishing_ratio=1e-3 (repeatable; see core/DIAGNOSIS.md)")
+    diagnose.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a threshold, e.g. vanishing_ratio=1e-3 (repeatable; see core/DIAGNOSIS.md)",
+    )
     diagnose.set_defaults(handler=_diagnose)
     return parser
 
@@ -90,7 +107,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
         if setting.type is tuple:  # layer sizes are typed as "32,32,32"; TrainingSpec.from_args parses them
             parser.add_argument(setting.flag, default=text(setting), metavar=setting.metavar, help=help)
         else:
-            parser.add_argument(setting.flag, type=setting.type, default=setting.default, metavar=setting.metavar, help=help)
+            parser.add_argument(
+                setting.flag, type=setting.type, default=setting.default, metavar=setting.metavar, help=help
+            )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -120,9 +139,16 @@ def _list_runs(args: argparse.Namespace) -> int:
     if not summaries:
         print(f"No runs in {args.runs}. Start one with: python -m core train --dataset spiral")
         return 0
-    rows = [(s.id, s.status + (f" ({s.unwritten} unwritten)" if s.unwritten else ""), s.dataset,
-             f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done), s.name)
-            for s in summaries]
+    rows = [
+        (
+            s.id,
+            s.status + (f" ({s.unwritten} unwritten)" if s.unwritten else ""),
+            s.dataset,
+            f"{s.epochs_done}/{s.epochs_planned}" if s.epochs_planned else str(s.epochs_done),
+            s.name,
+        )
+        for s in summaries
+    ]
     width = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(("id", "status", "dataset"))]
     for row in [("id", "status", "dataset", "epochs", "name"), *rows]:
         print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]:<{width[2]}}  {row[3]:>7}  {row[4]}")
@@ -130,8 +156,11 @@ def _list_runs(args: argparse.Namespace) -> int:
         if s.damaged:  # listed, and skipped: only a command that names the run fails on it
             print(f"\n{s.id}: {s.damaged}")
         if s.unwritten:
-            print(f"\n{s.id}: training was killed before {s.unwritten} of its snapshots were written. "
-                  f"Write them with: python -m core recover {s.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
+            print(
+                f"\n{s.id}: training was killed before {s.unwritten} of its snapshots were written. "
+                f"Write them with: python -m core recover {s.id}"
+                + (f" --runs {args.runs}" if args.runs != "runs" else "")
+            )
     return 0
 
 
@@ -145,22 +174,37 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['name']} ({summary['id']}): {summary['status']}, {len(summary['epochs'])} snapshots")
     if summary["unwritten_snapshots"]:
-        print(f"  {summary['unwritten_snapshots']} more were captured but not written when training was killed; "
-              f"write them with: python -m core recover {run.id}" + (f" --runs {args.runs}" if args.runs != "runs" else ""))
+        print(
+            f"  {summary['unwritten_snapshots']} more were captured but not written when training was killed; "
+            f"write them with: python -m core recover {run.id}"
+            + (f" --runs {args.runs}" if args.runs != "runs" else "")
+        )
     for line in run.lost_snapshots().lines():
         print(f"  lost: {line}")
     for name, why in summary["damaged_files"].items():
         if not name.startswith("snapshots/"):  # lost snapshots are listed above
             print(f"  damaged: {name} ({why}); the rest of the run is shown without it")
     for layer in summary["layers"]:
-        print(f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params")
+        print(
+            f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params"
+        )
     history = summary["metrics"]
     if history.get("loss"):
-        print(f"final loss {history['loss'][-1]}  " + "  ".join(f"{k} {v[-1]}" for k, v in history.items() if k not in ("epoch", "loss") and v))
+        print(
+            f"final loss {history['loss'][-1]}  "
+            + "  ".join(f"{k} {v[-1]}" for k, v in history.items() if k not in ("epoch", "loss") and v)
+        )
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary["created"]))
     print(f"created {created}")
     problems = summary["diagnosis"]
-    print(f"diagnosis: {len(problems)} finding(s)" + (f" ({', '.join(p['kind'] for p in problems)}); details: python -m core diagnose {run.id}" if problems else ", healthy"))
+    print(
+        f"diagnosis: {len(problems)} finding(s)"
+        + (
+            f" ({', '.join(p['kind'] for p in problems)}); details: python -m core diagnose {run.id}"
+            if problems
+            else ", healthy"
+        )
+    )
     return 0
 
 
@@ -191,13 +235,26 @@ def _diagnose(args: argparse.Namespace) -> int:
     run = RunStore(args.runs).run(args.run)
     if not run.epochs():  # no evidence is not health: a CI gate must not pass a run it could not read
         lost = " ".join(run.lost_snapshots().lines())
-        raise StoreError(f"Run {run.id!r} has no readable snapshot, so there is nothing to diagnose." + (f" {lost}" if lost else ""))
+        raise StoreError(
+            f"Run {run.id!r} has no readable snapshot, so there is nothing to diagnose." + (f" {lost}" if lost else "")
+        )
     findings = diagnose(run, thresholds)
     for line in run.lost_snapshots().lines():  # the verdict rests on the snapshots that are left
         print(f"note: {line}", file=sys.stderr)
     if args.json:
-        print(json.dumps(to_json_safe({"run": run.id, "healthy": not findings, "thresholds": asdict(thresholds),
-                                       "findings": [asdict(f) for f in findings]}), indent=1))
+        print(
+            json.dumps(
+                to_json_safe(
+                    {
+                        "run": run.id,
+                        "healthy": not findings,
+                        "thresholds": asdict(thresholds),
+                        "findings": [asdict(f) for f in findings],
+                    }
+                ),
+                indent=1,
+            )
+        )
     elif not findings:
         print(f"{run.name} ({run.id}): no problems found in {len(run.epochs())} snapshots.")
     else:

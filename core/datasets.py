@@ -372,4 +372,3 @@ def _encoded_labels(raw, path) -> tuple[np.ndarray, tuple[str, ...]]:
 
 def _flat_kind(x) -> str:
     return "plane" if x.shape[1] == 2 else "tabular"
-

@@ -30,8 +30,16 @@ import numpy as np
 
 from core.store import Run, Snapshot, StoreError, main_weight
 
-KINDS = ("vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "learning_rate", "not_learning",
-         "overfitting", "capacity")
+KINDS = (
+    "vanishing_gradients",
+    "exploding_gradients",
+    "dead_units",
+    "saturation",
+    "learning_rate",
+    "not_learning",
+    "overfitting",
+    "capacity",
+)
 SEVERE_KINDS = frozenset({"exploding_gradients"})  # training is broken, not merely slow: shown as errors
 SATURATING_ACTIVATIONS = frozenset({"sigmoid", "hard_sigmoid", "sparse_sigmoid", "tanh", "hard_tanh", "softsign"})
 
@@ -92,9 +100,13 @@ class Thresholds:
         for item in fields(self):
             value = getattr(self, item.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"Threshold `{item.name}` must be a finite number >= 0. Received: {item.name}={value!r}")
+                raise ValueError(
+                    f"Threshold `{item.name}` must be a finite number >= 0. Received: {item.name}={value!r}"
+                )
         if int(self.persistence) != self.persistence or self.persistence < 1:
-            raise ValueError(f"Threshold `persistence` must be a whole number >= 1. Received: persistence={self.persistence!r}")
+            raise ValueError(
+                f"Threshold `persistence` must be a whole number >= 1. Received: persistence={self.persistence!r}"
+            )
         for name in ("learning_steps", "oscillations"):
             if int(getattr(self, name)) != getattr(self, name):
                 raise ValueError(f"Threshold `{name}` must be a whole number. Received: {name}={getattr(self, name)!r}")
@@ -103,21 +115,27 @@ class Thresholds:
     def names(cls) -> list[str]:
         return [item.name for item in fields(cls)]
 
-    def with_overrides(self, pairs: list[str] | None) -> "Thresholds":
+    def with_overrides(self, pairs: list[str] | None) -> Thresholds:
         """A copy with `name=value` pairs applied (as given on the command line); ValueError names a bad pair."""
         changes: dict[str, Any] = {}  # floats, and ints for the whole-number thresholds
         for pair in pairs or []:
             name, sep, text = pair.partition("=")
             name = name.strip().replace("-", "_")
             if not sep or name not in self.names():
-                raise ValueError(f"--threshold takes name=value with a name among {', '.join(self.names())}. Received: {pair!r}")
+                raise ValueError(
+                    f"--threshold takes name=value with a name among {', '.join(self.names())}. Received: {pair!r}"
+                )
             try:
                 value = float(text)
             except ValueError:
                 raise ValueError(
                     f"--threshold {name} needs a number, e.g. {name}={getattr(self, name)!r}. Received: {pair!r}"
                 ) from None
-            changes[name] = int(value) if name in ("persistence", "learning_steps", "oscillations") and value.is_integer() else value
+            changes[name] = (
+                int(value)
+                if name in ("persistence", "learning_steps", "oscillations") and value.is_integer()
+                else value
+            )
         return replace(self, **changes)
 
 
@@ -191,7 +209,7 @@ class _Series:
     config: dict
 
     @classmethod
-    def of(cls, run: Run) -> "_Series":
+    def of(cls, run: Run) -> _Series:
         snapshots = run.epoch_snapshots()
         layers = run.layers
         return cls(
@@ -377,15 +395,21 @@ def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
         start, end = stretch
         worst = int(start + np.nanargmin(smaller[start : end + 1]))
         evidence = {
-            "first_layer": series.names[first], "last_layer": series.names[last],
-            "kernel_gradient_ratio": float(kernel_ratio[start]), "error_signal_ratio": float(signal_ratio[start]),
-            "smallest_ratio": float(smaller[worst]), "smallest_at_epoch": series.epochs[worst],
-            "threshold": thresholds.vanishing_ratio, "epochs": [series.epochs[start], series.epochs[end]],
+            "first_layer": series.names[first],
+            "last_layer": series.names[last],
+            "kernel_gradient_ratio": float(kernel_ratio[start]),
+            "error_signal_ratio": float(signal_ratio[start]),
+            "smallest_ratio": float(smaller[worst]),
+            "smallest_at_epoch": series.epochs[worst],
+            "threshold": thresholds.vanishing_ratio,
+            "epochs": [series.epochs[start], series.epochs[end]],
         }
         first_name, last_name = series.names[first], series.names[last]
         kernel_text = f"the kernel gradient norm of `{first_name}` is {_g(kernel_ratio[start])} of `{last_name}`'s"
         signal_text = f"the error signal `{first_name}` receives is {_g(signal_ratio[start])} of `{last_name}`'s"
-        kernel_first = np.fmin(kernel_ratio[start], np.inf) <= np.fmin(signal_ratio[start], np.inf)  # the smaller one leads
+        kernel_first = np.fmin(kernel_ratio[start], np.inf) <= np.fmin(
+            signal_ratio[start], np.inf
+        )  # the smaller one leads
         texts = (kernel_text, signal_text) if kernel_first else (signal_text, kernel_text)
         message = (
             f"Vanishing gradients: from epoch {series.epochs[start]} to {series.epochs[end]}, {texts[0]} "
@@ -397,10 +421,12 @@ def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
         return []
     start, end = stretch
     evidence = {
-        "first_layer": series.names[first], "shrink_factor": float(shrunk[start]),
+        "first_layer": series.names[first],
+        "shrink_factor": float(shrunk[start]),
         "gradient_norm": float(series.kernel_grad[start, first]),
         "gradient_norm_before_training": float(series.kernel_grad[0, first]),
-        "probe_loss": float(series.loss[start]), "probe_loss_before_training": float(series.loss[0]),
+        "probe_loss": float(series.loss[start]),
+        "probe_loss_before_training": float(series.loss[0]),
         "threshold": thresholds.vanishing_ratio,
         "epochs": [series.epochs[start], series.epochs[end]],
     }
@@ -415,15 +441,21 @@ def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
 def _vanishing_fix(series: _Series, layer: int) -> str:
     activation = series.activations[layer] or series.config.get("activation")
     if activation in SATURATING_ACTIVATIONS:
-        return (f"Try: ReLU-family activations with He initialization (`--activation relu --init he_normal`) instead of "
-                f"{activation}, batch normalization (`--batch-norm`), fewer layers or residual connections.")
-    return ("Try: He initialization for ReLU layers (`--init he_normal`), batch normalization (`--batch-norm`), "
-            "residual connections, or fewer layers.")
+        return (
+            f"Try: ReLU-family activations with He initialization (`--activation relu --init he_normal`) instead of "
+            f"{activation}, batch normalization (`--batch-norm`), fewer layers or residual connections."
+        )
+    return (
+        "Try: He initialization for ReLU layers (`--init he_normal`), batch normalization (`--batch-norm`), "
+        "residual connections, or fewer layers."
+    )
 
 
 def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
-    fix = (f"Try: a lower learning rate{_lr_text(series)}, gradient clipping (`clipnorm=1.0` on the optimizer), "
-           "batch normalization (`--batch-norm`), and Glorot or He initialization instead of large random weights.")
+    fix = (
+        f"Try: a lower learning rate{_lr_text(series)}, gradient clipping (`clipnorm=1.0` on the optimizer), "
+        "batch normalization (`--batch-norm`), and Glorot or He initialization instead of large random weights."
+    )
     broken = series.nonfinite | (series.nonfinite_grad.sum(axis=1) > 0)
     if broken.any() or series.nan_epoch is not None:
         position = int(np.argmax(broken)) if broken.any() else len(series.epochs) - 1
@@ -438,13 +470,18 @@ def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
         layer = int(np.argmax(counts > 0)) if (counts > 0).any() else (series.kernel_layers or [0])[0]
         finite_before = series.loss[:position][np.isfinite(series.loss[:position])]
         evidence: dict[str, Any] = {
-            "nan_epoch": series.nan_epoch, "first_nonfinite_snapshot": series.epochs[position] if broken.any() else None,
+            "nan_epoch": series.nan_epoch,
+            "first_nonfinite_snapshot": series.epochs[position] if broken.any() else None,
             "nonfinite_gradient_entries": {series.names[i]: int(c) for i, c in enumerate(counts) if c > 0},
             "last_finite_loss": float(finite_before[-1]) if finite_before.size else None,
         }
         message = (
             f"Exploding gradients: training diverged to NaN/Inf at epoch {epoch}"
-            + (f"; `{series.names[layer]}` has {int(counts[layer])} non-finite gradient entries" if counts[layer] > 0 else "")
+            + (
+                f"; `{series.names[layer]}` has {int(counts[layer])} non-finite gradient entries"
+                if counts[layer] > 0
+                else ""
+            )
             + f". Every update after that is lost. {fix}"
         )
         return [Finding("exploding_gradients", series.names[layer], epoch, message, evidence, fix)]
@@ -454,9 +491,13 @@ def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
             stretch = _first_stretch(growth[:, layer] >= thresholds.exploding_growth, thresholds.persistence)
         if stretch is not None and len(series.epochs) > 1:
             start, end = stretch
-            evidence = {"growth": float(growth[start, layer]), "gradient_norm": float(series.kernel_grad[start, layer]),
-                        "gradient_norm_before_training": float(series.kernel_grad[0, layer]),
-                        "threshold": thresholds.exploding_growth, "epochs": [series.epochs[start], series.epochs[end]]}
+            evidence = {
+                "growth": float(growth[start, layer]),
+                "gradient_norm": float(series.kernel_grad[start, layer]),
+                "gradient_norm_before_training": float(series.kernel_grad[0, layer]),
+                "threshold": thresholds.exploding_growth,
+                "epochs": [series.epochs[start], series.epochs[end]],
+            }
             message = (
                 f"Exploding gradients: from epoch {series.epochs[start]}, the gradient norm of `{series.names[layer]}` is "
                 f"{growth[start, layer]:.3g}x its value before training ({_g(series.kernel_grad[0, layer])} → "
@@ -473,9 +514,14 @@ def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
         return []
     start, end = stretch
     first, last = series.hidden_kernel_layers[0], series.hidden_kernel_layers[-1]
-    evidence = {"first_layer": series.names[first], "last_layer": series.names[last], "kernel_gradient_ratio": float(ratios[0][start]),
-                "error_signal_ratio": float(ratios[1][start]), "threshold": thresholds.exploding_ratio,
-                "epochs": [series.epochs[start], series.epochs[end]]}
+    evidence = {
+        "first_layer": series.names[first],
+        "last_layer": series.names[last],
+        "kernel_gradient_ratio": float(ratios[0][start]),
+        "error_signal_ratio": float(ratios[1][start]),
+        "threshold": thresholds.exploding_ratio,
+        "epochs": [series.epochs[start], series.epochs[end]],
+    }
     message = (
         f"Exploding gradients: from epoch {series.epochs[start]}, the gradient reaching `{series.names[first]}` is "
         f"{larger[start]:.3g}x that of `{series.names[last]}`: it grows on its way back to the input. {fix}"
@@ -499,28 +545,40 @@ def _unit_finding(series: _Series, thresholds: Thresholds, kind: str) -> list[Fi
             stretches[layer] = stretch
     if not stretches:
         return []
-    main = min(stretches, key=lambda i: (stretches[i][0], -np.nanmax(fractions[stretches[i][0] : stretches[i][1] + 1, i])))
+    main = min(
+        stretches, key=lambda i: (stretches[i][0], -np.nanmax(fractions[stretches[i][0] : stretches[i][1] + 1, i]))
+    )
     start, end = stretches[main]
     fraction = float(fractions[end, main])
     affected = sorted(stretches)
     evidence = {
-        "fraction": fraction, "fraction_at_start": float(fractions[start, main]), "threshold": limit,
+        "fraction": fraction,
+        "fraction_at_start": float(fractions[start, main]),
+        "threshold": limit,
         "epochs": [series.epochs[start], series.epochs[end]],
         "layers": {series.names[i]: float(fractions[stretches[i][1], i]) for i in affected},
     }
     until = "the last snapshot" if end == len(series.epochs) - 1 else f"epoch {series.epochs[end]}"
     if kind == "dead_units":
-        fix = (f"Try: a lower learning rate{_lr_text(series)}, He initialization (`--init he_normal`), or an activation "
-               "without a flat zero side (`leaky_relu`, `elu`, `gelu`); batch normalization also helps.")
-        message = (f"Dead units: from epoch {series.epochs[start]} to {until}, {fraction:.0%} of the units of "
-                   f"`{series.names[main]}` output zero on every probe sample, so they pass no gradient and rarely "
-                   f"recover.{_others(series, affected, main)} {fix}")
+        fix = (
+            f"Try: a lower learning rate{_lr_text(series)}, He initialization (`--init he_normal`), or an activation "
+            "without a flat zero side (`leaky_relu`, `elu`, `gelu`); batch normalization also helps."
+        )
+        message = (
+            f"Dead units: from epoch {series.epochs[start]} to {until}, {fraction:.0%} of the units of "
+            f"`{series.names[main]}` output zero on every probe sample, so they pass no gradient and rarely "
+            f"recover.{_others(series, affected, main)} {fix}"
+        )
     else:
-        fix = (f"Try: standardized inputs, a lower learning rate{_lr_text(series)}, Glorot initialization, batch "
-               "normalization (`--batch-norm`), or ReLU-family activations.")
-        message = (f"Saturation: from epoch {series.epochs[start]} to {until}, {fraction:.0%} of the units of "
-                   f"`{series.names[main]}` ({series.activations[main]}) sit at their bounds on nearly every sample, "
-                   f"where their gradient is about zero.{_others(series, affected, main)} {fix}")
+        fix = (
+            f"Try: standardized inputs, a lower learning rate{_lr_text(series)}, Glorot initialization, batch "
+            "normalization (`--batch-norm`), or ReLU-family activations."
+        )
+        message = (
+            f"Saturation: from epoch {series.epochs[start]} to {until}, {fraction:.0%} of the units of "
+            f"`{series.names[main]}` ({series.activations[main]}) sit at their bounds on nearly every sample, "
+            f"where their gradient is about zero.{_others(series, affected, main)} {fix}"
+        )
     return [Finding(kind, series.names[main], series.epochs[start], message, evidence, fix)]
 
 
@@ -545,7 +603,9 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
     if too_high:
         return [too_high]
     with np.errstate(invalid="ignore"):
-        blocked = _dead_blocked(series, thresholds) | _saturated_blocked(series, thresholds)  # zero gradient at any rate
+        blocked = _dead_blocked(series, thresholds) | _saturated_blocked(
+            series, thresholds
+        )  # zero gradient at any rate
         too_low = known & (fastest < thresholds.update_ratio_low) & series.untrained(thresholds) & ~blocked
     count = int(known.sum())
     stretch = _first_stretch(too_low, min(thresholds.persistence, count) if count else thresholds.persistence)
@@ -553,9 +613,13 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
         return []
     start, end = stretch
     layer = layers[int(np.nanargmax(updates[start]))]
-    evidence = {"fastest_update_ratio_per_epoch": float(fastest[start]), "threshold": thresholds.update_ratio_low,
-                "probe_loss": _json_number(series.loss[end]), "probe_loss_before_training": _json_number(series.loss[0]),
-                "epochs": [series.epochs[start], series.epochs[end]]}
+    evidence = {
+        "fastest_update_ratio_per_epoch": float(fastest[start]),
+        "threshold": thresholds.update_ratio_low,
+        "probe_loss": _json_number(series.loss[end]),
+        "probe_loss_before_training": _json_number(series.loss[0]),
+        "epochs": [series.epochs[start], series.epochs[end]],
+    }
     fix = f"Try: a learning rate 10 to 100 times higher{_lr_text(series)}, or Adam, whose steps do not shrink with the gradient."
     message = (
         f"Learning rate too low: from epoch {series.epochs[start]} to {series.epochs[end]}, even the fastest-moving "
@@ -579,7 +643,7 @@ def _fastest_layer(series: _Series, start: int, end: int) -> int:
 
 
 def _moved(series: _Series, layer: int, start: int, end: int) -> str:
-    """", and `dense_0` moved most: 0.91x its norm per epoch", or nothing when the updates were not recorded."""
+    """ ", and `dense_0` moved most: 0.91x its norm per epoch", or nothing when the updates were not recorded."""
     updates = series.update_per_epoch[start : end + 1, layer]
     if not np.isfinite(updates).any():
         return f"; the layer that moved most is `{series.names[layer]}`"
@@ -602,8 +666,11 @@ def _diverged(series: _Series, thresholds: Thresholds, median_update: np.ndarray
     layer = _fastest_layer(series, start, end)
     fix = _too_high_fix(series)
     evidence = {
-        "mode": "diverged", "probe_loss_before": float(start_loss), "reference_epoch": series.epochs[0],
-        "probe_loss_after": float(stretch_loss.min()), "probe_loss_peak": float(stretch_loss.max()),
+        "mode": "diverged",
+        "probe_loss_before": float(start_loss),
+        "reference_epoch": series.epochs[0],
+        "probe_loss_after": float(stretch_loss.min()),
+        "probe_loss_peak": float(stretch_loss.max()),
         "threshold": thresholds.divergence,
         "median_update_ratio_per_epoch": float(np.nanmax(updates)) if np.isfinite(updates).any() else None,
         "epochs": [series.epochs[start], series.epochs[end]],
@@ -651,11 +718,16 @@ def _oscillating(series: _Series, thresholds: Thresholds, median_update: np.ndar
     layer = _fastest_layer(series, start, end)
     fix = _too_high_fix(series)
     evidence = {
-        "mode": "oscillating", "probe_loss_before": float(loss[reference]), "reference_epoch": series.epochs[reference],
-        "probe_loss_peak": float(np.nanmax(loss[start : end + 1])), "rises": len(jumps),
+        "mode": "oscillating",
+        "probe_loss_before": float(loss[reference]),
+        "reference_epoch": series.epochs[reference],
+        "probe_loss_peak": float(np.nanmax(loss[start : end + 1])),
+        "rises": len(jumps),
         "jumps": [{"epoch": series.epochs[t], "from": float(loss[t - 1]), "to": float(loss[t])} for t in jumps],
-        "threshold": thresholds.loss_rise, "median_update_ratio_per_epoch": typical_update,
-        "update_threshold": thresholds.update_ratio_high, "epochs": [series.epochs[start], series.epochs[end]],
+        "threshold": thresholds.loss_rise,
+        "median_update_ratio_per_epoch": typical_update,
+        "update_threshold": thresholds.update_ratio_high,
+        "epochs": [series.epochs[start], series.epochs[end]],
     }
     jump_text = ", ".join(f"{loss[t - 1]:.3g} to {loss[t]:.3g} at epoch {series.epochs[t]}" for t in jumps)
     message = (
@@ -710,14 +782,22 @@ def _not_learning(series: _Series, thresholds: Thresholds) -> list[Finding]:
     loss, accuracy = series.loss[end], series.accuracy[end]
     steps = int(series.steps[end] - series.steps[0])
     evidence = {
-        "probe_loss": float(loss), "probe_loss_before_training": float(start_loss), "loss_drop": float(1 - loss / start_loss),
-        "probe_accuracy": float(accuracy), "chance_accuracy": chance, "gap_closed": float(_gap_closed(accuracy, chance)),
-        "steps": steps, "loss_threshold": thresholds.min_loss_drop, "accuracy_threshold": thresholds.chance_gap,
+        "probe_loss": float(loss),
+        "probe_loss_before_training": float(start_loss),
+        "loss_drop": float(1 - loss / start_loss),
+        "probe_accuracy": float(accuracy),
+        "chance_accuracy": chance,
+        "gap_closed": float(_gap_closed(accuracy, chance)),
+        "steps": steps,
+        "loss_threshold": thresholds.min_loss_drop,
+        "accuracy_threshold": thresholds.chance_gap,
         "epochs": [series.epochs[start], series.epochs[end]],
     }
     layer = None  # the whole network
-    fix = (f"Try: a higher learning rate{_lr_text(series)} or more epochs if the loss is creeping down; otherwise check "
-           "that the labels match the inputs and that the inputs are scaled (standardized, or pixels in [0, 1]).")
+    fix = (
+        f"Try: a higher learning rate{_lr_text(series)} or more epochs if the loss is creeping down; otherwise check "
+        "that the labels match the inputs and that the inputs are scaled (standardized, or pixels in [0, 1])."
+    )
     message = (
         f"Not learning: from epoch {series.epochs[start]} to {series.epochs[end]} ({steps} optimizer steps in all), the "
         f"probe loss is {loss:.3g}, against {start_loss:.3g} before training (less than the {thresholds.min_loss_drop:.0%} "
@@ -741,13 +821,19 @@ def _overfitting(series: _Series, thresholds: Thresholds) -> list[Finding]:
     start, end = stretch
     layer = None  # the whole network
     evidence = {
-        "val_loss_lowest": float(val[best]), "lowest_at_epoch": series.epochs[best], "val_loss": float(val[end]),
-        "train_loss_at_lowest": float(train[best]), "train_loss": float(train[end]),
-        "val_loss_threshold": thresholds.val_loss_rise, "train_loss_threshold": thresholds.train_loss_drop,
+        "val_loss_lowest": float(val[best]),
+        "lowest_at_epoch": series.epochs[best],
+        "val_loss": float(val[end]),
+        "train_loss_at_lowest": float(train[best]),
+        "train_loss": float(train[end]),
+        "val_loss_threshold": thresholds.val_loss_rise,
+        "train_loss_threshold": thresholds.train_loss_drop,
         "epochs": [series.epochs[start], series.epochs[end]],
     }
-    fix = ("Try: stopping at the lowest validation loss (`keras.callbacks.EarlyStopping(restore_best_weights=True)`), "
-           "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller network.")
+    fix = (
+        "Try: stopping at the lowest validation loss (`keras.callbacks.EarlyStopping(restore_best_weights=True)`), "
+        "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller network."
+    )
     message = (
         f"Overfitting: the validation loss was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from epoch "
         f"{series.epochs[start]} to {series.epochs[end]} it stayed {thresholds.val_loss_rise:.0%} or more above that and "
@@ -772,18 +858,27 @@ def _capacity(series: _Series, thresholds: Thresholds) -> list[Finding]:
         return []
     start, end = stretch
     accuracy, loss = train_accuracy[end], train_loss[end]
-    narrowest = min(series.hidden_kernel_layers or series.kernel_layers or [0], key=lambda i: series.units[i] or math.inf)
+    narrowest = min(
+        series.hidden_kernel_layers or series.kernel_layers or [0], key=lambda i: series.units[i] or math.inf
+    )
     layer = series.names[narrowest]
     width = f" (its narrowest layer, `{layer}`, has {series.units[narrowest]} units)" if series.units[narrowest] else ""
     evidence = {
-        "train_accuracy": float(accuracy), "chance_accuracy": chance, "gap_closed": float(_gap_closed(accuracy, chance)),
-        "train_loss": float(loss), "train_loss_at_start_of_plateau": float(train_loss[start - 1]),
+        "train_accuracy": float(accuracy),
+        "chance_accuracy": chance,
+        "gap_closed": float(_gap_closed(accuracy, chance)),
+        "train_loss": float(loss),
+        "train_loss_at_start_of_plateau": float(train_loss[start - 1]),
         "narrowest_layer_units": series.units[narrowest],
-        "probe_loss_before_training": float(series.loss[0]), "accuracy_threshold": thresholds.capacity_fit,
-        "plateau_threshold": thresholds.plateau, "epochs": [series.epochs[start], series.epochs[end]],
+        "probe_loss_before_training": float(series.loss[0]),
+        "accuracy_threshold": thresholds.capacity_fit,
+        "plateau_threshold": thresholds.plateau,
+        "epochs": [series.epochs[start], series.epochs[end]],
     }
-    fix = ("Try: wider or more hidden layers (`--hidden`), less regularization (`--l2`, `--dropout`), or a less "
-           "restrictive architecture; the gradients reach every layer, so the optimizer is not the problem.")
+    fix = (
+        "Try: wider or more hidden layers (`--hidden`), less regularization (`--l2`, `--dropout`), or a less "
+        "restrictive architecture; the gradients reach every layer, so the optimizer is not the problem."
+    )
     message = (
         f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss fell by less "
         f"than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the training accuracy "

@@ -17,8 +17,17 @@ from keras.src.models.functional import Functional, operation_fn
 # Layers that are the identity at inference or only reshape: recording them would repeat the previous panel.
 PASS_THROUGH_TYPES = frozenset(
     {
-        "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-        "GaussianDropout", "AlphaDropout", "Flatten", "Reshape", "InputLayer", "ActivityRegularization",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "Flatten",
+        "Reshape",
+        "InputLayer",
+        "ActivityRegularization",
     }
 )
 
@@ -122,8 +131,15 @@ def recorded_layers(model: keras.Model, prefix: str = "") -> list[RecordedLayer]
 # `recurrent_dropout` arguments of recurrent and attention layers, and the Random* augmentation layers).
 TRAINING_TYPES = frozenset(
     {
-        "BatchNormalization", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-        "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+        "BatchNormalization",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
     }
 )
 
@@ -134,7 +150,9 @@ def trains_differently(model: keras.Model) -> bool:
     own `call` takes a `training` argument (every built-in layer's `call` takes one, so that says nothing)."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
         kind = type(layer)
-        if kind.__name__ in TRAINING_TYPES or (kind.__name__.startswith("Random") and kind.__module__.startswith("keras.")):
+        if kind.__name__ in TRAINING_TYPES or (
+            kind.__name__.startswith("Random") and kind.__module__.startswith("keras.")
+        ):
             return True
         if any(float(getattr(layer, name, 0) or 0) > 0 for name in ("dropout", "recurrent_dropout")):
             return True
@@ -151,8 +169,9 @@ def check_selection(selection) -> None:
             raise ValueError(f"layers must name at least one layer. Received: layers={selection!r}")
         return
     items = list(selection) if isinstance(selection, (list, tuple, set, frozenset)) else None
-    if not items or not all((isinstance(i, str) and i.strip()) or (isinstance(i, type) and issubclass(i, keras.layers.Layer))
-                            for i in items):
+    if not items or not all(
+        (isinstance(i, str) and i.strip()) or (isinstance(i, type) and issubclass(i, keras.layers.Layer)) for i in items
+    ):
         raise ValueError(
             "layers must be 'auto', 'all', or a list of layer names, patterns (`block_*_add`) and layer classes "
             f"(`keras.layers.Conv2D`, or its name 'Conv2D'). Received: layers={selection!r}"
@@ -179,8 +198,10 @@ def select_layers(layers: list[RecordedLayer], selection=None) -> list[RecordedL
         if not found:
             names = ", ".join(layer.path for layer in layers[:12]) + (", ..." if len(layers) > 12 else "")
             kinds = ", ".join(sorted({type(layer.layer).__name__ for layer in layers}))
-            raise ValueError(f"layers: {item!r} matches no recorded layer of this model. Its layers are {names}; its layer "
-                             f"types {kinds}. Received: layers={selection!r}")
+            raise ValueError(
+                f"layers: {item!r} matches no recorded layer of this model. Its layers are {names}; its layer "
+                f"types {kinds}. Received: layers={selection!r}"
+            )
         chosen |= found
     chosen.add(len(layers) - 1)
     return [layer for i, layer in enumerate(layers) if i in chosen]

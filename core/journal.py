@@ -38,7 +38,9 @@ class Entry:
         self.files, self.path, self.name = files, files.join(run_id, JOURNAL_DIR, name), name
         match = ENTRY_NAME.match(name)
         self.kind = match.group(2) if match else SETUP
-        self.key = (match.group(3), int(match.group(4)), int(match.group(5))) if self.kind == CAPTURE else None
+        self.key = (
+            (match.group(3), int(match.group(4)), int(match.group(5))) if match and self.kind == CAPTURE else None
+        )
 
     @cached_property
     def payload(self) -> dict:

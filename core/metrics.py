@@ -11,7 +11,15 @@ import numpy as np
 
 from core.store import Run, Snapshot
 
-__all__ = ["LayerMetrics", "UnitExamples", "cka_to_final", "layer_metrics", "layer_width", "sketch_cka", "unit_examples"]
+__all__ = [
+    "LayerMetrics",
+    "UnitExamples",
+    "cka_to_final",
+    "layer_metrics",
+    "layer_width",
+    "sketch_cka",
+    "unit_examples",
+]
 
 MAX_CKA_EPOCHS = 60  # CKA-to-final reads one sketch per layer and epoch: longer runs use every k-th epoch
 
@@ -57,7 +65,9 @@ def _spread(count: int, cap: int) -> list[int]:
     return sorted(set(np.linspace(0, count - 1, cap).round().astype(int).tolist()))
 
 
-def cka_to_final(run: Run, snapshots: list[Snapshot] | None = None, cap: int = MAX_CKA_EPOCHS) -> tuple[list[int], np.ndarray]:
+def cka_to_final(
+    run: Run, snapshots: list[Snapshot] | None = None, cap: int = MAX_CKA_EPOCHS
+) -> tuple[list[int], np.ndarray]:
     """(epochs, (epochs, layers) array): linear CKA of every layer at each epoch with the same layer at the last one.
 
     Values near 1 mean the layer already represents the probe set as it will at the end of training; layers that

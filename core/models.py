@@ -17,7 +17,7 @@ class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_setting
     defaults are the settings `core.settings` marks `model=True`, the same defaults `python -m core train` uses.
     """
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Returns self, or raises ValueError naming the first bad setting and the value received."""
         hidden = tuple(self.hidden)
         if not hidden:
@@ -25,9 +25,7 @@ class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_setting
                 f"hidden must list at least one layer size, e.g. (128, 64, 32). Received: hidden={hidden!r}"
             )
         if not all(isinstance(units, int) and not isinstance(units, bool) and units > 0 for units in hidden):
-            raise ValueError(
-                f"hidden sizes must be positive integers, e.g. (128, 64, 32). Received: hidden={hidden!r}"
-            )
+            raise ValueError(f"hidden sizes must be positive integers, e.g. (128, 64, 32). Received: hidden={hidden!r}")
         _check_known(keras.activations.get, "activation", self.activation, ACTIVATIONS)
         _check_known(keras.initializers.get, "init", self.init, INITIALIZERS)
         _check_known(keras.optimizers.get, "optimizer", self.optimizer, OPTIMIZERS)
@@ -78,9 +76,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     """Returns layer sizes from a comma-separated string: "128,64,32" -> (128, 64, 32)."""
     parts = [part.strip() for part in str(text).split(",")]
     if not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise ValueError(
-            f"hidden must be positive integers separated by commas, e.g. '128,64,32'. Received: {text!r}"
-        )
+        raise ValueError(f"hidden must be positive integers separated by commas, e.g. '128,64,32'. Received: {text!r}")
     return tuple(int(part) for part in parts)
 
 

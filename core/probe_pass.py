@@ -31,8 +31,10 @@ def check_backend(name: str | None = None) -> str:
     name = keras.backend.backend() if name is None else name
     if name not in SUPPORTED_BACKENDS:
         which = "PyTorch" if name == "torch" else f"the {name!r} backend"
-        raise RuntimeError(f"Strata records on the TensorFlow and JAX backends; {which} is not supported yet: "
-                           "set KERAS_BACKEND=tensorflow or jax")
+        raise RuntimeError(
+            f"Strata records on the TensorFlow and JAX backends; {which} is not supported yet: "
+            "set KERAS_BACKEND=tensorflow or jax"
+        )
     return name
 
 
@@ -111,7 +113,9 @@ class ProbePass(ABC):
     def __call__(self, x, y, grid, state) -> dict:
         count = int(x.shape[0])
         step = self.output_chunk
-        chunks = [self._infer(x[i : i + step], None if y is None else y[i : i + step], state) for i in range(0, count, step)]
+        chunks = [
+            self._infer(x[i : i + step], None if y is None else y[i : i + step], state) for i in range(0, count, step)
+        ]
         result = {
             "predictions": _joined([c[0] for c in chunks]),
             "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
@@ -129,14 +133,17 @@ class ProbePass(ABC):
                 grads, norms = self._gradients(gx[start : start + step], gy[start : start + step], state, share)
                 weight_grads = grads if weight_grads is None else [a + b for a, b in zip(weight_grads, grads)]
                 squares = norms if squares is None else [a + b for a, b in zip(squares, norms)]
+            assert weight_grads is not None and squares is not None  # size >= 1, so the loop ran
             result["weight_grads"] = regroup(weight_grads, result["weights"])
             result["output_grad_norms"] = [keras.ops.sqrt(s) for s in squares]
         else:
             result["weight_grads"] = [[] for _ in self.weights]
             result["output_grad_norms"] = [None] * len(self.weights)
         if self.plane:
-            plane = [self._infer(grid[i : i + self.output_chunk], None, state)
-                     for i in range(0, int(grid.shape[0]), self.output_chunk)]
+            plane = [
+                self._infer(grid[i : i + self.output_chunk], None, state)
+                for i in range(0, int(grid.shape[0]), self.output_chunk)
+            ]
             result["plane_predictions"] = _joined([c[0] for c in plane])
             result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
         return result

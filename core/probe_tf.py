@@ -37,7 +37,7 @@ class ProbePass(_SharedProbePass):
     def _compile(self, model: keras.Model, layers: list[RecordedLayer], variables: list) -> tuple:
         training = self.training
 
-        def forward(x, training=False):
+        def forward(x, training=False) -> tuple:
             outputs: dict = {}
             predictions = forward_recording(model, x, outputs, training)
             return predictions, [outputs[id(layer.layer)] for layer in layers]
@@ -48,8 +48,12 @@ class ProbePass(_SharedProbePass):
         def infer(x, y, state):
             with keras.StatelessScope(state_mapping=list(zip(variables, state))):
                 predictions, outputs = forward(x)
-                total = (model.compute_loss(x=x, y=y, y_pred=predictions, training=False) * tf.cast(tf.shape(x)[0], tf.float32)
-                         if y is not None else None)
+                total = (
+                    model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
+                    * tf.cast(tf.shape(x)[0], tf.float32)
+                    if y is not None
+                    else None
+                )
             return predictions, outputs, total
 
         @tf.function(autograph=False, reduce_retracing=True)
@@ -57,7 +61,10 @@ class ProbePass(_SharedProbePass):
             """(weight gradients, squared norms of the output gradients) of `share` x the chunk's mean loss."""
             layer_weights = [[state[i] for i in group] for group in self.weights]
             flat = [w for group in layer_weights for w in group]
-            with keras.StatelessScope(state_mapping=list(zip(variables, state))), tf.GradientTape(persistent=True) as tape:
+            with (
+                keras.StatelessScope(state_mapping=list(zip(variables, state))),
+                tf.GradientTape(persistent=True) as tape,
+            ):
                 tape.watch(flat)
                 predictions, outputs = forward(x, training=training)
                 loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training) * share
@@ -70,8 +77,11 @@ class ProbePass(_SharedProbePass):
             output_grads = tape.gradient(loss, outputs)
             for index, output in enumerate(outputs):
                 if output_grads[index] is None:
-                    output_grads[index] = (tape.gradient(output_loss, plain_predictions) if output is predictions
-                                           else tf.zeros_like(output))
+                    output_grads[index] = (
+                        tape.gradient(output_loss, plain_predictions)
+                        if output is predictions
+                        else tf.zeros_like(output)
+                    )
             # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
             # analysis process for one number apiece would double what every capture hands over.
             return weight_grads, [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in output_grads]
@@ -95,7 +105,9 @@ def gradient_norm_function(model: keras.Model, layers: list[RecordedLayer], vari
             loss = model.compute_loss(x=x, y=y, y_pred=predictions, training=training)
         gradients = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
         squares = [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients]
-        per_layer = [tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in regroup(squares, weights)]
+        per_layer = [
+            tf.sqrt(tf.add_n(group)) if group else tf.constant(float("nan")) for group in regroup(squares, weights)
+        ]
         return tf.stack(per_layer)  # (layers,)
 
     return gradient_norms

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -32,7 +33,9 @@ from core.worker import TRAINING, start_worker
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
-DEFAULT_BUDGET = RECORDER_DEFAULTS["budget"]  # share of training's wall time; why it differs from the CLI's: core/settings.py
+DEFAULT_BUDGET = RECORDER_DEFAULTS[
+    "budget"
+]  # share of training's wall time; why it differs from the CLI's: core/settings.py
 
 
 class Recorder(keras.callbacks.Callback):
@@ -145,8 +148,10 @@ class Recorder(keras.callbacks.Callback):
         if analysis not in ("auto", "process", "thread"):
             raise ValueError(f"analysis must be 'auto', 'process' or 'thread'. Received: analysis={analysis!r}")
         if budget is not None and not (_is_number(budget) and 0 < budget <= 1):
-            raise ValueError(f"budget must be a share of training's time in (0, 1], or None to analyse every snapshot "
-                             f"at once. Received: budget={budget!r}")
+            raise ValueError(
+                f"budget must be a share of training's time in (0, 1], or None to analyse every snapshot "
+                f"at once. Received: budget={budget!r}"
+            )
         if plane not in ("auto", True, False):
             raise ValueError(f"plane must be 'auto', True or False. Received: plane={plane!r}")
         self.log_dir = str(log_dir)
@@ -162,7 +167,9 @@ class Recorder(keras.callbacks.Callback):
         if name is not None and not isinstance(name, str):
             raise ValueError(f"`name` must be a string, the run's display name. Received: name={name!r}")
         if run_id is not None and not is_valid_run_id(run_id):
-            raise ValueError(f"run_id must use letters, digits, '.', '_' and '-' only (at most 128). Received: run_id={run_id!r}")
+            raise ValueError(
+                f"run_id must use letters, digits, '.', '_' and '-' only (at most 128). Received: run_id={run_id!r}"
+            )
         self._run_id_given = run_id is not None
         self.run_id = run_id or new_run_id(name)
         self._recorded_fits = 0
@@ -185,9 +192,11 @@ class Recorder(keras.callbacks.Callback):
             },
             "config": config or {},
         }
-        self._worker = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
+        self._worker: Any = None  # started at the beginning of fit: ProcessWorker or ThreadWorker
         self._active = False  # recording: between a successful start and end()
-        self._cell_hook = None  # under IPython: removes the end-of-cell check this fit registered
+        self._cell_hook: Callable[[], None] | None = (
+            None  # under IPython: removes the end-of-cell check this fit registered
+        )
         self._counts_batches = batch_every is not None or grad_every is not None
         if self._counts_batches:
             self.on_train_batch_end = self._on_train_batch_end
@@ -242,8 +251,11 @@ class Recorder(keras.callbacks.Callback):
             return
         # An epoch after which training stops early is the last one: captured now, before a callback such as
         # EarlyStopping(restore_best_weights=True) puts back the weights of another epoch at the end of fit.
-        captures = ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
-                    or bool(getattr(self.model, "stop_training", False)))
+        captures = (
+            (epoch + 1) % self.every == 0
+            or epoch + 1 == self.params.get("epochs")
+            or bool(getattr(self.model, "stop_training", False))
+        )
         # Read the weights before any message wakes the worker's thread, which would contend for the GIL.
         state = _read_state(self.model, self._variables) if captures else None
         self._log_epoch(epoch + 1, logs or {})
@@ -276,13 +288,18 @@ class Recorder(keras.callbacks.Callback):
             warnings.warn(
                 f"The model's loss ({loss}) compares values, not classes, so Strata takes the whole-number probe "
                 "targets for regression targets: it records gradients against them, but colours points by "
-                "prediction and trains no linear probes.", UserWarning, stacklevel=3)
+                "prediction and trains no linear probes.",
+                UserWarning,
+                stacklevel=3,
+            )
             self.labels = None
         self._layers = layers
         self._fit_probe_to_memory(layers)
         self._variables = _model_variables(model)
         self._state_bytes = sum(math.prod(v.shape) * backend_passes().dtype_size(v.dtype) for v in self._variables)
-        self._capture_fn = _capture_function(model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane)
+        self._capture_fn = _capture_function(
+            model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane
+        )
         self._grid = self._plane_grid() if self._plane else None
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._grid)
         if self.grad_every and self._y_for_loss is not None:
@@ -320,15 +337,25 @@ class Recorder(keras.callbacks.Callback):
         try:
             return Journal(self.log_dir, self.run_id)
         except OSError as error:
-            warnings.warn(f"Strata cannot write the recovery journal of this run ({error}): it is recorded, but a kill of "
-                          "this process would lose the snapshots not written yet.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Strata cannot write the recovery journal of this run ({error}): it is recorded, but a kill of "
+                "this process would lose the snapshots not written yet.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return None
 
     def _recovery_setup(self, builder: dict) -> dict:
         """On the worker's thread: what `python -m core recover` needs to rebuild the model and run the probe pass."""
-        setup = {"x": self._x, "y": self._y_for_loss, "grid": self._grid, "builder": builder,
-                 "variables": [[v.path, list(v.shape)] for v in self._variables], "layers": len(self._layers),
-                 "layer_paths": [layer.path for layer in self._layers]}
+        setup = {
+            "x": self._x,
+            "y": self._y_for_loss,
+            "grid": self._grid,
+            "builder": builder,
+            "variables": [[v.path, list(v.shape)] for v in self._variables],
+            "layers": len(self._layers),
+            "layer_paths": [layer.path for layer in self._layers],
+        }
         try:
             setup["model"] = self.model.to_json()
             setup["compile"] = json.loads(json.dumps(self.model.get_compile_config() or {}))
@@ -342,7 +369,7 @@ class Recorder(keras.callbacks.Callback):
         shapes = [layer.shape for layer in layers]
         if any(shape is None or not all(isinstance(d, int) for d in shape) for shape in shapes):
             return
-        per_sample = 4 * sum(math.prod(shape) for shape in shapes)
+        per_sample = 4 * sum(math.prod(shape or ()) for shape in shapes)
         keep = max(MIN_PROBE, PROBE_OUTPUT_BYTES // max(per_sample, 1))
         if len(self._x) <= keep:
             return
@@ -350,7 +377,10 @@ class Recorder(keras.callbacks.Callback):
         warnings.warn(
             f"The {len(layers)} recorded layers' outputs take {per_sample / 2**20:.1f} MB a probe sample, so Strata observes "
             f"them on {len(rows)} of the {len(self._x)} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB a "
-            "snapshot). Record fewer or narrower layers (`layers=`) to keep more.", UserWarning, stacklevel=4)
+            "snapshot). Record fewer or narrower layers (`layers=`) to keep more.",
+            UserWarning,
+            stacklevel=4,
+        )
         self._x, self.probe_indices = np.ascontiguousarray(self._x[rows]), self.probe_indices[rows]
         self._y_for_loss = None if self._y_for_loss is None else self._y_for_loss[rows]
         self.labels = None if self.labels is None else self.labels[rows]
@@ -359,14 +389,18 @@ class Recorder(keras.callbacks.Callback):
         """Give this fit a run id no run holds yet; raises ValueError, naming the fix, for a given id that is taken."""
         if self._recorded_fits:  # this recorder already recorded an earlier fit: this one is a run of its own
             if self._run_id_given:
-                raise ValueError(f"run_id={self.run_id!r} names the run this Recorder recorded in an earlier fit. Pass a "
-                                 "new Recorder (or a new run_id) for each fit, or leave run_id out to get one run per fit.")
+                raise ValueError(
+                    f"run_id={self.run_id!r} names the run this Recorder recorded in an earlier fit. Pass a "
+                    "new Recorder (or a new run_id) for each fit, or leave run_id out to get one run per fit."
+                )
             self._run_name = f"{self.name or 'run'} (fit {self._recorded_fits + 1})"
             self.run_id = new_run_id(self._run_name)
             self._reset_run_state()
         elif self._run_id_given and run_exists(self.log_dir, self.run_id):
-            raise ValueError(f"A run with id {self.run_id!r} already exists under {self.log_dir!r}. Pass a new run_id, "
-                             "or leave it out to get a generated one.")
+            raise ValueError(
+                f"A run with id {self.run_id!r} already exists under {self.log_dir!r}. Pass a new run_id, "
+                "or leave it out to get a generated one."
+            )
 
     def _create_run(self, layers: list[RecordedLayer]) -> bool:
         """Write the new run's metadata here, so the run is listed (as running) from the start of `fit`, before
@@ -379,7 +413,11 @@ class Recorder(keras.callbacks.Callback):
                     raise PermissionError(f"no write permission on {self.log_dir!r}")
             RunWriter(self.log_dir, self.run_id, self._run_meta(layers))
         except (OSError, StoreError) as error:
-            warnings.warn(f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"Strata cannot write to {self.log_dir!r} ({error}); this run is not recorded.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return False
         return True
 
@@ -392,8 +430,11 @@ class Recorder(keras.callbacks.Callback):
             "name": self._run_name or self.run_id,
             **self._extra_meta,
             "layers": [layer.describe(i) for i, layer in enumerate(layers)],
-            "layer_selection": {"asked": _selection_text(self.layer_selection), "recorded": len(layers),
-                                "recordable": self._layers_total},
+            "layer_selection": {
+                "asked": _selection_text(self.layer_selection),
+                "recorded": len(layers),
+                "recordable": self._layers_total,
+            },
             "model": {"name": self.model.name, "params": int(self.model.count_params())},
             "probe": {
                 "size": int(len(self._x)),
@@ -422,7 +463,7 @@ class Recorder(keras.callbacks.Callback):
         return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(self._x.dtype)  # (G*G, 2)
 
     def _probe_arrays(self) -> dict:
-        arrays = {"indices": self.probe_indices.astype(np.int64)}
+        arrays: dict[str, np.ndarray] = {"indices": self.probe_indices.astype(np.int64)}
         if self.labels is not None:
             arrays["y"] = self.labels.astype(np.int64)
         if self._x.nbytes <= MAX_STORED_INPUT_BYTES:
@@ -444,26 +485,46 @@ class Recorder(keras.callbacks.Callback):
         step = self._steps if self._counts_batches else self._optimizer_steps(epoch)
         logs = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         spill = {"kind": kind, "epoch": epoch, "step": step, "batch": batch, "logs": logs}
-        self._worker.submit(lambda: self._snapshot_message(kind, epoch, step, batch, logs, state), self._state_bytes,
-                            spill=lambda: ("capture", {**spill, "state": [np.asarray(t) for t in state]}))
+        self._worker.submit(
+            lambda: self._snapshot_message(kind, epoch, step, batch, logs, state),
+            self._state_bytes,
+            spill=lambda: ("capture", {**spill, "state": [np.asarray(t) for t in state]}),
+        )
 
-    def _snapshot_message(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> tuple | None:
+    def _snapshot_message(
+        self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list
+    ) -> tuple | None:
         """On the worker's thread, in capture order: the probe pass on `state`, as a message for the sink."""
         try:
             raw = self._run_capture_pass(kind, epoch, step, batch, logs, state)
         except Exception as error:  # a recording problem must never end the user's training
             if not self._capture_failed:
                 self._capture_failed = True
-                warnings.warn(f"Strata could not run its probe pass ({type(error).__name__}: {error}); training "
-                              "continues, and snapshots already written stay intact.", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"Strata could not run its probe pass ({type(error).__name__}: {error}); training "
+                    "continues, and snapshots already written stay intact.",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
             return None
         seq = self._seq
         self._seq += 1
         return ("snapshot", {"seq": seq, "raw": raw})
 
-    def _run_capture_pass(self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list) -> RawCapture:
-        return run_capture_pass(self._capture_fn, self._inputs, self._layers, state,
-                                kind=kind, epoch=epoch, step=step, batch=batch, logs=logs)
+    def _run_capture_pass(
+        self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list
+    ) -> RawCapture:
+        return run_capture_pass(
+            self._capture_fn,
+            self._inputs,
+            self._layers,
+            state,
+            kind=kind,
+            epoch=epoch,
+            step=step,
+            batch=batch,
+            logs=logs,
+        )
 
     def _optimizer_steps(self, epoch: int) -> int:
         """Optimizer steps taken so far (epoch: the number of completed epochs). The optimizer's own count stays
@@ -488,8 +549,12 @@ class Recorder(keras.callbacks.Callback):
             self._batch_gradients.append((step, np.asarray(self._grad_norm_fn(*self._grad_inputs, state))))
         except Exception as error:  # an optional extra: stop measuring, never stop training
             self._grad_norm_fn = None
-            warnings.warn(f"Strata stopped measuring per-batch gradient norms ({type(error).__name__}: {error}); "
-                          "training and snapshots continue.", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"Strata stopped measuring per-batch gradient norms ({type(error).__name__}: {error}); "
+                "training and snapshots continue.",
+                RuntimeWarning,
+                stacklevel=1,
+            )
         return None
 
     def _send_batch_gradients(self, epoch: int) -> None:
@@ -513,7 +578,7 @@ class Recorder(keras.callbacks.Callback):
         for values in self._history.values():
             values.extend([None] * (len(self._history["epoch"]) - len(values)))
         loss = logs.get("loss")
-        if self._nan_epoch is None and _is_number(loss) and not math.isfinite(float(loss)):
+        if self._nan_epoch is None and loss is not None and _is_number(loss) and not math.isfinite(float(loss)):
             self._nan_epoch = epoch
         history = {k: list(v) for k, v in self._history.items()}
         self._send("epoch", epoch=epoch, history=history, nan_epoch=self._nan_epoch)
@@ -660,7 +725,7 @@ def _to_numpy(value):
 
 def _loss_takes_logits(model: keras.Model) -> bool:
     """Whether the compiled loss reads the output as logits (`from_logits=True`), as many tutorials set it up."""
-    loss = getattr(model, "loss", None)
+    loss: Any = getattr(model, "loss", None)
     try:
         return bool(loss.get_config().get("from_logits", False))
     except (AttributeError, TypeError):  # a loss given by name or as a plain function: probabilities
@@ -668,8 +733,14 @@ def _loss_takes_logits(model: keras.Model) -> bool:
 
 
 REGRESSION_LOSSES = {
-    "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error", "mean_squared_logarithmic_error",
-    "huber", "log_cosh", "poisson", "cosine_similarity",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
+    "huber",
+    "log_cosh",
+    "poisson",
+    "cosine_similarity",
 }
 
 
@@ -739,13 +810,18 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
         warnings.warn(
             f"The probe targets are not class ids or one-hot rows (shape {y.shape}, values such as "
             f"{np.ravel(y)[0]:.4g}), as for regression or multi-label targets: Strata records gradients against "
-            "them, but colours points by prediction and trains no linear probes.", UserWarning, stacklevel=3)
+            "them, but colours points by prediction and trains no linear probes.",
+            UserWarning,
+            stacklevel=3,
+        )
     return x, y, labels
 
 
-SEVERAL_IO = ("Strata records models with one input and one output for now: a model with several {kind} cannot be "
-              "recorded yet. Record a single-input, single-output part of it, such as a nested model's base, or pass "
-              "one array. Received: {form}")
+SEVERAL_IO = (
+    "Strata records models with one input and one output for now: a model with several {kind} cannot be "
+    "recorded yet. Record a single-input, single-output part of it, such as a nested model's base, or pass "
+    "one array. Received: {form}"
+)
 
 
 def _single_array(value: Any, what: str, kind: str) -> Any:
@@ -754,12 +830,20 @@ def _single_array(value: Any, what: str, kind: str) -> Any:
     if isinstance(value, dict):
         if len(value) == 1:
             return next(iter(value.values()))
-        raise ValueError(SEVERAL_IO.format(kind=kind, form=f"a dict of {len(value)} {what} ({', '.join(map(str, value))})"))
-    if isinstance(value, (list, tuple)) and value and all(hasattr(item, "shape") and hasattr(item, "dtype") for item in value):
+        raise ValueError(
+            SEVERAL_IO.format(kind=kind, form=f"a dict of {len(value)} {what} ({', '.join(map(str, value))})")
+        )
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(hasattr(item, "shape") and hasattr(item, "dtype") for item in value)
+    ):
         if len(value) == 1:
             return value[0]
         shapes = ", ".join(str(tuple(item.shape)) for item in value)
-        raise ValueError(SEVERAL_IO.format(kind=kind, form=f"a {type(value).__name__} of {len(value)} arrays ({shapes})"))
+        raise ValueError(
+            SEVERAL_IO.format(kind=kind, form=f"a {type(value).__name__} of {len(value)} arrays ({shapes})")
+        )
     return value
 
 

@@ -34,12 +34,16 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     store = RunStore(root)
     run = store.run(run_id)
     if run.meta.get("status", "running") == "running" and _process_alive(run.meta):
-        raise StoreError(f"Run {run.id!r} is still being written by process {run.meta.get('pid')} on "
-                         f"{run.meta.get('host')}. Recover it once that process has ended, on that machine.")
+        raise StoreError(
+            f"Run {run.id!r} is still being written by process {run.meta.get('pid')} on "
+            f"{run.meta.get('host')}. Recover it once that process has ended, on that machine."
+        )
     setup, entries = read_journal(store.files, run.id)
     if setup is None:
-        raise StoreError(f"Run {run.id!r} has nothing to recover: it has no journal. Only a Recorder with a budget "
-                         "(the default) journals its snapshots; every snapshot it wrote is already readable.")
+        raise StoreError(
+            f"Run {run.id!r} has nothing to recover: it has no journal. Only a Recorder with a budget "
+            "(the default) journals its snapshots; every snapshot it wrote is already readable."
+        )
     written = {capture_key(s.meta): s for s in run.snapshots()}
     pending = [e for e in entries if e.kind == CAPTURE and e.key not in written]
     seq = max((s.seq for s in written.values()), default=-1) + 1
@@ -56,6 +60,7 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
                     continue
                 if progress is not None:
                     progress(done, len(pending), entry)
+                assert passes is not None  # made whenever a capture is pending
                 sink.handle(("snapshot", {"seq": seq + done, "raw": passes.run(entry.payload)}))
                 done += 1
             elif entry.kind == "end":
@@ -83,7 +88,9 @@ def _sink(root: str, run: Run, setup: dict):
 
     sink = RunSink(strict=True)  # no training to protect here: a failure stops the recovery and says why
     sink.handle(("attach", {"root": root, "run_id": run.id, "builder": setup["builder"]}))
-    sink.writer.set_status("running")  # written by this process now: readers follow it live until the end
+    writer = sink.writer
+    assert writer is not None  # `attach` made it
+    writer.set_status("running")  # written by this process now: readers follow it live until the end
     return sink
 
 
@@ -92,8 +99,10 @@ class _ProbePass:
 
     def __init__(self, setup: dict):
         if "error" in setup:
-            raise StoreError(f"This run's model could not be saved for recovery when training began ({setup['error']}), "
-                             "so its held-back snapshots cannot be written.")
+            raise StoreError(
+                f"This run's model could not be saved for recovery when training began ({setup['error']}), "
+                "so its held-back snapshots cannot be written."
+            )
         import keras
 
         from core import recorder
@@ -104,9 +113,11 @@ class _ProbePass:
             if setup.get("compile"):
                 model.compile_from_config(setup["compile"])
         except Exception as error:
-            raise StoreError(f"The model cannot be rebuilt from its saved architecture ({type(error).__name__}: {error}). "
-                             "Custom layers, losses and models must be registered with "
-                             "@keras.saving.register_keras_serializable in a module that `--import MODULE` names.") from None
+            raise StoreError(
+                f"The model cannot be rebuilt from its saved architecture ({type(error).__name__}: {error}). "
+                "Custom layers, losses and models must be registered with "
+                "@keras.saving.register_keras_serializable in a module that `--import MODULE` names."
+            ) from None
         self.layers = recorded_layers(model)
         if setup.get("layer_paths") is not None:  # the layers the Recorder chose (`layers=`); older journals: all
             chosen = set(setup["layer_paths"])
@@ -115,12 +126,18 @@ class _ProbePass:
         # A variable's path gains its model's name as a prefix when the model is built in a fit: compare the
         # layer's and the weight's names, and the shapes.
         variables = [[_tail(v.path), list(v.shape)] for v in self.variables]
-        if len(self.layers) != setup["layers"] or variables != [[_tail(path), shape] for path, shape in setup["variables"]]:
-            raise StoreError("The rebuilt model does not match the one that was trained (its layers or weights differ), "
-                             "so its held-back snapshots cannot be written.")
+        if len(self.layers) != setup["layers"] or variables != [
+            [_tail(path), shape] for path, shape in setup["variables"]
+        ]:
+            raise StoreError(
+                "The rebuilt model does not match the one that was trained (its layers or weights differ), "
+                "so its held-back snapshots cannot be written."
+            )
         y, grid = setup.get("y"), setup.get("grid")
         self._recorder = recorder
-        self._fn = recorder._capture_function(model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None)
+        self._fn = recorder._capture_function(
+            model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None
+        )
         self._inputs = recorder._probe_tensors(setup["x"], y, grid)
 
     def run(self, capture: dict):
@@ -150,7 +167,9 @@ def _resume(builder, last, passes: _ProbePass, entry: Entry | None) -> None:
 
 def main(root: str, run_id: str) -> int:
     def report(done: int, total: int, entry: Entry) -> None:
-        what = f"epoch {entry.payload['epoch']}" + (f", batch {entry.payload['batch']}" if entry.payload.get("batch") else "")
+        what = f"epoch {entry.payload['epoch']}" + (
+            f", batch {entry.payload['batch']}" if entry.payload.get("batch") else ""
+        )
         print(f"recovering {run_id}: snapshot {done + 1} of {total} ({what})", file=sys.stderr, flush=True)
 
     result = recover(root, run_id, report)

@@ -7,7 +7,8 @@ values found: a value can be anything, and the reason is shown to every viewer. 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,56 +60,106 @@ SCALAR: Check = (lambda value: value is None or isinstance(value, (str, int, flo
 NUMBERS: Check = (_numeric_tree, "numbers")
 NAMES = _list_of(SCALAR, "a list of names")
 SHAPE = _list_of(_optional(INT), "a list of whole numbers")
-STATUS: Check = (lambda value: value in ("running", "finished", "failed", "interrupted"),
-                 "running, finished, failed or interrupted")
+STATUS: Check = (
+    lambda value: value in ("running", "finished", "failed", "interrupted"),
+    "running, finished, failed or interrupted",
+)
 
 # run.json, field by field (FORMAT.md). Every field may be absent; null is allowed where the writer writes it.
 RUN_FIELDS: dict[str, Check] = {
-    "format_version": INT, "id": TEXT, "name": _optional(TEXT), "status": STATUS, "error": _optional(TEXT),
-    "created": _optional(NUMBER), "updated": _optional(NUMBER), "host": _optional(TEXT), "pid": _optional(INT),
-    "dataset": _optional(OBJECT), "config": _optional(OBJECT), "layers": _optional(LIST), "model": _optional(OBJECT),
-    "probe": _optional(OBJECT), "input": _optional(OBJECT),
-    "every": _optional(POSITIVE), "batch_every": _optional(POSITIVE), "grad_every": _optional(POSITIVE),
-    "components": _optional(POSITIVE), "seed": _optional(INT), "epochs_planned": _optional(INT),
-    "steps_per_epoch": _optional(INT), "epochs_done": _optional(INT), "snapshots": _optional(INT),
-    "nan_epoch": _optional(INT), "recovered_snapshots": _optional(INT),
+    "format_version": INT,
+    "id": TEXT,
+    "name": _optional(TEXT),
+    "status": STATUS,
+    "error": _optional(TEXT),
+    "created": _optional(NUMBER),
+    "updated": _optional(NUMBER),
+    "host": _optional(TEXT),
+    "pid": _optional(INT),
+    "dataset": _optional(OBJECT),
+    "config": _optional(OBJECT),
+    "layers": _optional(LIST),
+    "model": _optional(OBJECT),
+    "probe": _optional(OBJECT),
+    "input": _optional(OBJECT),
+    "every": _optional(POSITIVE),
+    "batch_every": _optional(POSITIVE),
+    "grad_every": _optional(POSITIVE),
+    "components": _optional(POSITIVE),
+    "seed": _optional(INT),
+    "epochs_planned": _optional(INT),
+    "steps_per_epoch": _optional(INT),
+    "epochs_done": _optional(INT),
+    "snapshots": _optional(INT),
+    "nan_epoch": _optional(INT),
+    "recovered_snapshots": _optional(INT),
 }
 DATASET_FIELDS: dict[str, Check] = {
-    "name": _optional(SCALAR), "kind": _optional(TEXT), "class_names": _optional(NAMES), "feature_names": _optional(NAMES),
-    "image_shape": _optional(_list_of(POSITIVE, "a list of whole numbers from 1")), "n_classes": _optional(INT),
+    "name": _optional(SCALAR),
+    "kind": _optional(TEXT),
+    "class_names": _optional(NAMES),
+    "feature_names": _optional(NAMES),
+    "image_shape": _optional(_list_of(POSITIVE, "a list of whole numbers from 1")),
+    "n_classes": _optional(INT),
     "n_samples": _optional(INT),
 }
 PROBE_FIELDS: dict[str, Check] = {
-    "size": _optional(INT), "has_labels": _optional(BOOL), "input_shape": _optional(SHAPE), "plane": _optional(BOOL),
+    "size": _optional(INT),
+    "has_labels": _optional(BOOL),
+    "input_shape": _optional(SHAPE),
+    "plane": _optional(BOOL),
 }
 INPUT_FIELDS: dict[str, Check] = {
     "explained_variance_ratio": _optional(_list_of(_optional(NUMBER), "a list of numbers")),
-    "linear_probe": _optional(NUMBER), "separation": _optional(NUMBER),
+    "linear_probe": _optional(NUMBER),
+    "separation": _optional(NUMBER),
 }
 MODEL_FIELDS: dict[str, Check] = {"name": _optional(TEXT), "params": _optional(INT)}
 LAYER_FIELDS: dict[str, Check] = {
-    "index": _optional(INT), "name": TEXT, "type": _optional(TEXT), "output_shape": _optional(SHAPE),
-    "params": _optional(INT), "activation": _optional(TEXT), "weights": _optional(_list_of(TEXT, "a list of names")),
+    "index": _optional(INT),
+    "name": TEXT,
+    "type": _optional(TEXT),
+    "output_shape": _optional(SHAPE),
+    "params": _optional(INT),
+    "activation": _optional(TEXT),
+    "weights": _optional(_list_of(TEXT, "a list of names")),
 }
 REQUIRED_LAYER_FIELDS = ("name",)
 OBJECTS = {"dataset": DATASET_FIELDS, "probe": PROBE_FIELDS, "input": INPUT_FIELDS, "model": MODEL_FIELDS}
 
 # A snapshot's JSON header, and each of its layer records.
 SNAPSHOT_FIELDS: dict[str, Check] = {
-    "seq": INT, "kind": (lambda value: value in ("epoch", "batch"), "epoch or batch"), "epoch": NUMBER,
-    "step": _optional(INT), "batch": _optional(INT), "logs": _optional(OBJECT), "probe_loss": _optional(NUMBER),
-    "probe_model_accuracy": _optional(NUMBER), "cka": _optional(_list_of(NUMBERS, "a matrix of numbers")),
-    "nonfinite": _optional(BOOL), "layers": _optional(LIST), "skipped": _optional(OBJECT),
+    "seq": INT,
+    "kind": (lambda value: value in ("epoch", "batch"), "epoch or batch"),
+    "epoch": NUMBER,
+    "step": _optional(INT),
+    "batch": _optional(INT),
+    "logs": _optional(OBJECT),
+    "probe_loss": _optional(NUMBER),
+    "probe_model_accuracy": _optional(NUMBER),
+    "cka": _optional(_list_of(NUMBERS, "a matrix of numbers")),
+    "nonfinite": _optional(BOOL),
+    "layers": _optional(LIST),
+    "skipped": _optional(OBJECT),
 }
 REQUIRED_SNAPSHOT_FIELDS = ("seq", "epoch")
 STATISTICS: Check = _optional((lambda value: isinstance(value, dict) and _numeric_tree(value), "an object of numbers"))
 RECORD_FIELDS: dict[str, Check] = {
-    "pca": _optional(OBJECT), "dimensionality": STATISTICS, "activation": STATISTICS, "weight_norm": STATISTICS,
-    "update_ratio": STATISTICS, "grad": STATISTICS, "linear_probe": _optional(NUMBER), "separation": _optional(NUMBER), "skipped": _optional(OBJECT),
+    "pca": _optional(OBJECT),
+    "dimensionality": STATISTICS,
+    "activation": STATISTICS,
+    "weight_norm": STATISTICS,
+    "update_ratio": STATISTICS,
+    "grad": STATISTICS,
+    "linear_probe": _optional(NUMBER),
+    "separation": _optional(NUMBER),
+    "skipped": _optional(OBJECT),
 }
 PCA_FIELDS: dict[str, Check] = {
     "explained_variance_ratio": _optional(_list_of(_optional(NUMBER), "a list of numbers")),
-    "order": _optional(_list_of(INT, "a list of whole numbers")), "method": _optional(TEXT), "total_variance": _optional(NUMBER),
+    "order": _optional(_list_of(INT, "a list of whole numbers")),
+    "method": _optional(TEXT),
+    "total_variance": _optional(NUMBER),
 }
 
 
@@ -172,8 +223,11 @@ def history(value: Any) -> dict:
         raise FormatProblem(f"history.json holds {json_type(value)}, not an object")
     for key, series in value.items():
         if not isinstance(series, list) or not all(item is None or _is_number(item) for item in series):
-            raise FormatProblem(f"history.json's `{key}` is not a list of numbers" if isinstance(key, str) else
-                                "history.json holds a series that is not a list of numbers")
+            raise FormatProblem(
+                f"history.json's `{key}` is not a list of numbers"
+                if isinstance(key, str)
+                else "history.json holds a series that is not a list of numbers"
+            )
     return value
 
 
@@ -183,7 +237,9 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
     if indices is None:
         raise FormatProblem("probe.npz has no `indices`")
     if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-        raise FormatProblem(f"probe.npz's `indices` is {indices.dtype} of shape {indices.shape}, not (n,) whole numbers")
+        raise FormatProblem(
+            f"probe.npz's `indices` is {indices.dtype} of shape {indices.shape}, not (n,) whole numbers"
+        )
     n = len(indices)
     expected = {"y": 1, "x": None, "input/pca": 2}
     for key, ndim in expected.items():
@@ -193,8 +249,10 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise FormatProblem(f"probe.npz's `{key}` holds {array.dtype}, not numbers")
         if array.ndim == 0 or array.shape[0] != n or (ndim is not None and array.ndim != ndim):
-            raise FormatProblem(f"probe.npz's `{key}` has shape {array.shape}, not {n} rows"
-                                + (f" of {ndim} dimension(s)" if ndim else ""))
+            raise FormatProblem(
+                f"probe.npz's `{key}` has shape {array.shape}, not {n} rows"
+                + (f" of {ndim} dimension(s)" if ndim else "")
+            )
     for key in ("plane/xs", "plane/ys"):
         array = arrays.get(key)
         if array is not None and (array.ndim != 1 or not np.issubdtype(array.dtype, np.number)):

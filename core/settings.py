@@ -14,8 +14,21 @@ from typing import Any
 
 from core.datasets import DATASETS
 
-__all__ = ["ACTIVATIONS", "DATASETS", "INITIALIZERS", "OPTIMIZERS", "RECORDER_DEFAULTS", "SETTINGS", "Setting", "Widget",
-           "dataclass_fields", "form_settings", "model_settings", "spec_settings", "text"]
+__all__ = [
+    "ACTIVATIONS",
+    "DATASETS",
+    "INITIALIZERS",
+    "OPTIMIZERS",
+    "RECORDER_DEFAULTS",
+    "SETTINGS",
+    "Setting",
+    "Widget",
+    "dataclass_fields",
+    "form_settings",
+    "model_settings",
+    "spec_settings",
+    "text",
+]
 
 # The names the form offers and error messages suggest. The CLI and ModelConfig take any name Keras knows.
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "gelu", "swish", "leaky_relu", "linear")
@@ -96,62 +109,152 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # Data
-    Setting("dataset", str, "spiral", f"{', '.join(DATASETS)}, or a .npz/.csv path", choices=DATASETS,
-            form=Widget("Data set")),
+    Setting(
+        "dataset",
+        str,
+        "spiral",
+        f"{', '.join(DATASETS)}, or a .npz/.csv path",
+        choices=DATASETS,
+        form=Widget("Data set"),
+    ),
     # Noise sets how well the spiral can be learned at all: the nearest point of a noise-free arm classifies the
     # validation split of seeds 0-2 at 0.98-0.995 with 0.03, 0.965-0.985 with 0.05 and 0.795-0.855 with 0.1. At 0.03
     # the README's spiral example ends above 0.95 on every seed (issue 17).
-    Setting("noise", float, 0.03, "noise of the 2-D data sets",
-            form=Widget("Noise (2-D sets)", 0.0, 0.5, 0.01, slider=True)),
+    Setting(
+        "noise", float, 0.03, "noise of the 2-D data sets", form=Widget("Noise (2-D sets)", 0.0, 0.5, 0.01, slider=True)
+    ),
     Setting("label_column", str, None, "label column of a .csv data set"),
     # Model
-    Setting("hidden", tuple, (32, 32, 32), "hidden layer sizes, e.g. 128,64,32", model=True,
-            form=Widget("Hidden layers", help="Units per hidden layer, input side first.")),
-    Setting("activation", str, "relu", f"any Keras activation name, e.g. {', '.join(ACTIVATIONS[1:4])}",
-            choices=ACTIVATIONS, model=True, form=Widget("Activation")),
-    Setting("init", str, "glorot_uniform", "kernel initializer of every Dense layer: any Keras initializer name, "
-            "e.g. he_normal (default: Keras's own)", choices=INITIALIZERS, model=True, form=Widget("Initializer")),
-    Setting("optimizer", str, "adam", f"any Keras optimizer name, e.g. {', '.join(OPTIMIZERS[1:3])}",
-            choices=OPTIMIZERS, model=True, form=Widget("Optimizer")),
+    Setting(
+        "hidden",
+        tuple,
+        (32, 32, 32),
+        "hidden layer sizes, e.g. 128,64,32",
+        model=True,
+        form=Widget("Hidden layers", help="Units per hidden layer, input side first."),
+    ),
+    Setting(
+        "activation",
+        str,
+        "relu",
+        f"any Keras activation name, e.g. {', '.join(ACTIVATIONS[1:4])}",
+        choices=ACTIVATIONS,
+        model=True,
+        form=Widget("Activation"),
+    ),
+    Setting(
+        "init",
+        str,
+        "glorot_uniform",
+        "kernel initializer of every Dense layer: any Keras initializer name, e.g. he_normal (default: Keras's own)",
+        choices=INITIALIZERS,
+        model=True,
+        form=Widget("Initializer"),
+    ),
+    Setting(
+        "optimizer",
+        str,
+        "adam",
+        f"any Keras optimizer name, e.g. {', '.join(OPTIMIZERS[1:3])}",
+        choices=OPTIMIZERS,
+        model=True,
+        form=Widget("Optimizer"),
+    ),
     # Adam at 1e-3 in batches of 32 (the CLI's old defaults) left the spiral at 0.575-0.665 validation accuracy after
     # 30 epochs (seeds 0-2), and at 0.655-0.735 with noise 0.03; 0.01 in batches of 16 reach 0.97-0.985 (issue 17).
     Setting("lr", float, 0.01, "learning rate", model=True, form=Widget("Learning rate", 1e-5, 1.0, format="%.4f")),
-    Setting("batch_size", int, 16, "samples per gradient step", bounds=(1, 1_000_000),
-            form=Widget("Batch size", 1, 4096)),
-    Setting("epochs", int, 30, "passes over the training data", bounds=(1, MAX_EPOCHS),
-            form=Widget("Epochs", 1, MAX_EPOCHS)),
-    Setting("l2", float, 0.0, "kernel weight decay factor; 0 adds no regularizer at all", model=True,
-            form=Widget("L2", 0.0, 1.0, format="%.4f")),
-    Setting("dropout", float, 0.0, "dropout rate after each hidden layer; 0 adds no Dropout layer", model=True,
-            form=Widget("Dropout", 0.0, 0.9, 0.05)),
-    Setting("batch_norm", bool, False, "Dense -> BatchNormalization -> activation, so BN sees pre-activations",
-            model=True, form=Widget("Batch norm")),
-    Setting("seed", int, 0, "seeds the data, its split, the initial weights and the probe set, so a run repeats",
-            model=True, recorder=True, form=Widget("Seed", 0, 2**31 - 1)),
+    Setting(
+        "batch_size", int, 16, "samples per gradient step", bounds=(1, 1_000_000), form=Widget("Batch size", 1, 4096)
+    ),
+    Setting(
+        "epochs", int, 30, "passes over the training data", bounds=(1, MAX_EPOCHS), form=Widget("Epochs", 1, MAX_EPOCHS)
+    ),
+    Setting(
+        "l2",
+        float,
+        0.0,
+        "kernel weight decay factor; 0 adds no regularizer at all",
+        model=True,
+        form=Widget("L2", 0.0, 1.0, format="%.4f"),
+    ),
+    Setting(
+        "dropout",
+        float,
+        0.0,
+        "dropout rate after each hidden layer; 0 adds no Dropout layer",
+        model=True,
+        form=Widget("Dropout", 0.0, 0.9, 0.05),
+    ),
+    Setting(
+        "batch_norm",
+        bool,
+        False,
+        "Dense -> BatchNormalization -> activation, so BN sees pre-activations",
+        model=True,
+        form=Widget("Batch norm"),
+    ),
+    Setting(
+        "seed",
+        int,
+        0,
+        "seeds the data, its split, the initial weights and the probe set, so a run repeats",
+        model=True,
+        recorder=True,
+        form=Widget("Seed", 0, 2**31 - 1),
+    ),
     # Recording
-    Setting("probe_size", int, 2000, "samples the layers are observed on, picked stratified by label",
-            bounds=(10, 1_000_000), recorder=True),
+    Setting(
+        "probe_size",
+        int,
+        2000,
+        "samples the layers are observed on, picked stratified by label",
+        bounds=(10, 1_000_000),
+        recorder=True,
+    ),
     Setting("every", int, 1, "capture every N epochs", bounds=(1, MAX_EPOCHS), recorder=True),
     Setting("batch_every", int, None, "also capture every N batches", recorder=True),
     Setting("grad_every", int, None, "also measure per-layer gradient norms every N batches (cheap)", recorder=True),
     Setting("components", int, 10, "principal components kept of each layer's output", spec=False, recorder=True),
     # None is "auto": every layer of a model with at most 32 recordable layers (so every built-in MLP), and a
     # readable set of a deeper one: its block outputs, where each stage ends, and the head (core/graph.py).
-    Setting("layers", str, None, "the layers to record: all, or comma-separated names, patterns (block_*_add) or "
-            "types (Conv2D) (default: all of a model with up to 32, the block outputs and stage ends of a deeper one)",
-            metavar="SELECTION", recorder=True),
+    Setting(
+        "layers",
+        str,
+        None,
+        "the layers to record: all, or comma-separated names, patterns (block_*_add) or "
+        "types (Conv2D) (default: all of a model with up to 32, the block outputs and stage ends of a deeper one)",
+        metavar="SELECTION",
+        recorder=True,
+    ),
     # The one default that differs by entry point. The CLI and the dashboard's jobs record each snapshot as it is
     # taken (None), so a run can be watched epoch by epoch; a Recorder in someone's own `fit` keeps recording
     # within 3% of training's wall time, so it barely slows their training (bench/README.md).
-    Setting("budget", float, None, "let the recording use at most this share of training's time beside it, "
-            "e.g. 0.03; snapshots beyond it are analysed after training (default: every snapshot live)",
-            metavar="SHARE", recorder=True, recorder_default=0.03),
+    Setting(
+        "budget",
+        float,
+        None,
+        "let the recording use at most this share of training's time beside it, "
+        "e.g. 0.03; snapshots beyond it are analysed after training (default: every snapshot live)",
+        metavar="SHARE",
+        recorder=True,
+        recorder_default=0.03,
+    ),
     # Where and as what
     Setting("runs", str, "runs", "run store: a folder or an fsspec URL (default ./runs)"),
-    Setting("name", str, None, "the run's display name (default: data set, layer sizes and activation)",
-            form=Widget("Name (optional)")),
-    Setting("run_id", str, None, "the run's id, chosen by whoever needs to know it before the run exists (the "
-            "dashboard's jobs)", public=False),
+    Setting(
+        "name",
+        str,
+        None,
+        "the run's display name (default: data set, layer sizes and activation)",
+        form=Widget("Name (optional)"),
+    ),
+    Setting(
+        "run_id",
+        str,
+        None,
+        "the run's id, chosen by whoever needs to know it before the run exists (the dashboard's jobs)",
+        public=False,
+    ),
 )
 
 RECORDER_DEFAULTS = MappingProxyType({s.name: s.for_recorder for s in SETTINGS if s.recorder})

@@ -90,11 +90,18 @@ class SnapshotBuilder:
             "probe_loss": raw.loss,
             "probe_model_accuracy": self._model_accuracy(predictions),
             "layers": layers,
-            "nonfinite": bool(not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))),
+            "nonfinite": bool(
+                not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))
+            ),
         }
         skipped: dict[str, str] = {}
-        self._guarded(meta, arrays, skipped, "cka",
-                      lambda out: {"cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]]})
+        self._guarded(
+            meta,
+            arrays,
+            skipped,
+            "cka",
+            lambda out: {"cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]]},
+        )
         if skipped:
             meta["skipped"] = skipped
         if raw.plane_predictions is not None:
@@ -137,8 +144,13 @@ class SnapshotBuilder:
         self._guarded(record, arrays, skipped, "activation", lambda out: self._activation(index, raw, out))
         self._guarded(record, arrays, skipped, "gradients", lambda out: self._gradients(index, raw, out))
         if not nonfinite:
-            self._guarded(record, arrays, skipped, "unit_rankings",
-                          lambda out: out.update(self._unit_rankings(prefix, raw.outputs[index])) or {})
+            self._guarded(
+                record,
+                arrays,
+                skipped,
+                "unit_rankings",
+                lambda out: out.update(self._unit_rankings(prefix, raw.outputs[index])) or {},
+            )
         if skipped:
             record["skipped"] = skipped
         return record
@@ -165,13 +177,15 @@ class SnapshotBuilder:
         arrays[prefix + "dead_units"] = stats["dead_units"]
         arrays[prefix + "saturated_units"] = stats["saturated_units"]
         arrays[prefix + "unit_mean"] = stats["unit_mean"]
-        return {"activation": {
-            "mean": stats["mean"],
-            "std": stats["std"],
-            "percentiles": np.asarray(stats["percentiles"]).tolist(),
-            "dead_fraction": stats["dead_fraction"],
-            "saturated_fraction": stats["saturated_fraction"],
-        }}
+        return {
+            "activation": {
+                "mean": stats["mean"],
+                "std": stats["std"],
+                "percentiles": np.asarray(stats["percentiles"]).tolist(),
+                "dead_fraction": stats["dead_fraction"],
+                "saturated_fraction": stats["saturated_fraction"],
+            }
+        }
 
     def _projection(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
         prefix = f"L{index}/"
@@ -197,7 +211,9 @@ class SnapshotBuilder:
             "dimensionality": analysis.effective_dimensionality(fitted),
         }
         if self.labels is not None:
-            accuracy, weights = analysis.linear_probe(flat, self.labels, seed=self.seed, start=self._previous_probes.get(index))
+            accuracy, weights = analysis.linear_probe(
+                flat, self.labels, seed=self.seed, start=self._previous_probes.get(index)
+            )
             record["linear_probe"] = accuracy
             if weights is not None:
                 self._previous_probes[index] = weights
@@ -271,9 +287,11 @@ def _extreme_rows(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarra
         order = np.argsort(values, axis=1, kind="stable")
         return order[:, ::-1][:, :count].astype(np.int32), order[:, :count].astype(np.int32)
     picked = np.argpartition(values, (count - 1, n - count), axis=1)  # O(n) per row instead of a full sort
-    low, high = picked[:, :count], picked[:, n - count:]
+    low, high = picked[:, :count], picked[:, n - count :]
     low = np.take_along_axis(low, np.argsort(np.take_along_axis(values, low, axis=1), axis=1, kind="stable"), axis=1)
-    high = np.take_along_axis(high, np.argsort(-np.take_along_axis(values, high, axis=1), axis=1, kind="stable"), axis=1)
+    high = np.take_along_axis(
+        high, np.argsort(-np.take_along_axis(values, high, axis=1), axis=1, kind="stable"), axis=1
+    )
     return high.astype(np.int32), low.astype(np.int32)
 
 
@@ -281,7 +299,7 @@ def _components_along(centred: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """(k, d) unit directions in this snapshot's feature space that place the probe samples as `coords` (n, k),
     an earlier snapshot's stored coordinates, did: aligning to them gives each new axis the sign of the old axis
     whose coordinates it correlates with most, when the old axes themselves are not at hand."""
-    directions = (coords.T @ centred.astype(np.float64))  # (k, d)
+    directions = coords.T @ centred.astype(np.float64)  # (k, d)
     norms = np.linalg.norm(directions, axis=1, keepdims=True)
     return directions / np.where(norms > 0, norms, 1.0)
 

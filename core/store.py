@@ -27,8 +27,9 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -80,10 +81,8 @@ def is_valid_run_id(run_id: object) -> bool:
 
 def checked_run_id(run_id: object) -> str:
     if not is_valid_run_id(run_id):
-        raise StoreError(
-            f"Invalid run id {run_id!r}: ids use letters, digits, '.', '_' and '-' only (at most 128)."
-        )
-    return run_id
+        raise StoreError(f"Invalid run id {run_id!r}: ids use letters, digits, '.', '_' and '-' only (at most 128).")
+    return str(run_id)
 
 
 def new_run_id(name: str | None = None, now: float | None = None) -> str:
@@ -281,7 +280,7 @@ class _Files:
             return
         self._fresh(source)
         for path in self.fs.find(source):
-            self.fs.mv(path, target + path[len(source):])
+            self.fs.mv(path, target + path[len(source) :])
         if self.fs.exists(source):  # a file system with folders of its own (memory://) keeps the empty one
             self.remove_tree(source)
 
@@ -313,7 +312,7 @@ def npz_bytes(arrays: dict[str, np.ndarray], meta: dict | None = None) -> bytes:
     if meta is not None:
         payload[META_KEY] = np.array(json.dumps(to_json_safe(meta), allow_nan=False))
     buffer = io.BytesIO()
-    np.savez(buffer, **payload)
+    np.savez(buffer, **payload)  # type: ignore[arg-type]  # numpy's stub reads **payload as allow_pickle
     return buffer.getvalue()
 
 
@@ -367,7 +366,7 @@ class RunWriter:
         self._write_meta()
 
     @classmethod
-    def attach(cls, root: str, run_id: str) -> "RunWriter":
+    def attach(cls, root: str, run_id: str) -> RunWriter:
         """Go on writing a run another process created: the recording process takes the run over from the
         training process, and its own pid then tells readers whether the run is still being written."""
         writer = cls.__new__(cls)
@@ -405,8 +404,10 @@ class RunWriter:
         """The per-batch gradient norms measured during `epoch` (1-based): steps (m,), norms (m, layers)."""
         directory = self.files.join(self.run_id, BATCH_GRADIENTS_DIR)
         self.files.makedirs(directory)
-        arrays = {"steps": np.asarray(steps, np.int64), "norms": np.asarray(norms, np.float32)}
-        self.files.write_atomic(self.files.join(self.run_id, BATCH_GRADIENTS_DIR, batch_gradients_name(epoch)), npz_bytes(arrays))
+        arrays: dict[str, np.ndarray] = {"steps": np.asarray(steps, np.int64), "norms": np.asarray(norms, np.float32)}
+        self.files.write_atomic(
+            self.files.join(self.run_id, BATCH_GRADIENTS_DIR, batch_gradients_name(epoch)), npz_bytes(arrays)
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -453,12 +454,19 @@ def _ranked(record: dict, width: int | None) -> tuple[np.ndarray | None, np.ndar
     raw = pca.get("explained_variance_ratio")
     ratios = None
     if isinstance(raw, list):
-        ratios = np.asarray([r if isinstance(r, (int, float)) and not isinstance(r, bool) else np.nan for r in raw], np.float64)
+        ratios = np.asarray(
+            [r if isinstance(r, (int, float)) and not isinstance(r, bool) else np.nan for r in raw], np.float64
+        )
     width = width if width is not None else (len(ratios) if ratios is not None else None)
     order = pca.get("order")
     columns = None
-    if isinstance(order, list) and width is not None and len(order) == width and all(
-            isinstance(r, int) and not isinstance(r, bool) for r in order) and sorted(order) == list(range(width)):
+    if (
+        isinstance(order, list)
+        and width is not None
+        and len(order) == width
+        and all(isinstance(r, int) and not isinstance(r, bool) for r in order)
+        and sorted(order) == list(range(width))
+    ):
         if order != sorted(order):
             columns = np.argsort(np.asarray(order, np.int64), kind="stable")
     if ratios is not None and columns is not None and len(ratios) == len(columns):
@@ -579,7 +587,7 @@ class Run:
         self._meta: dict | None = None
         self._probe_checked: tuple[Any, str | None] | None = None  # (probe.npz's stamp, what is wrong with it)
         self._info: tuple[dict, RunInfo] | None = None
-        self.meta  # fail early with RunNotFound
+        self.meta  # noqa: B018  # read now: fail early with RunNotFound
 
     @property
     def meta(self) -> dict:
@@ -707,21 +715,32 @@ class Run:
         up to `epochs_done`, and the last one of a finished run (FORMAT.md). Compare with `epochs()`."""
         done, every = int(self.meta.get("epochs_done") or 0), int(self.meta.get("every") or 1)
         trained = self.history().get("epoch") or []
-        first = int(trained[0]) - 1 if trained and isinstance(trained[0], (int, float)) else min(self.epochs(), default=0)
+        first = (
+            int(trained[0]) - 1 if trained and isinstance(trained[0], (int, float)) else min(self.epochs(), default=0)
+        )
         planned = {first} | {epoch for epoch in range(first + 1, done + 1) if epoch % every == 0}
         if self.status == "finished" and done > first:
             planned.add(done)
         return sorted(planned)
 
-    def lost_snapshots(self) -> "LostSnapshots":
+    def lost_snapshots(self) -> LostSnapshots:
         """Snapshots this run captured that cannot be read, and why: damaged files, sequence numbers with no file,
         and epochs of the capture schedule with no snapshot. While the run is still written only damage is known."""
         self.snapshots()
         files = {name: f"damaged ({why})" for name, why in self._damaged.items() if name.startswith("snapshots/")}
         if self.status == "running":
             return LostSnapshots((), files)
-        written = max([int(self.meta.get("snapshots") or 0), *(seq + 1 for seq in self._snapshots),
-                       *(int(SNAPSHOT_NAME.match(name.split("/")[1]).group(1)) + 1 for name in files)])
+        written = max(
+            [
+                int(self.meta.get("snapshots") or 0),
+                *(seq + 1 for seq in self._snapshots),
+                *(
+                    int(match.group(1)) + 1
+                    for name in files
+                    if (match := SNAPSHOT_NAME.match(name.split("/")[1])) is not None
+                ),
+            ]
+        )
         for seq in range(written):
             name = f"snapshots/{snapshot_name(seq)}"
             if seq not in self._snapshots and name not in files:
@@ -746,7 +765,11 @@ class Run:
                 raise StoreError(f"Run {self.id!r} has a damaged probe set (probe.npz: {reason(error)}).") from None
             plane = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("plane/")}
             self._probe = Probe(
-                y=arrays.get("y"), indices=arrays["indices"], x=arrays.get("x"), plane=plane, input_pca=arrays.get("input/pca")
+                y=arrays.get("y"),
+                indices=arrays["indices"],
+                x=arrays.get("x"),
+                plane=plane,
+                input_pca=arrays.get("input/pca"),
             )
         return self._probe
 
@@ -825,7 +848,9 @@ class LostSnapshots:
         if len(self.files) > 20:
             lines.append(f"… and {len(self.files) - 20} more snapshot file(s).")
         if self.unwritten:
-            lines.append(f"{self.unwritten} capture(s) were held back and never written: `python -m core recover` writes them.")
+            lines.append(
+                f"{self.unwritten} capture(s) were held back and never written: `python -m core recover` writes them."
+            )
         return lines
 
 
@@ -900,9 +925,7 @@ class RunStore:
 
     def run_ids(self) -> list[str]:
         return [
-            name
-            for name in self.files.listdir(self.files.root)
-            if is_valid_run_id(name) and self.files.holds_run(name)
+            name for name in self.files.listdir(self.files.root) if is_valid_run_id(name) and self.files.holds_run(name)
         ]
 
     def run(self, run_id: str) -> Run:
@@ -936,9 +959,19 @@ class RunStore:
                 continue  # deleted since the folder was listed
             except Exception as error:  # one run's files, whatever is wrong with them, never hide the other runs
                 self._runs.pop(run_id, None)
-                why = str(error) if isinstance(error, StoreError) else f"Run {run_id!r} cannot be read ({reason(error)})."
-                summary = RunSummary(id=run_id, name=run_id, status="damaged", dataset="", epochs_done=0,
-                                     epochs_planned=0, created=self._folder_time(run_id), damaged=why)
+                why = (
+                    str(error) if isinstance(error, StoreError) else f"Run {run_id!r} cannot be read ({reason(error)})."
+                )
+                summary = RunSummary(
+                    id=run_id,
+                    name=run_id,
+                    status="damaged",
+                    dataset="",
+                    epochs_done=0,
+                    epochs_planned=0,
+                    created=self._folder_time(run_id),
+                    damaged=why,
+                )
                 self._damaged_runs[run_id] = (stamp, summary)
                 summaries.append(summary)
         return sorted(summaries, key=lambda s: s.created, reverse=True)
@@ -1036,7 +1069,7 @@ class RunStore:
                     mode = os.lstat(path).st_mode
                 except OSError:
                     continue
-                kind = "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
+                kind = "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
             if kind == "directory":
                 yield from self._walk(run_id, relative)
             elif kind == "file":

@@ -52,9 +52,21 @@ def run_summary(run: Run) -> dict:
         "per_layer": per_layer,
         "probe_accuracy": _probe_accuracy(run, snapshots, layer_names),
         "diagnosis": [finding.brief() for finding in diagnose(run)],
-        "skipped": [{"epoch": int(s.epoch), "layer": layer_names[i] if i is not None and i < len(layer_names) else None,
-                     "piece": piece, "reason": reason} for s in snapshots for i, piece, reason in s.skipped()],
-        "cka": {"layers": layer_names, "epoch": epochs[-1] if epochs else None, "matrix": snapshots[-1].meta.get("cka") if snapshots else None},
+        "skipped": [
+            {
+                "epoch": int(s.epoch),
+                "layer": layer_names[i] if i is not None and i < len(layer_names) else None,
+                "piece": piece,
+                "reason": reason,
+            }
+            for s in snapshots
+            for i, piece, reason in s.skipped()
+        ],
+        "cka": {
+            "layers": layer_names,
+            "epoch": epochs[-1] if epochs else None,
+            "matrix": snapshots[-1].meta.get("cka") if snapshots else None,
+        },
     }
     return to_json_safe(summary)
 

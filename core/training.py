@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, make_dataclass
-from typing import Callable
 
 from core.datasets import load_dataset, split
 from core.models import ModelConfig, parse_hidden
@@ -20,7 +20,7 @@ class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_sett
     """
 
     @classmethod
-    def from_args(cls, args) -> "TrainingSpec":
+    def from_args(cls, args) -> TrainingSpec:
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         if isinstance(values.get("hidden"), str):
             values["hidden"] = parse_hidden(values["hidden"])
@@ -30,7 +30,7 @@ class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_sett
         values = {setting.name: getattr(self, setting.name) for setting in model_settings()}
         return ModelConfig(**{**values, "hidden": tuple(self.hidden)})
 
-    def validate(self) -> "TrainingSpec":
+    def validate(self) -> TrainingSpec:
         for setting in spec_settings():
             if setting.bounds is None:
                 continue
@@ -43,13 +43,18 @@ class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_sett
         if self.grad_every is not None and self.grad_every < 1:
             raise ValueError(f"--grad-every must be >= 1. Received: {self.grad_every!r}")
         if self.budget is not None and not (isinstance(self.budget, (int, float)) and 0 < self.budget <= 1):
-            raise ValueError(f"--budget must be a share of training's time in (0, 1], such as 0.03. Received: {self.budget!r}")
+            raise ValueError(
+                f"--budget must be a share of training's time in (0, 1], such as 0.03. Received: {self.budget!r}"
+            )
         self.model_config().validate()
         return self
 
 
-def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None = None,
-          stage: Callable[[str], None] | None = None) -> str:
+def train(
+    spec: TrainingSpec,
+    progress: Callable[[int, int, dict], None] | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> str:
     """Train and record one run; returns its id. The run is marked failed or interrupted if training stops early.
     `stage` hears each of `TRAINING_STAGES` as it begins (the dashboard shows them while a job starts)."""
     say = stage or (lambda name: None)
@@ -79,7 +84,13 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
         image_shape=data.image_shape,
         class_names=list(data.class_names),
         feature_names=list(data.feature_names),
-        dataset={"name": data.name, "kind": data.kind, "source": data.source, "n_samples": int(len(data.y)), "n_classes": data.n_classes},
+        dataset={
+            "name": data.name,
+            "kind": data.kind,
+            "source": data.source,
+            "n_samples": int(len(data.y)),
+            "n_classes": data.n_classes,
+        },
         config={**asdict(spec), "hidden": list(spec.hidden)},
         run_id=spec.run_id,
         budget=spec.budget,
@@ -87,10 +98,20 @@ def train(spec: TrainingSpec, progress: Callable[[int, int, dict], None] | None 
     )
     callbacks = [recorder]
     if progress:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: progress(e + 1, spec.epochs, dict(logs or {}))))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: progress(e + 1, spec.epochs, dict(logs or {})))
+        )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a cancelled job ends as "interrupted"
     try:
-        model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=spec.epochs, batch_size=spec.batch_size, callbacks=callbacks, verbose=0)
+        model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            callbacks=callbacks,
+            verbose=0,
+        )
     except KeyboardInterrupt:
         recorder.end("interrupted")
         raise

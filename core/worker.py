@@ -98,6 +98,8 @@ def _idle_seconds() -> float | None:
         return (int(fields[4]) + int(fields[5])) / _TICKS  # idle + iowait
     except (OSError, IndexError, ValueError):
         return None
+
+
 _UNFINISHED: set[_QueuedWorker] = set()
 EXIT_WAIT = 900.0  # seconds a process waits at exit for held-back snapshots before it leaves them to the journal
 
@@ -118,8 +120,12 @@ class _QueuedWorker:
         _UNFINISHED.add(self)
         self._thread.start()
 
-    def submit(self, message: tuple | Callable[[], tuple | None], nbytes: int = 0,
-               spill: Callable[[], tuple[str, dict]] | None = None) -> None:
+    def submit(
+        self,
+        message: tuple | Callable[[], tuple | None],
+        nbytes: int = 0,
+        spill: Callable[[], tuple[str, dict]] | None = None,
+    ) -> None:
         """Queue `message`, or a function returning one (or None, for nothing to send) that holds `nbytes` of
         data until it runs; functions run on this worker's thread, in the order they came. `spill` returns what
         the journal keeps of such a function, `(kind, payload)`; without it, a function is not journaled."""
@@ -218,9 +224,12 @@ class _QueuedWorker:
             return operation(self.journal)
         except Exception as error:
             journal, self.journal = self.journal, None
-            warnings.warn(f"Strata could not write its recovery journal ({type(error).__name__}: {error}). The run is "
-                          "still recorded, but a kill of this process would now lose the snapshots not written yet.",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"Strata could not write its recovery journal ({type(error).__name__}: {error}). The run is "
+                "still recorded, but a kill of this process would now lose the snapshots not written yet.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             try:
                 journal.close()  # a journal with gaps would recover a run wrongly
             except Exception:
@@ -245,7 +254,11 @@ class _QueuedWorker:
         if self.deferred_bytes > MAX_DEFERRED_BYTES:
             return 0
         delay = self.pacer.delay(cost)
-        return 0 if delay == 0 or time.monotonic() < self._idle_until or self._training_idle() else min(delay, RECHECK_SECONDS)
+        return (
+            0
+            if delay == 0 or time.monotonic() < self._idle_until or self._training_idle()
+            else min(delay, RECHECK_SECONDS)
+        )
 
     def _training_idle(self) -> bool:
         """Whether at least IDLE_CORES of the machine's cores stayed idle over the last IDLE_WINDOW or more in
@@ -331,10 +344,18 @@ class ProcessWorker(_QueuedWorker):
             MKL_NUM_THREADS="1",
         )
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "core.sink", "--report-cpu"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, env=env)
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "core.sink", "--report-cpu"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
         except OSError as error:
-            warnings.warn(f"Strata could not start its recording process ({error}); recording in a thread instead.", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"Strata could not start its recording process ({error}); recording in a thread instead.",
+                RuntimeWarning,
+                stacklevel=1,
+            )
             self._fallback = RunSink()
             return
         assert self._process.stdout is not None  # started with stdout=PIPE
@@ -358,7 +379,11 @@ class ProcessWorker(_QueuedWorker):
             self._in_flight.append(entry)  # written once the child reports it handled this message
         except (BrokenPipeError, OSError) as error:
             self._broken = True
-            warnings.warn(f"Strata's recording process stopped ({error}); the rest of this run is not recorded.", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"Strata's recording process stopped ({error}); the rest of this run is not recorded.",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def _account(self) -> None:
         if self._process is None:
@@ -393,7 +418,8 @@ class ProcessWorker(_QueuedWorker):
 
     def _complete(self) -> bool:
         return self._fallback is not None or (
-            self._process is not None and self._process.returncode == 0 and not self._broken and not self._in_flight)
+            self._process is not None and self._process.returncode == 0 and not self._broken and not self._in_flight
+        )
 
 
 def start_worker(root: str, mode: str = "auto", budget: float | None = None, journal: Journal | None = None):
@@ -420,12 +446,17 @@ def wait_for_all(report_after: float = 1.0, timeout: float | None = None) -> Non
         return
     deadline = time.monotonic() + (_exit_wait() if timeout is None else timeout)
     left = sum(w.waiting for w in workers)
-    print(f"Strata: writing the last snapshots of the run ({left} to go; Ctrl-C to stop)...", file=sys.stderr, flush=True)
+    print(
+        f"Strata: writing the last snapshots of the run ({left} to go; Ctrl-C to stop)...", file=sys.stderr, flush=True
+    )
     try:
         for w in workers:
             if not w.wait(max(0.0, deadline - time.monotonic())):
-                print("Strata: gave up waiting (STRATA_EXIT_WAIT); the run keeps the snapshots written so far.",
-                      file=sys.stderr, flush=True)
+                print(
+                    "Strata: gave up waiting (STRATA_EXIT_WAIT); the run keeps the snapshots written so far.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 break
         else:
             return

@@ -52,7 +52,7 @@ class Roles:
     editors: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, section: Mapping | None) -> "Roles":
+    def from_config(cls, section: Mapping | None) -> Roles:
         """Roles from the `[strata.roles]` table (None: no one); raises ValueError naming a bad key or entry."""
         if section is None:
             return cls()
@@ -60,9 +60,13 @@ class Roles:
             raise ValueError(f"[strata.roles] must be a table with `viewers` and `editors`. Received: {section!r}")
         unknown = sorted(set(section) - {"viewers", "editors"})
         if unknown:
-            raise ValueError(f"[strata.roles] takes `viewers` and `editors` only. Received: {', '.join(map(str, unknown))}")
-        return cls(viewers=_allow_list("viewers", section.get("viewers", ())),
-                   editors=_allow_list("editors", section.get("editors", ())))
+            raise ValueError(
+                f"[strata.roles] takes `viewers` and `editors` only. Received: {', '.join(map(str, unknown))}"
+            )
+        return cls(
+            viewers=_allow_list("viewers", section.get("viewers", ())),
+            editors=_allow_list("editors", section.get("editors", ())),
+        )
 
     def role_of(self, email: str | None) -> str:
         """The best role `email` is listed for, or NONE."""
@@ -76,8 +80,9 @@ class Roles:
 def _allow_list(key: str, value) -> tuple[str, ...]:
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, (list, tuple)) or not all(isinstance(entry, str) for entry in entries):
-        raise ValueError(f'[strata.roles] {key} must be "*" or a list of e-mail addresses and "@domain"s. '
-                         f"Received: {value!r}")
+        raise ValueError(
+            f'[strata.roles] {key} must be "*" or a list of e-mail addresses and "@domain"s. Received: {value!r}'
+        )
     cleaned = tuple(entry.strip().lower() for entry in entries)
     for entry in cleaned:
         if entry != ANYONE and (entry.count("@") != 1 or entry.endswith("@") or " " in entry):
@@ -115,8 +120,10 @@ def sign_in_problems(auth: Mapping | None) -> list[str]:
         return []
     problems = [f"[auth] has no `{key}`" for key in SHARED_KEYS if not auth.get(key)]
     if not providers(auth):
-        problems.append("[auth] names no provider (`client_id`, `client_secret` and `server_metadata_url`, in [auth] "
-                        "itself or in a table such as [auth.google])")
+        problems.append(
+            "[auth] names no provider (`client_id`, `client_secret` and `server_metadata_url`, in [auth] "
+            "itself or in a table such as [auth.google])"
+        )
     return problems
 
 
@@ -124,8 +131,11 @@ def providers(auth: Mapping | None) -> list[str]:
     """The provider names `st.login` takes: "default" for one configured in [auth] itself, then named tables."""
     if not auth:
         return []
-    named = [name for name, value in auth.items()
-             if isinstance(value, Mapping) and name != "client_kwargs" and all(value.get(key) for key in PROVIDER_KEYS)]
+    named = [
+        name
+        for name, value in auth.items()
+        if isinstance(value, Mapping) and name != "client_kwargs" and all(value.get(key) for key in PROVIDER_KEYS)
+    ]
     return (["default"] if all(auth.get(key) for key in PROVIDER_KEYS) else []) + named
 
 
@@ -164,8 +174,9 @@ def is_local(server_address: str | None, client_ip: str | None, headers: Mapping
     return origin is None or is_loopback(urlsplit(origin).hostname)
 
 
-def decide(*, sign_in: bool, signed_in: bool, email: str | None, roles: Roles, local: bool,
-           viewer_mode: bool) -> Access:
+def decide(
+    *, sign_in: bool, signed_in: bool, email: str | None, roles: Roles, local: bool, viewer_mode: bool
+) -> Access:
     """The visitor's role. `sign_in`: the server has an [auth] section; `signed_in`: `st.user.is_logged_in`;
     `email`: from `verified_email`; `local`: from `is_local`; `viewer_mode`: STRATA_VIEWER_MODE."""
     if sign_in:
@@ -173,20 +184,35 @@ def decide(*, sign_in: bool, signed_in: bool, email: str | None, roles: Roles, l
             return Access(NONE, "Sign in to see this dashboard's runs.")
         role = roles.role_of(email)
         if role == NONE:
-            return Access(NONE, "This account is not allowed to see this dashboard. Ask whoever runs it to add "
-                                "your e-mail address to the viewers in [strata.roles].")
+            return Access(
+                NONE,
+                "This account is not allowed to see this dashboard. Ask whoever runs it to add "
+                "your e-mail address to the viewers in [strata.roles].",
+            )
         if viewer_mode:
-            return Access(VIEWER, "This dashboard is read-only (STRATA_VIEWER_MODE): runs cannot be trained, "
-                                  "renamed or deleted from the page.")
+            return Access(
+                VIEWER,
+                "This dashboard is read-only (STRATA_VIEWER_MODE): runs cannot be trained, "
+                "renamed or deleted from the page.",
+            )
         if role == VIEWER:
-            return Access(VIEWER, "You can view runs. Training, renaming and deleting need the editor role: ask "
-                                  "whoever runs this dashboard to add you to the editors in [strata.roles].")
+            return Access(
+                VIEWER,
+                "You can view runs. Training, renaming and deleting need the editor role: ask "
+                "whoever runs this dashboard to add you to the editors in [strata.roles].",
+            )
         return Access(EDITOR, "You can view, train, rename and delete runs.")
     if viewer_mode:
-        return Access(VIEWER, "This dashboard is read-only (STRATA_VIEWER_MODE): runs cannot be trained, renamed "
-                              "or deleted from the page.")
+        return Access(
+            VIEWER,
+            "This dashboard is read-only (STRATA_VIEWER_MODE): runs cannot be trained, renamed "
+            "or deleted from the page.",
+        )
     if local:
         return Access(EDITOR, "A local dashboard: you can view, train, rename and delete runs.")
-    return Access(VIEWER, "Read-only: this server can be reached from other machines and has no sign-in, so "
-                          "runs cannot be trained, renamed or deleted from the page. Its operator can set up "
-                          "sign-in ([auth] and [strata.roles] in secrets.toml) to let editors in.")
+    return Access(
+        VIEWER,
+        "Read-only: this server can be reached from other machines and has no sign-in, so "
+        "runs cannot be trained, renamed or deleted from the page. Its operator can set up "
+        "sign-in ([auth] and [strata.roles] in secrets.toml) to let editors in.",
+    )

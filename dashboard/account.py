@@ -53,7 +53,9 @@ def sign_in_buttons(auth: dict | None, key: str) -> None:
     the settings are incomplete; what is missing goes to the server's log."""
     names = providers(auth)
     if sign_in_problems(auth) or not names:
-        st.error("Sign-in is not set up completely on this server. Its log says what is missing.", icon=":material/error:")
+        st.error(
+            "Sign-in is not set up completely on this server. Its log says what is missing.", icon=":material/error:"
+        )
         return
     for name in names:
         label = "Sign in" if len(names) == 1 else f"Sign in with {name}"

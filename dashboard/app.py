@@ -12,8 +12,8 @@ import streamlit as st
 from starlette.middleware import Middleware
 
 from dashboard import sidebar  # noqa: F401
-from dashboard.screens import embeddings, gradients, layers, runs  # noqa: F401
 from dashboard.preload import PreloadPlotly
+from dashboard.screens import embeddings, gradients, layers, runs  # noqa: F401
 
 # Everything the pages import is imported here, once, while the server starts and before any session runs.
 # Left to the sessions, the first visitors' threads imported it at the same moment, and plotly's lazy

@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
+from typing import Any
 
 import streamlit as st
 
 from core.store import Run, RunStore, RunSummary, Snapshot, StoreError
 from dashboard import state as schema
 from dashboard.access import NONE, Access, Roles, decide, is_local, sign_in_problems, verified_email
-from dashboard.jobs import JobManager, JobLimits
+from dashboard.jobs import JobLimits, JobManager
 from dashboard.views.runs import skipped_lines
 from dashboard.views.text import plain
 
@@ -94,7 +95,7 @@ def _secret_table(name: str) -> dict | None:
     """A table of `.streamlit/secrets.toml` as plain dicts; None without a secrets file or such a table."""
     if not st.secrets.load_if_toml_exists():  # also False for a file that does not parse: no sign-in, no roles
         return None
-    value = st.secrets.get(name)
+    value: Any = st.secrets.get(name)
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
@@ -126,11 +127,19 @@ def access() -> Access:
     except ValueError as error:
         server_log(f"no one is let in: {error}")
         if auth and signed_in:
-            return Access(NONE, "This dashboard's roles are misconfigured, so no one is let in. Its server log says why.")
+            return Access(
+                NONE, "This dashboard's roles are misconfigured, so no one is let in. Its server log says why."
+            )
         roles = Roles()
     local = is_local(st.get_option("server.address"), st.context.ip_address, dict(st.context.headers.items()))
-    return decide(sign_in=bool(auth), signed_in=signed_in, email=verified_email(user), roles=roles, local=local,
-                  viewer_mode=JobLimits.from_env().viewer_mode)
+    return decide(
+        sign_in=bool(auth),
+        signed_in=signed_in,
+        email=verified_email(user),
+        roles=roles,
+        local=local,
+        viewer_mode=JobLimits.from_env().viewer_mode,
+    )
 
 
 def can_edit() -> bool:
@@ -271,15 +280,23 @@ def run_facts(run: Run | None) -> schema.RunFacts | None:
 
 def _seed_widgets(view: schema.ViewState, run: Run | None) -> None:
     facts = run_facts(run)
-    values = {"run": view.run, "pcx": view.pcx, "pcy": view.pcy, "pcz": view.pcz, "dims": view.dims,
-              "color": view.color, "size": view.size, "opacity": view.opacity}
+    values = {
+        "run": view.run,
+        "pcx": view.pcx,
+        "pcy": view.pcy,
+        "pcz": view.pcz,
+        "dims": view.dims,
+        "color": view.color,
+        "size": view.size,
+        "opacity": view.opacity,
+    }
     if facts and facts.layers:
         values["layer"] = view.layer or facts.layers[0]
     if facts and facts.epochs:
         values["epoch"] = facts.epochs[-1] if view.epoch is None else view.epoch
         st.session_state[_LATEST] = facts.epochs[-1]
     if view.compare:
-        values["compare"] = list(view.compare)
+        values["compare"] = list(view.compare)  # type: ignore[assignment]  # a multiselect's value is a list
     for key, value in values.items():
         if value is not None:
             st.session_state[key] = value
@@ -319,8 +336,11 @@ def set_selection(rows) -> None:
     """Select probe rows (highlighted in every panel, kept in the link); an empty list clears the selection."""
     rows = tuple(sorted(set(int(r) for r in rows)))
     if len(rows) > schema.MAX_SELECTION:
-        st.toast(f"Selected {len(rows):,} samples; a link keeps {schema.MAX_SELECTION}, so the first "
-                 f"{schema.MAX_SELECTION} by row stay selected.", icon=":material/info:")
+        st.toast(
+            f"Selected {len(rows):,} samples; a link keeps {schema.MAX_SELECTION}, so the first "
+            f"{schema.MAX_SELECTION} by row stay selected.",
+            icon=":material/info:",
+        )
         rows = rows[: schema.MAX_SELECTION]
     _set_selection(rows)
     view = st.session_state.get(_VIEW)
@@ -415,11 +435,15 @@ def no_snapshot_yet(run: Run) -> None:
     elif not is_live(run):
         text = f"This run has no snapshot: it ended ({run.status}) before its first one was written."
     elif training_progress(run)[2]:
-        text = ("Training has ended; its snapshots are being written now. Within its `budget`, the recorder keeps "
-                "a short fit's snapshots until training ends, so as not to slow it.")
+        text = (
+            "Training has ended; its snapshots are being written now. Within its `budget`, the recorder keeps "
+            "a short fit's snapshots until training ends, so as not to slow it."
+        )
     else:
-        text = ("Waiting for the first snapshot. The recorder takes one before training starts; within its `budget`, "
-                "the snapshots of a fit with short epochs are written once training ends.")
+        text = (
+            "Waiting for the first snapshot. The recorder takes one before training starts; within its `budget`, "
+            "the snapshots of a fit with short epochs are written once training ends."
+        )
     st.info(text, icon=":material/hourglass_top:")
     if not unwritten:
         lost_notice(run)
@@ -432,9 +456,14 @@ def lost_notice(run: Run) -> None:
     others = {name: why for name, why in run.damaged_files().items() if not name.startswith("snapshots/")}
     if not lost and not others:
         return
-    lines = lost.lines() + [f"{name} cannot be read ({why}); what needs it is not shown." for name, why in others.items()]
-    head = (f"This run lost {len(lost.epochs)} of its captured snapshots" if lost.epochs else
-            "Some of this run's files cannot be read") + ": everything else is shown."
+    lines = lost.lines() + [
+        f"{name} cannot be read ({why}); what needs it is not shown." for name, why in others.items()
+    ]
+    head = (
+        f"This run lost {len(lost.epochs)} of its captured snapshots"
+        if lost.epochs
+        else "Some of this run's files cannot be read"
+    ) + ": everything else is shown."
     st.warning(head + "\n\n" + "\n".join(f"- {plain(line)}" for line in lines), icon=":material/broken_image:")
 
 
@@ -443,8 +472,11 @@ def skipped_notice(run: Run, snapshot: Snapshot) -> None:
     a missing chart or number is explained. Layer names are the user's: they are shown as plain text."""
     lines = skipped_lines([str(layer.get("name", i)) for i, layer in enumerate(run.layers)], snapshot.skipped())
     if lines:
-        st.warning(f"At epoch {int(snapshot.epoch)}, {len(lines)} piece(s) of analysis could not be computed; "
-                   "everything else in this snapshot is shown.", icon=":material/warning:")
+        st.warning(
+            f"At epoch {int(snapshot.epoch)}, {len(lines)} piece(s) of analysis could not be computed; "
+            "everything else in this snapshot is shown.",
+            icon=":material/warning:",
+        )
         st.text("\n".join(lines))
 
 
@@ -470,8 +502,13 @@ def compare_runs(label: str = "Compare with") -> list[Run]:
     options = [s.id for s in run_summaries() if s.id != current]
     if "compare" in st.session_state:  # the selected run, or a deleted one, cannot be compared with
         st.session_state["compare"] = [r for r in st.session_state["compare"] if r in options]
-    chosen = st.multiselect(label, options, key="compare", bind="query-params",
-                            help="Run ids as in the sidebar's run picker; the link keeps them.")
+    chosen = st.multiselect(
+        label,
+        options,
+        key="compare",
+        bind="query-params",
+        help="Run ids as in the sidebar's run picker; the link keeps them.",
+    )
     runs = []
     for run_id in chosen:
         try:

@@ -45,7 +45,7 @@ def input_panel(run: Run) -> Panel | None:
 
 
 def pooled_note(snapshot: Snapshot, index: int) -> str:
-    """" · pooled 6×6" for a layer whose PCA is of its output averaged to a 6×6 grid of positions (a wide feature
+    """ " · pooled 6×6" for a layer whose PCA is of its output averaged to a 6×6 grid of positions (a wide feature
     map: see core.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
     pca = snapshot.layer(index).get("pca")
     grid = pca.get("pooled") if isinstance(pca, dict) else None
@@ -60,8 +60,13 @@ def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
     for index, layer in enumerate(run.layers):
         projection = snapshot.projection(index)
         if projection is not None:
-            panels.append(Panel(layer.get("name", f"layer {index}") + pooled_note(snapshot, index), projection.coords,
-                                projection.variance_ratio))
+            panels.append(
+                Panel(
+                    layer.get("name", f"layer {index}") + pooled_note(snapshot, index),
+                    projection.coords,
+                    projection.variance_ratio,
+                )
+            )
     return panels
 
 
@@ -92,8 +97,11 @@ def timeline(run: Run) -> tuple[list[Snapshot], list[float]]:
     per_epoch = run.meta.get("steps_per_epoch") or 0
     at_ends = {s.meta.get("step") for s in ends}
     kept = {s.seq for s in ends}
-    snapshots = [s for s in run.snapshots() if s.seq in kept or (
-        per_epoch and s.meta.get("kind") == "batch" and s.meta.get("step") not in at_ends)]
+    snapshots = [
+        s
+        for s in run.snapshots()
+        if s.seq in kept or (per_epoch and s.meta.get("kind") == "batch" and s.meta.get("step") not in at_ends)
+    ]
     times = [float(s.epoch) + (0 if s.seq in kept else (s.meta.get("batch") or 0) / per_epoch) for s in snapshots]
     return snapshots, times
 

@@ -55,7 +55,7 @@ class JobLimits:
     viewer_mode: bool = False  # no training from the page at all
 
     @classmethod
-    def from_env(cls) -> "JobLimits":
+    def from_env(cls) -> JobLimits:
         return cls(
             max_jobs=_env_int("STRATA_MAX_JOBS", 1),
             max_epochs=_env_int("STRATA_MAX_EPOCHS", 200),
@@ -63,12 +63,17 @@ class JobLimits:
         )
 
 
+_FormSettings = make_dataclass(
+    "FormSettings", dataclass_fields(form_settings(), as_text=("hidden", "name")), frozen=True
+)
+
+
 @dataclass(frozen=True)
-class TrainForm(make_dataclass("FormSettings", dataclass_fields(form_settings(), as_text=("hidden", "name")), frozen=True)):
+class TrainForm(_FormSettings):  # type: ignore[misc,valid-type]
     """What the "New run" form asks for, with the defaults of `python -m core train` (both come from
     `core.settings`); `args()` turns it into its flags. `hidden` and `name` are text, as typed."""
 
-    def check(self, limits: JobLimits) -> "TrainForm":
+    def check(self, limits: JobLimits) -> TrainForm:
         """Returns self, or raises JobRefused naming the first bad value (the CLI checks the rest)."""
         sizes = [part.strip() for part in self.hidden.split(",")]
         if not all(s.isdigit() and 0 < int(s) <= MAX_UNITS for s in sizes) or len(sizes) > MAX_HIDDEN_LAYERS:
@@ -158,11 +163,11 @@ class Job:
 class JobManager:
     """Starts, lists and cancels training processes that write into one run store."""
 
-    _shared: dict[tuple[str, JobLimits], "JobManager"] = {}
+    _shared: dict[tuple[str, JobLimits], JobManager] = {}
     _shared_lock = threading.Lock()
 
     @classmethod
-    def shared(cls, runs_root: str, limits: JobLimits) -> "JobManager":
+    def shared(cls, runs_root: str, limits: JobLimits) -> JobManager:
         """The one manager of this store and these limits in this process, created on first use."""
         with cls._shared_lock:
             key = (str(runs_root), limits)
@@ -198,11 +203,15 @@ class JobManager:
         """Launch `python -m core recover RUN`: it writes the snapshots a killed training process held back.
         Counts as a job (it runs the probe passes, with TensorFlow); raises JobRefused when not allowed."""
         if self.limits.viewer_mode:
-            raise JobRefused("This dashboard is in viewer mode (STRATA_VIEWER_MODE): recovering runs from the page is off.")
+            raise JobRefused(
+                "This dashboard is in viewer mode (STRATA_VIEWER_MODE): recovering runs from the page is off."
+            )
         with self._lock:
             if len(self.running()) >= self.limits.max_jobs:
-                raise JobRefused(f"A job is already running, the limit here is {self.limits.max_jobs} (STRATA_MAX_JOBS). "
-                                 "Wait for it to finish, or run `python -m core recover` yourself.")
+                raise JobRefused(
+                    f"A job is already running, the limit here is {self.limits.max_jobs} (STRATA_MAX_JOBS). "
+                    "Wait for it to finish, or run `python -m core recover` yourself."
+                )
             return self._launch(run_id, name, ["recover", run_id])
 
     def _launch(self, run_id: str, name: str, args: list[str]) -> Job:

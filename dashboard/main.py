@@ -13,7 +13,7 @@ from dashboard.views.text import plain
 
 st.set_page_config(page_title="Strata: what hidden layers learn", page_icon=":material/layers:", layout="wide")
 
-EMBEDDINGS = dict(title="Embeddings", icon=":material/scatter_plot:")
+EMBEDDINGS: dict = dict(title="Embeddings", icon=":material/scatter_plot:")
 home = st.Page(embeddings.render, default=True, **EMBEDDINGS)
 pages = [
     home,
@@ -34,12 +34,22 @@ if not verdict.can_view:  # must sign in, or is not allowed: nothing of the stor
 def store_error(error: Exception) -> None:
     """The store itself is unreachable. Visitors learn that, and the kind of error; where the store is and the full
     error (paths, URLs) go to the server's log, for its operator."""
-    print(f"strata: cannot read the run store {context.runs_root()!r}: {type(error).__name__}: {error}", file=sys.stderr)
-    st.error(f"Cannot read the run store ({plain(type(error).__name__)}). The server's log says why.", icon=":material/error:")
+    print(
+        f"strata: cannot read the run store {context.runs_root()!r}: {type(error).__name__}: {error}", file=sys.stderr
+    )
+    st.error(
+        f"Cannot read the run store ({plain(type(error).__name__)}). The server's log says why.",
+        icon=":material/error:",
+    )
     st.stop()
 
 
-STORE_ERRORS = (StoreError, OSError, ValueError, ImportError)  # a bad store (unreachable URL, no permission) reads as a message
+STORE_ERRORS = (
+    StoreError,
+    OSError,
+    ValueError,
+    ImportError,
+)  # a bad store (unreachable URL, no permission) reads as a message
 try:
     context.prepare()
     context.publish(sidebar.view_state(context.current_run()))

@@ -15,12 +15,16 @@ from core import settings
 from core.store import StoreError
 from dashboard import account, context
 from dashboard import state as schema
-from dashboard.jobs import TrainForm, JobRefused
-from dashboard.views.text import plain
+from dashboard.jobs import JobRefused, TrainForm
 from dashboard.views.runs import layer_labels
+from dashboard.views.text import plain
 
-STATUS_ICONS = {"running": ":green[:material/pending:]", "finished": ":blue[:material/check_circle:]",
-                "failed": ":red[:material/cancel:]", "interrupted": ":orange[:material/stop_circle:]"}
+STATUS_ICONS = {
+    "running": ":green[:material/pending:]",
+    "finished": ":blue[:material/check_circle:]",
+    "failed": ":red[:material/cancel:]",
+    "interrupted": ":orange[:material/stop_circle:]",
+}
 _PENDING = "_strata_pending_run"  # a run started from this session that has not written run.json yet
 _FORM_OPEN = "_strata_new_run_open"  # the New run dialog stays open across reruns until submitted or dismissed
 
@@ -54,11 +58,17 @@ def view_state(run) -> schema.ViewState:
         epoch = facts.epochs[0]
     following = epoch is not None and epoch == facts.epochs[-1] and context.is_live(run)
     return schema.ViewState(
-        run=run.id, layer=state.get("layer") if facts.layers else None, epoch=None if following else epoch,
-        pcx=int(state.get("pcx", defaults.pcx)), pcy=int(state.get("pcy", defaults.pcy)),
-        pcz=int(state.get("pcz", defaults.pcz)), dims=state.get("dims", defaults.dims),
-        color=state.get("color", defaults.color), size=int(state.get("size", defaults.size)),
-        opacity=float(state.get("opacity", defaults.opacity)), sel=selection,
+        run=run.id,
+        layer=state.get("layer") if facts.layers else None,
+        epoch=None if following else epoch,
+        pcx=int(state.get("pcx", defaults.pcx)),
+        pcy=int(state.get("pcy", defaults.pcy)),
+        pcz=int(state.get("pcz", defaults.pcz)),
+        dims=state.get("dims", defaults.dims),
+        color=state.get("color", defaults.color),
+        size=int(state.get("size", defaults.size)),
+        opacity=float(state.get("opacity", defaults.opacity)),
+        sel=selection,
         compare=tuple(state.get("compare") or ()),
     )
 
@@ -74,12 +84,19 @@ def _run_picker(run) -> None:
         options.insert(0, run.id)  # just created: the cached list has not seen it yet
     damaged = context.damaged_runs()
     if damaged:
-        st.caption(f":orange[:material/broken_image:] {len(damaged)} run(s) cannot be read fully: the Runs page says why.")
+        st.caption(
+            f":orange[:material/broken_image:] {len(damaged)} run(s) cannot be read fully: the Runs page says why."
+        )
     if not options:
         st.caption("No runs yet.")
         return
     st.selectbox(
-        "Run", options, index=None, key="run", bind="query-params", placeholder="Choose a run",
+        "Run",
+        options,
+        index=None,
+        key="run",
+        bind="query-params",
+        placeholder="Choose a run",
         help="Runs in this store, newest first. The id is what links refer to.",
     )
     if run is not None:
@@ -106,18 +123,26 @@ def _run_status(run_id: str) -> None:
         done, planned, trained = context.training_progress(run)
         dataset = run.info.dataset.name  # a Recorder in the user's own fit may not name one
         lost = run.lost_snapshots()
-        parts = [f"{STATUS_ICONS.get(status, '')} **{plain(run.name)}**", status, plain(dataset) if dataset else None,
-                 f"epoch {done}/{planned or '?'}",
-                 f":orange[{len(lost.epochs)} snapshot(s) lost]" if lost.epochs else None]
+        parts = [
+            f"{STATUS_ICONS.get(status, '')} **{plain(run.name)}**",
+            status,
+            plain(dataset) if dataset else None,
+            f"epoch {done}/{planned or '?'}",
+            f":orange[{len(lost.epochs)} snapshot(s) lost]" if lost.epochs else None,
+        ]
         st.caption(" · ".join(part for part in parts if part))
         if status == "running":
             if trained:  # a Recorder within its budget writes held-back snapshots after fit
-                st.progress(1.0, text=f"training done: writing its snapshots ({int(meta.get('snapshots') or 0)} so far)")
+                st.progress(
+                    1.0, text=f"training done: writing its snapshots ({int(meta.get('snapshots') or 0)} so far)"
+                )
             else:
                 st.progress(done / planned if planned else 0.0, text=f"training: epoch {done} of {planned or '?'}")
             job = context.jobs().get(run_id)
             if job is not None and job.running and context.can_edit():
-                if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:") and context.may_edit("cancel training"):
+                if st.button("Cancel training", key="cancel_job", icon=":material/stop_circle:") and context.may_edit(
+                    "cancel training"
+                ):
                     context.jobs().cancel(run_id)
                     st.toast("Cancel sent: the run stops after the current batch.")
         elif live:
@@ -137,15 +162,23 @@ def _unwritten(run) -> None:
     if job is not None and job.running:  # started, but its TensorFlow has not loaded yet
         st.info("Writing the held-back snapshots…", icon=":material/restore:")
         return
-    if job is not None and job.state == "failed" and "recover" in job.process.args:
+    if (
+        job is not None
+        and job.state == "failed"
+        and isinstance(job.process.args, list)
+        and "recover" in job.process.args
+    ):
         st.error("Writing the held-back snapshots failed:")
         st.code(job.log_tail(3), language=None)
         return
     count = run.unwritten_captures()
     if not count:
         return
-    st.warning(f"Training was killed before {count} of its snapshots were written. They can still be written: "
-               f"`python -m core recover {run.id}`.", icon=":material/restore:")
+    st.warning(
+        f"Training was killed before {count} of its snapshots were written. They can still be written: "
+        f"`python -m core recover {run.id}`.",
+        icon=":material/restore:",
+    )
     if context.can_edit() and st.button("Write them now", key="recover_run", icon=":material/restore:"):
         if not context.may_edit("write a run's snapshots"):
             return
@@ -177,10 +210,14 @@ def _new_run_dialog() -> None:
     limits = context.jobs().limits
     with st.form("new_run_form", border=False):
         columns = st.columns(3)
-        values = {setting.name: _form_widget(columns[i % 3], setting, limits)
-                  for i, setting in enumerate(settings.form_settings())}
-        st.caption(f"Training runs in its own process. Limits here: {limits.max_jobs} job(s) at once, "
-                   f"{limits.max_epochs} epochs.")
+        values = {
+            setting.name: _form_widget(columns[i % 3], setting, limits)
+            for i, setting in enumerate(settings.form_settings())
+        }
+        st.caption(
+            f"Training runs in its own process. Limits here: {limits.max_jobs} job(s) at once, "
+            f"{limits.max_epochs} epochs."
+        )
         submitted = st.form_submit_button("Train", type="primary", icon=":material/play_arrow:")
     if submitted:
         start_training(TrainForm(**values))
@@ -190,6 +227,7 @@ def _form_widget(column, setting: settings.Setting, limits):
     """The New run form's widget for `setting`, starting at the default `python -m core train` uses (the table in
     `core.settings`); returns its value as `TrainForm` takes it."""
     widget, key = setting.form, f"new_run_{setting.name}"
+    assert widget is not None  # form_settings() yields only settings the form shows
     if setting.choices:
         return column.selectbox(widget.label, setting.choices, index=setting.choices.index(setting.default), key=key)
     if setting.type is bool:
@@ -202,8 +240,9 @@ def _form_widget(column, setting: settings.Setting, limits):
     default = min(setting.default, high)
     if widget.slider:
         return setting.type(column.slider(widget.label, widget.low, high, default, widget.step, key=key))
-    return setting.type(column.number_input(widget.label, widget.low, high, default, widget.step, format=widget.format,
-                                            key=key))
+    return setting.type(
+        column.number_input(widget.label, widget.low, high, default, widget.step, format=widget.format, key=key)
+    )
 
 
 def start_training(form: TrainForm) -> None:
@@ -244,8 +283,10 @@ def _pending_run() -> None:
             stage = job.stage()
             done = 0 if stage is None else stage[0]
             doing = "starting Python" if stage is None else stage[1]
-            st.progress(done / len(settings.TRAINING_STAGES),
-                        text=f"Starting {plain(run_id)}: {doing} ({time.time() - job.started:.0f} s)")
+            st.progress(
+                done / len(settings.TRAINING_STAGES),
+                text=f"Starting {plain(run_id)}: {doing} ({time.time() - job.started:.0f} s)",
+            )
             return
         st.session_state.pop(_PENDING, None)
         context.follow_run(run_id)
@@ -266,15 +307,29 @@ def _view_controls(run, embeddings_page: bool) -> None:
     st.divider()
     if facts.layers:
         labels = layer_labels(run.layers)
-        st.selectbox("Layer", facts.layers, key="layer", bind="query-params", format_func=lambda name: labels.get(name, name),
-                     help="The layer the focus view and the other pages show, listed by stage (spatial size) in a deep "
-                          "model. Type to search.")
+        st.selectbox(
+            "Layer",
+            facts.layers,
+            key="layer",
+            bind="query-params",
+            format_func=lambda name: labels.get(name, name),
+            help="The layer the focus view and the other pages show, listed by stage (spatial size) in a deep "
+            "model. Type to search.",
+        )
     if len(facts.epochs) > 1:
-        st.select_slider("Epoch", facts.epochs, value=facts.epochs[-1], key="epoch", bind="query-params",
-                         help="Captured epochs; 0 is before training.")
+        st.select_slider(
+            "Epoch",
+            facts.epochs,
+            value=facts.epochs[-1],
+            key="epoch",
+            bind="query-params",
+            help="Captured epochs; 0 is before training.",
+        )
     elif facts.epochs:
         live = context.is_live(run)
-        st.caption("Epoch: the newest, following the training" if live else f"Epoch {facts.epochs[0]} (the only snapshot)")
+        st.caption(
+            "Epoch: the newest, following the training" if live else f"Epoch {facts.epochs[0]} (the only snapshot)"
+        )
     with st.expander("Embedding view", expanded=embeddings_page):
         top = min(facts.components, schema.MAX_COMPONENT)
         x, y, z = st.columns(3)
@@ -283,7 +338,12 @@ def _view_controls(run, embeddings_page: bool) -> None:
         dims = st.radio("Dimensions", schema.DIMS, key="dims", bind="query-params", horizontal=True)
         z.number_input("PC z", 1, top, 3 if top >= 3 else 1, key="pcz", bind="query-params", disabled=dims != "3d")
         colors = schema.COLORS if facts.has_labels else ("pred", "confidence")
-        st.selectbox("Colour by", colors, key="color", bind="query-params",
-                     help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability")
+        st.selectbox(
+            "Colour by",
+            colors,
+            key="color",
+            bind="query-params",
+            help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability",
+        )
         st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
         st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")

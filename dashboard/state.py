@@ -10,8 +10,9 @@ and adds a human-readable notice. The page itself lives in the URL path (`/`, `/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from core.store import Run, RunNotFound, StoreError, is_valid_run_id
 
@@ -150,7 +151,12 @@ FIELDS: tuple[Field, ...] = (
     Field("size", _single(_integer(*SIZE_RANGE)), "size 5"),
     Field("opacity", _single(_number(*OPACITY_RANGE)), "opacity 0.8", lambda value: f"{value:g}"),
     Field("sel", parse_rows, "no selection", format_rows),
-    Field("compare", lambda values: tuple(dict.fromkeys(_run_id(v.strip()) for v in values if v.strip())), "no comparison", list),
+    Field(
+        "compare",
+        lambda values: tuple(dict.fromkeys(_run_id(v.strip()) for v in values if v.strip())),
+        "no comparison",
+        list,
+    ),
 )
 DEFAULTS = ViewState()
 assert [f.name for f in FIELDS] == [f.name for f in fields(ViewState)], "FIELDS and ViewState must list the same fields"
@@ -207,7 +213,7 @@ class RunFacts:
     has_labels: bool
 
     @classmethod
-    def of(cls, run: Run) -> "RunFacts":
+    def of(cls, run: Run) -> RunFacts:
         meta = run.meta
         probe = meta.get("probe", {})
         return cls(
@@ -252,7 +258,9 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
         if getattr(state, name) > facts.components:
             default = min(getattr(DEFAULTS, name), max(1, facts.components))
             if getattr(state, name) != getattr(DEFAULTS, name):  # a link asked for it; a default is not news
-                notices.append(f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}.")
+                notices.append(
+                    f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}."
+                )
             changes[name] = default
     if not facts.has_labels and state.color in ("label", "correct"):
         if state.color != DEFAULTS.color:  # the default colouring switching over is not something a link asked for

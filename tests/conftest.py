@@ -39,6 +39,7 @@ def _environment_restored():
         os.environ.clear()
         os.environ.update(saved)
 
+
 _TRAIN = """
 import json, sys
 from core.training import TrainingSpec, train
@@ -55,7 +56,11 @@ def run_script(script: str, root: str) -> str:
     """Run `script` (Python source that records into the store at argv[1]) in a subprocess, so this process never
     imports TensorFlow; returns its last line of output."""
     result = subprocess.run(
-        [sys.executable, "-c", script, root], cwd=REPO, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-c", script, root],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, f"recording the fixture run failed:\n{result.stderr[-3000:]}"
@@ -132,9 +137,16 @@ KILLED_SCRIPT = textwrap.dedent(
 
 def _record_killable(root: Path, mode: str) -> None:
     # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
-    script = KILLED_SCRIPT.replace("from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
-    result = subprocess.run([sys.executable, "-c", script, str(root), mode], capture_output=True, text=True,
-                            timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    script = KILLED_SCRIPT.replace(
+        "from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(root), mode],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     expected = -signal.SIGKILL if mode == "killed" else 0
     assert result.returncode == expected, result.stderr[-3000:]
     if mode == "killed":  # its recording process outlives it, writing what it was handed, then exits on EOF

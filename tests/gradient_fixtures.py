@@ -27,14 +27,35 @@ REPO = Path(__file__).resolve().parents[1]
 
 # batch_size is given, not left to TrainingSpec's default: the step counts behind these runs' findings depend on it.
 SPECS = {
-    "vanishing": dict(dataset="digits", hidden=(64,) * 6, activation="sigmoid", optimizer="sgd", lr=0.01, epochs=3, batch_size=32),
-    "relu_he": dict(dataset="digits", hidden=(64,) * 6, activation="relu", init="he_normal", optimizer="sgd", lr=0.01,
-                    epochs=3, batch_size=32, grad_every=5),
-    "iris": dict(dataset="iris", hidden=(32, 32, 32), activation="relu", optimizer="adam", lr=1e-3, epochs=8, batch_size=32),
-    "exploding": dict(dataset="digits", hidden=(64, 64, 64), activation="linear", optimizer="sgd", lr=1.0, epochs=2, batch_size=32),
-    "dead": dict(dataset="digits", hidden=(64, 64, 64), activation="relu", optimizer="adam", lr=0.1, epochs=4, batch_size=32),
-    "saturated": dict(dataset="digits", hidden=(64, 64, 64), activation="sigmoid", optimizer="sgd", lr=20.0, epochs=3, batch_size=32),
-    "slow": dict(dataset="digits", hidden=(32, 32), activation="relu", optimizer="sgd", lr=1e-6, epochs=3, batch_size=32),
+    "vanishing": dict(
+        dataset="digits", hidden=(64,) * 6, activation="sigmoid", optimizer="sgd", lr=0.01, epochs=3, batch_size=32
+    ),
+    "relu_he": dict(
+        dataset="digits",
+        hidden=(64,) * 6,
+        activation="relu",
+        init="he_normal",
+        optimizer="sgd",
+        lr=0.01,
+        epochs=3,
+        batch_size=32,
+        grad_every=5,
+    ),
+    "iris": dict(
+        dataset="iris", hidden=(32, 32, 32), activation="relu", optimizer="adam", lr=1e-3, epochs=8, batch_size=32
+    ),
+    "exploding": dict(
+        dataset="digits", hidden=(64, 64, 64), activation="linear", optimizer="sgd", lr=1.0, epochs=2, batch_size=32
+    ),
+    "dead": dict(
+        dataset="digits", hidden=(64, 64, 64), activation="relu", optimizer="adam", lr=0.1, epochs=4, batch_size=32
+    ),
+    "saturated": dict(
+        dataset="digits", hidden=(64, 64, 64), activation="sigmoid", optimizer="sgd", lr=20.0, epochs=3, batch_size=32
+    ),
+    "slow": dict(
+        dataset="digits", hidden=(32, 32), activation="relu", optimizer="sgd", lr=1e-6, epochs=3, batch_size=32
+    ),
 }
 
 _TRAIN = """
@@ -55,8 +76,12 @@ def gradient_runs(tmp_path_factory) -> str:
     if not done.exists():
         root.mkdir(exist_ok=True)
         result = subprocess.run(
-            [sys.executable, "-c", _TRAIN, str(root), json.dumps(SPECS)], cwd=REPO, capture_output=True, text=True,
-            timeout=400, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            [sys.executable, "-c", _TRAIN, str(root), json.dumps(SPECS)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
         assert result.returncode == 0, f"training the gradient runs failed:\n{result.stderr[-3000:]}"
         done.write_text(result.stdout.strip().splitlines()[-1])

@@ -88,7 +88,9 @@ def test_pca_matches_sklearn_full(method, n, d):
     tolerance = 1e-2 if method == "randomized" else 1e-4
     np.testing.assert_allclose(result.mean, reference.mean_, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(result.explained_variance, reference.explained_variance_, rtol=tolerance)
-    np.testing.assert_allclose(result.explained_variance_ratio, reference.explained_variance_ratio_, atol=tolerance / 10)
+    np.testing.assert_allclose(
+        result.explained_variance_ratio, reference.explained_variance_ratio_, atol=tolerance / 10
+    )
     total = reference.explained_variance_[0] / reference.explained_variance_ratio_[0]
     assert result.total_variance == pytest.approx(total, rel=1e-5)
     overlap = np.abs(np.sum(result.components * reference.components_, axis=1))
@@ -293,7 +295,9 @@ def test_activation_stats_take_channels_as_units_and_subsample():
     # Sampled percentiles: each sits at its rank among ALL values to within four standard errors of the sample.
     share_below = np.array([np.mean(a <= value) for value in stats["percentiles"]])
     wanted = np.array([2, 25, 50, 75, 98]) / 100
-    np.testing.assert_array_less(np.abs(share_below - wanted), 4 * np.sqrt(wanted * (1 - wanted) / analysis.HIST_MAX_VALUES))
+    np.testing.assert_array_less(
+        np.abs(share_below - wanted), 4 * np.sqrt(wanted * (1 - wanted) / analysis.HIST_MAX_VALUES)
+    )
 
 
 def test_activation_stats_survive_nan_and_inf():
@@ -379,9 +383,7 @@ def test_probe_matches_sklearn_on_2d_blobs():
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, 600)
     features = rng.standard_normal((600, 2)) + np.array([[0, 0], [2, 0], [0, 2]])[labels]
-    assert linear_probe_accuracy(features, labels) == pytest.approx(
-        sklearn_probe_accuracy(features, labels), abs=0.03
-    )
+    assert linear_probe_accuracy(features, labels) == pytest.approx(sklearn_probe_accuracy(features, labels), abs=0.03)
 
 
 def test_probe_cannot_separate_spirals_in_input_space():

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from apptest_pages import open_app, shown
 
 from core.store import RunStore
 from dashboard import context
-from apptest_pages import open_app, shown
 from dashboard.jobs import JobLimits, TrainForm
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")  # the script each session runs
@@ -82,16 +82,19 @@ def test_selection_can_be_cleared(spiral_run_dir):
     assert "sel" not in at.query_params
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"run": "no-such-run"}, "There is no run `no-such-run`"),
-    ({"run": "../../etc/passwd"}, "is not a run id"),
-    ({"epoch": "9999"}, "no snapshot at epoch 9999"),
-    ({"epoch": "yesterday"}, "`epoch=yesterday` is not a whole number"),
-    ({"layer": "conv_7"}, "has no layer `conv_7`"),
-    ({"color": "rainbow", "dims": "5d"}, "`color=rainbow`"),
-    ({"sel": "1-x"}, "`sel=1-x`"),
-    ({"pcx": "40"}, "stores 10 components"),
-])
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"run": "no-such-run"}, "There is no run `no-such-run`"),
+        ({"run": "../../etc/passwd"}, "is not a run id"),
+        ({"epoch": "9999"}, "no snapshot at epoch 9999"),
+        ({"epoch": "yesterday"}, "`epoch=yesterday` is not a whole number"),
+        ({"layer": "conv_7"}, "has no layer `conv_7`"),
+        ({"color": "rainbow", "dims": "5d"}, "`color=rainbow`"),
+        ({"sel": "1-x"}, "`sel=1-x`"),
+        ({"pcx": "40"}, "stores 10 components"),
+    ],
+)
 def test_a_bad_link_shows_a_notice_and_falls_back(spiral_run_dir, params, expected):
     root, run_id = spiral_run_dir
     at = app(root, **{"run": run_id, **params})
@@ -123,7 +126,9 @@ def test_an_empty_store_offers_a_demo_run(tmp_path, monkeypatch):
 
 def test_the_demo_trains_in_the_background_and_the_page_follows_it(tmp_path, monkeypatch):
     root = tmp_path / "runs"
-    monkeypatch.setattr("dashboard.screens.embeddings.DEMO", TrainForm(dataset="spiral", hidden="4", epochs=2, name="demo test"))
+    monkeypatch.setattr(
+        "dashboard.screens.embeddings.DEMO", TrainForm(dataset="spiral", hidden="4", epochs=2, name="demo test")
+    )
     at = app(root)
     at.button(key="demo").click().run()
     assert not at.exception
@@ -218,7 +223,7 @@ from streamlit.util import calc_hash
 os.environ["STRATA_RUNS"] = {root!r}
 for page in ("", "gradients", "layers", "runs"):
     at = AppTest.from_file({APP!r}, default_timeout=60)
-    at.query_params["run"] = {ids['digits']!r}
+    at.query_params["run"] = {ids["digits"]!r}
     at.run()
     if page:
         at._page_hash = calc_hash(page)
@@ -252,11 +257,17 @@ def test_a_run_without_a_snapshot_yet_says_why_on_every_page(spiral_run_dir, tmp
 
     root, run_id = spiral_run_dir
     meta = RunStore(root).run(run_id).meta
-    fields = {k: v for k, v in meta.items() if k not in ("id", "status", "created", "updated", "host", "pid", "format_version")}
+    fields = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("id", "status", "created", "updated", "host", "pid", "format_version")
+    }
     planned = fields["epochs_planned"]
     RunWriter(str(tmp_path), "training", {**fields, "name": "training", "epochs_done": 1, "snapshots": 0})
     RunWriter(str(tmp_path), "writing", {**fields, "name": "writing", "epochs_done": planned, "snapshots": 0})
-    RunWriter(str(tmp_path), "ended", {**fields, "name": "ended", "epochs_done": 1, "snapshots": 0}).set_status("interrupted")
+    RunWriter(str(tmp_path), "ended", {**fields, "name": "ended", "epochs_done": 1, "snapshots": 0}).set_status(
+        "interrupted"
+    )
 
     expected = {
         "training": "Waiting for the first snapshot",
@@ -268,8 +279,11 @@ def test_a_run_without_a_snapshot_yet_says_why_on_every_page(spiral_run_dir, tmp
         assert not at.exception, run
         assert [i.value for i in at.info if text in i.value], (run, [i.value for i in at.info])
         progress = [bar.proto.text for bar in at.sidebar.get("progress")]
-        assert run == "ended" or progress == ["training: epoch 1 of %d" % planned if run == "training" else
-                                              "training done: writing its snapshots (0 so far)"], (run, progress)
+        assert run == "ended" or progress == [
+            "training: epoch 1 of %d" % planned  # noqa: UP031
+            if run == "training"
+            else "training done: writing its snapshots (0 so far)"
+        ], (run, progress)
 
 
 @pytest.mark.parametrize("page", ["", "gradients", "layers"])
@@ -335,10 +349,16 @@ def test_the_new_run_form_starts_at_the_declared_defaults_and_submits_them(spira
     at = app(root, run=run_id)
     at.sidebar.button(key="new_run").click().run()
     assert not at.exception
-    widgets = {w.key: w.value for kind in ("selectbox", "slider", "text_input", "number_input", "checkbox")
-               for w in getattr(at, kind) if w.key and w.key.startswith("new_run_")}
-    expected = {f"new_run_{s.name}": settings.text(s) if s.type in (str, tuple) and not s.choices else s.default
-                for s in settings.form_settings()}
+    widgets = {
+        w.key: w.value
+        for kind in ("selectbox", "slider", "text_input", "number_input", "checkbox")
+        for w in getattr(at, kind)
+        if w.key and w.key.startswith("new_run_")
+    }
+    expected = {
+        f"new_run_{s.name}": settings.text(s) if s.type in (str, tuple) and not s.choices else s.default
+        for s in settings.form_settings()
+    }
     assert widgets == {**expected, "new_run_epochs": 20}  # epochs: at most this server's limit
     next(b for b in at.button if b.label == "Train").click().run()
     assert not at.exception

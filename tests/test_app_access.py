@@ -6,16 +6,21 @@ import os
 from pathlib import Path
 
 import pytest
+from apptest_pages import shown
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 from streamlit.util import calc_hash
 
-from apptest_pages import shown
 from core.store import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "main.py")
-AUTH = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a-test-secret-of-32-characters!!",
-        "client_id": "strata", "client_secret": "secret", "server_metadata_url": "http://localhost:9/.well-known"}
+AUTH = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "a-test-secret-of-32-characters!!",
+    "client_id": "strata",
+    "client_secret": "secret",
+    "server_metadata_url": "http://localhost:9/.well-known",
+}
 ROLES = {"roles": {"viewers": ["@viewers.example"], "editors": ["ed@editors.example"]}}
 SIGN_IN = {"auth": AUTH, "strata": ROLES}
 EDITOR = {"is_logged_in": True, "email": "ed@editors.example", "name": "Ed"}
@@ -54,8 +59,11 @@ def session(root, page: str = "", *, secrets=None, user=None, **params) -> AppTe
 
 def texts(at) -> str:
     """Everything the page shows as text, Markdown escapes resolved."""
-    parts = [e.value for kind in ("title", "caption", "info", "error", "warning", "markdown", "text", "subheader")
-             for e in getattr(at, kind)]
+    parts = [
+        e.value
+        for kind in ("title", "caption", "info", "error", "warning", "markdown", "text", "subheader")
+        for e in getattr(at, kind)
+    ]
     parts += [str(getattr(b, "label", "")) for b in at.button]
     return shown(" ".join(str(p) for p in parts))
 
@@ -142,7 +150,9 @@ def test_a_role_taken_away_stops_the_next_action(runs_copy):
     spiral = next(s.id for s in RunStore(runs_copy).list_runs() if s.dataset == "spiral")
     at = session(runs_copy, "runs", secrets=SIGN_IN, user=EDITOR, run=spiral)
     at.checkbox(key="confirm_delete").check().run()
-    at.secrets["strata"] = {"roles": {"viewers": ["ed@editors.example"], "editors": []}}  # the operator edits secrets.toml
+    at.secrets["strata"] = {
+        "roles": {"viewers": ["ed@editors.example"], "editors": []}
+    }  # the operator edits secrets.toml
     at.button(key="delete").click().run()
     assert not at.exception
     assert spiral in RunStore(runs_copy).run_ids()
@@ -170,14 +180,21 @@ def test_names_from_the_provider_are_shown_as_text(spiral_run_dir):
     at = session(root, secrets=SIGN_IN, user=hostile, run=run_id)
     caption = next(c.value for c in at.sidebar.caption if "Signed in as" in c.value)
     assert "](" not in caption.replace("\\](", "") and "\\*\\*Vic\\*\\*" in caption
-    assert shown(caption).endswith("Signed in as **Vic** ![x](http://evil.example/a.png) :red[alarm] (vic@viewers.example) · "
-                                   "viewer (read-only)")
+    assert shown(caption).endswith(
+        "Signed in as **Vic** ![x](http://evil.example/a.png) :red[alarm] (vic@viewers.example) · viewer (read-only)"
+    )
 
 
-@pytest.mark.parametrize("secrets, message", [
-    ({"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "client_id": "x"}}, "Sign-in is not set up completely"),
-    ({"auth": AUTH, "strata": {"roles": {"editors": "ed"}}}, None),
-])
+@pytest.mark.parametrize(
+    "secrets, message",
+    [
+        (
+            {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "client_id": "x"}},
+            "Sign-in is not set up completely",
+        ),
+        ({"auth": AUTH, "strata": {"roles": {"editors": "ed"}}}, None),
+    ],
+)
 def test_incomplete_settings_let_no_one_in(spiral_run_dir, secrets, message):
     root, run_id = spiral_run_dir
     at = session(root, "runs", secrets=secrets, user=EDITOR if message is None else {"is_logged_in": False}, run=run_id)

@@ -1,12 +1,10 @@
 """The Gradients & activations page through Streamlit's AppTest, on real healthy and pathological runs."""
 
-
 import pytest
 from apptest_pages import open_app, shown
-from dashboard.views.layers import UNLABELLED_CAPTIONS
-
 from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
+from dashboard.views.layers import UNLABELLED_CAPTIONS
 
 
 @pytest.fixture

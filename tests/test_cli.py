@@ -15,7 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _core(*args, check=True):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -24,7 +26,9 @@ def _core(*args, check=True):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cli_runs"))
-    result = _core("train", "--dataset", "moons", "--hidden", "8,8", "--epochs", "2", "--runs", root, "--name", "cli moons")
+    result = _core(
+        "train", "--dataset", "moons", "--hidden", "8,8", "--epochs", "2", "--runs", root, "--name", "cli moons"
+    )
     return root, result
 
 
@@ -63,8 +67,22 @@ def test_csv_data_set_with_a_label_column(tmp_path):
     rows = ["a,b,c,species"] + [f"{i % 7},{(i * 3) % 5},{i % 2},{'x' if i % 2 else 'y'}" for i in range(60)]
     path = tmp_path / "data.csv"
     path.write_text("\n".join(rows))
-    result = _core("train", "--dataset", str(path), "--label-column", "species", "--hidden", "4", "--epochs", "1",
-                   "--runs", str(tmp_path / "runs"), "--quiet", "--budget", "0.01")
+    result = _core(
+        "train",
+        "--dataset",
+        str(path),
+        "--label-column",
+        "species",
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--quiet",
+        "--budget",
+        "0.01",
+    )
     run = RunStore(str(tmp_path / "runs")).run(result.stdout.strip().splitlines()[-1])
     # With a budget, snapshots may be written after training: the id is printed once they all are.
     assert run.status == "finished" and run.epochs() == [0, 1] and run.meta["config"]["budget"] == 0.01
@@ -91,7 +109,7 @@ def test_bad_input_is_a_message_and_exit_code_2(tmp_path, args, message):
 def test_read_commands_do_not_import_tensorflow(trained):
     root, _ = trained
     code = (
-        "import sys, runpy; sys.argv = ['core', 'runs', '--runs', %r];"
+        "import sys, runpy; sys.argv = ['core', 'runs', '--runs', %r];"  # noqa: UP031
         "import core.cli; core.cli.main(sys.argv[1:]);"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'" % root
     )

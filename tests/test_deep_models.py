@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from apptest_pages import open_app
-
 from conftest import REPO
+
 from core.store import RunStore
 
 BLOCKS = 14  # 6 layers a block, plus the stem and head: 90 recordable layers
@@ -64,8 +64,11 @@ def test_a_deep_network_records_its_block_outputs_and_stage_ends_by_default(deep
     run = RunStore(deep_runs).run("auto")
     recorded = names(run)
     assert run.meta["layer_selection"]["recordable"] > 80
-    assert run.meta["layer_selection"] == {"asked": "auto", "recorded": len(recorded),
-                                          "recordable": run.meta["layer_selection"]["recordable"]}
+    assert run.meta["layer_selection"] == {
+        "asked": "auto",
+        "recorded": len(recorded),
+        "recordable": run.meta["layer_selection"]["recordable"],
+    }
     assert len(recorded) <= 32
     assert [n for n in recorded if n.endswith("_add")] == [f"block{b}_add" for b in range(BLOCKS)]
     assert recorded[0] == "stem" and recorded[-2:] == ["pool", "head"]
@@ -96,15 +99,56 @@ def test_every_page_opens_on_every_layer_of_a_deep_run(deep_runs, page):
 
 
 def test_the_cli_records_the_layers_it_is_given_by_name_pattern_or_type(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "iris", "--hidden", "8,8", "--batch-norm",
-                             "--epochs", "1", "--layers", "dense_1,activation_*,BatchNormalization", "--runs", str(tmp_path),
-                             "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "train",
+            "--dataset",
+            "iris",
+            "--hidden",
+            "8,8",
+            "--batch-norm",
+            "--epochs",
+            "1",
+            "--layers",
+            "dense_1,activation_*,BatchNormalization",
+            "--runs",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = RunStore(str(tmp_path)).run(result.stdout.strip().splitlines()[-1])
     # By name, by pattern, by type, and the output always, in the model's order
     assert names(run) == ["batch_norm_0", "activation_0", "dense_1", "batch_norm_1", "activation_1", "output"]
     assert run.meta["layer_selection"]["asked"] == "dense_1, activation_*, BatchNormalization"
-    wrong = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "iris", "--hidden", "8", "--epochs", "1",
-                            "--layers", "nothing_*", "--runs", str(tmp_path), "--quiet"],
-                           cwd=REPO, capture_output=True, text=True, timeout=240)
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "train",
+            "--dataset",
+            "iris",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--layers",
+            "nothing_*",
+            "--runs",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert wrong.returncode != 0 and "'nothing_*' matches no recorded layer" in wrong.stderr

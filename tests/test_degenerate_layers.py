@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 from apptest_pages import open_app
+from conftest import REPO
 
 from core.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunStore
-from conftest import REPO
 
 SAMPLES = 64
 
@@ -35,9 +35,19 @@ def outputs() -> dict[str, np.ndarray]:
 def test_every_degenerate_layer_is_written_with_what_could_be_computed_and_why_not_the_rest():
     layers = outputs()
     builder = SnapshotBuilder(activations=["relu"] * len(layers), labels=np.arange(SAMPLES) % 2, components=3)
-    raw = RawCapture(kind="epoch", epoch=0, step=0, batch=None, logs={}, outputs=list(layers.values()),
-                     predictions=np.full((SAMPLES, 2), 0.5, np.float32), loss=0.69,
-                     weights=[{} for _ in layers], weight_grads=[], output_grad_norms=[None] * len(layers))
+    raw = RawCapture(
+        kind="epoch",
+        epoch=0,
+        step=0,
+        batch=None,
+        logs={},
+        outputs=list(layers.values()),
+        predictions=np.full((SAMPLES, 2), 0.5, np.float32),
+        loss=0.69,
+        weights=[{} for _ in layers],
+        weight_grads=[],
+        output_grad_norms=[None] * len(layers),
+    )
     meta, arrays = builder.build(raw)
     records = dict(zip(layers, meta["layers"]))
     healthy = records["healthy"]
@@ -106,8 +116,16 @@ def test_a_constant_layer_loses_no_snapshot(real_runs):
     for snapshot in run.epoch_snapshots():
         assert "activation" in snapshot.layer(flat)
         assert snapshot.array(f"L{flat}/act_hist_counts").sum() > 0
-    summary = json.loads(subprocess.run([sys.executable, "-m", "core", "show", "constant", "--runs", real_runs, "--json"],
-                                        cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout)
+    summary = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "core", "show", "constant", "--runs", real_runs, "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    )
     assert isinstance(summary["skipped"], list)  # every skipped piece, by epoch and layer (here: none needed)
 
 
@@ -164,9 +182,19 @@ def test_the_pca_of_a_pooled_layer_states_its_grid_and_true_shares_of_the_pooled
     rng = np.random.default_rng(1)
     wide = (rng.standard_normal((80, 24, 24, 16)) * np.linspace(0.1, 3, 16)).astype(np.float32)
     builder = SnapshotBuilder(activations=["linear"], labels=None, components=4)
-    raw = RawCapture(kind="epoch", epoch=0, step=0, batch=None, logs={}, outputs=[wide],
-                     predictions=np.full((80, 2), 0.5, np.float32), loss=None, weights=[{}], weight_grads=[],
-                     output_grad_norms=[None])
+    raw = RawCapture(
+        kind="epoch",
+        epoch=0,
+        step=0,
+        batch=None,
+        logs={},
+        outputs=[wide],
+        predictions=np.full((80, 2), 0.5, np.float32),
+        loss=None,
+        weights=[{}],
+        weight_grads=[],
+        output_grad_norms=[None],
+    )
     meta, arrays = builder.build(raw)
     record = meta["layers"][0]["pca"]
     assert record["pooled"] == [12, 12]

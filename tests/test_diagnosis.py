@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from gradient_fixtures import REPO, gradient_runs  # noqa: F401  (a fixture)
 
 from core.diagnosis import KINDS, Finding, Thresholds, diagnose
 from core.store import RunStore, RunWriter
-from gradient_fixtures import REPO, gradient_runs  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,9 @@ def test_a_very_high_learning_rate_kills_relu_units(store):
     findings = diagnose(store.run("dead"))
     dead = next(f for f in findings if f.kind == "dead_units")
     assert dead.layer == "dense_0" and dead.epoch == 1 and dead.evidence["fraction"] > 0.8
-    assert "vanishing_gradients" not in kinds(findings)  # zero gradient through dead units is their finding, not this one
+    assert "vanishing_gradients" not in kinds(
+        findings
+    )  # zero gradient through dead units is their finding, not this one
 
 
 def test_saturated_sigmoid_units_and_the_learning_rate_that_pinned_them(store):
@@ -102,7 +104,9 @@ def test_every_message_names_layer_epoch_evidence_and_fix(store):
 def test_thresholds_are_configurable(store):
     vanishing = store.run("vanishing")
     assert diagnose(vanishing, Thresholds(vanishing_ratio=1e-4)) == []
-    assert Thresholds().with_overrides(["vanishing_ratio=1e-4", "persistence=2"]) == Thresholds(vanishing_ratio=1e-4, persistence=2)
+    assert Thresholds().with_overrides(["vanishing_ratio=1e-4", "persistence=2"]) == Thresholds(
+        vanishing_ratio=1e-4, persistence=2
+    )
     with pytest.raises(ValueError, match="vanishing_ratio"):
         Thresholds().with_overrides(["vanishing=1"])
     with pytest.raises(ValueError, match="needs a number"):
@@ -117,15 +121,30 @@ def test_thresholds_are_configurable(store):
 
 def write_run(root, run_id, kernel_norms, dead=None, losses=None, update=1e-2):
     """A 4-layer run (3 hidden + output) with the given per-snapshot kernel gradient norms (S, 4)."""
-    layers = [{"index": i, "name": name, "type": "Dense", "activation": "relu" if i < 3 else "softmax", "weights": ["kernel", "bias"]}
-              for i, name in enumerate(["dense_0", "dense_1", "dense_2", "output"])]
+    layers = [
+        {
+            "index": i,
+            "name": name,
+            "type": "Dense",
+            "activation": "relu" if i < 3 else "softmax",
+            "weights": ["kernel", "bias"],
+        }
+        for i, name in enumerate(["dense_0", "dense_1", "dense_2", "output"])
+    ]
     writer = RunWriter(root, run_id, {"layers": layers, "steps_per_epoch": 10})
     for seq, norms in enumerate(kernel_norms):
-        records = [{"grad": {"kernel": {"norm": n, "nonfinite": 0}, "output": {"norm": n}},
-                    "activation": {"dead_fraction": (dead[seq][i] if dead else 0.0), "saturated_fraction": 0.0},
-                    "update_ratio": {"kernel": update} if seq else {}} for i, n in enumerate(norms)]
+        records = [
+            {
+                "grad": {"kernel": {"norm": n, "nonfinite": 0}, "output": {"norm": n}},
+                "activation": {"dead_fraction": (dead[seq][i] if dead else 0.0), "saturated_fraction": 0.0},
+                "update_ratio": {"kernel": update} if seq else {},
+            }
+            for i, n in enumerate(norms)
+        ]
         loss = losses[seq] if losses else 1.0 / (seq + 1)
-        writer.write_snapshot(seq, {"kind": "epoch", "epoch": seq, "step": 10 * seq, "layers": records, "probe_loss": loss}, {})
+        writer.write_snapshot(
+            seq, {"kind": "epoch", "epoch": seq, "step": 10 * seq, "layers": records, "probe_loss": loss}, {}
+        )
     return RunStore(root).run(run_id)
 
 
@@ -148,7 +167,15 @@ def test_a_flat_loss_with_large_steps_is_not_a_learning_rate_too_high(tmp_path):
     # Issue 17: the demo converged (loss "0.348 to 0.348") while Adam still moved its weights by 0.13 per epoch.
     flat = [0.69, 0.5, 0.4, 0.348, 0.348, 0.349, 0.348]
     assert diagnose(write_run(str(tmp_path), "flat", [[1, 1, 1, 1]] * 7, losses=flat, update=0.13)) == []
-    spike = [0.69, 0.3, 0.14, 0.25, 0.22, 0.12, 0.11]  # the demo's worst stretch (seed 0): back to its best in two epochs
+    spike = [
+        0.69,
+        0.3,
+        0.14,
+        0.25,
+        0.22,
+        0.12,
+        0.11,
+    ]  # the demo's worst stretch (seed 0): back to its best in two epochs
     assert diagnose(write_run(str(tmp_path), "spike", [[1, 1, 1, 1]] * 7, losses=spike, update=0.13)) == []
 
 
@@ -158,7 +185,10 @@ def test_a_loss_that_stays_up_is_too_high_only_with_large_steps(tmp_path):
     assert finding.kind == "learning_rate" and finding.evidence["mode"] == "oscillating" and finding.epoch == 3
     assert finding.evidence["probe_loss_before"] == 0.2 and finding.evidence["probe_loss_peak"] == 0.55
     assert [jump["epoch"] for jump in finding.evidence["jumps"]] == [3, 4, 6]
-    assert "reached 0.2 at epoch 2" in finding.message and "3 times (0.2 to 0.31 at epoch 3, 0.31 to 0.45" in finding.message
+    assert (
+        "reached 0.2 at epoch 2" in finding.message
+        and "3 times (0.2 to 0.31 at epoch 3, 0.31 to 0.45" in finding.message
+    )
     assert diagnose(write_run(str(tmp_path), "small-steps", [[1, 1, 1, 1]] * 8, losses=bouncing, update=0.01)) == []
     diverged = [0.7, 0.9, 1.4, 2.0, 1.8]
     [finding] = diagnose(write_run(str(tmp_path), "diverged", [[1, 1, 1, 1]] * 5, losses=diverged, update=0.01))
@@ -222,7 +252,10 @@ def test_oscillating_loss_evidence_supports_too_high(scenario_store):
     first, last = evidence["epochs"]
     assert losses[evidence["reference_epoch"]] == pytest.approx(evidence["probe_loss_before"])
     assert all(losses[epoch] >= evidence["probe_loss_before"] for epoch in range(first, last + 1))  # no progress
-    assert len(evidence["jumps"]) >= limits.oscillations and evidence["median_update_ratio_per_epoch"] > limits.update_ratio_high
+    assert (
+        len(evidence["jumps"]) >= limits.oscillations
+        and evidence["median_update_ratio_per_epoch"] > limits.update_ratio_high
+    )
     for jump in evidence["jumps"]:  # each quoted jump is the run's, and a rise by the stated margin
         assert (losses[jump["epoch"] - 1], losses[jump["epoch"]]) == pytest.approx((jump["from"], jump["to"]))
         assert jump["to"] >= (1 + limits.loss_rise) * jump["from"]
@@ -255,9 +288,13 @@ def test_overfitting_quotes_the_validation_loss_rising_while_the_training_loss_f
     assert evidence["val_loss_lowest"] == pytest.approx(min(history["val_loss"]))
     assert evidence["val_loss_lowest"] == pytest.approx(history["val_loss"][best])
     assert evidence["val_loss"] == pytest.approx(history["val_loss"][-1])
-    assert evidence["val_loss"] >= (1 + Thresholds().val_loss_rise) * evidence["val_loss_lowest"]  # it rose, by a margin
+    assert (
+        evidence["val_loss"] >= (1 + Thresholds().val_loss_rise) * evidence["val_loss_lowest"]
+    )  # it rose, by a margin
     assert evidence["train_loss"] == pytest.approx(history["loss"][-1])
-    assert evidence["train_loss"] <= (1 - Thresholds().train_loss_drop) * evidence["train_loss_at_lowest"]  # while this fell
+    assert (
+        evidence["train_loss"] <= (1 - Thresholds().train_loss_drop) * evidence["train_loss_at_lowest"]
+    )  # while this fell
     assert f"epoch {evidence['lowest_at_epoch']}" in finding.message
 
 
@@ -265,7 +302,10 @@ def test_too_little_capacity_names_the_bottleneck(scenario_store):
     [finding] = scenario_findings(scenario_store, "capacity_bottleneck")
     evidence = finding.evidence
     assert finding.kind == "capacity" and finding.layer == "dense_0" and evidence["narrowest_layer_units"] == 2
-    assert evidence["gap_closed"] < Thresholds().capacity_fit and evidence["train_loss"] < 0.7 * evidence["probe_loss_before_training"]
+    assert (
+        evidence["gap_closed"] < Thresholds().capacity_fit
+        and evidence["train_loss"] < 0.7 * evidence["probe_loss_before_training"]
+    )
     assert f"{evidence['train_accuracy']:.3g}" in finding.message and "has 2 units" in finding.message
 
 
@@ -283,7 +323,9 @@ def test_every_new_kind_has_a_title_for_the_dashboard(scenario_store):
 
 def core(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_diagnose_exit_codes(gradient_runs):  # noqa: F811
@@ -307,7 +349,11 @@ def test_show_json_includes_the_diagnosis(gradient_runs):  # noqa: F811
 
 
 def test_diagnosis_and_show_never_import_tensorflow(gradient_runs):  # noqa: F811
-    code = ("import sys; from core.cli import main; main(['show', 'vanishing', '--runs', sys.argv[1], '--json']); "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules), file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-c", code, gradient_runs], cwd=REPO, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; from core.cli import main; main(['show', 'vanishing', '--runs', sys.argv[1], '--json']); "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules), file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, gradient_runs], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.stderr.strip().splitlines()[-1] == "[]"

@@ -10,7 +10,6 @@ import shutil
 import textwrap
 
 import pytest
-
 from test_e2e_browser import CHROMIUM, browser, start_server  # noqa: F401  (browser is a fixture)
 
 pytestmark = [
@@ -56,7 +55,8 @@ def provider():
 def team_server(store, provider, tmp_path_factory):
     """Sign-in through `provider`; viewers by domain, one editor."""
     secrets = tmp_path_factory.mktemp("team") / "secrets.toml"
-    secrets.write_text(textwrap.dedent(f"""
+    secrets.write_text(
+        textwrap.dedent(f"""
         [auth]
         redirect_uri = "http://127.0.0.1:{{port}}/oauth2callback"
         cookie_secret = "{os.urandom(24).hex()}"
@@ -67,7 +67,8 @@ def team_server(store, provider, tmp_path_factory):
         [strata.roles]
         viewers = ["@viewers.test"]
         editors = ["{EDITOR}"]
-    """))
+    """)
+    )
     process, base = start_server(store[0], args=("--secrets.files", str(secrets)))
     yield base
     process.terminate()
@@ -101,8 +102,10 @@ def edit_controls(page) -> dict[str, int]:
     """How many of each edit control the page shows, once it is drawn to the end (the sidebar's last control): the
     browser shows elements in the order the app draws them, so one missing now is not on its way."""
     page.get_by_test_id("stSidebar").get_by_text("Share this view").wait_for(timeout=WAIT)
-    return {name: page.get_by_role("button", name=name).count() for name in ("New run", "Rename", "Delete run",
-                                                                             "Train a demo run")}
+    return {
+        name: page.get_by_role("button", name=name).count()
+        for name in ("New run", "Rename", "Delete run", "Train a demo run")
+    }
 
 
 def test_an_anonymous_visitor_of_an_exposed_server_gets_no_edit_control(open_server, store, page):
@@ -112,7 +115,9 @@ def test_an_anonymous_visitor_of_an_exposed_server_gets_no_edit_control(open_ser
     main.get_by_text("Manage spiral 8-8 fixture").wait_for(timeout=WAIT)
     main.get_by_text("can be reached from other machines and has no sign-in").wait_for(timeout=WAIT)
     page.get_by_test_id("stSidebar").get_by_text("Read-only").wait_for(timeout=WAIT)
-    main.get_by_test_id("stDownloadButton").filter(has_text="Download as zip").wait_for(timeout=WAIT)  # reading is allowed
+    main.get_by_test_id("stDownloadButton").filter(has_text="Download as zip").wait_for(
+        timeout=WAIT
+    )  # reading is allowed
     assert edit_controls(page) == {"New run": 0, "Rename": 0, "Delete run": 0, "Train a demo run": 0}
     assert page.get_by_test_id("stException").count() == 0
 
@@ -122,7 +127,9 @@ def test_a_visitor_must_sign_in_and_sees_nothing_before(team_server, store, page
     page.goto(f"{team_server}/runs?run={ids['spiral']}")
     page.get_by_text("Sign in to see this dashboard's runs.").wait_for(timeout=WAIT)
     page.get_by_test_id("stSidebar").get_by_role("button", name="Sign in").wait_for(timeout=WAIT)
-    page.get_by_test_id("stMain").get_by_role("button", name="Sign in").wait_for(timeout=WAIT)  # the page's last element
+    page.get_by_test_id("stMain").get_by_role("button", name="Sign in").wait_for(
+        timeout=WAIT
+    )  # the page's last element
     body = page.locator("body").inner_text()
     assert ids["spiral"] not in body and "fixture" not in body
     assert page.get_by_role("combobox").count() == 0 and page.get_by_role("button", name="New run").count() == 0
@@ -174,7 +181,9 @@ def test_a_signed_in_user_on_no_list_is_refused(team_server, store, page):
     page.get_by_role("button", name="Authorize").click()
     page.get_by_text("This account is not allowed to see this dashboard").wait_for(timeout=WAIT)
     page.goto(f"{team_server}/runs?run={ids['spiral']}")
-    page.get_by_text("This account is not allowed to see this dashboard").wait_for(timeout=WAIT)  # the page's last element
+    page.get_by_text("This account is not allowed to see this dashboard").wait_for(
+        timeout=WAIT
+    )  # the page's last element
     page.get_by_role("button", name="Sign out").wait_for(timeout=WAIT)
     body = page.locator("body").inner_text()
     assert ids["spiral"] not in body and "fixture" not in body

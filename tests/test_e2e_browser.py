@@ -12,8 +12,14 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
@@ -28,16 +34,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(runs_root: str, *, address: str = "127.0.0.1", args: tuple[str, ...] = (),
-                 **env) -> tuple[subprocess.Popen, str]:
+def start_server(
+    runs_root: str, *, address: str = "127.0.0.1", args: tuple[str, ...] = (), **env
+) -> tuple[subprocess.Popen, str]:
     """`streamlit run dashboard/app.py` on a free port, listening on `address`, with more `args`; returns (process,
     base URL on 127.0.0.1) once /_stcore/health answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", address, *args],
-        cwd=REPO, env={**os.environ, "STRATA_RUNS": runs_root, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "dashboard/app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            address,
+            *args,
+        ],
+        cwd=REPO,
+        env={**os.environ, "STRATA_RUNS": runs_root, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -96,7 +117,10 @@ def test_a_share_link_opens_that_view(server, page):
     assert sidebar.get_by_role("combobox", name="Layer").input_value() == "output"
     assert sidebar.get_by_role("combobox", name="Colour by").input_value() == "correct"
     assert sidebar.get_by_role("combobox", name="Run").input_value() == ids["digits"]
-    assert sidebar.get_by_test_id("stSlider").filter(has_text="Epoch").get_by_test_id("stSliderThumbValue").inner_text() == "1"
+    assert (
+        sidebar.get_by_test_id("stSlider").filter(has_text="Epoch").get_by_test_id("stSliderThumbValue").inner_text()
+        == "1"
+    )
     assert main.get_by_text("4 selected").count() == 1
     assert page.get_by_test_id("stException").count() == 0
     assert query(page)["run"] == [ids["digits"]]
@@ -208,7 +232,10 @@ def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_one
     chosen = set(parse_rows(query(page)["sel"]))
     run = RunStore(recorded_runs[0]).run(ids["spiral"])
     coords = run.probe().input_pca[:, :2]
-    to_data = lambda fx, fy: (box["x"][0] + fx * (box["x"][1] - box["x"][0]), box["y"][1] - fy * (box["y"][1] - box["y"][0]))  # noqa: E731
+    to_data = lambda fx, fy: (  # noqa: E731
+        box["x"][0] + fx * (box["x"][1] - box["x"][0]),
+        box["y"][1] - fy * (box["y"][1] - box["y"][0]),
+    )  # noqa: E731
     xs, ys = zip(*(to_data(fx, fy) for fx, fy in corners))
     inside = set(np.flatnonzero(inside_polygon(coords[:, 0], coords[:, 1], np.array(xs), np.array(ys))).tolist())
     drawn = set(decimate(len(coords), POINTS_PER_PANEL).tolist())

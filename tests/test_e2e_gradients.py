@@ -4,7 +4,6 @@ import os
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
 from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, start_server
 
@@ -37,8 +36,15 @@ def test_a_deep_link_draws_every_chart_with_the_diagnosis(page, tmp_path):
     main = page.get_by_test_id("stMain")
     assert "Vanishing gradients." in main.get_by_test_id("stAlert").first.inner_text()
     main.get_by_text("Compared run relu_he: no problems found.").wait_for()
-    for title in ("Gradient flow", "Error signal per layer", "Update-to-weight ratio", "Activation percentiles per layer",
-                  "Dead and saturated units", "Which units", "Per-batch gradient norms"):
+    for title in (
+        "Gradient flow",
+        "Error signal per layer",
+        "Update-to-weight ratio",
+        "Activation percentiles per layer",
+        "Dead and saturated units",
+        "Which units",
+        "Per-batch gradient norms",
+    ):
         main.get_by_role("heading", name=title).wait_for()
     assert main.locator(".js-plotly-plot .main-svg").count() >= 10  # plotly drew, not only mounted
     assert page.get_by_test_id("stException").count() == 0

@@ -4,21 +4,28 @@ import subprocess
 import sys
 
 import pytest
-
 from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, start_server
 
 
 def test_the_server_imports_what_the_pages_need_before_any_session_runs():
     """plotly imports pandas lazily; left to the sessions' threads, the first visitors raced on that import."""
-    code = ("import sys, dashboard.app; "
-            "print(' '.join(m for m in ('pandas', 'plotly.graph_objects', 'plotly.subplots', 'dashboard.views.layers', "
-            "'dashboard.views.gradients', 'dashboard.views.embeddings', 'tensorflow') if m in sys.modules))")
+    code = (
+        "import sys, dashboard.app; "
+        "print(' '.join(m for m in ('pandas', 'plotly.graph_objects', 'plotly.subplots', 'dashboard.views.layers', "
+        "'dashboard.views.gradients', 'dashboard.views.embeddings', 'tensorflow') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = result.stdout.split()
     assert "tensorflow" not in loaded  # viewing never imports it
-    assert set(loaded) == {"pandas", "plotly.graph_objects", "plotly.subplots", "dashboard.views.layers",
-                           "dashboard.views.gradients", "dashboard.views.embeddings"}
+    assert set(loaded) == {
+        "pandas",
+        "plotly.graph_objects",
+        "plotly.subplots",
+        "dashboard.views.layers",
+        "dashboard.views.gradients",
+        "dashboard.views.embeddings",
+    }
 
 
 @pytest.mark.browser

@@ -13,10 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from google.protobuf.json_format import MessageToDict
-
 from apptest_pages import open_app, shown
+from google.protobuf.json_format import MessageToDict
 from test_e2e_browser import browser  # noqa: F401  (the Chromium fixture)
+
 from core.store import RunStore, StoreError
 from dashboard.views.text import plain
 
@@ -44,8 +44,14 @@ def edit_meta(root, run_id: str, change) -> None:
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
 
 
 def strings(at, fields=None) -> list[tuple[str, str]]:
@@ -75,7 +81,11 @@ def strings(at, fields=None) -> list[tuple[str, str]]:
     return found
 
 
-MARKDOWN_FIELDS = {"body", "label", "help"}  # what Streamlit renders as Markdown: element bodies, widget labels, tooltips
+MARKDOWN_FIELDS = {
+    "body",
+    "label",
+    "help",
+}  # what Streamlit renders as Markdown: element bodies, widget labels, tooltips
 
 
 def markup_from_the_name(at) -> list[str]:
@@ -115,7 +125,9 @@ def damaged_store(runs_copy):
     for run_id, content in DAMAGED_META.items():
         shutil.copytree(spiral, Path(runs_copy) / run_id)
         meta = json.loads((spiral / "run.json").read_text())
-        (Path(runs_copy) / run_id / "run.json").write_text(json.dumps(content if isinstance(content, list) else {**meta, **content}))
+        (Path(runs_copy) / run_id / "run.json").write_text(
+            json.dumps(content if isinstance(content, list) else {**meta, **content})
+        )
     shutil.copytree(spiral, Path(runs_copy) / "bad_layers")
     edit_meta(runs_copy, "bad_layers", lambda meta: meta.update(layers=[1, "x", None]))
     shutil.copytree(spiral, Path(runs_copy) / "bad_probe")
@@ -147,11 +159,16 @@ def test_the_cli_reports_and_skips_a_damaged_run_and_fails_only_the_command_nami
     for run_id in ids.values():
         assert any(line.startswith(run_id) and "finished" in line for line in listing.stdout.splitlines())
     for run_id in (*DAMAGED_META, "bad_layers"):
-        assert re.search(rf"^{run_id}\s+damaged", listing.stdout, re.M) and f"{run_id}: Run '{run_id}' is damaged" in listing.stdout
+        assert (
+            re.search(rf"^{run_id}\s+damaged", listing.stdout, re.M)
+            and f"{run_id}: Run '{run_id}' is damaged" in listing.stdout
+        )
     for command in ("show", "diagnose"):
         for run_id in ("listtop", "dataset_text", "epochs_text", "bad_layers"):
             result = cli(command, run_id, "--runs", root)
-            assert result.returncode == 2 and "is damaged" in result.stderr and "Traceback" not in result.stderr, result.stderr
+            assert result.returncode == 2 and "is damaged" in result.stderr and "Traceback" not in result.stderr, (
+                result.stderr
+            )
         healthy = cli(command, ids["digits"], "--runs", root)
         assert healthy.returncode in (0, 1) and ids["digits"] in healthy.stdout and "Traceback" not in healthy.stderr
 
@@ -272,7 +289,14 @@ def test_a_link_parameter_cannot_break_out_of_the_notice(recorded_runs):
 
 
 def test_the_markdown_escape_keeps_the_text_and_removes_all_markup():
-    for text in (HOSTILE, HOSTILE_LAYER, ":material/home: $x^2$ *a* _b_ ~c~ # h", "dense_1", "a\\b", "<script>x</script>"):
+    for text in (
+        HOSTILE,
+        HOSTILE_LAYER,
+        ":material/home: $x^2$ *a* _b_ ~c~ # h",
+        "dense_1",
+        "a\\b",
+        "<script>x</script>",
+    ):
         escaped = plain(text)
         assert shown(escaped) == text
         assert not re.search(r"(?<!\\)[`*\[\]()<>:$~#!]", escaped)
@@ -431,7 +455,7 @@ def test_no_page_shows_the_store_path(runs_copy, tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Chromium at /usr/bin/chromium")
-def test_a_hostile_run_name_puts_no_image_or_link_in_the_served_page(hostile_store, browser):
+def test_a_hostile_run_name_puts_no_image_or_link_in_the_served_page(hostile_store, browser):  # noqa: F811
     from test_e2e_browser import start_server
 
     root, ids = hostile_store
@@ -442,8 +466,12 @@ def test_a_hostile_run_name_puts_no_image_or_link_in_the_served_page(hostile_sto
     page.on("request", lambda request: requested.append(request.url))
     shots = os.environ.get("STRATA_SCREENSHOTS")
     try:
-        for path, heading in (("/", "Embeddings"), ("/gradients", "Gradients & activations"), ("/layers", "Layers"),
-                              ("/runs", "Runs")):
+        for path, heading in (
+            ("/", "Embeddings"),
+            ("/gradients", "Gradients & activations"),
+            ("/layers", "Layers"),
+            ("/runs", "Runs"),
+        ):
             page.goto(f"{base}{path}?run={ids['spiral']}&compare={ids['digits']}")
             main, sidebar = page.get_by_test_id("stMain"), page.get_by_test_id("stSidebar")
             main.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)

@@ -35,14 +35,17 @@ def test_form_becomes_cli_flags():
     DEMO.check(JobLimits())
 
 
-@pytest.mark.parametrize("form, message", [
-    (TrainForm(hidden="8,,4"), "Hidden layers"),
-    (TrainForm(hidden="0"), "Hidden layers"),
-    (TrainForm(epochs=500), "Epochs must be from 1 to 200"),
-    (TrainForm(dataset="imagenet"), "Unknown dataset"),
-    (TrainForm(activation="bogus"), "Unknown activation"),
-    (TrainForm(lr=0), "Learning rate"),
-])
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        (TrainForm(hidden="8,,4"), "Hidden layers"),
+        (TrainForm(hidden="0"), "Hidden layers"),
+        (TrainForm(epochs=500), "Epochs must be from 1 to 200"),
+        (TrainForm(dataset="imagenet"), "Unknown dataset"),
+        (TrainForm(activation="bogus"), "Unknown activation"),
+        (TrainForm(lr=0), "Learning rate"),
+    ],
+)
 def test_bad_forms_are_refused_with_a_reason(form, message):
     with pytest.raises(JobRefused, match=message):
         form.check(JobLimits())
@@ -93,8 +96,11 @@ def test_cancel_marks_the_run_interrupted(tmp_path):
 
 def test_a_job_that_fails_at_once_explains_itself(tmp_path):
     manager = JobManager(str(tmp_path / "runs"), JobLimits())
-    job = manager.start(TrainForm(dataset="spiral", hidden="8", epochs=1, optimizer="adam", lr=1e-3, init="glorot_uniform",
-                                  activation="relu"))
+    job = manager.start(
+        TrainForm(
+            dataset="spiral", hidden="8", epochs=1, optimizer="adam", lr=1e-3, init="glorot_uniform", activation="relu"
+        )
+    )
     job.process.send_signal(9)  # a crash before the recorder wrote anything
     job.process.wait(30)
     assert job.state == "failed"
@@ -131,6 +137,8 @@ def test_a_training_job_announces_its_stages_in_order(tmp_path):
     manager = JobManager(str(tmp_path / "runs"), JobLimits())
     job = manager.start(TrainForm(dataset="spiral", hidden="4", epochs=1, name="stages"))
     assert job.process.wait(180) == 0, job.log_tail()
-    announced = [line.removeprefix(STAGE_PREFIX) for line in job.log_tail(200).splitlines() if line.startswith(STAGE_PREFIX)]
+    announced = [
+        line.removeprefix(STAGE_PREFIX) for line in job.log_tail(200).splitlines() if line.startswith(STAGE_PREFIX)
+    ]
     assert announced == list(TRAINING_STAGES)
     assert job.stage() == (len(TRAINING_STAGES) - 1, "training")

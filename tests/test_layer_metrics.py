@@ -105,7 +105,9 @@ def test_sketch_cka_to_final_matches_cka_on_full_activations():
     inputs = rng.standard_normal((2000, 10))
     final = np.maximum(inputs @ rng.standard_normal((10, 64)), 0)  # a ReLU layer at the end of training
     for noise in (0.2, 1.0, 3.0):  # earlier snapshots: the same layer further from its final state
-        earlier = np.maximum(inputs @ rng.standard_normal((10, 64)) * 0.3 + final + noise * rng.standard_normal((2000, 64)), 0)
+        earlier = np.maximum(
+            inputs @ rng.standard_normal((10, 64)) * 0.3 + final + noise * rng.standard_normal((2000, 64)), 0
+        )
         full = analysis.linear_cka(earlier, final)
         estimate = metrics.sketch_cka(sketch(earlier), sketch(final), gram=False)
         assert estimate == pytest.approx(full, abs=0.05), noise
@@ -165,7 +167,11 @@ print(json.dumps({"input": run.meta["input"]["linear_probe"], "layers": run.laye
 
 def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_SPIRAL, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-c", _TRAIN_SPIRAL, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

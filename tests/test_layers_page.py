@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-
 from apptest_pages import open_app, shown
+
 from core.store import RunStore
 from dashboard.views.layers import CAPTIONS
 
@@ -42,8 +42,12 @@ def test_a_spiral_run_shows_the_metrics_and_the_plane_views(spiral_run_dir):
     unit = alive_unit(root, run_id, 1)
     at = layers_page(root, run=run_id, layer="dense_1", epoch="2", unit=str(unit))
     assert not at.exception and not at.warning
-    assert [h.value for h in at.header] == ["Linear probe accuracy", "Representation similarity (CKA)",
-                                            "Separation and dimensionality", "Units of dense_1"]
+    assert [h.value for h in at.header] == [
+        "Linear probe accuracy",
+        "Representation similarity (CKA)",
+        "Separation and dimensionality",
+        "Units of dense_1",
+    ]
     figures = charts(at)
     assert list(figures) == SHARED_CHARTS + ["unit_grid", "unit_plane", "bent_plane"]
     captions = {c.value for c in at.caption}
@@ -54,7 +58,12 @@ def test_a_spiral_run_shows_the_metrics_and_the_plane_views(spiral_run_dir):
     assert [trace["name"] for trace in depth] == ["epoch 0", "epoch 2"]  # the epoch from the link
     assert depth[1]["x"][0] == "input"
     assert len([t for t in figures["unit_grid"]["data"] if t["type"] == "heatmap"]) == 8  # hidden (8, 8)
-    assert [a["text"] for a in figures["bent_plane"]["layout"]["annotations"]][:4] == ["input", "dense_0", "<b>dense_1</b>", "output"]
+    assert [a["text"] for a in figures["bent_plane"]["layout"]["annotations"]][:4] == [
+        "input",
+        "dense_0",
+        "<b>dense_1</b>",
+        "output",
+    ]
 
 
 def test_a_digits_run_shows_thumbnails_favourite_inputs_and_weights(digits_run_dir):
@@ -97,10 +106,18 @@ def test_a_tabular_run_shows_feature_values(tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys; from core.training import TrainingSpec, train; "
-              "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=Path(APP).parents[1], capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    script = (
+        "import sys; from core.training import TrainingSpec, train; "
+        "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=Path(APP).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run_id = result.stdout.strip().splitlines()[-1]
     at = layers_page(tmp_path, run=run_id, unit="2")

@@ -67,8 +67,11 @@ class Store:
             memory = fsspec.filesystem("memory")
             return sorted(path.removeprefix(f"/{self.name}/") for path in memory.find(f"/{self.name}"))
         top = self.folder.parent
-        return sorted(str(path.relative_to(self.folder)) if path.is_relative_to(self.folder) else str(path)
-                      for path in top.rglob("*") if path.is_file())
+        return sorted(
+            str(path.relative_to(self.folder)) if path.is_relative_to(self.folder) else str(path)
+            for path in top.rglob("*")
+            if path.is_file()
+        )
 
 
 @pytest.fixture(params=["local", "file", "memory", "s3"])
@@ -85,8 +88,12 @@ def test_journal_entries_land_in_the_runs_journal_folder_and_nowhere_else(store_
     first = journal.append(CAPTURE, {"kind": "epoch", "epoch": 0, "step": 0, "state": [np.zeros(3)]})
     journal.append("epoch", {"history": {"epoch": [1], "loss": [0.5]}})
     second = journal.append(CAPTURE, {"kind": "epoch", "epoch": 1, "step": 5, "state": [np.ones(3)]})
-    entries = ["journal/000000-capture-epoch-0-0.npz", "journal/000001-epoch.npz",
-               "journal/000002-capture-epoch-1-5.npz", "journal/setup.npz"]
+    entries = [
+        "journal/000000-capture-epoch-0-0.npz",
+        "journal/000001-epoch.npz",
+        "journal/000002-capture-epoch-1-5.npz",
+        "journal/setup.npz",
+    ]
     assert store_root.everything() == [f"run-a/{name}" for name in entries] + ["run-a/run.json"]
 
     setup, read = read_journal(_Files(store_root.url), "run-a")
@@ -124,9 +131,12 @@ def test_the_store_reads_writes_and_polls_on_every_kind_of_root(store_root):
     assert (summary.id, summary.status, summary.dataset, summary.damaged) == ("run-a", "finished", "toy", None)
     assert summary.created > 0
     with zipfile.ZipFile(io.BytesIO(store.zip_bytes("run-a"))) as archive:
-        assert sorted(archive.namelist()) == ["run-a/batch_gradients/e000001.npz", "run-a/history.json",
-                                              "run-a/probe.npz", "run-a/run.json"] + [
-            f"run-a/snapshots/{snapshot_name(seq)}" for seq in range(3)]
+        assert sorted(archive.namelist()) == [
+            "run-a/batch_gradients/e000001.npz",
+            "run-a/history.json",
+            "run-a/probe.npz",
+            "run-a/run.json",
+        ] + [f"run-a/snapshots/{snapshot_name(seq)}" for seq in range(3)]
     assert not [path for path in store_root.everything() if ".tmp-" in path]  # no temporary file is left behind
 
 
@@ -141,8 +151,11 @@ def test_a_reader_on_s3_sees_what_another_writer_puts_in_the_bucket(s3):
     store = RunStore(url)
     assert store.run("run-a").epochs() == [0, 1] and store.run("run-a").status == "interrupted"
     header = {"format_version": 1, "seq": 2, "kind": "epoch", "epoch": 2, "layers": []}
-    s3.client().put_object(Bucket=bucket, Key="runs/run-a/snapshots/s000002.npz",
-                           Body=npz_bytes({"L0/pca": np.zeros((20, 3), np.float32)}, header))
+    s3.client().put_object(
+        Bucket=bucket,
+        Key="runs/run-a/snapshots/s000002.npz",
+        Body=npz_bytes({"L0/pca": np.zeros((20, 3), np.float32)}, header),
+    )
     meta = dict(writer.meta, status="finished", recovered_snapshots=1)  # within the same second: S3 times have seconds
     s3.client().put_object(Bucket=bucket, Key="runs/run-a/run.json", Body=json.dumps(meta))
     run = store.run("run-a")
@@ -167,8 +180,9 @@ def test_a_recorder_on_a_file_url_journals_and_finishes(tmp_path, recwarn, monke
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] > 0).astype("int64")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     recorder = Recorder((tmp_path / "runs").as_uri(), probe=(x, y))  # the default budget: a journal is kept
     journals = []
@@ -217,12 +231,18 @@ def test_a_fit_killed_while_recording_to_s3_is_recovered_from_the_bucket(s3, s3_
     assert held - written and run.unwritten_captures() == len(held - written)
     assert len(written | held) >= KILLED_EPOCHS  # at most the capture in progress at the kill is missing
 
-    listing = subprocess.run([sys.executable, "-m", "core", "runs", "--runs", url], cwd=REPO, capture_output=True,
-                             text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "core", "runs", "--runs", url], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert f"interrupted ({len(held - written)} unwritten)" in listing.stdout, listing.stderr[-2000:]
-    result = subprocess.run([sys.executable, "-m", "core", "recover", "killed", "--runs", url], cwd=REPO,
-                            capture_output=True, text=True, timeout=240,
-                            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"))
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "recover", "killed", "--runs", url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {len(held - written)} held-back snapshot(s)" in result.stdout
 

@@ -76,6 +76,7 @@ def _slow(name, seconds=0.02):
     def work():
         time.sleep(seconds)
         return ("snapshot", name)
+
     return work
 
 
@@ -174,7 +175,9 @@ def _model_and_data():
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype("int64")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")]
+    )
     model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy", metrics=["accuracy"])  # weights move
     return model, x, y
 
@@ -191,7 +194,9 @@ def test_snapshots_held_back_during_fit_are_written_after_it_each_with_its_own_w
     while at_return.history().get("epoch") != [1, 2, 3, 4] and time.monotonic() < deadline:
         time.sleep(0.05)  # the last epoch's message is handed over as fit returns
     assert at_return.history()["epoch"] == [1, 2, 3, 4]  # each epoch's loss is written at once...
-    assert at_return.refresh() is not None and at_return.status == "running" and len(at_return.snapshots()) <= 1  # ...snapshots held back
+    assert (
+        at_return.refresh() is not None and at_return.status == "running" and len(at_return.snapshots()) <= 1
+    )  # ...snapshots held back
     busy_training()
     assert recorder.wait(60)
 
@@ -222,8 +227,13 @@ EXIT_SCRIPT = textwrap.dedent(
 
 def test_the_process_waits_at_exit_for_the_snapshots_held_back(tmp_path):
     script = EXIT_SCRIPT.format(repo=REPO, root=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     at_return = int(result.stdout.split("AT RETURN")[1])
     run = RunStore(str(tmp_path)).run("exit")

@@ -53,14 +53,18 @@ def test_an_html_page_gets_the_preload_once_at_the_end_of_its_head():
     html = body_of(sent)
     assert html.count(b'rel="modulepreload"') == 1 and html.count(b"<script") == 1
     assert f'href="./static/js/{CHUNK}"'.encode() in html and f'import("./static/js/{CHUNK}")'.encode() in html
-    assert html.index(b"modulepreload") < html.index(b"</head>") and html.replace(preload.preload_tags(CHUNK), b"") == PAGE
+    assert (
+        html.index(b"modulepreload") < html.index(b"</head>") and html.replace(preload.preload_tags(CHUNK), b"") == PAGE
+    )
     assert header(sent, b"content-length") == str(len(html)).encode()
 
 
 def test_a_gzip_encoded_page_is_rewritten_and_stays_gzip():
     sent = serve(PreloadPlotly(respond(b"text/html", [gzip.compress(PAGE)], encoding=b"gzip"), chunk=CHUNK))
     content = body_of(sent)
-    assert header(sent, b"content-encoding") == b"gzip" and header(sent, b"content-length") == str(len(content)).encode()
+    assert (
+        header(sent, b"content-encoding") == b"gzip" and header(sent, b"content-length") == str(len(content)).encode()
+    )
     assert gzip.decompress(content) == PAGE.replace(b"</head>", preload.preload_tags(CHUNK) + b"</head>")
 
 
@@ -73,12 +77,16 @@ def test_everything_else_passes_through_as_sent(content_type, encoding):
 
 def test_a_page_without_a_head_or_a_post_is_left_alone():
     assert body_of(serve(PreloadPlotly(respond(b"text/html", [b"<p>hi</p>"]), chunk=CHUNK))) == b"<p>hi</p>"
-    assert serve(PreloadPlotly(respond(b"text/html", [PAGE]), chunk=CHUNK), method="POST") == serve(respond(b"text/html", [PAGE]))
+    assert serve(PreloadPlotly(respond(b"text/html", [PAGE]), chunk=CHUNK), method="POST") == serve(
+        respond(b"text/html", [PAGE])
+    )
 
 
 def test_without_the_component_the_middleware_changes_nothing(tmp_path):
     assert preload.plotly_chunk(tmp_path) is None
-    assert serve(PreloadPlotly(respond(b"text/html", [PAGE]), find=lambda: None)) == serve(respond(b"text/html", [PAGE]))
+    assert serve(PreloadPlotly(respond(b"text/html", [PAGE]), find=lambda: None)) == serve(
+        respond(b"text/html", [PAGE])
+    )
 
 
 def test_this_streamlit_ships_the_component_it_preloads():

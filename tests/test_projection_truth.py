@@ -39,9 +39,19 @@ def exact_shares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def capture(epoch: int, output: np.ndarray) -> RawCapture:
     n = len(output)
-    return RawCapture(kind="epoch", epoch=epoch, step=epoch, batch=None, logs={}, outputs=[output],
-                      predictions=np.full((n, 2), 0.5, np.float32), loss=None, weights=[{}], weight_grads=[],
-                      output_grad_norms=[None])
+    return RawCapture(
+        kind="epoch",
+        epoch=epoch,
+        step=epoch,
+        batch=None,
+        logs={},
+        outputs=[output],
+        predictions=np.full((n, 2), 0.5, np.float32),
+        loss=None,
+        weights=[{}],
+        weight_grads=[],
+        output_grad_norms=[None],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +59,9 @@ def planted_run(tmp_path_factory):
     """A run of one layer whose snapshots are built by the real analysis from `planted_outputs`."""
     root = str(tmp_path_factory.mktemp("planted"))
     outputs, _, _ = planted_outputs()
-    writer = RunWriter(root, "planted", {"layers": [{"index": 0, "name": "hidden", "type": "Dense"}],
-                                         "dataset": {"name": "planted"}})
+    writer = RunWriter(
+        root, "planted", {"layers": [{"index": 0, "name": "hidden", "type": "Dense"}], "dataset": {"name": "planted"}}
+    )
     writer.write_probe({"indices": np.arange(SAMPLES)})
     builder = SnapshotBuilder(activations=["linear"], labels=None, components=5)
     for epoch, output in enumerate(outputs):
@@ -139,8 +150,11 @@ def test_older_runs_with_permuted_columns_read_back_in_variance_order(tmp_path):
     writer = RunWriter(str(tmp_path), "old", {"layers": [{"index": 0, "name": "d", "type": "Dense"}]})
     ranked = np.arange(30, dtype=np.float32).reshape(10, 3)
     stored = ranked[:, [2, 0, 1]]  # column 0 held rank 2, column 1 rank 0, column 2 rank 1
-    meta = {"kind": "epoch", "epoch": 0, "layers": [{"pca": {"explained_variance_ratio": [0.04, 0.9, 0.05],
-                                                             "order": [2, 0, 1]}}]}
+    meta = {
+        "kind": "epoch",
+        "epoch": 0,
+        "layers": [{"pca": {"explained_variance_ratio": [0.04, 0.9, 0.05], "order": [2, 0, 1]}}],
+    }
     writer.write_snapshot(0, meta, {"L0/pca": stored, "L0/plane_pca": stored * 2})
     snapshot = RunStore(str(tmp_path)).run("old").snapshots()[0]
     projection = snapshot.projection(0)
@@ -163,7 +177,11 @@ def test_an_order_of_the_wrong_type_makes_the_snapshot_damaged_and_says_why(tmp_
 def test_a_malformed_order_is_ignored_not_trusted(tmp_path, order):
     writer = RunWriter(str(tmp_path), "odd", {"layers": [{"index": 0, "name": "d", "type": "Dense"}]})
     coords = np.arange(30, dtype=np.float32).reshape(10, 3)
-    meta = {"kind": "epoch", "epoch": 0, "layers": [{"pca": {"explained_variance_ratio": [0.5, 0.3, None], "order": order}}]}
+    meta = {
+        "kind": "epoch",
+        "epoch": 0,
+        "layers": [{"pca": {"explained_variance_ratio": [0.5, 0.3, None], "order": order}}],
+    }
     writer.write_snapshot(0, meta, {"L0/pca": coords})
     projection = RunStore(str(tmp_path)).run("odd").snapshots()[0].projection(0)
     np.testing.assert_array_equal(projection.coords, coords)

@@ -108,9 +108,14 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
         loss = model.compute_loss(x=x, y=y, y_pred=h, training=False)
         probabilities = tf.identity(h)
         probability_loss = model.compute_loss(x=x, y=y, y_pred=probabilities, training=False)
-    expected = [*tape.gradient(loss, [outputs["hidden_a"], outputs["hidden_b"]]), tape.gradient(probability_loss, probabilities)]
+    expected = [
+        *tape.gradient(loss, [outputs["hidden_a"], outputs["hidden_b"]]),
+        tape.gradient(probability_loss, probabilities),
+    ]
     for index, gradient in enumerate(expected):
-        np.testing.assert_allclose(last.layer(index)["grad"]["output"]["norm"], np.linalg.norm(gradient.numpy()), rtol=1e-4)
+        np.testing.assert_allclose(
+            last.layer(index)["grad"]["output"]["norm"], np.linalg.norm(gradient.numpy()), rtol=1e-4
+        )
     assert last.layer(2)["grad"]["output"]["norm"] > 0
 
 
@@ -151,13 +156,15 @@ def test_a_probe_too_large_for_the_recorded_outputs_is_cut_to_a_stratified_subse
 
 def _batch_norm_model():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((4,)),
-        keras.layers.Dense(8, name="dense"),
-        keras.layers.BatchNormalization(name="norm"),
-        keras.layers.Activation("relu", name="relu"),
-        keras.layers.Dense(2, activation="softmax", name="out"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, name="dense"),
+            keras.layers.BatchNormalization(name="norm"),
+            keras.layers.Activation("relu", name="relu"),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
     model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
     return model
 
@@ -184,8 +191,9 @@ def test_gradients_of_a_batch_norm_model_are_taken_in_training_mode_without_touc
         for start in range(0, len(x), 32):
             with tf.GradientTape() as tape:
                 batch = x[start : start + 32]
-                loss = model.compute_loss(x=batch, y=y[start : start + 32], y_pred=model(batch, training=training),
-                                          training=training)
+                loss = model.compute_loss(
+                    x=batch, y=y[start : start + 32], y_pred=model(batch, training=training), training=training
+                )
             found = [g.numpy() * len(batch) / len(x) for g in tape.gradient(loss, model.trainable_weights)]
             total = found if total is None else [a + b for a, b in zip(total, found)]
         for variable, value in zip(model.non_trainable_variables, state):
@@ -258,11 +266,15 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     x = rng.integers(1, 30, (80, 6))
     y = (x[:, 0] > 15).astype("int64")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((6,), dtype="int32"), keras.layers.Embedding(30, 4, name="embed"),
-        keras.layers.LSTM(5, return_sequences=True, name="lstm"), keras.layers.GlobalAveragePooling1D(),
-        keras.layers.Dense(2, activation="softmax", name="out"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(30, 4, name="embed"),
+            keras.layers.LSTM(5, return_sequences=True, name="lstm"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     recorder = Recorder(str(tmp_path), probe=(x, y), components=3)
     with warnings.catch_warnings():
@@ -288,7 +300,9 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     from dashboard.views import gradients as gradient_views
 
     norms = run.layer_series("grad", main_weight, "norm")
-    assert norms[-1, 0] == last.layer(0)["grad"]["embeddings"]["norm"] and np.isnan(norms[:, 2]).all()  # pooling: no weights
+    assert (
+        norms[-1, 0] == last.layer(0)["grad"]["embeddings"]["norm"] and np.isnan(norms[:, 2]).all()
+    )  # pooling: no weights
     assert 0 in _Series.of(run).kernel_layers
     assert run_summary(run)["per_layer"]["embed"]["gradient_norm"][-1] == pytest.approx(norms[-1, 0])
     assert np.isfinite(gradient_views.layer_series(run).kernel_grad[:, 0]).all()
@@ -299,7 +313,9 @@ def test_plane_inputs_record_unit_maps(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (80, 2)).astype("float32")
     y = (x[:, 0] * x[:, 1] > 0).astype("int64")
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2, activation="softmax")]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     recorder = Recorder(str(tmp_path), probe=(x, y))
     _fit(model, recorder, epochs=1, x=x, y=y)
@@ -326,7 +342,9 @@ def test_regression_targets_serve_the_loss_but_are_not_taken_for_classes(tmp_pat
     x, _ = _toy_data()
     targets = (x[:, :1] * 1.5 + 0.25).astype("float32")  # truncated to integers they used to become "classes"
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh", name="hidden"), keras.layers.Dense(1, name="out")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="tanh", name="hidden"), keras.layers.Dense(1, name="out")]
+    )
     model.compile("adam", "mse")
     with pytest.warns(UserWarning, match="not class ids.*records gradients against them"):
         recorder = Recorder(str(tmp_path), probe=(x, targets))
@@ -344,11 +362,15 @@ def test_whole_number_targets_of_a_regression_loss_are_not_taken_for_classes(tmp
     x, _ = _toy_data()
     counts = np.round(np.abs(x[:, :1]) * 3).astype("float32")  # counts: whole numbers, yet no classes
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1, activation="softplus")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1, activation="softplus")]
+    )
     model.compile("adam", loss)
     recorder = Recorder(str(tmp_path), probe=(x, counts))
     assert recorder.labels is not None  # the targets alone look like class ids; the loss decides, at the start of fit
-    with pytest.warns(UserWarning, match=r"loss \((mean_squared_error|huber|mean_absolute_error|poisson)\) compares values"):
+    with pytest.warns(
+        UserWarning, match=r"loss \((mean_squared_error|huber|mean_absolute_error|poisson)\) compares values"
+    ):
         model.fit(x, counts, epochs=1, callbacks=[recorder], verbose=0)
         recorder.wait()
 
@@ -361,7 +383,9 @@ def test_whole_number_targets_of_a_regression_loss_are_not_taken_for_classes(tmp
 def test_one_sigmoid_output_is_stored_as_two_class_probabilities(tmp_path):
     x, y = _toy_data()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile("adam", "binary_crossentropy")
     recorder = Recorder(str(tmp_path), probe=(x, y))
     model.fit(x, y, epochs=2, callbacks=[recorder], verbose=0)
@@ -378,8 +402,10 @@ def test_a_model_that_outputs_logits_is_stored_as_probabilities(tmp_path, units,
     x, y = _toy_data()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(units)])
-    losses = {"sparse": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-              "binary": keras.losses.BinaryCrossentropy(from_logits=True)}
+    losses = {
+        "sparse": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "binary": keras.losses.BinaryCrossentropy(from_logits=True),
+    }
     model.compile("adam", losses[loss])  # the tutorials' set-up: no softmax, the loss takes logits
     recorder = Recorder(str(tmp_path), probe=(x, y))
     model.fit(x, y, epochs=1, callbacks=[recorder], verbose=0)
@@ -420,7 +446,10 @@ def test_boolean_labels_are_class_ids(tmp_path):
         ((np.zeros((5, 4)), {"a": np.zeros(5), "b": np.zeros(5)}), "several outputs .* a dict of 2 targets \\(a, b\\)"),
         (([np.zeros((5, 4)), np.zeros((5, 2))], [np.zeros(5), np.zeros(5)]), "several inputs .* a list of 2 arrays"),
         ([np.zeros((5, 4)), np.zeros((5, 2))], "several inputs .* a list of 2 arrays \\(\\(5, 4\\), \\(5, 2\\)\\)"),
-        ({"left": np.zeros((5, 4)), "right": np.zeros((5, 2))}, "several inputs .* a dict of 2 inputs \\(left, right\\)"),
+        (
+            {"left": np.zeros((5, 4)), "right": np.zeros((5, 2))},
+            "several inputs .* a dict of 2 inputs \\(left, right\\)",
+        ),
     ],
 )
 def test_probes_of_several_inputs_or_outputs_are_refused_naming_the_form(tmp_path, probe, message):
@@ -512,8 +541,9 @@ def test_a_resumed_fit_is_recorded_from_the_epoch_it_starts_at(tmp_path):
 def test_steps_keep_counting_when_keras_does_not_know_how_long_an_epoch_is(tmp_path):
     x, y = _toy_data()
     passes = lambda: ((x[i : i + 16], y[i : i + 16]) for i in range(0, len(x), 16))  # noqa: E731  (4 batches)
-    data = tf.data.Dataset.from_generator(passes, output_signature=(tf.TensorSpec((None, 4), tf.float32),
-                                                                    tf.TensorSpec((None,), tf.int64)))
+    data = tf.data.Dataset.from_generator(
+        passes, output_signature=(tf.TensorSpec((None, 4), tf.float32), tf.TensorSpec((None,), tf.int64))
+    )
     recorder = Recorder(str(tmp_path), probe=(x, y), batch_every=3, grad_every=2)
     _mlp().fit(data, epochs=3, shuffle=False, callbacks=[recorder], verbose=0)
     recorder.wait()
@@ -543,7 +573,9 @@ def test_the_last_snapshot_of_an_early_stop_holds_that_epoch_not_the_restored_we
     x, y = _toy_data()
     model = _mlp()
     kernels = []
-    keep = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: kernels.append(model.get_layer("hidden_a").kernel.numpy().copy()))
+    keep = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, l: kernels.append(model.get_layer("hidden_a").kernel.numpy().copy())
+    )
     # The loss falls, so "max" mode stops after epoch 3 and puts back epoch 1's weights at the end of fit.
     stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1, restore_best_weights=True)
     recorder = Recorder(str(tmp_path), probe=(x, y), every=5)
@@ -678,8 +710,12 @@ CRASH_SCRIPT = textwrap.dedent(
 def test_sigkill_mid_run_leaves_every_completed_snapshot_readable(tmp_path):
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     for line in process.stdout:
         if line.strip() == "epoch 6":
             break
@@ -700,10 +736,17 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
     # Within the budget, nothing may have been written but run.json, by the training process itself: once it
     # is killed, the run must read as interrupted, not running forever.
     root = str(tmp_path)
-    script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("budget=None", "budget=0.0001").replace(
-        "from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    script = (
+        CRASH_SCRIPT.format(repo=REPO, root=root)
+        .replace("budget=None", "budget=0.0001")
+        .replace("from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     for line in process.stdout:
         if line.strip() == "epoch 3":
             break
@@ -722,8 +765,9 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
 def test_concurrent_reader_follows_a_live_training_run(tmp_path):
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("epochs=1000", "epochs=8")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    )
     seen, deadline = [], time.time() + 120
     reader = None
     while time.time() < deadline and process.poll() is None:
@@ -822,8 +866,15 @@ def test_recording_many_fits_in_one_process_draws_no_retracing_warning(tmp_path)
         x, y = _toy_data(n=32)
         for _ in range(6):
             _fit(_mlp(), Recorder(str(tmp_path), probe=(x, y), analysis="thread"), epochs=1)
-        other = logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, "5 out of the last 5 calls to "
-                                  "<function user_step at 0x1> triggered tf.function retracing.", None, None)
+        other = logging.LogRecord(
+            "tensorflow",
+            logging.WARNING,
+            __file__,
+            1,
+            "5 out of the last 5 calls to <function user_step at 0x1> triggered tf.function retracing.",
+            None,
+            None,
+        )
         logger.handle(other)  # anyone else's retracing still warns
     finally:
         logger.removeHandler(handler)
@@ -899,8 +950,14 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
 def test_in_a_notebook_a_fit_stopped_or_failed_is_ended_when_its_cell_finishes(tmp_path):
     pytest.importorskip("IPython")
     script = NOTEBOOK_SCRIPT.format(repo=REPO, root=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        cwd=REPO,
+    )
     lines = [line.removeprefix("RESULT ") for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines == [  # the shell prints each cell's traceback in between, as a notebook shows it
         "hooks left by a cell of finished fits: 0",

@@ -16,10 +16,14 @@ def toy(seed=0, middle=None):
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x[:, 0] + x[:, 1] > 0).astype("int64")
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((4,)), keras.layers.Dense(8, activation="relu", name="hidden"), *([middle] if middle else []),
-        keras.layers.Dense(2, activation="softmax", name="out"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            *([middle] if middle else []),
+            keras.layers.Dense(2, activation="softmax", name="out"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     return model, x, y
 
@@ -38,7 +42,10 @@ def test_norms_every_n_batches_match_gradient_tape(tmp_path):
     with tf.GradientTape() as tape:  # the last measurement saw the final weights
         loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True), training=True)
     gradients = tape.gradient(loss, model.trainable_weights)  # hidden kernel, bias; norm gamma, beta; out kernel, bias
-    expected = [np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:4], gradients[4:])]
+    expected = [
+        np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair))
+        for pair in (gradients[:2], gradients[2:4], gradients[4:])
+    ]
     assert np.allclose(norms[-1], expected, rtol=1e-4)
     assert len(run.epoch_snapshots()) == 4  # measuring norms takes no snapshots
 
@@ -54,9 +61,13 @@ class _GradientWitness(keras.callbacks.Callback):
         if (len(self.norms) + 1) * 2 != self._step(batch):
             return
         with tf.GradientTape() as tape:
-            loss = self.model.compute_loss(x=self.x, y=self.y, y_pred=self.model(self.x, training=False), training=False)
+            loss = self.model.compute_loss(
+                x=self.x, y=self.y, y_pred=self.model(self.x, training=False), training=False
+            )
         gradients = tape.gradient(loss, self.model.trainable_weights)
-        self.norms.append([np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:])])
+        self.norms.append(
+            [np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in pair)) for pair in (gradients[:2], gradients[2:])]
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KILLED_EPOCHS
 
 from core import cli
 from core.journal import JOURNAL_DIR, Journal
 from core.store import RunStore, RunWriter, StoreError
-from conftest import KILLED_EPOCHS
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = KILLED_EPOCHS
@@ -38,10 +38,14 @@ def _assert_same_snapshots(recovered, reference):
         for index in range(3):
             # Axes aligned as the live run's were: no sign flip or swap, at the boundary of a resumed recovery too.
             np.testing.assert_allclose(mine.array(f"L{index}/pca"), theirs.array(f"L{index}/pca"), atol=1e-4)
-            np.testing.assert_allclose(mine.array(f"L{index}/unit_mean"), theirs.array(f"L{index}/unit_mean"), atol=1e-5)
+            np.testing.assert_allclose(
+                mine.array(f"L{index}/unit_mean"), theirs.array(f"L{index}/unit_mean"), atol=1e-5
+            )
             for key in ("update_ratio", "weight_norm"):
                 assert mine.layer(index)[key] == pytest.approx(theirs.layer(index)[key], rel=1e-4)
-            assert mine.layer(index)["grad"]["kernel"]["norm"] == pytest.approx(theirs.layer(index)["grad"]["kernel"]["norm"], rel=1e-4)
+            assert mine.layer(index)["grad"]["kernel"]["norm"] == pytest.approx(
+                theirs.layer(index)["grad"]["kernel"]["norm"], rel=1e-4
+            )
         assert mine.meta["logs"] == pytest.approx(theirs.meta["logs"])
 
 
@@ -59,8 +63,14 @@ def test_a_killed_fit_leaves_its_held_back_snapshots_in_the_journal(killed_runs,
 
 
 def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
-    result = subprocess.run([sys.executable, "-m", "core", "recover", "killed", "--runs", killed_root], cwd=REPO,
-                            capture_output=True, text=True, timeout=240, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "recover", "killed", "--runs", killed_root],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     store = RunStore(killed_root)
     run, reference = store.run("killed"), store.run("live")
@@ -134,17 +144,48 @@ def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkey
     writer = RunWriter(root, "custom", {"epochs_planned": 1})
     writer.update_meta(pid=2**22 + 12345)  # a process that is gone
     journal = Journal(root, "custom")
-    builder = {"activations": [None, "softmax"], "labels": None, "components": 2, "seed": 0, "kernel_layer": 1, "logits": False}
-    journal.append("setup", {"x": np.ones((4, 3), np.float32), "y": None, "grid": None, "builder": builder, "layers": 2,
-                             "variables": [[v.path, list(v.shape)] for v in model.weights], "model": model.to_json(),
-                             "compile": model.get_compile_config()})
-    journal.append("capture", {"kind": "epoch", "epoch": 0, "step": 0, "batch": None, "logs": {},
-                               "state": [np.asarray(v) for v in model.weights]})
+    builder = {
+        "activations": [None, "softmax"],
+        "labels": None,
+        "components": 2,
+        "seed": 0,
+        "kernel_layer": 1,
+        "logits": False,
+    }
+    journal.append(
+        "setup",
+        {
+            "x": np.ones((4, 3), np.float32),
+            "y": None,
+            "grid": None,
+            "builder": builder,
+            "layers": 2,
+            "variables": [[v.path, list(v.shape)] for v in model.weights],
+            "model": model.to_json(),
+            "compile": model.get_compile_config(),
+        },
+    )
+    journal.append(
+        "capture",
+        {
+            "kind": "epoch",
+            "epoch": 0,
+            "step": 0,
+            "batch": None,
+            "logs": {},
+            "state": [np.asarray(v) for v in model.weights],
+        },
+    )
 
     def recover(*extra):  # from the user's folder, where their module is
-        return subprocess.run([sys.executable, "-m", "core", "recover", "custom", "--runs", root, *extra], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=240,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        return subprocess.run(
+            [sys.executable, "-m", "core", "recover", "custom", "--runs", root, *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
 
     failed = recover()
     assert failed.returncode == cli.EXIT_USAGE and "--import MODULE" in failed.stderr
@@ -154,7 +195,9 @@ def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkey
     assert done.returncode == 0, done.stderr[-2000:]
     run = RunStore(root).run("custom")
     assert run.unwritten_captures() == 0 and len(run.snapshots()) == 1
-    np.testing.assert_allclose(run.snapshots()[0].array("pred/probs"), model.predict(np.ones((4, 3), np.float32), verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        run.snapshots()[0].array("pred/probs"), model.predict(np.ones((4, 3), np.float32), verbose=0), atol=1e-6
+    )
 
 
 def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_path, monkeypatch):
@@ -167,7 +210,9 @@ def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_p
     y = (x[:, 0] > 0).astype("int64")
 
     def fit(recorder):
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+        model = keras.Sequential(
+            [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")]
+        )
         model.compile("adam", "sparse_categorical_crossentropy")
         model.fit(x, y, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)
         assert recorder.wait(60)

@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _assert_same_run(imported, original):
     """Every file of the run reads the same (run.json but for the id, and a name given at import)."""
-    assert {k: v for k, v in imported.meta.items() if k not in ("id", "name")} == \
-        {k: v for k, v in original.meta.items() if k not in ("id", "name")}
+    assert {k: v for k, v in imported.meta.items() if k not in ("id", "name")} == {
+        k: v for k, v in original.meta.items() if k not in ("id", "name")
+    }
     assert imported.history() == original.history()
     for key in ("indices", "y", "x", "input_pca"):
         a, b = getattr(imported.probe(), key), getattr(original.probe(), key)
@@ -45,7 +46,9 @@ def _assert_same_run(imported, original):
 def test_a_recorded_run_exported_and_imported_reads_the_same(spiral_run_dir, tmp_path, kind, request):
     root, run_id = spiral_run_dir
     source = RunStore(root)
-    target_root = str(tmp_path / "runs") if kind == "local" else f"s3://{request.getfixturevalue('s3').new_bucket()}/runs"
+    target_root = (
+        str(tmp_path / "runs") if kind == "local" else f"s3://{request.getfixturevalue('s3').new_bucket()}/runs"
+    )
     target = RunStore(target_root)
     with source.zip_file(run_id) as archive:
         new_id = target.import_zip(archive, name="imported spiral")
@@ -124,8 +127,8 @@ def _patched(archive: io.BytesIO, name: str, field: dict, value: bytes) -> io.By
         signature, name_at = header
         at = data.find(signature)
         while at >= 0:
-            if data[at + name_at:at + name_at + len(name)] == name.encode():
-                data[at + offset:at + offset + len(value)] = value
+            if data[at + name_at : at + name_at + len(name)] == name.encode():
+                data[at + offset : at + offset + len(value)] = value
             at = data.find(signature, at + 4)
     return io.BytesIO(bytes(data))
 
@@ -152,18 +155,36 @@ def store(tmp_path):
     return Store(str(root))
 
 
-@pytest.mark.parametrize("name", ["../escaped/run.json", "small/../../escaped.npz", "/tmp/absolute/run.json",
-                                  "small\\..\\..\\escaped.npz", "C:/runs/small/run.json", "C:run.json",
-                                  "small/./run.json", "small//run.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escaped/run.json",
+        "small/../../escaped.npz",
+        "/tmp/absolute/run.json",
+        "small\\..\\..\\escaped.npz",
+        "C:/runs/small/run.json",
+        "C:run.json",
+        "small/./run.json",
+        "small//run.json",
+    ],
+)
 def test_paths_that_could_leave_the_run_folder_are_refused(store, tmp_path, name):
     files = _valid_files(tmp_path)
-    store.refuses(_zip([*files.items(), (name, files["small/run.json"])]),
-                  r"outside|absolute path|backslash|leaves its folder|one run")
+    store.refuses(
+        _zip([*files.items(), (name, files["small/run.json"])]),
+        r"outside|absolute path|backslash|leaves its folder|one run",
+    )
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped.npz").exists()
 
 
-@pytest.mark.parametrize("file_type, words", [(stat.S_IFLNK, "symbolic link"), (stat.S_IFIFO, "not a file or a folder"),
-                                              (stat.S_IFCHR, "not a file or a folder")])
+@pytest.mark.parametrize(
+    "file_type, words",
+    [
+        (stat.S_IFLNK, "symbolic link"),
+        (stat.S_IFIFO, "not a file or a folder"),
+        (stat.S_IFCHR, "not a file or a folder"),
+    ],
+)
 def test_links_and_special_files_are_refused(store, tmp_path, file_type, words):
     files = _valid_files(tmp_path)
     store.refuses(_zip([*files.items(), (_info("small/snapshots/s000002.npz", file_type), b"/etc/passwd")]), words)
@@ -216,9 +237,17 @@ def test_duplicate_entries_are_refused(store, tmp_path):
     store.refuses(_zip([*files.items(), ("small/run.json", files["small/run.json"])]), "twice")
 
 
-@pytest.mark.parametrize("name", ["small/evil.py", "small/snapshots/notes.txt", "small/.streamlit/config.toml",
-                                  "small/snapshots/s1.npz", "small/journal/evil.npz",
-                                  "small/snapshots/deep/s000003.npz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "small/evil.py",
+        "small/snapshots/notes.txt",
+        "small/.streamlit/config.toml",
+        "small/snapshots/s1.npz",
+        "small/journal/evil.npz",
+        "small/snapshots/deep/s000003.npz",
+    ],
+)
 def test_files_that_are_not_part_of_a_run_are_refused(store, tmp_path, name):
     files = _valid_files(tmp_path)
     store.refuses(_zip([*files.items(), (name, b"PK\x03\x04")]), "not part of a run")
@@ -231,9 +260,12 @@ def test_archives_that_are_not_one_valid_run_are_refused(store, tmp_path):
     store.refuses(io.BytesIO(b"PK\x03\x04 not really a zip" * 10), "not a readable zip archive")
     store.refuses(_zip(without.items()), "no run.json")
     store.refuses(_zip([*files.items(), ("other/run.json", files["small/run.json"])]), "one run")
-    for bad, words in ((b"{not json", "not a valid run"), (json.dumps([1]).encode(), "not an object"),
-                       (json.dumps({**run_json, "status": 5}).encode(), "`status`"),
-                       (json.dumps({**run_json, "format_version": 99}).encode(), "newer Strata")):
+    for bad, words in (
+        (b"{not json", "not a valid run"),
+        (json.dumps([1]).encode(), "not an object"),
+        (json.dumps({**run_json, "status": 5}).encode(), "`status`"),
+        (json.dumps({**run_json, "format_version": 99}).encode(), "newer Strata"),
+    ):
         store.refuses(_zip([*without.items(), ("small/run.json", bad)]), words)
     store.refuses(_zip([*files.items(), ("small/snapshots/s000002.npz", b"#!/bin/sh")]), "not an npz archive")
     store.refuses(_zip([*files.items(), ("small/snapshots/s000002.npz", b"")]), "empty")
@@ -245,8 +277,9 @@ def test_a_refused_import_leaves_nothing_in_a_bucket(s3, tmp_path):
     files = _valid_files(tmp_path)
     bomb = b"PK\x03\x04" + bytes(64 << 20)
     with pytest.raises(StoreError, match="zip bomb"):
-        RunStore(f"s3://{bucket}/runs").import_zip(_zip([*files.items(), ("small/snapshots/s000002.npz", bomb)],
-                                                        zipfile.ZIP_DEFLATED))
+        RunStore(f"s3://{bucket}/runs").import_zip(
+            _zip([*files.items(), ("small/snapshots/s000002.npz", bomb)], zipfile.ZIP_DEFLATED)
+        )
     assert s3.keys(bucket) == []
 
 
@@ -262,9 +295,17 @@ def test_a_flat_archive_and_a_running_run_import_as_an_interrupted_copy(store, t
 def test_the_cli_import_runs_without_tensorflow(tmp_path):
     files = _valid_files(tmp_path)
     (tmp_path / "run.zip").write_bytes(_zip(files.items()).getvalue())
-    code = ("import sys; from core import cli; code = cli.main(['import', sys.argv[1], '--runs', sys.argv[2]]);"
-            "assert 'tensorflow' not in sys.modules; sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run.zip"), str(tmp_path / "runs")], cwd=REPO,
-                            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    code = (
+        "import sys; from core import cli; code = cli.main(['import', sys.argv[1], '--runs', sys.argv[2]]);"
+        "assert 'tensorflow' not in sys.modules; sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run.zip"), str(tmp_path / "runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert RunStore(str(tmp_path / "runs")).run_ids() == [result.stdout.strip()]

@@ -7,7 +7,10 @@ from dashboard.synthetic import synthetic_run
 
 def test_layer_keys_round_trip():
     assert layer_key(3, "pca") == "L3/pca" and parse_layer_key("L3/pca") == (3, "pca")
-    assert parse_layer_key("L12/unit_top") == (12, "unit_top") and parse_layer_key("L0/act_hist/counts") == (0, "act_hist/counts")
+    assert parse_layer_key("L12/unit_top") == (12, "unit_top") and parse_layer_key("L0/act_hist/counts") == (
+        0,
+        "act_hist/counts",
+    )
     assert parse_layer_key("cka") is None and parse_layer_key("Lx/pca") is None
 
 
@@ -29,6 +32,7 @@ def test_what_an_older_or_foreign_run_omits_reads_as_absent():
     assert info.name == "r1" and info.dataset == DatasetInfo() and info.dataset.classes == 0
     assert info.layers == (LayerInfo(index=0, name="dense"),) and info.layers[0].weights == ()
     assert info.probe.has_labels is False and info.probe.plane is False and info.config == {}
-    full = DatasetInfo.from_meta({"name": 7, "kind": "image", "image_shape": [8, 8], "n_classes": 10,
-                                  "class_names": [0, 1]})
+    full = DatasetInfo.from_meta(
+        {"name": 7, "kind": "image", "image_shape": [8, 8], "n_classes": 10, "class_names": [0, 1]}
+    )
     assert full.name == "7" and full.image_shape == (8, 8) and full.classes == 10 and full.class_names == ("0", "1")

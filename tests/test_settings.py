@@ -94,8 +94,16 @@ def test_recorder_defaults_are_the_table_and_only_the_budget_differs_by_entry_po
 
     signature = inspect.signature(Recorder.__init__).parameters
     recorded = [s for s in settings.SETTINGS if s.recorder]
-    assert {s.name for s in recorded} == {"seed", "probe_size", "every", "batch_every", "grad_every", "components", "budget",
-                                         "layers"}
+    assert {s.name for s in recorded} == {
+        "seed",
+        "probe_size",
+        "every",
+        "batch_every",
+        "grad_every",
+        "components",
+        "budget",
+        "layers",
+    }
     for setting in recorded:
         assert signature[setting.name].default == settings.RECORDER_DEFAULTS[setting.name], setting.name
     differs = {s.name: (s.default, s.for_recorder) for s in recorded if s.default != s.for_recorder}
@@ -103,8 +111,10 @@ def test_recorder_defaults_are_the_table_and_only_the_budget_differs_by_entry_po
 
 
 def test_the_declaration_and_the_form_never_import_tensorflow():
-    code = ("import sys, core.settings, core.cli, dashboard.jobs; "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys, core.settings, core.cli, dashboard.jobs; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
@@ -117,8 +127,28 @@ def test_the_default_run_learns_the_spiral(tmp_path):
     0.1) ended the README's 40-epoch example at 0.605-0.645 (seeds 0-2)."""
     root = str(tmp_path / "runs")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "core", "train", "--epochs", "8", "--every", "8", "--probe-size", "200",
-                             "--quiet", "--runs", root], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "train",
+            "--epochs",
+            "8",
+            "--every",
+            "8",
+            "--probe-size",
+            "200",
+            "--quiet",
+            "--runs",
+            root,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = RunStore(root).run(result.stdout.strip().splitlines()[-1])
     config = run.meta["config"]

@@ -4,14 +4,38 @@ import pytest
 
 from core.store import RunStore
 from dashboard import state
-from dashboard.state import DEFAULTS, RunFacts, ViewState, format_rows, open_run, parse_query, parse_rows, to_query, validate
+from dashboard.state import (
+    DEFAULTS,
+    RunFacts,
+    ViewState,
+    format_rows,
+    open_run,
+    parse_query,
+    parse_rows,
+    to_query,
+    validate,
+)
 
-FACTS = RunFacts(id="r1", layers=("dense_0", "dense_1", "output"), epochs=(0, 5, 10), components=10, probe_size=100, has_labels=True)
+FACTS = RunFacts(
+    id="r1", layers=("dense_0", "dense_1", "output"), epochs=(0, 5, 10), components=10, probe_size=100, has_labels=True
+)
 
 
 def test_every_field_round_trips_through_the_query_string():
-    view = ViewState(run="r1", layer="dense_1", epoch=5, pcx=3, pcy=1, pcz=7, dims="3d", color="confidence", size=9,
-                     opacity=0.35, sel=(1, 2, 3, 9), compare=("r2", "r3"))
+    view = ViewState(
+        run="r1",
+        layer="dense_1",
+        epoch=5,
+        pcx=3,
+        pcy=1,
+        pcz=7,
+        dims="3d",
+        color="confidence",
+        size=9,
+        opacity=0.35,
+        sel=(1, 2, 3, 9),
+        compare=("r2", "r3"),
+    )
     parsed, notices = parse_query(to_query(view))
     assert parsed == view
     assert notices == []
@@ -27,11 +51,27 @@ def test_the_schema_lists_every_field_once():
     assert [f.name for f in state.FIELDS] == list(ViewState.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("run", "../../etc/passwd"), ("run", "a/b"), ("epoch", "abc"), ("epoch", "-3"), ("epoch", "1.5"),
-    ("pcx", "0"), ("pcy", "1e9"), ("dims", "4d"), ("color", "<script>"), ("size", "999"),
-    ("opacity", "nan"), ("opacity", "2"), ("sel", "1,x"), ("sel", "5-2"), ("compare", "../x"), ("layer", "x" * 300),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("run", "../../etc/passwd"),
+        ("run", "a/b"),
+        ("epoch", "abc"),
+        ("epoch", "-3"),
+        ("epoch", "1.5"),
+        ("pcx", "0"),
+        ("pcy", "1e9"),
+        ("dims", "4d"),
+        ("color", "<script>"),
+        ("size", "999"),
+        ("opacity", "nan"),
+        ("opacity", "2"),
+        ("sel", "1,x"),
+        ("sel", "5-2"),
+        ("compare", "../x"),
+        ("layer", "x" * 300),
+    ],
+)
 def test_garbage_falls_back_to_the_default_with_a_notice(name, value):
     view, notices = parse_query({name: value, "run": "ok-run"} if name != "run" else {name: value})
     assert getattr(view, name) == getattr(DEFAULTS, name)

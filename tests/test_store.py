@@ -150,11 +150,7 @@ def test_rename_delete_and_zip(root):
 
 
 def test_crashed_writer_reads_as_interrupted(tmp_path):
-    code = (
-        
-        "from core.store import RunWriter;"
-        f"RunWriter({str(tmp_path)!r}, 'dead', {{}})"
-    )
+    code = f"from core.store import RunWriter;RunWriter({str(tmp_path)!r}, 'dead', {{}})"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     run = RunStore(str(tmp_path)).run("dead")
     assert run.meta["status"] == "running" and run.status == "interrupted"

@@ -38,8 +38,10 @@ def drawn(traces):
 
 
 def test_view_modules_import_neither_streamlit_nor_tensorflow():
-    code = ("import sys; import dashboard.views.embeddings, dashboard.views.runs, dashboard.data, dashboard.state, "
-            "dashboard.jobs, dashboard.synthetic; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))")
+    code = (
+        "import sys; import dashboard.views.embeddings, dashboard.views.runs, dashboard.data, dashboard.state, "
+        "dashboard.jobs, dashboard.synthetic; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -79,7 +81,9 @@ def test_a_single_value_output_colours_by_the_predicted_value():
     marker = color.marker(np.arange(4))
     assert (marker["cmin"], marker["cmax"]) == (-1.0, 4.0)
     figure = views.strip_figure([Panel("dense", np.random.default_rng(0).standard_normal((4, 3)), None)], color)
-    assert [t["marker"]["colorbar"]["title"]["text"] for t in figure["data"] if t["marker"].get("showscale")] == ["pred."]
+    assert [t["marker"]["colorbar"]["title"]["text"] for t in figure["data"] if t["marker"].get("showscale")] == [
+        "pred."
+    ]
     table = views.sample_table([1, 3], None, values, None)
     assert [row["prediction"] for row in table] == [-1.0, 4.0] and "confidence" not in table[0]
 
@@ -97,7 +101,10 @@ def test_strip_has_the_input_first_then_every_layer(spiral):
     assert [a["text"] for a in spec["layout"]["annotations"]] == ["input", "dense_0", "dense_1", "output"]
     # SVG, one trace per class per panel, each in one flat colour
     assert len(clouds(spec)) == 4 * 2 and all(t["type"] == "scatter" for t in clouds(spec))
-    assert {t["marker"]["color"] for t in clouds(spec, xaxis="x3")} == {views.category_colour(0), views.category_colour(1)}
+    assert {t["marker"]["color"] for t in clouds(spec, xaxis="x3")} == {
+        views.category_colour(0),
+        views.category_colour(1),
+    }
     assert [t["name"] for t in spec["data"] if t.get("showlegend")] == ["arm A", "arm B"]  # one colour key for all
     assert not any(t.get("showlegend") or "legendgroup" in t for t in clouds(spec))
     assert spec["layout"]["legend"]["itemclick"] is False
@@ -127,7 +134,9 @@ def test_strip_highlights_the_selection_in_every_panel(spiral):
 def test_strip_caps_points_per_panel_for_huge_probe_sets():
     rng = np.random.default_rng(0)
     count = 100_000
-    panels = [Panel(f"layer {i}", rng.normal(size=(count, 3)).astype(np.float32), np.array([0.5, 0.3, 0.2])) for i in range(8)]
+    panels = [
+        Panel(f"layer {i}", rng.normal(size=(count, 3)).astype(np.float32), np.array([0.5, 0.3, 0.2])) for i in range(8)
+    ]
     color = Coloring(rng.integers(0, 10, count).astype(np.int16), tuple("abcdefghij"), "label")
     spec = views.strip_figure(panels, color, selected=(99_999,))
     per_panel = [drawn(clouds(spec, xaxis=x))[0] for x in ["x"] + [f"x{i}" for i in range(2, 9)]]
@@ -139,7 +148,9 @@ def test_strip_caps_points_per_panel_for_huge_probe_sets():
 
 def test_degenerate_direction_stays_flat():
     coords = np.column_stack([np.linspace(-1, 1, 50), np.full(50, 1e-9)]).astype(np.float32)
-    spec = views.strip_figure([Panel("flat", coords, np.array([1.0, 0.0]))], Coloring(np.zeros(50, np.int16), ("a",), ""))
+    spec = views.strip_figure(
+        [Panel("flat", coords, np.array([1.0, 0.0]))], Coloring(np.zeros(50, np.int16), ("a",), "")
+    )
     low, high = spec["layout"]["yaxis"]["range"]
     assert high - low >= 0.05 * 2  # not blown up to the float noise
 
@@ -201,12 +212,20 @@ def test_focus_animates_batch_captures_between_epochs(batch_captures):
     assert times == sorted(times) and len(set(times)) == len(times)
     assert all(f.epoch < float(f.name) < f.epoch + 1 for f in within)  # "0.30": 3 of 10 batches into epoch 0
     spec = views.focus_figure(frames, start)
-    assert [f["name"] for f in spec["frames"]] == [s["label"] for s in spec["layout"]["sliders"][0]["steps"]] == [f.name for f in frames]
+    assert (
+        [f["name"] for f in spec["frames"]]
+        == [s["label"] for s in spec["layout"]["sliders"][0]["steps"]]
+        == [f.name for f in frames]
+    )
 
 
 def test_frames_resend_colours_only_when_they_change(spiral):
     frames, start = data.focus_frames(spiral, 0, "label", None)  # true labels: fixed through training
-    assert all("customdata" not in t and "marker" not in t for f in views.focus_figure(frames, start)["frames"] for t in f["data"])
+    assert all(
+        "customdata" not in t and "marker" not in t
+        for f in views.focus_figure(frames, start)["frames"]
+        for t in f["data"]
+    )
     frames, start = data.focus_frames(spiral, 0, "pred", None)  # predictions change from epoch to epoch
     spec = views.focus_figure(frames, start)
     for frame, source in zip(spec["frames"], frames):  # each class trace gets the rows predicted as that class
@@ -237,7 +256,9 @@ def test_frame_subset_keeps_first_last_and_chosen():
 
 
 def test_selection_rows_reads_customdata_from_a_plotly_event():
-    event = {"selection": {"points": [{"customdata": 7}, {"customdata": [3]}, {"point_index": 1}], "point_indices": [0]}}
+    event = {
+        "selection": {"points": [{"customdata": 7}, {"customdata": [3]}, {"point_index": 1}], "point_indices": [0]}
+    }
     assert views.selection_rows(event) == (3, 7)
     assert views.selection_rows(None) == () and views.selection_rows({"selection": {}}) == ()
 
@@ -246,14 +267,24 @@ def test_a_region_on_the_strip_selects_every_sample_inside_not_only_the_drawn_on
     grid = np.array([(x, y) for x in range(40) for y in range(40)], dtype=np.float32)  # 1,600 points, 1 apart
     panels = [Panel("a", grid[:, ::-1], None), Panel("b", grid, None)]
     drawn_points = [{"customdata": 0}]  # what plotly reports: only the decimated points it drew
-    box = {"selection": {"points": drawn_points, "box": [{"xref": "x2", "yref": "y2", "x": [9.5, 2.5], "y": [0.5, 3.5]}], "lasso": []}}
+    box = {
+        "selection": {
+            "points": drawn_points,
+            "box": [{"xref": "x2", "yref": "y2", "x": [9.5, 2.5], "y": [0.5, 3.5]}],
+            "lasso": [],
+        }
+    }
     rows = views.selection_rows(box, panels)
     assert len(rows) == 7 * 3 and all(3 <= grid[r, 0] <= 9 and 1 <= grid[r, 1] <= 3 for r in rows)
-    triangle = {"selection": {"box": [], "lasso": [{"xref": "x", "yref": "y", "x": [-0.5, 11, -0.5], "y": [-0.5, -0.5, 11]}]}}
+    triangle = {
+        "selection": {"box": [], "lasso": [{"xref": "x", "yref": "y", "x": [-0.5, 11, -0.5], "y": [-0.5, -0.5, 11]}]}
+    }
     rows = views.selection_rows(triangle, panels)  # panel "a" shows (y, x): the triangle x + y <= 10, swapped
     assert len(rows) == 66 and all(grid[r].sum() <= 10 for r in rows)
     assert views.selection_rows(box, None) == (0,)  # without panels (the focus view): the points plotly reports
-    stale = {"selection": {"box": [{"xref": "x9", "x": [0, 1], "y": [0, 1]}, {"xref": "x", "x": ["a", 1], "y": [0, 1]}]}}
+    stale = {
+        "selection": {"box": [{"xref": "x9", "x": [0, 1], "y": [0, 1]}, {"xref": "x", "x": ["a", 1], "y": [0, 1]}]}
+    }
     assert views.selection_rows(stale, panels) == ()  # a panel that is gone, garbage coordinates: nothing
 
 
@@ -269,7 +300,12 @@ def test_image_samples_get_thumbnails_and_a_table(digits):
     shape = digits.meta["dataset"]["image_shape"]
     images = views.thumbnails(probe.x, [0, 5], shape)
     border = 2 * views.THUMBNAIL_BORDER
-    assert len(images) == 2 and images[0].shape == (64 + border, 64 + border) and 0 <= images[0].min() and images[0].max() <= 1
+    assert (
+        len(images) == 2
+        and images[0].shape == (64 + border, 64 + border)
+        and 0 <= images[0].min()
+        and images[0].max() <= 1
+    )
     table = views.sample_table([0, 5], probe.y, snapshot.array("pred/probs"), digits.meta["dataset"]["class_names"])
     assert table[0]["row"] == 0 and table[0]["label"] == str(probe.y[0])
     assert set(table[0]) == {"row", "label", "prediction", "confidence", "correct"}

@@ -5,28 +5,41 @@ import sys
 
 import numpy as np
 import pytest
+from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
 from core.analysis import LOG_HIST_EDGES
 from core.diagnosis import Finding
 from core.store import RunStore, RunWriter
 from dashboard.views import gradients as views
-from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
 LAYERS = ["dense_0", "dense_1", "output"]
 
 
 def write_run(root, run_id="toy", snapshots=4, name=None):
     """3 layers (2 hidden with 4 units + output); layer i's kernel gradient norm at epoch e is 10^-(2 - i) / (e + 1)."""
-    layers = [{"index": i, "name": n, "type": "Dense", "activation": "relu", "weights": ["kernel", "bias"]} for i, n in enumerate(LAYERS)]
+    layers = [
+        {"index": i, "name": n, "type": "Dense", "activation": "relu", "weights": ["kernel", "bias"]}
+        for i, n in enumerate(LAYERS)
+    ]
     writer = RunWriter(root, run_id, {"name": name or run_id, "layers": layers, "steps_per_epoch": 5})
     for epoch in range(snapshots):
         records, arrays = [], {}
         for i in range(3):
-            records.append({
-                "grad": {"kernel": {"norm": 10.0 ** -(2 - i) / (epoch + 1)}, "bias": {"norm": 0.5}, "output": {"norm": 0.1}},
-                "update_ratio": {"kernel": 2e-3} if epoch else {},
-                "activation": {"percentiles": [0, 0.1, 0.5, 0.9, 1 + epoch], "dead_fraction": 0.25 * (i == 0), "saturated_fraction": 0.0},
-            })
+            records.append(
+                {
+                    "grad": {
+                        "kernel": {"norm": 10.0 ** -(2 - i) / (epoch + 1)},
+                        "bias": {"norm": 0.5},
+                        "output": {"norm": 0.1},
+                    },
+                    "update_ratio": {"kernel": 2e-3} if epoch else {},
+                    "activation": {
+                        "percentiles": [0, 0.1, 0.5, 0.9, 1 + epoch],
+                        "dead_fraction": 0.25 * (i == 0),
+                        "saturated_fraction": 0.0,
+                    },
+                }
+            )
             arrays[f"L{i}/act_hist_edges"] = np.linspace(0, 1 + epoch, 5)  # each snapshot its own range
             arrays[f"L{i}/act_hist_counts"] = np.array([10, 0, 0, 10])
             arrays[f"L{i}/grad_kernel_log_hist"] = np.eye(len(LOG_HIST_EDGES) - 1, dtype=np.int64)[20 + epoch] * 7
@@ -43,7 +56,9 @@ def run(tmp_path):
 
 def test_view_module_imports_neither_streamlit_nor_tensorflow():
     code = "import sys, dashboard.views.gradients; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_layer_series_reads_every_statistic(run):
@@ -148,7 +163,9 @@ def test_unit_states_mark_dead_and_saturated_units(run):
 
 def test_batch_norms_are_none_without_grad_every_and_read_as_epochs(run, tmp_path):
     assert views.batch_norms(run) is None
-    writer = RunWriter(str(tmp_path), "batches", {"layers": [{"name": n} for n in LAYERS], "steps_per_epoch": 10, "grad_every": 5})
+    writer = RunWriter(
+        str(tmp_path), "batches", {"layers": [{"name": n} for n in LAYERS], "steps_per_epoch": 10, "grad_every": 5}
+    )
     writer.write_batch_gradients(1, np.array([5, 10]), np.ones((2, 3)))
     writer.write_batch_gradients(2, np.array([15, 20]), np.full((2, 3), 0.5))
     norms = views.batch_norms(RunStore(str(tmp_path)).run("batches"))
@@ -157,7 +174,14 @@ def test_batch_norms_are_none_without_grad_every_and_read_as_epochs(run, tmp_pat
 
 
 def test_callout_text_bolds_the_kind():
-    finding = Finding("dead_units", "dense_0", 3, "Dead units: from epoch 3, 90% of `dense_0`... Try: x.", {"fraction": 0.9}, "Try: x.")
+    finding = Finding(
+        "dead_units",
+        "dense_0",
+        3,
+        "Dead units: from epoch 3, 90% of `dense_0`... Try: x.",
+        {"fraction": 0.9},
+        "Try: x.",
+    )
     assert views.finding_markdown(finding).startswith("**Dead units.** From epoch 3")
     assert views.findings_summary("run a", [finding]) == "`run a`: 1 finding(s): dead units."
     assert views.findings_summary("run b", []) == "`run b`: no problems found."

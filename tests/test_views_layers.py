@@ -56,12 +56,15 @@ def test_colour_floor_spends_the_scale_on_the_values_shown():
 
 
 def test_probe_depth_starts_at_the_input_and_shows_the_untrained_network():
-    figure = views.probe_depth_figure(LAYERS, probe_table()[2], 0.55, epoch=2, initial=probe_table()[0], chance=0.5,
-                                      chosen="dense_1")
+    figure = views.probe_depth_figure(
+        LAYERS, probe_table()[2], 0.55, epoch=2, initial=probe_table()[0], chance=0.5, chosen="dense_1"
+    )
     early, now = traces(figure, "scatter")
     assert list(now.x) == ["input"] + LAYERS and list(now.y) == [0.55, 0.75, 0.9, 0.95]
     assert now.name == "epoch 2" and early.name == "epoch 0"
-    resumed = views.probe_depth_figure(LAYERS, probe_table()[2], 0.55, epoch=8, initial=probe_table()[0], initial_epoch=5)
+    resumed = views.probe_depth_figure(
+        LAYERS, probe_table()[2], 0.55, epoch=8, initial=probe_table()[0], initial_epoch=5
+    )
     assert [t.name for t in traces(resumed, "scatter")] == ["epoch 5", "epoch 8"]  # a resumed fit's first snapshot
     assert any(shape.x0 == "dense_1" for shape in figure.layout.shapes)  # the chosen layer is marked
 
@@ -106,10 +109,18 @@ def test_cka_to_final_draws_one_line_per_layer_coloured_by_depth():
 
 
 def test_separation_and_dimensionality_against_depth_and_time():
-    measures = {"separation": np.array([0.1, 0.2, 0.6]), "n90": np.array([4, 3, 1]), "participation": np.array([3.0, 2.0, 1.0])}
-    figure = views.depth_metrics_figure(LAYERS, measures, epoch=3, initial=measures, input_separation=0.05, chosen="dense_0")
+    measures = {
+        "separation": np.array([0.1, 0.2, 0.6]),
+        "n90": np.array([4, 3, 1]),
+        "participation": np.array([3.0, 2.0, 1.0]),
+    }
+    figure = views.depth_metrics_figure(
+        LAYERS, measures, epoch=3, initial=measures, input_separation=0.05, chosen="dense_0"
+    )
     assert len(traces(figure, "scatter")) == 6  # before training and now, in each of the three panels
-    assert list(figure.data[1].x) == ["input"] + LAYERS and list(figure.data[3].x) == LAYERS  # input only for separation
+    assert (
+        list(figure.data[1].x) == ["input"] + LAYERS and list(figure.data[3].x) == LAYERS
+    )  # input only for separation
     over_time = {key: np.tile(value, (4, 1)) for key, value in measures.items()}
     figure = views.time_metrics_figure(EPOCHS, LAYERS, over_time, epoch=2)
     assert len(figure.data) == 9 and sum(t.showlegend for t in figure.data) == 3
@@ -140,8 +151,18 @@ def test_unit_plane_marks_top_and_bottom_samples_over_the_decision():
     x = np.random.default_rng(1).uniform(-1, 1, (40, 2))
     labels = (x[:, 0] > 0).astype(int)
     probs = np.stack([np.linspace(0, 1, side * side), np.linspace(1, 0, side * side)], axis=1)
-    figure = views.unit_plane_figure(np.arange(side * side, dtype=float), probs, xs, ys, x, labels, [0, 1, 2], [3, 4], unit=7,
-                                     class_names=["left", "right"])
+    figure = views.unit_plane_figure(
+        np.arange(side * side, dtype=float),
+        probs,
+        xs,
+        ys,
+        x,
+        labels,
+        [0, 1, 2],
+        [3, 4],
+        unit=7,
+        class_names=["left", "right"],
+    )
     names = [t.name for t in figure.data if t.type == "scatter"]
     assert names == ["most active", "least active", "left", "right"]
     top = figure.data[1]
@@ -184,8 +205,9 @@ def test_mesh_lines_draw_rows_and_columns_of_the_grid():
 def test_bent_plane_has_a_mesh_and_points_per_panel():
     side = 4
     grid = np.random.default_rng(2).standard_normal((side * side, 2))
-    figure = views.bent_plane_figure([("input", grid), ("dense_0", grid * 2)], np.full((side * side, 3), 1 / 3), side,
-                                     chosen="dense_0")
+    figure = views.bent_plane_figure(
+        [("input", grid), ("dense_0", grid * 2)], np.full((side * side, 3), 1 / 3), side, chosen="dense_0"
+    )
     assert [t.mode for t in figure.data] == ["lines", "markers", "lines", "markers"]
     assert figure.layout.xaxis.title.text == "x1" and figure.layout.xaxis2.title.text == "PC1"
     assert len(figure.layout.shapes) == 1
@@ -223,7 +245,9 @@ def test_kernel_images_of_dense_and_convolution_kernels():
     np.testing.assert_allclose(views.kernel_images(conv, (28, 28, 2))[7], conv[:, :, :, 7].mean(axis=2))
     assert views.kernel_images(np.zeros((10, 4)), (8, 8)) is None  # not one image per unit
     figure = views.image_grid_figure(images[:4], list("abcd"), columns=4, scale=views.UNIT_SCALE, symmetric=True)
-    assert figure.layout.coloraxis.cmin == -1 and max(np.abs(np.asarray(t.z)).max() for t in figure.data) == pytest.approx(1.0)
+    assert figure.layout.coloraxis.cmin == -1 and max(
+        np.abs(np.asarray(t.z)).max() for t in figure.data
+    ) == pytest.approx(1.0)
 
 
 def test_tabular_units_as_feature_z_scores_and_a_table():
@@ -231,12 +255,25 @@ def test_tabular_units_as_feature_z_scores_and_a_table():
     x = rng.standard_normal((50, 3))
     figure = views.unit_feature_figure(x, [0, 1], [2], ["alpha", "beta"])
     (heatmap,) = traces(figure, "heatmap")
-    assert list(heatmap.x) == ["alpha", "beta", "x3"] and list(heatmap.y) == ["top 1 · row 0", "top 2 · row 1", "low 1 · row 2"]
+    assert list(heatmap.x) == ["alpha", "beta", "x3"] and list(heatmap.y) == [
+        "top 1 · row 0",
+        "top 2 · row 1",
+        "low 1 · row 2",
+    ]
     np.testing.assert_allclose(heatmap.z[0], np.clip((x[0] - x.mean(0)) / x.std(0), -3, 3))
-    table = views.unit_examples_table(x, np.array([0, 1] * 25), np.eye(2)[np.zeros(50, int)], [0, 1], [2], ["no", "yes"], ["alpha"])
+    table = views.unit_examples_table(
+        x, np.array([0, 1] * 25), np.eye(2)[np.zeros(50, int)], [0, 1], [2], ["no", "yes"], ["alpha"]
+    )
     assert [row["rank"] for row in table] == ["top 1", "top 2", "low 1"]
-    assert table[1] == {"rank": "top 2", "row": 1, "label": "yes", "prediction": "no", "alpha": round(float(x[1, 0]), 4),
-                        "x2": round(float(x[1, 1]), 4), "x3": round(float(x[1, 2]), 4)}
+    assert table[1] == {
+        "rank": "top 2",
+        "row": 1,
+        "label": "yes",
+        "prediction": "no",
+        "alpha": round(float(x[1, 0]), 4),
+        "x2": round(float(x[1, 1]), 4),
+        "x3": round(float(x[1, 2]), 4),
+    }
 
 
 def test_figures_serialise():

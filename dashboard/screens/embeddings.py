@@ -29,8 +29,10 @@ def first_contact() -> None:
     if not context.can_edit():
         st.info("Record a run with `python -m core train --dataset spiral` (or `core.Recorder` in your own `fit`).")
         return
-    st.markdown(f"Train a small demo: a {DEMO.hidden.replace(',', '-')} ReLU network on the two-arm spiral, "
-                f"{DEMO.epochs} epochs, about half a minute. The charts fill in while it trains.")
+    st.markdown(
+        f"Train a small demo: a {DEMO.hidden.replace(',', '-')} ReLU network on the two-arm spiral, "
+        f"{DEMO.epochs} epochs, about half a minute. The charts fill in while it trains."
+    )
     if st.button("Train a demo run", type="primary", key="demo", icon=":material/play_arrow:"):
         sidebar.start_training(DEMO)
 
@@ -50,31 +52,56 @@ def show(run, view, live: bool) -> None:
 
     st.subheader(f"Every layer at epoch {epoch}")
     pcs = (view.pcx, view.pcy)
-    chart(strip(*key, epoch, pcs), "strip", on_select=_selected("strip", run, epoch, pcs), selection_mode=("points", "box", "lasso"))
+    chart(
+        strip(*key, epoch, pcs),
+        "strip",
+        on_select=_selected("strip", run, epoch, pcs),
+        selection_mode=("points", "box", "lasso"),
+    )
     facts = context.run_facts(run)
     probe_size = facts.probe_size if facts else 0
-    sampled = (f" Each panel draws the same {views.POINTS_PER_PANEL:,} of the {probe_size:,} probe samples; a box or "
-               "lasso selects every sample inside it.") if probe_size > views.POINTS_PER_PANEL else ""
+    sampled = (
+        (
+            f" Each panel draws the same {views.POINTS_PER_PANEL:,} of the {probe_size:,} probe samples; a box or "
+            "lasso selects every sample inside it."
+        )
+        if probe_size > views.POINTS_PER_PANEL
+        else ""
+    )
     labelled = run.meta.get("probe", {}).get("has_labels", True)
-    reading = ("classes that overlap in early layers come apart in later ones" if labelled else
-               "this run has no class labels, so colour by the prediction to see which layer first orders the points by it")
-    st.caption(f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
-               f"layer's variance. Drag a box or lasso to select samples.{sampled}")
+    reading = (
+        "classes that overlap in early layers come apart in later ones"
+        if labelled
+        else "this run has no class labels, so colour by the prediction to see which layer first orders the points by it"
+    )
+    st.caption(
+        f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
+        f"layer's variance. Drag a box or lasso to select samples.{sampled}"
+    )
 
     layer = context.layer_index()
     focus_col, samples_col = st.columns([3, 2], gap="medium")
     with focus_col:
         st.subheader(f"Focus: {plain(run.layers[layer]['name']) if run.layers else 'layer'} over training")
         three = view.dims == "3d"
-        pcs = (view.pcx, view.pcy, view.pcz)
-        chart(focus(*key, layer, epoch, view.dims, pcs), "focus", on_select="ignore" if three else _selected("focus"),
-              selection_mode=("points", "box", "lasso"))
-        within = (f" Fractional epochs are the captures every {run.meta['batch_every']} batches within an epoch."
-                  if run.meta.get("batch_every") else "")
-        st.caption("Press ▶ to replay training in the browser. Every frame shows that epoch's own largest components "
-                   "(PC1 is always the largest), with their signs matched to the frame before, so the cloud never "
-                   "mirror-flips; when two components trade places, the axes trade too and their titles say so."
-                   f"{within}")
+        pcs = (view.pcx, view.pcy, view.pcz)  # type: ignore[assignment]  # 2-D or 3-D
+        chart(
+            focus(*key, layer, epoch, view.dims, pcs),
+            "focus",
+            on_select="ignore" if three else _selected("focus"),
+            selection_mode=("points", "box", "lasso"),
+        )
+        within = (
+            f" Fractional epochs are the captures every {run.meta['batch_every']} batches within an epoch."
+            if run.meta.get("batch_every")
+            else ""
+        )
+        st.caption(
+            "Press ▶ to replay training in the browser. Every frame shows that epoch's own largest components "
+            "(PC1 is always the largest), with their signs matched to the frame before, so the cloud never "
+            "mirror-flips; when two components trade places, the axes trade too and their titles say so."
+            f"{within}"
+        )
     with samples_col:
         selected_samples(run, snapshot, view.sel)
 
@@ -82,14 +109,18 @@ def show(run, view, live: bool) -> None:
     with scree_col:
         st.subheader("Explained variance")
         chart(scree(run.id, count, epoch), "scree")
-        st.caption("How many directions each layer uses: each line adds up a layer's components (colours as in the "
-                   "bars), and the bars count components for 90% of the variance. Layers that compress need few; the "
-                   "output needs about one per class.")
+        st.caption(
+            "How many directions each layer uses: each line adds up a layer's components (colours as in the "
+            "bars), and the bars count components for 90% of the variance. Layers that compress need few; the "
+            "output needs about one per class."
+        )
     with curves_col:
         st.subheader("Training curves")
         chart(views.curves_figure(run.history(), epoch), "curves")
-        st.caption("Train solid, validation dashed. A growing gap between them is overfitting; the dotted line is "
-                   "the epoch on view.")
+        st.caption(
+            "Train solid, validation dashed. A growing gap between them is overfitting; the dotted line is "
+            "the epoch on view."
+        )
 
 
 def chart(spec: dict, key: str, **options) -> None:
@@ -100,21 +131,32 @@ def chart(spec: dict, key: str, **options) -> None:
 def selected_samples(run, snapshot, rows) -> None:
     st.subheader("Selected samples")
     if not rows:
-        st.caption("Select points in the strip or the focus view (box, lasso or click): they are outlined in every "
-                   "layer, listed here, and kept in the link.")
+        st.caption(
+            "Select points in the strip or the focus view (box, lasso or click): they are outlined in every "
+            "layer, listed here, and kept in the link."
+        )
         return
     probe = run.probe()
     dataset = run.info.dataset
     probs = snapshot.array("pred/probs")
-    table = views.sample_table(rows, probe.y, probs, list(dataset.class_names),
-                               features=None if dataset.image_shape else probe.x,
-                               feature_names=list(dataset.feature_names))
+    table = views.sample_table(
+        rows,
+        probe.y,
+        probs,
+        list(dataset.class_names),
+        features=None if dataset.image_shape else probe.x,
+        feature_names=list(dataset.feature_names),
+    )
     correct = sum(1 for row in table if row.get("correct"))
-    st.caption(f"{len(rows)} selected · {correct} of {len(table)} shown predicted correctly at epoch {int(snapshot.epoch)}")
+    st.caption(
+        f"{len(rows)} selected · {correct} of {len(table)} shown predicted correctly at epoch {int(snapshot.epoch)}"
+    )
     if dataset.image_shape and probe.x is not None:
         images = views.thumbnails(probe.x, rows, dataset.image_shape)
-        captions = [plain(f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else r.get("prediction", ""))
-                    for r in table[: len(images)]]  # class names are the user's; captions are Markdown
+        captions = [
+            plain(f"{r['label']}→{r.get('prediction', '?')}" if "label" in r else r.get("prediction", ""))
+            for r in table[: len(images)]
+        ]  # class names are the user's; captions are Markdown
         st.image(images, caption=captions, width=70, clamp=True)
     st.dataframe(table, hide_index=True, height=min(320, 38 + 35 * len(table)))
     st.button("Clear selection", key="clear_selection", on_click=context.set_selection, args=((),))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import streamlit as st
 
 from core.diagnosis import diagnose
@@ -24,13 +23,22 @@ def render() -> None:
     )
     run = context.current_run()
     if run is None:
-        st.info("No run to show: there are no runs in this store yet. Train one from the sidebar or with "
-                "`python -m core train`.")
+        st.info(
+            "No run to show: there are no runs in this store yet. Train one from the sidebar or with "
+            "`python -m core train`."
+        )
         return
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     with left:
-        role = st.segmented_control("Weights", ROLES, default="kernel", required=True, key="grad_role", bind="query-params",
-                                    help="Gradient of the layer's kernel (weight matrix; an embedding's table) or of its bias.")
+        role = st.segmented_control(
+            "Weights",
+            ROLES,
+            default="kernel",
+            required=True,
+            key="grad_role",
+            bind="query-params",
+            help="Gradient of the layer's kernel (weight matrix; an embedding's table) or of its bias.",
+        )
     with right:
         others = context.compare_runs("Overlay other runs")
     context.live_section(run, lambda live: show(run, [o for o in others if o.id != run.id], role or "kernel", live))
@@ -51,8 +59,10 @@ def show(run, others, role: str, live: bool) -> None:
     context.skipped_notice(run, snapshot)
     diagnosis(run, others, keys, has_gradients)
     if not has_gradients:
-        st.info("This run was recorded without targets, so it has no gradients: the charts below show how its weights "
-                "move and what its activations do." + (" Compared runs keep their gradient charts." if others else ""))
+        st.info(
+            "This run was recorded without targets, so it has no gradients: the charts below show how its weights "
+            "move and what its activations do." + (" Compared runs keep their gradient charts." if others else "")
+        )
     shows_gradients = has_gradients or any(_has_gradients(o) for o in others)
 
     if shows_gradients:
@@ -60,25 +70,33 @@ def show(run, others, role: str, live: bool) -> None:
         lines, heat = st.columns(2, gap="medium")
         with lines:
             st.plotly_chart(flow(keys, role, epoch), key="grad_flow", config=CHART_CONFIG)
-            st.caption(f"‖∇ {role}‖ of each layer on the probe set, log scale; dark lines are near the input. Lines that "
-                       "sit orders of magnitude apart mean the early layers get almost no gradient.")
+            st.caption(
+                f"‖∇ {role}‖ of each layer on the probe set, log scale; dark lines are near the input. Lines that "
+                "sit orders of magnitude apart mean the early layers get almost no gradient."
+            )
         with heat:
             st.plotly_chart(heatmap(keys[0], role, epoch), key="grad_heatmap", config=CHART_CONFIG)
-            st.caption("The selected run's norms as colour, layer by epoch (log scale). Dark rows at the top over "
-                       "bright rows at the bottom: the gradient fades on its way back to the input.")
+            st.caption(
+                "The selected run's norms as colour, layer by epoch (log scale). Dark rows at the top over "
+                "bright rows at the bottom: the gradient fades on its way back to the input."
+            )
 
     signal_col, update_col = st.columns(2, gap="medium") if shows_gradients else (None, st.container())
     if signal_col is not None:
         with signal_col:
             st.subheader("Error signal per layer")
             st.plotly_chart(error_signal(keys, epoch), key="error_signal", config=CHART_CONFIG)
-            st.caption("‖∂loss/∂output‖: how much error each hidden layer receives from above. It should stay within "
-                       "an order of magnitude from layer to layer.")
+            st.caption(
+                "‖∂loss/∂output‖: how much error each hidden layer receives from above. It should stay within "
+                "an order of magnitude from layer to layer."
+            )
     with update_col:
         st.subheader("Update-to-weight ratio")
         st.plotly_chart(updates(keys, epoch), key="update_ratio", config=CHART_CONFIG)
-        st.caption("‖Δw‖/‖w‖ per epoch. The green band (1e-5 to 1e-1, centred on the customary 1e-3) is healthy; above "
-                   "it while the loss rises means the learning rate is too high, below it the weights barely move.")
+        st.caption(
+            "‖Δw‖/‖w‖ per epoch. The green band (1e-5 to 1e-1, centred on the customary 1e-3) is healthy; above "
+            "it while the loss rises means the learning rate is too high, below it the weights barely move."
+        )
 
     name = run.layers[layer]["name"] if run.layers else "layer"
     st.subheader(f"Histograms over time: {plain(name)}")
@@ -86,56 +104,79 @@ def show(run, others, role: str, live: bool) -> None:
     if grad_col is not None:
         with grad_col:
             if run.layers and views.histogram_weight(run.layers[layer], role) is None:
-                st.info(f"{plain(name)} ({plain(run.layers[layer].get('type') or 'layer')}) has no {role} weights, so no gradient "
-                        "histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar.")
+                st.info(
+                    f"{plain(name)} ({plain(run.layers[layer].get('type') or 'layer')}) has no {role} weights, so no gradient "
+                    "histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar."
+                )
             else:
-                st.plotly_chart(histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG)
-                st.caption(f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting "
-                           "down toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar.")
+                st.plotly_chart(
+                    histograms(keys[0], layer, "gradient", role, epoch), key="grad_hist", config=CHART_CONFIG
+                )
+                st.caption(
+                    f"Share of |∇ {role}| entries per magnitude bin at each epoch (log colour). A mass drifting "
+                    "down toward 1e-8 and below is a gradient dying out. Pick the layer in the sidebar."
+                )
     with act_col:
         st.plotly_chart(histograms(keys[0], layer, "activation", role, epoch), key="act_hist", config=CHART_CONFIG)
-        st.caption("Share of activation values per bin at each epoch. Mass piling up at a bound (0 and 1 for sigmoid, "
-                   "±1 for tanh) is saturation; a single bar at 0 for ReLU is dead units.")
+        st.caption(
+            "Share of activation values per bin at each epoch. Mass piling up at a bound (0 and 1 for sigmoid, "
+            "±1 for tanh) is saturation; a single bar at 0 for ReLU is dead units."
+        )
 
     st.subheader("Activation percentiles per layer")
     st.plotly_chart(percentiles(keys, epoch, layer), key="percentiles", config=CHART_CONFIG)
     shown = len(views.percentile_panels(len(run.layers), layer))
-    spread = (f" This run has {len(run.layers) - 1} hidden layers: {shown} of them are drawn, spread from first to last, "
-              "with the one chosen in the sidebar." if shown < len(run.layers) - 1 else "")
-    st.caption("As in Glorot & Bengio (2010), figure 2: per hidden layer, the median (line), 25–75% (band) and 2% and "
-               "98% (dotted) of its activations on the probe set. Bands collapsing onto a bound mean saturated units."
-               + spread)
+    spread = (
+        f" This run has {len(run.layers) - 1} hidden layers: {shown} of them are drawn, spread from first to last, "
+        "with the one chosen in the sidebar."
+        if shown < len(run.layers) - 1
+        else ""
+    )
+    st.caption(
+        "As in Glorot & Bengio (2010), figure 2: per hidden layer, the median (line), 25–75% (band) and 2% and "
+        "98% (dotted) of its activations on the probe set. Bands collapsing onto a bound mean saturated units." + spread
+    )
 
     fraction_col, strip_col = st.columns([3, 2], gap="medium")
     with fraction_col:
         st.subheader("Dead and saturated units")
         st.plotly_chart(unit_fractions(keys, epoch), key="unit_fractions", config=CHART_CONFIG)
-        st.caption("Share of each hidden layer's units that are dead (zero on every probe sample) or saturated (at a "
-                   "bound on 95% of them). Either way they pass no gradient.")
+        st.caption(
+            "Share of each hidden layer's units that are dead (zero on every probe sample) or saturated (at a "
+            "bound on 95% of them). Either way they pass no gradient."
+        )
     with strip_col:
         st.subheader("Which units")
         st.plotly_chart(unit_strip(keys[0], epoch), key="unit_strip", config=CHART_CONFIG)
-        st.caption(f"Every unit of every hidden layer at epoch {epoch} (the sidebar's epoch): grey is active, black "
-                   f"dead, red saturated. Layers wider than {views.MAX_UNITS} show their first {views.MAX_UNITS} units.")
+        st.caption(
+            f"Every unit of every hidden layer at epoch {epoch} (the sidebar's epoch): grey is active, black "
+            f"dead, red saturated. Layers wider than {views.MAX_UNITS} show their first {views.MAX_UNITS} units."
+        )
 
     st.subheader("Per-batch gradient norms")
     measured = {key: r.meta["grad_every"] for key, r in zip(keys, [run, *others]) if r.meta.get("grad_every")}
     if not measured:
-        st.caption("Not recorded for this run. Train with `--grad-every 10` (or `Recorder(grad_every=10)`) to measure each "
-                   "layer's gradient norm every 10 batches, between the epoch snapshots.")
+        st.caption(
+            "Not recorded for this run. Train with `--grad-every 10` (or `Recorder(grad_every=10)`) to measure each "
+            "layer's gradient norm every 10 batches, between the epoch snapshots."
+        )
         return
     st.plotly_chart(batch_norms(tuple(measured), epoch), key="batch_norms", config=CHART_CONFIG)
     every = " or ".join(sorted({str(n) for n in measured.values()}))
-    st.caption(f"Each layer's gradient norm (all its weights together) every {every} batches, on a fixed subset of the "
-               "probe: the spikes and drifts that epoch snapshots average away.")
+    st.caption(
+        f"Each layer's gradient norm (all its weights together) every {every} batches, on a fixed subset of the "
+        "probe: the spikes and drifts that epoch snapshots average away."
+    )
 
 
 def diagnosis(run, others, keys, has_gradients: bool) -> None:
     """Callouts at the top: one per finding of the current run, and a line per compared run."""
     findings = findings_for(*keys[0])
     if not findings:
-        st.success(f"No problems found in {plain(run.name)}: " + views.healthy_summary(has_gradients),
-                   icon=":material/check_circle:")
+        st.success(
+            f"No problems found in {plain(run.name)}: " + views.healthy_summary(has_gradients),
+            icon=":material/check_circle:",
+        )
     for finding in findings:
         if finding.severe:
             st.error(finding_text(finding), icon=":material/error:")
@@ -144,15 +185,21 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
     for other, key in zip(others, keys[1:]):
         found = findings_for(*key)
         kinds = ", ".join(dict.fromkeys(f.title.lower() for f in found))
-        st.caption(f"Compared run {plain(other.name)}: "
-                   + (f"{len(found)} finding(s): {plain(kinds)}." if found else "no problems found."))
+        st.caption(
+            f"Compared run {plain(other.name)}: "
+            + (f"{len(found)} finding(s): {plain(kinds)}." if found else "no problems found.")
+        )
 
 
 def finding_text(finding) -> str:
     """A finding's callout: its "Kind:" opening in bold, then the message, whose layer names are the user's, as
     plain text."""
     head, sep, body = finding.message.partition(": ")
-    return f"**{plain(head)}.** {plain_with_code(body[:1].upper() + body[1:])}" if sep else plain_with_code(finding.message)
+    return (
+        f"**{plain(head)}.** {plain_with_code(body[:1].upper() + body[1:])}"
+        if sep
+        else plain_with_code(finding.message)
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -177,7 +224,11 @@ def _has_gradients(run) -> bool:
     """Whether the recorder measured gradients: it needs targets to compute a loss, class labels or regression
     targets alike, so this asks the snapshots rather than whether the probe has class labels."""
     snapshots = run.epoch_snapshots()
-    return any(isinstance(snapshots[-1].layer(i).get("grad"), dict) for i in range(len(run.layers))) if snapshots else False
+    return (
+        any(isinstance(snapshots[-1].layer(i).get("grad"), dict) for i in range(len(run.layers)))
+        if snapshots
+        else False
+    )
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
@@ -210,7 +261,9 @@ def histograms(key, layer, kind, role, epoch):
     run = _run(key[0])
     snapshots = views.bounded_snapshots(run, epoch)
     if kind == "gradient":
-        return views.histogram_heatmap_figure(views.gradient_histograms(run, snapshots, layer, role), f"|∇ {role}| histogram", epoch)
+        return views.histogram_heatmap_figure(
+            views.gradient_histograms(run, snapshots, layer, role), f"|∇ {role}| histogram", epoch
+        )
     return views.histogram_heatmap_figure(views.activation_histograms(snapshots, layer), "activation histogram", epoch)
 
 
@@ -233,4 +286,6 @@ def unit_strip(key, epoch):
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def batch_norms(keys, epoch):
-    return views.batch_norm_figure([norms for key in keys if (norms := views.batch_norms(_run(key[0]))) is not None], epoch)
+    return views.batch_norm_figure(
+        [norms for key in keys if (norms := views.batch_norms(_run(key[0]))) is not None], epoch
+    )

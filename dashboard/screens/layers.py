@@ -19,10 +19,14 @@ def render() -> None:
     st.title("Layers")
     run = context.current_run()
     if run is None:
-        st.info("No run to show yet: record one with `python -m core train --dataset spiral` or the sidebar's ➕ New run.")
+        st.info(
+            "No run to show yet: record one with `python -m core train --dataset spiral` or the sidebar's ➕ New run."
+        )
         return
-    st.caption("Numbers and concrete examples for what each layer and each unit has learned. Pick the layer and the "
-               "epoch in the sidebar; every choice here is kept in the link.")
+    st.caption(
+        "Numbers and concrete examples for what each layer and each unit has learned. Pick the layer and the "
+        "epoch in the sidebar; every choice here is kept in the link."
+    )
     context.live_section(run, lambda live: show(run, live))
 
 
@@ -69,7 +73,7 @@ def chart(where, name: str, figure, title: str | None = None, labelled: bool = T
     where.caption(views.caption(name, labelled))
 
 
-def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) -> None:
+def units(run, snapshot, layer: int, key: tuple[str, int, int], components: tuple[int, int]) -> None:
     name = run.layers[layer]["name"] if run.layers else "layer"
     count = unit_count(snapshot, layer)
     st.header(f"Units of {plain(name)}")
@@ -81,14 +85,23 @@ def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) ->
     dead = is_dead(snapshot, layer, unit)
     mean = snapshot.layer_array(layer, "unit_mean")
     facts = [f"unit {unit} of {count}", f"mean activation {float(mean[unit]):.3g}"]
-    st.markdown(" · ".join(facts + (["**dead**: zero for every probe sample, so no sample drives it more than another"] if dead else [])))
+    st.markdown(
+        " · ".join(
+            facts
+            + (["**dead**: zero for every probe sample, so no sample drives it more than another"] if dead else [])
+        )
+    )
     examples = unit_examples(snapshot, layer, unit)
     if examples is None and not dead:
-        st.info(f"No probe samples are ranked for unit {unit} at epoch {key[2]}: the recorder ranks the first 256 units "
-                "of a layer, and none while its outputs are not finite.")
+        st.info(
+            f"No probe samples are ranked for unit {unit} at epoch {key[2]}: the recorder ranks the first 256 units "
+            "of a layer, and none while its outputs are not finite."
+        )
     if dataset.image_shape and probe.x is not None:
         if examples is not None:
-            chart(st, "unit_images", unit_images(*key, layer, unit), f"Unit {unit}: its most and least activating images")
+            chart(
+                st, "unit_images", unit_images(*key, layer, unit), f"Unit {unit}: its most and least activating images"
+            )
         if snapshot.layer_array(layer, "unit_top") is not None:
             chart(st, "prototypes", prototypes(*key, layer, unit), "Every unit's favourite input")
         kernel = kernel_figure(*key, layer, unit)
@@ -99,11 +112,19 @@ def units(run, snapshot, layer: int, key: tuple, components: tuple[int, int]) ->
         chart(st, "unit_plane", unit_plane(*key, layer, unit), f"Unit {unit} and the decision boundary")
         chart(st, "bent_plane", bent_plane(*key, layer, components), "How each layer bends the input plane")
     elif examples is not None and probe.x is not None:
-        chart(st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples")
+        chart(
+            st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples"
+        )
     if examples is not None:
-        table = views.unit_examples_table(None if dataset.image_shape else probe.x, probe.y,
-                                          snapshot.array("pred/probs"), examples.top, examples.bottom,
-                                          list(dataset.class_names), list(dataset.feature_names))
+        table = views.unit_examples_table(
+            None if dataset.image_shape else probe.x,
+            probe.y,
+            snapshot.array("pred/probs"),
+            examples.top,
+            examples.bottom,
+            list(dataset.class_names),
+            list(dataset.feature_names),
+        )
         with st.expander(f"The {len(examples.top)} most and least activating probe samples of unit {unit}"):
             st.dataframe(table, hide_index=True)
 
@@ -127,11 +148,18 @@ def unit_picker(count: int, layer_name: str) -> int:
     """The `unit` control, bound to the link. A link's unit this layer does not have falls back to unit 0."""
     requested = st.query_params.get("unit")
     if requested is not None and requested not in {str(u) for u in range(count)}:
-        st.warning(f"The link's {plain('unit=' + requested[:20])} is not a unit of {plain(layer_name)} (0–{count - 1}); "
-                   "showing unit 0.",
-                   icon=":material/link_off:")
-    unit = st.selectbox("Unit", list(range(count)), key="unit", bind="query-params",
-                        help="The unit (channel, for convolutions) of the chosen layer whose samples are shown.")
+        st.warning(
+            f"The link's {plain('unit=' + requested[:20])} is not a unit of {plain(layer_name)} (0–{count - 1}); "
+            "showing unit 0.",
+            icon=":material/link_off:",
+        )
+    unit = st.selectbox(
+        "Unit",
+        list(range(count)),
+        key="unit",
+        bind="query-params",
+        help="The unit (channel, for convolutions) of the chosen layer whose samples are shown.",
+    )
     return int(unit or 0)
 
 
@@ -172,8 +200,9 @@ def held_out(run_id: str) -> tuple[int, int]:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def probe_heatmap(run_id, count, epoch):
     found = layer_metrics(run_id, count)
-    return views.probe_heatmap(found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)),
-                               held_out(run_id)[0])
+    return views.probe_heatmap(
+        found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)), held_out(run_id)[0]
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -181,9 +210,17 @@ def probe_depth(run_id, count, epoch, chosen):
     found = layer_metrics(run_id, count)
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
-    return views.probe_depth_figure(found.layers, found.probe[row], found.input_probe, found.epochs[row], initial,
-                                    _chance(_run(run_id)), chosen, initial_epoch=found.epochs[0],
-                                    held_out=held_out(run_id)[0])
+    return views.probe_depth_figure(
+        found.layers,
+        found.probe[row],
+        found.input_probe,
+        found.epochs[row],
+        initial,
+        _chance(_run(run_id)),
+        chosen,
+        initial_epoch=found.epochs[0],
+        held_out=held_out(run_id)[0],
+    )
 
 
 def probe_reliability(run_id, count, epoch, layer: int) -> str:
@@ -217,8 +254,15 @@ def depth_metrics(run_id, count, epoch, chosen):
     found = layer_metrics(run_id, count)
     row = found.at(epoch)
     initial = _measures(found, 0) if row > 0 else None
-    return views.depth_metrics_figure(found.layers, _measures(found, row), found.epochs[row], initial, found.input_separation,
-                                      chosen, initial_epoch=found.epochs[0])
+    return views.depth_metrics_figure(
+        found.layers,
+        _measures(found, row),
+        found.epochs[row],
+        initial,
+        found.input_separation,
+        chosen,
+        initial_epoch=found.epochs[0],
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -231,8 +275,13 @@ def time_metrics(run_id, count, epoch):
 def unit_grid(run_id, count, epoch, layer, unit):
     snapshot = _snapshot(_run(run_id), epoch)
     plane = _run(run_id).probe().plane
-    return views.unit_grid_figure(snapshot.layer_array(layer, "plane_units"), plane["xs"], plane["ys"], unit,
-                                  snapshot.layer_array(layer, "dead_units"))
+    return views.unit_grid_figure(
+        snapshot.layer_array(layer, "plane_units"),
+        plane["xs"],
+        plane["ys"],
+        unit,
+        snapshot.layer_array(layer, "dead_units"),
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -241,9 +290,18 @@ def unit_plane(run_id, count, epoch, layer, unit):
     snapshot, probe = _snapshot(run, epoch), run.probe()
     examples = unit_examples(snapshot, layer, unit)
     top, bottom = (examples.top, examples.bottom) if examples else ([], [])
-    return views.unit_plane_figure(snapshot.layer_array(layer, "plane_units")[:, unit], snapshot.array("pred/plane_probs"),
-                                   probe.plane["xs"], probe.plane["ys"], probe.x, probe.y, top, bottom, unit,
-                                   list(run.info.dataset.class_names))
+    return views.unit_plane_figure(
+        snapshot.layer_array(layer, "plane_units")[:, unit],
+        snapshot.array("pred/plane_probs"),
+        probe.plane["xs"],
+        probe.plane["ys"],
+        probe.x,
+        probe.y,
+        top,
+        bottom,
+        unit,
+        list(run.info.dataset.class_names),
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -256,11 +314,18 @@ def bent_plane(run_id, count, epoch, layer, components):
         projection = snapshot.projection(index, "plane_pca")
         if projection is not None:  # a layer with fewer components than asked for is flat along the missing ones
             coords = projection.coords
-            picked = [coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components]
+            picked = [
+                coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components
+            ]
             panels.append((info.get("name", f"layer {index}"), np.stack(picked, axis=1)))
     chosen = run.layers[layer].get("name") if run.layers else None
-    return views.bent_plane_figure(panels, snapshot.array("pred/plane_probs"), len(plane["xs"]), chosen,
-                                   (f"PC{components[0]}", f"PC{components[1]}"))
+    return views.bent_plane_figure(
+        panels,
+        snapshot.array("pred/plane_probs"),
+        len(plane["xs"]),
+        chosen,
+        (f"PC{components[0]}", f"PC{components[1]}"),
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -274,8 +339,9 @@ def unit_features(run_id, count, epoch, layer, unit):
 def unit_images(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples, dataset = unit_examples(_snapshot(run, epoch), layer, unit), run.info.dataset
-    return views.unit_images_figure(run.probe().x, examples.top, examples.bottom, dataset.image_shape, run.probe().y,
-                                    list(dataset.class_names))
+    return views.unit_images_figure(
+        run.probe().x, examples.top, examples.bottom, dataset.image_shape, run.probe().y, list(dataset.class_names)
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -283,7 +349,9 @@ def prototypes(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     snapshot = _snapshot(run, epoch)
     dead = snapshot.layer_array(layer, "dead_units")
-    images = views.prototype_images(run.probe().x, snapshot.layer_array(layer, "unit_top"), run.info.dataset.image_shape, dead)
+    images = views.prototype_images(
+        run.probe().x, snapshot.layer_array(layer, "unit_top"), run.info.dataset.image_shape, dead
+    )
     titles = [f"{u}" + (" · dead" if dead is not None and dead[u] else "") for u in range(len(images))]
     return views.image_grid_figure(images, titles, views.GRID_COLUMNS * 2, chosen=unit)
 
@@ -300,5 +368,11 @@ def kernel_figure(run_id, count, epoch, layer, unit):
     images = views.kernel_images(snapshot.layer_array(kernel_layer, "kernel"), run.info.dataset.image_shape)
     if images is None:
         return None
-    return views.image_grid_figure(images, [str(u) for u in range(len(images))], views.GRID_COLUMNS * 2, scale=views.UNIT_SCALE,
-                                   symmetric=True, chosen=unit if kernel_layer == layer else None)
+    return views.image_grid_figure(
+        images,
+        [str(u) for u in range(len(images))],
+        views.GRID_COLUMNS * 2,
+        scale=views.UNIT_SCALE,
+        symmetric=True,
+        chosen=unit if kernel_layer == layer else None,
+    )

@@ -21,8 +21,10 @@ def render() -> None:
     store = context.store()
     histories = {s.id: _history(store, s.id) for s in summaries}
     st.dataframe(views.run_rows(summaries, histories), hide_index=True, key="run_list")
-    st.caption("Pick a run in the sidebar to view it. Status `interrupted` means training stopped early (cancelled, "
-               "or its process died); its snapshots up to then are intact.")
+    st.caption(
+        "Pick a run in the sidebar to view it. Status `interrupted` means training stopped early (cancelled, "
+        "or its process died); its snapshots up to then are intact."
+    )
 
     st.subheader("Compare")
     current = context.current_run()
@@ -45,11 +47,14 @@ def damaged(summaries) -> None:
     """The runs the store cannot read fully, each with its reason: listed, never hidden, never fatal."""
     if not summaries:
         return
-    st.warning(f"{len(summaries)} run(s) in this store cannot be read fully. Runs whose run.json is damaged cannot be "
-               "opened; the others open without what needs the damaged file. Every other run is unaffected.",
-               icon=":material/broken_image:")
-    st.dataframe([{"id": s.id, "status": s.status, "why": s.damaged} for s in summaries], hide_index=True,
-                 key="damaged_list")
+    st.warning(
+        f"{len(summaries)} run(s) in this store cannot be read fully. Runs whose run.json is damaged cannot be "
+        "opened; the others open without what needs the damaged file. Every other run is unaffected.",
+        icon=":material/broken_image:",
+    )
+    st.dataframe(
+        [{"id": s.id, "status": s.status, "why": s.damaged} for s in summaries], hide_index=True, key="damaged_list"
+    )
 
 
 def manage(run) -> None:
@@ -61,8 +66,15 @@ def manage(run) -> None:
         st.button("Download as zip", disabled=True, icon=":material/download:", key="download_refused")
         st.caption(plain(error))
     else:  # the archive is built when clicked, in a temporary file (see RunStore.zip_file)
-        st.download_button("Download as zip", data=lambda: context.store().zip_file(run.id), file_name=f"{run.id}.zip",
-                           mime="application/zip", on_click="ignore", icon=":material/download:", key="download")
+        st.download_button(
+            "Download as zip",
+            data=lambda: context.store().zip_file(run.id),
+            file_name=f"{run.id}.zip",
+            mime="application/zip",
+            on_click="ignore",
+            icon=":material/download:",
+            key="download",
+        )
     if not verdict.can_edit:
         st.caption(plain(verdict.why))
         return
@@ -71,8 +83,12 @@ def manage(run) -> None:
         if st.form_submit_button("Rename"):
             _rename(run.id, name)
     running = run.status == "running"
-    confirm = st.checkbox(f"Yes, delete {plain(run.name)} and all of its snapshots", key="confirm_delete", disabled=running)
-    st.button("Delete run", type="primary", disabled=not confirm or running, on_click=_delete, args=(run.id,), key="delete")
+    confirm = st.checkbox(
+        f"Yes, delete {plain(run.name)} and all of its snapshots", key="confirm_delete", disabled=running
+    )
+    st.button(
+        "Delete run", type="primary", disabled=not confirm or running, on_click=_delete, args=(run.id,), key="delete"
+    )
     if running:
         st.caption("Cancel training (sidebar) before deleting this run.")
 
@@ -82,8 +98,12 @@ def upload() -> None:
     if not context.can_edit():
         return
     st.subheader("Import a run")
-    st.file_uploader("Run zip", type="zip", key="import_zip",
-                     help="A run downloaded as a zip from a Strata dashboard. It is added under a new id.")
+    st.file_uploader(
+        "Run zip",
+        type="zip",
+        key="import_zip",
+        help="A run downloaded as a zip from a Strata dashboard. It is added under a new id.",
+    )
     st.button("Import", on_click=_import, disabled=st.session_state.get("import_zip") is None, key="import_run")
     if st.session_state.get("import_result"):
         st.text(st.session_state["import_result"])  # plain text: a refusal may quote names from the archive

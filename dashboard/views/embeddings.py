@@ -151,8 +151,14 @@ def columns(coords: np.ndarray, components: tuple[int, ...]) -> list[np.ndarray]
 # whenever it is handed a template object it has not seen, which Streamlit does on every mount.
 INK, MUTED, GRID = "#262730", "#808495", "#e6eaf1"
 FONT = dict(family='"Source Sans", sans-serif', size=12, color=MUTED)
-AXIS_STYLE = dict(gridcolor=GRID, zerolinecolor=GRID, tickcolor=GRID, linecolor=GRID, tickfont=dict(color=MUTED, size=12),
-                  automargin=True)
+AXIS_STYLE = dict(
+    gridcolor=GRID,
+    zerolinecolor=GRID,
+    tickcolor=GRID,
+    linecolor=GRID,
+    tickfont=dict(color=MUTED, size=12),
+    automargin=True,
+)
 
 
 def figure(data: list[dict], layout: dict, frames: list[dict] | None = None) -> dict:
@@ -174,8 +180,12 @@ def figure(data: list[dict], layout: dict, frames: list[dict] | None = None) -> 
 
 def _styled(layout: dict) -> dict:
     """`layout` in the dashboard's chart style; what the layout sets itself wins."""
-    styled: dict[str, Any] = dict(font=FONT, paper_bgcolor="#ffffff", plot_bgcolor="#ffffff",
-                  hoverlabel=dict(bgcolor="#ffffff", bordercolor="rgba(31, 36, 48, 0.2)", font=dict(FONT, color=INK)))
+    styled: dict[str, Any] = dict(
+        font=FONT,
+        paper_bgcolor="#ffffff",
+        plot_bgcolor="#ffffff",
+        hoverlabel=dict(bgcolor="#ffffff", bordercolor="rgba(31, 36, 48, 0.2)", font=dict(FONT, color=INK)),
+    )
     styled.update(layout)
     legend = styled.get("legend")
     if legend is not None:
@@ -188,7 +198,9 @@ def _styled(layout: dict) -> dict:
             styled[key] = axis
     scene = styled.get("scene")
     if isinstance(scene, dict):
-        styled["scene"] = {k: ({**AXIS_STYLE, **v} if k.endswith("axis") and isinstance(v, dict) else v) for k, v in scene.items()}
+        styled["scene"] = {
+            k: ({**AXIS_STYLE, **v} if k.endswith("axis") and isinstance(v, dict) else v) for k, v in scene.items()
+        }
         for axis_name in ("xaxis", "yaxis", "zaxis"):
             styled["scene"].get(axis_name, {}).pop("automargin", None)
     return styled
@@ -246,7 +258,9 @@ def untyped(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def grid(count: int, width: int, titles: list[str], hgap: float = 0.04, vgap: float = 0.14) -> tuple[dict, list[tuple[str, str]]]:
+def grid(
+    count: int, width: int, titles: list[str], hgap: float = 0.04, vgap: float = 0.14
+) -> tuple[dict, list[tuple[str, str]]]:
     """Layout of `count` small 2-D panels in rows of `width`, and each panel's (xaxis, yaxis) trace references."""
     width = max(1, min(width, count))
     height = max(1, math.ceil(count / width))
@@ -260,8 +274,19 @@ def grid(count: int, width: int, titles: list[str], hgap: float = 0.04, vgap: fl
         x0, y1 = col * (w + hgap), 1 - row * (h + vgap)
         layout[f"xaxis{n}"] = dict(domain=_unit([x0, x0 + w]), anchor=f"y{n}", type="linear")  # no type sniffing
         layout[f"yaxis{n}"] = dict(domain=_unit([y1 - h, y1]), anchor=f"x{n}", type="linear")
-        layout["annotations"].append(dict(text=titles[index] if index < len(titles) else "", x=x0 + w / 2, y=y1, xref="paper",
-                                          yref="paper", xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
+        layout["annotations"].append(
+            dict(
+                text=titles[index] if index < len(titles) else "",
+                x=x0 + w / 2,
+                y=y1,
+                xref="paper",
+                yref="paper",
+                xanchor="center",
+                yanchor="bottom",
+                showarrow=False,
+                font=dict(size=12),
+            )
+        )
         refs.append((f"x{n}", f"y{n}"))
     return layout, refs
 
@@ -276,15 +301,30 @@ def _base_layout(height: int, legend_title: str = "", margin: dict | None = None
     return dict(
         height=height,
         margin=margin or dict(l=10, r=10, t=40, b=10),
-        legend=dict(title=dict(text=legend_title), orientation="h", yanchor="bottom", y=1.04, xanchor="left", x=0,
-                    itemsizing="constant"),
+        legend=dict(
+            title=dict(text=legend_title),
+            orientation="h",
+            yanchor="bottom",
+            y=1.04,
+            xanchor="left",
+            x=0,
+            itemsizing="constant",
+        ),
         hovermode="closest",
         uirevision="strata",  # keep zoom and legend toggles across reruns that only restyle
     )
 
 
-def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, opacity: float,
-            legend: bool = True, **extra) -> list[dict]:
+def _clouds(
+    kind: str,
+    coords: list[np.ndarray],
+    rows: np.ndarray,
+    color: Coloring,
+    size: float,
+    opacity: float,
+    legend: bool = True,
+    **extra,
+) -> list[dict]:
     """The probe `rows` as one trace per category (see `_groups`); `legend` lists the categories (and a colour bar
     for continuous values). Every trace carries its probe rows as `customdata` and `meta="points"`."""
     traces = []
@@ -293,11 +333,17 @@ def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colori
             marker = dict(size=size, opacity=opacity, **color.marker(members))
             if legend and not color.categorical:
                 marker.update(showscale=True, colorbar=dict(title=dict(text=color.scale_title), thickness=10))
-            trace = dict(name="points", showlegend=False, marker=marker, hovertemplate="row %{customdata}<extra></extra>")
+            trace = dict(
+                name="points", showlegend=False, marker=marker, hovertemplate="row %{customdata}<extra></extra>"
+            )
         else:
             name = color.names[category]
-            trace = dict(name=name, showlegend=legend, hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
-                         marker=dict(size=size, opacity=opacity, color=category_colour(category)))
+            trace = dict(
+                name=name,
+                showlegend=legend,
+                hovertemplate=f"row %{{customdata}} · {name}<extra></extra>",
+                marker=dict(size=size, opacity=opacity, color=category_colour(category)),
+            )
         trace.update(type=kind, mode="markers", customdata=plain(members), meta="points", **extra)
         traces.append(trace | _positions(coords, members, plain))
     return traces
@@ -306,8 +352,17 @@ def _clouds(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Colori
 def _highlight(kind: str, coords: list[np.ndarray], rows: np.ndarray, color: Coloring, size: float, **extra) -> dict:
     """The selected `rows`, drawn large and outlined on top (`meta="selected"`)."""
     marker = dict(size=size + 4, opacity=1.0, line=dict(width=1.5, color=SELECTED_OUTLINE), **color.marker(rows))
-    trace = dict(type=kind, mode="markers", name="selected", meta="selected", showlegend=False, customdata=plain(rows),
-                 marker=marker, hovertemplate="row %{customdata} (selected)<extra></extra>", **extra)
+    trace = dict(
+        type=kind,
+        mode="markers",
+        name="selected",
+        meta="selected",
+        showlegend=False,
+        customdata=plain(rows),
+        marker=marker,
+        hovertemplate="row %{customdata} (selected)<extra></extra>",
+        **extra,
+    )
     return trace | _positions(coords, rows, plain)
 
 
@@ -376,8 +431,12 @@ def strip_figure(
         n = xref[1:]
         ranges = _balanced([_span([coords[0][rows]]), _span([coords[1][rows]])])
         for axis, component, span in (("xaxis", components[0], ranges[0]), ("yaxis", components[1], ranges[1])):
-            layout[axis + n].update(title=dict(text=axis_title(component, panel.variance), font=dict(size=11), standoff=2),
-                                    range=span, showticklabels=False, zeroline=False)
+            layout[axis + n].update(
+                title=dict(text=axis_title(component, panel.variance), font=dict(size=11), standoff=2),
+                range=span,
+                showticklabels=False,
+                zeroline=False,
+            )
     layout["legend"].update(itemclick=False, itemdoubleclick=False, y=1.07)  # a colour key: one entry per class
     return figure(data + _legend_key(color), layout)
 
@@ -385,9 +444,19 @@ def strip_figure(
 def _legend_key(color: Coloring) -> list[dict]:
     """Empty traces that only draw the legend, one per category. The strip's own traces stay out of the legend:
     linking ~80 traces by legend group costs the browser a fifth of a second before the first chart shows."""
-    return [dict(type="scatter", x=[None], y=[None], mode="markers", name=name, showlegend=True, hoverinfo="skip",
-                 marker=dict(color=category_colour(index), size=9))
-            for index, name in enumerate(color.names if len(color.names) <= CLASS_TRACES else ())]
+    return [
+        dict(
+            type="scatter",
+            x=[None],
+            y=[None],
+            mode="markers",
+            name=name,
+            showlegend=True,
+            hoverinfo="skip",
+            marker=dict(color=category_colour(index), size=9),
+        )
+        for index, name in enumerate(color.names if len(color.names) <= CLASS_TRACES else ())
+    ]
 
 
 def _valid_rows(selected, count: int) -> np.ndarray:
@@ -457,7 +526,9 @@ def focus_figure(
 
     def moved(frame: Frame) -> list[dict]:
         coords = columns(frame.coords, axes)
-        highlight = dict(type=kind, marker=dict(color=typed(frame.color.values[chosen]))) if recolour else dict(type=kind)
+        highlight = (
+            dict(type=kind, marker=dict(color=typed(frame.color.values[chosen]))) if recolour else dict(type=kind)
+        )
         return _moved(kind, coords, rows, frame.color, recolour) + [highlight | _positions(coords, chosen, typed)]
 
     layout = _base_layout(620, shown.color.title, dict(l=68, r=10, t=104, b=128))
@@ -511,17 +582,30 @@ def _play_buttons() -> dict:
     play = dict(frame=dict(duration=400, redraw=True), fromcurrent=True, transition=dict(duration=0), mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), mode="immediate", transition=dict(duration=0))
     return dict(
-        type="buttons", direction="left", x=0, y=0, xanchor="left", yanchor="top", pad=dict(t=58, r=8),
+        type="buttons",
+        direction="left",
+        x=0,
+        y=0,
+        xanchor="left",
+        yanchor="top",
+        pad=dict(t=58, r=8),
         showactive=False,
-        buttons=[dict(label="▶ Play", method="animate", args=[None, play]),
-                 dict(label="❚❚ Pause", method="animate", args=[[None], pause])],
+        buttons=[
+            dict(label="▶ Play", method="animate", args=[None, play]),
+            dict(label="❚❚ Pause", method="animate", args=[[None], pause]),
+        ],
     )
 
 
 def _epoch_slider(frames: list[Frame], start: int) -> dict:
     step = dict(frame=dict(duration=0, redraw=True), mode="immediate", transition=dict(duration=0))
     return dict(
-        active=start, x=0.2, len=0.8, y=0, yanchor="top", pad=dict(t=40, b=0),
+        active=start,
+        x=0.2,
+        len=0.8,
+        y=0,
+        yanchor="top",
+        pad=dict(t=40, b=0),
         currentvalue=dict(prefix="epoch ", font=dict(size=12)),
         steps=[dict(label=f.name, method="animate", args=[[f.name], step]) for f in frames],
     )
@@ -531,7 +615,9 @@ def _epoch_slider(frames: list[Frame], start: int) -> dict:
 # 3. Selected samples
 
 
-def selection_rows(event: dict | None, panels: list[Panel] | None = None, components: tuple[int, int] = (1, 2)) -> tuple[int, ...]:
+def selection_rows(
+    event: dict | None, panels: list[Panel] | None = None, components: tuple[int, int] = (1, 2)
+) -> tuple[int, ...]:
     """Probe rows picked in a plotly selection event.
 
     Clicked points carry their row as `customdata`. With `panels` (the strip's, in grid order), a box or lasso
@@ -659,20 +745,43 @@ def scree_figure(names: list[str], variances: list, n90: list[int | None] | None
     layout["annotations"][0]["x"], layout["annotations"][1]["x"] = 0.275, 0.84
     data, counts = [], []
     for index, (name, variance) in enumerate(zip(names, variances)):
-        ratios = np.sort(np.asarray([v for v in (variance if variance is not None else []) if v is not None], dtype=np.float64))[::-1]
+        ratios = np.sort(
+            np.asarray([v for v in (variance if variance is not None else []) if v is not None], dtype=np.float64)
+        )[::-1]
         counts.append((n90[index] if n90 and n90[index] is not None else None) or components_for(ratios))
-        data.append(dict(type="scatter", x=list(range(1, len(ratios) + 1)), y=np.cumsum(ratios).round(4).tolist(), mode="lines+markers", name=name,
-                         line=dict(color=category_colour(index)), showlegend=False,
-                         hovertemplate=f"{name}: %{{y:.0%}} in %{{x}} components<extra></extra>"))
+        data.append(
+            dict(
+                type="scatter",
+                x=list(range(1, len(ratios) + 1)),
+                y=np.cumsum(ratios).round(4).tolist(),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=category_colour(index)),
+                showlegend=False,
+                hovertemplate=f"{name}: %{{y:.0%}} in %{{x}} components<extra></extra>",
+            )
+        )
     stored = [len(v) if v is not None else 0 for v in variances]
-    data.append(dict(type="bar", x=names, y=[c or k for c, k in zip(counts, stored)], text=[str(c) if c else f"> {k}" for c, k in zip(counts, stored)],
-                     textposition="outside", showlegend=False, xaxis="x2", yaxis="y2",
-                     marker=dict(color=[category_colour(i) for i in range(len(names))])))
+    data.append(
+        dict(
+            type="bar",
+            x=names,
+            y=[c or k for c, k in zip(counts, stored)],
+            text=[str(c) if c else f"> {k}" for c, k in zip(counts, stored)],
+            textposition="outside",
+            showlegend=False,
+            xaxis="x2",
+            yaxis="y2",
+            marker=dict(color=[category_colour(i) for i in range(len(names))]),
+        )
+    )
     layout["xaxis"].update(title=dict(text="component"), dtick=1)
     layout["yaxis"].update(range=[0, 1.05], tickformat=".0%")
     layout["xaxis2"]["type"] = "category"
     layout["yaxis2"].update(title=dict(text="components"), rangemode="tozero")
-    layout["shapes"] = [dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=0.9, y1=0.9, line=dict(dash="dot", color="grey"))]
+    layout["shapes"] = [
+        dict(type="line", xref="x domain", yref="y", x0=0, x1=1, y0=0.9, y1=0.9, line=dict(dash="dot", color="grey"))
+    ]
     layout.update(_base_layout(360, margin=dict(l=50, r=10, t=40, b=80)))  # the bars name the layers: no legend
     return figure(data, layout)
 
@@ -692,11 +801,33 @@ def curves_figure(history: dict, epoch: int | None = None) -> dict:
             values = history.get(key)
             if values and any(v is not None for v in values):
                 label = "train" if key == metric else "validation"
-                data.append(dict(type="scatter", x=epochs, y=[None if v is None else v for v in values], mode="lines", name=label,
-                                 line=dict(dash=dash, color=colour), legendgroup=label, showlegend=xref == "x", xaxis=xref, yaxis=yref))
+                data.append(
+                    dict(
+                        type="scatter",
+                        x=epochs,
+                        y=[None if v is None else v for v in values],
+                        mode="lines",
+                        name=label,
+                        line=dict(dash=dash, color=colour),
+                        legendgroup=label,
+                        showlegend=xref == "x",
+                        xaxis=xref,
+                        yaxis=yref,
+                    )
+                )
         if epoch is not None:
-            shapes.append(dict(type="line", xref=xref, yref=f"{yref} domain", x0=epoch, x1=epoch, y0=0, y1=1,
-                               line=dict(color="grey", dash="dot")))
+            shapes.append(
+                dict(
+                    type="line",
+                    xref=xref,
+                    yref=f"{yref} domain",
+                    x0=epoch,
+                    x1=epoch,
+                    y0=0,
+                    y1=1,
+                    line=dict(color="grey", dash="dot"),
+                )
+            )
         layout["xaxis" + xref[1:]]["title"] = dict(text="epoch")
     layout.update(_base_layout(300, margin=dict(l=28, r=10, t=64, b=68)), shapes=shapes)
     layout["legend"].update(y=1.12, x=1, xanchor="right")

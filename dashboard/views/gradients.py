@@ -25,7 +25,9 @@ MAX_UNITS = 512  # units per layer in the unit strip
 MAX_BATCH_POINTS = 4000  # per-batch measurements per layer that reach the browser
 HISTOGRAM_BINS = 60  # common grid the per-snapshot activation histograms are rebinned onto
 DEPTH_SCALE = "Plasma"
-SHARE_SCALE = sequential.Magma[1:][::-1]  # shares: light = rare, dark = common; no near-black, which Streamlit's theme recolours
+SHARE_SCALE = sequential.Magma[1:][
+    ::-1
+]  # shares: light = rare, dark = common; no near-black, which Streamlit's theme recolours
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # one per run: the current run is solid
 HEALTHY_BAND = (Thresholds().update_ratio_low, Thresholds().update_ratio_high)  # per epoch, centred on 1e-3 in log
 UNIT_STATES = ("active", "dead", "saturated")
@@ -124,7 +126,9 @@ def _style(figure: go.Figure, height: int, legend: bool = True) -> go.Figure:
     figure.update_layout(
         height=height,
         margin=dict(l=10, r=10, t=36, b=10),
-        legend=dict(orientation="v", yanchor="top", y=1, x=1.02, xanchor="left", title="", font_size=11, tracegroupgap=1),
+        legend=dict(
+            orientation="v", yanchor="top", y=1, x=1.02, xanchor="left", title="", font_size=11, tracegroupgap=1
+        ),
         showlegend=legend,
         hovermode="closest",
         uirevision="strata-gradients",  # keep zoom and legend toggles across live refreshes
@@ -141,9 +145,13 @@ def _epoch_marker(figure: go.Figure, epoch: int | None, **where) -> None:
 def healthy_summary(has_gradients: bool) -> str:
     """What a run without findings was checked for: the gradient claims only when gradients were measured."""
     if has_gradients:
-        return "gradients reach every layer, no layer is mostly dead or saturated, and the update sizes are in their band."
-    return ("no layer is mostly dead or saturated, and the update sizes are in their band. Gradients were not measured "
-            "(the run has no labels to compute a loss), so whether they reach every layer is unknown.")
+        return (
+            "gradients reach every layer, no layer is mostly dead or saturated, and the update sizes are in their band."
+        )
+    return (
+        "no layer is mostly dead or saturated, and the update sizes are in their band. Gradients were not measured "
+        "(the run has no labels to compute a loss), so whether they reach every layer is unknown."
+    )
 
 
 def run_labels(runs) -> list[str]:
@@ -157,8 +165,16 @@ def _add_run_legend(figure: go.Figure, runs) -> None:
     if len(runs) < 2:
         return
     for index, label in enumerate(run_labels(runs)):
-        figure.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label, legendgroup=f"run {index}",
-                                    line=dict(color="#555555", dash=DASHES[index % len(DASHES)], width=2)))
+        figure.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=label,
+                legendgroup=f"run {index}",
+                line=dict(color="#555555", dash=DASHES[index % len(DASHES)], width=2),
+            )
+        )
 
 
 def _log_axis(figure: go.Figure, values: list[np.ndarray], **where) -> None:
@@ -191,8 +207,15 @@ def findings_summary(name: str, findings: list[Finding]) -> str:
 
 
 def layer_lines_figure(
-    runs: list[LayerSeries], values_of, y_title: str, log: bool = True, epoch: int | None = None,
-    layers: list[int] | None = None, height: int = 340, band: tuple[float, float] | None = None, reference: float | None = None,
+    runs: list[LayerSeries],
+    values_of,
+    y_title: str,
+    log: bool = True,
+    epoch: int | None = None,
+    layers: list[int] | None = None,
+    height: int = 340,
+    band: tuple[float, float] | None = None,
+    reference: float | None = None,
 ) -> go.Figure:
     """Lines of `values_of(series)` (S, L) over epochs for each layer of each run; a log y axis by default.
 
@@ -218,12 +241,19 @@ def layer_lines_figure(
                 continue
             layer = series.layers[column]
             hover = f"{layer}" + (f" · {labels[index]}" if len(runs) > 1 else "")
-            figure.add_trace(go.Scatter(
-                x=series.epochs, y=y, mode="lines+markers" if len(series.epochs) <= 30 else "lines", name=layer,
-                line=dict(color=colours[column], dash=DASHES[index % len(DASHES)], width=2 if index == 0 else 1.6),
-                marker=dict(size=4 if index == 0 else 3), legendgroup=layer, showlegend=layer not in shown,
-                hovertemplate=f"{hover}<br>epoch %{{x}}<br>{y_title} %{{y:.3g}}<extra></extra>",
-            ))
+            figure.add_trace(
+                go.Scatter(
+                    x=series.epochs,
+                    y=y,
+                    mode="lines+markers" if len(series.epochs) <= 30 else "lines",
+                    name=layer,
+                    line=dict(color=colours[column], dash=DASHES[index % len(DASHES)], width=2 if index == 0 else 1.6),
+                    marker=dict(size=4 if index == 0 else 3),
+                    legendgroup=layer,
+                    showlegend=layer not in shown,
+                    hovertemplate=f"{hover}<br>epoch %{{x}}<br>{y_title} %{{y:.3g}}<extra></extra>",
+                )
+            )
             shown.add(layer)
             drawn.append(y)
     _add_run_legend(figure, runs)
@@ -248,12 +278,16 @@ def error_signal_figure(runs: list[LayerSeries], epoch: int | None = None) -> go
 
 
 def update_ratio_figure(runs: list[LayerSeries], epoch: int | None = None) -> go.Figure:
-    return layer_lines_figure(runs, lambda s: s.update_ratio, "‖Δw‖/‖w‖ per epoch", epoch=epoch, band=HEALTHY_BAND, reference=1e-3)
+    return layer_lines_figure(
+        runs, lambda s: s.update_ratio, "‖Δw‖/‖w‖ per epoch", epoch=epoch, band=HEALTHY_BAND, reference=1e-3
+    )
 
 
 def unit_fraction_figure(runs: list[LayerSeries], epoch: int | None = None) -> go.Figure:
     """Dead (left) and saturated (right) fraction of each hidden layer's units over epochs."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=["dead units", "saturated units"], horizontal_spacing=0.1, shared_yaxes=True)
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=["dead units", "saturated units"], horizontal_spacing=0.1, shared_yaxes=True
+    )
     labels, shown = run_labels(runs), set()
     for index, series in enumerate(runs):
         colours = depth_colours(len(series.layers))
@@ -261,11 +295,20 @@ def unit_fraction_figure(runs: list[LayerSeries], epoch: int | None = None) -> g
             for column in range(max(len(series.layers) - 1, 0)):
                 layer = series.layers[column]
                 hover = layer + (f" · {labels[index]}" if len(runs) > 1 else "")
-                figure.add_trace(go.Scatter(
-                    x=series.epochs, y=values[:, column], mode="lines", name=layer, legendgroup=layer,
-                    showlegend=col == 1 and layer not in shown, line=dict(color=colours[column], dash=DASHES[index % len(DASHES)]),
-                    hovertemplate=f"{hover}<br>epoch %{{x}}<br>%{{y:.0%}}<extra></extra>",
-                ), row=1, col=col)
+                figure.add_trace(
+                    go.Scatter(
+                        x=series.epochs,
+                        y=values[:, column],
+                        mode="lines",
+                        name=layer,
+                        legendgroup=layer,
+                        showlegend=col == 1 and layer not in shown,
+                        line=dict(color=colours[column], dash=DASHES[index % len(DASHES)]),
+                        hovertemplate=f"{hover}<br>epoch %{{x}}<br>%{{y:.0%}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
                 shown.add(layer)
             _epoch_marker(figure, epoch, row=1, col=col)
     _add_run_legend(figure, runs)
@@ -291,11 +334,19 @@ def gradient_heatmap_figure(series: LayerSeries, role: str = "kernel", epoch: in
     if high - low < 1:
         low, high = low - 0.5, high + 0.5
     ticks, labels = _log_ticks(low, high)
-    figure = go.Figure(go.Heatmap(
-        z=z, x=series.epochs, y=[series.layers[i] for i in rows], colorscale="Viridis", zmin=low, zmax=high,
-        colorbar=dict(title=f"‖∇ {role}‖", tickvals=ticks, ticktext=labels, thickness=12),
-        customdata=np.power(10.0, z), hovertemplate="%{y}<br>epoch %{x}<br>norm %{customdata:.3g}<extra></extra>",
-    ))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=series.epochs,
+            y=[series.layers[i] for i in rows],
+            colorscale="Viridis",
+            zmin=low,
+            zmax=high,
+            colorbar=dict(title=f"‖∇ {role}‖", tickvals=ticks, ticktext=labels, thickness=12),
+            customdata=np.power(10.0, z),
+            hovertemplate="%{y}<br>epoch %{x}<br>norm %{customdata:.3g}<extra></extra>",
+        )
+    )
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="epoch")
     _epoch_marker(figure, epoch)
@@ -336,8 +387,13 @@ def activation_histograms(snapshots: list[Snapshot], layer: int, bins: int = HIS
     if high <= low:
         low, high = low - 0.5, high + 0.5
     grid = np.linspace(low, high, bins + 1)
-    rows = [rebin(e, c, grid) if e is not None and c is not None and np.isfinite(e).all() else np.full(bins, np.nan) for e, c in pairs]
-    return HistogramSeries(np.asarray([int(s.epoch) for s in snapshots]), grid, _normalised(rows, bins), log_values=False)
+    rows = [
+        rebin(e, c, grid) if e is not None and c is not None and np.isfinite(e).all() else np.full(bins, np.nan)
+        for e, c in pairs
+    ]
+    return HistogramSeries(
+        np.asarray([int(s.epoch) for s in snapshots]), grid, _normalised(rows, bins), log_values=False
+    )
 
 
 def histogram_weight(layer: dict, role: str) -> str | None:
@@ -361,7 +417,9 @@ def gradient_histograms(run: Run, snapshots: list[Snapshot], layer: int, role: s
     for snapshot in snapshots:
         counts = snapshot.layer_array(layer, f"grad_{role}_log_hist")
         rows.append(np.full(bins, np.nan) if counts is None or len(counts) != bins else counts.astype(np.float64))
-    return HistogramSeries(np.asarray([int(s.epoch) for s in snapshots]), LOG_HIST_EDGES.copy(), _normalised(rows, bins), log_values=True)
+    return HistogramSeries(
+        np.asarray([int(s.epoch) for s in snapshots]), LOG_HIST_EDGES.copy(), _normalised(rows, bins), log_values=True
+    )
 
 
 def _normalised(rows: list[np.ndarray], bins: int) -> np.ndarray:
@@ -371,18 +429,33 @@ def _normalised(rows: list[np.ndarray], bins: int) -> np.ndarray:
         return np.where(totals > 0, matrix / totals, np.nan)
 
 
-def histogram_heatmap_figure(histograms: HistogramSeries, title: str, epoch: int | None = None, height: int = 320) -> go.Figure:
+def histogram_heatmap_figure(
+    histograms: HistogramSeries, title: str, epoch: int | None = None, height: int = 320
+) -> go.Figure:
     """Bins (rows) x epochs (columns), colour = share of values in the bin, on a log colour scale so tails show."""
     centres = (histograms.edges[:-1] + histograms.edges[1:]) / 2
     trimmed = _trim_empty_bins(histograms.density)
     density = histograms.density[:, trimmed]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.log10(np.where(density > 0, density, np.nan)).T  # (B, S)
-    figure = go.Figure(go.Heatmap(
-        z=z, x=histograms.epochs, y=centres[trimmed], colorscale=SHARE_SCALE, zmin=-4, zmax=0,
-        colorbar=dict(title="share", tickvals=[-4, -3, -2, -1, 0], ticktext=["0.01%", "0.1%", "1%", "10%", "100%"], thickness=12),
-        customdata=np.power(10.0, z), hovertemplate="epoch %{x}<br>bin %{y:.3g}<br>share %{customdata:.2%}<extra></extra>",
-    ))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=histograms.epochs,
+            y=centres[trimmed],
+            colorscale=SHARE_SCALE,
+            zmin=-4,
+            zmax=0,
+            colorbar=dict(
+                title="share",
+                tickvals=[-4, -3, -2, -1, 0],
+                ticktext=["0.01%", "0.1%", "1%", "10%", "100%"],
+                thickness=12,
+            ),
+            customdata=np.power(10.0, z),
+            hovertemplate="epoch %{x}<br>bin %{y:.3g}<br>share %{customdata:.2%}<extra></extra>",
+        )
+    )
     if histograms.log_values:
         low, high = float(centres[trimmed][0]), float(centres[trimmed][-1])
         ticks, labels = _log_ticks(low, high)
@@ -420,8 +493,9 @@ def percentile_panels(layers: int, chosen: int | None = None, limit: int = MAX_P
     return sorted(picks)
 
 
-def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns: int = 3,
-                      chosen: int | None = None) -> go.Figure:
+def percentile_figure(
+    runs: list[LayerSeries], epoch: int | None = None, columns: int = 3, chosen: int | None = None
+) -> go.Figure:
     """One panel per hidden layer (at most `MAX_PERCENTILE_PANELS`, see `percentile_panels`): 25–75% band, median
     line and 2%/98% dotted lines over epochs, one colour per run."""
     shown = percentile_panels(len(runs[0].layers), chosen) if runs else [0]
@@ -429,8 +503,14 @@ def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns
     rows = math.ceil(hidden / columns)
     titles = [runs[0].layers[i] for i in shown] if runs else [""]
     height = 120 + 190 * rows
-    figure = make_subplots(rows=rows, cols=min(columns, hidden), subplot_titles=titles, shared_xaxes=True,
-                           vertical_spacing=min(60 / height, 0.9 / max(rows - 1, 1)), horizontal_spacing=0.06)
+    figure = make_subplots(
+        rows=rows,
+        cols=min(columns, hidden),
+        subplot_titles=titles,
+        shared_xaxes=True,
+        vertical_spacing=min(60 / height, 0.9 / max(rows - 1, 1)),
+        horizontal_spacing=0.06,
+    )
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     labels = run_labels(runs)
     for index, series in enumerate(runs):
@@ -444,23 +524,64 @@ def percentile_figure(runs: list[LayerSeries], epoch: int | None = None, columns
             group = series.run_id
             first = column == 0
             kwargs = dict(x=series.epochs, legendgroup=group, hoverinfo="skip")
-            figure.add_trace(go.Scatter(y=p[:, 3], mode="lines", line=dict(width=0, color=colour), showlegend=False, **kwargs), row=row, col=col)
-            figure.add_trace(go.Scatter(y=p[:, 1], mode="lines", line=dict(width=0, color=colour), fill="tonexty", fillcolor=fill,
-                                        showlegend=False, **kwargs), row=row, col=col)
+            figure.add_trace(
+                go.Scatter(y=p[:, 3], mode="lines", line=dict(width=0, color=colour), showlegend=False, **kwargs),
+                row=row,
+                col=col,
+            )
+            figure.add_trace(
+                go.Scatter(
+                    y=p[:, 1],
+                    mode="lines",
+                    line=dict(width=0, color=colour),
+                    fill="tonexty",
+                    fillcolor=fill,
+                    showlegend=False,
+                    **kwargs,
+                ),
+                row=row,
+                col=col,
+            )
             for position, dash, width in ((0, "dot", 1), (4, "dot", 1)):
-                figure.add_trace(go.Scatter(y=p[:, position], mode="lines", line=dict(color=colour, dash=dash, width=width),
-                                            showlegend=False, **kwargs), row=row, col=col)
-            figure.add_trace(go.Scatter(
-                x=series.epochs, y=p[:, 2], mode="lines", line=dict(color=colour, width=2), name=labels[index],
-                legendgroup=group, showlegend=first,
-                customdata=p, hovertemplate="epoch %{x}<br>98%: %{customdata[4]:.3g}<br>75%: %{customdata[3]:.3g}<br>"
-                                            "median: %{y:.3g}<br>25%: %{customdata[1]:.3g}<br>2%: %{customdata[0]:.3g}<extra></extra>",
-            ), row=row, col=col)
+                figure.add_trace(
+                    go.Scatter(
+                        y=p[:, position],
+                        mode="lines",
+                        line=dict(color=colour, dash=dash, width=width),
+                        showlegend=False,
+                        **kwargs,
+                    ),
+                    row=row,
+                    col=col,
+                )
+            figure.add_trace(
+                go.Scatter(
+                    x=series.epochs,
+                    y=p[:, 2],
+                    mode="lines",
+                    line=dict(color=colour, width=2),
+                    name=labels[index],
+                    legendgroup=group,
+                    showlegend=first,
+                    customdata=p,
+                    hovertemplate="epoch %{x}<br>98%: %{customdata[4]:.3g}<br>75%: %{customdata[3]:.3g}<br>"
+                    "median: %{y:.3g}<br>25%: %{customdata[1]:.3g}<br>2%: %{customdata[0]:.3g}<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
     if epoch is not None:
         for column in range(hidden):
-            figure.add_vline(x=epoch, line=dict(color="grey", dash="dot", width=1), row=column // columns + 1, col=column % columns + 1)
+            figure.add_vline(
+                x=epoch,
+                line=dict(color="grey", dash="dot", width=1),
+                row=column // columns + 1,
+                col=column % columns + 1,
+            )
     _style(figure, height)
-    figure.update_layout(margin=dict(t=64), legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0, xanchor="left"))
+    figure.update_layout(
+        margin=dict(t=64), legend=dict(orientation="h", yref="container", y=1, yanchor="top", x=0, xanchor="left")
+    )
     return figure
 
 
@@ -502,12 +623,26 @@ def unit_strip_figure(states: np.ndarray, layers: list[str], epoch: int) -> go.F
     scale = []
     for value, colour in enumerate(UNIT_COLOURS):
         scale += [[value / 3, colour], [(value + 1) / 3, colour]]
-    labels = np.vectorize(lambda v: "" if np.isnan(v) else UNIT_STATES[int(v)], otypes=[object])(states) if states.size else states
-    figure = go.Figure(go.Heatmap(
-        z=states, y=hidden, x=np.arange(states.shape[1]), colorscale=scale, zmin=-0.5, zmax=2.5, xgap=1, ygap=3,
-        customdata=labels, hovertemplate="%{y} unit %{x}: %{customdata}<extra></extra>",
-        colorbar=dict(tickvals=[0, 1, 2], ticktext=list(UNIT_STATES), thickness=12),
-    ))
+    labels = (
+        np.vectorize(lambda v: "" if np.isnan(v) else UNIT_STATES[int(v)], otypes=[object])(states)
+        if states.size
+        else states
+    )
+    figure = go.Figure(
+        go.Heatmap(
+            z=states,
+            y=hidden,
+            x=np.arange(states.shape[1]),
+            colorscale=scale,
+            zmin=-0.5,
+            zmax=2.5,
+            xgap=1,
+            ygap=3,
+            customdata=labels,
+            hovertemplate="%{y} unit %{x}: %{customdata}<extra></extra>",
+            colorbar=dict(tickvals=[0, 1, 2], ticktext=list(UNIT_STATES), thickness=12),
+        )
+    )
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(title_text="unit", showgrid=False)
     figure.update_layout(title=dict(text=f"units at epoch {epoch}", x=0, font_size=13))
@@ -549,11 +684,18 @@ def batch_norm_figure(runs: list[BatchNorms], epoch: int | None = None) -> go.Fi
             if not np.isfinite(y).any():
                 continue
             hover = name + (f" · {labels[index]}" if len(runs) > 1 else "")
-            figure.add_trace(go.Scattergl(
-                x=series.epochs, y=y, mode="lines", name=name, legendgroup=name, showlegend=name not in shown,
-                line=dict(color=colours[column], dash=DASHES[index % len(DASHES)], width=1.4),
-                hovertemplate=f"{hover}<br>epoch %{{x:.2f}}<br>‖∇‖ %{{y:.3g}}<extra></extra>",
-            ))
+            figure.add_trace(
+                go.Scattergl(
+                    x=series.epochs,
+                    y=y,
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=name not in shown,
+                    line=dict(color=colours[column], dash=DASHES[index % len(DASHES)], width=1.4),
+                    hovertemplate=f"{hover}<br>epoch %{{x:.2f}}<br>‖∇‖ %{{y:.3g}}<extra></extra>",
+                )
+            )
             shown.add(name)
             drawn.append(y)
     _add_run_legend(figure, runs)

@@ -47,15 +47,17 @@ def run_rows(summaries, histories: dict[str, dict]) -> list[dict]:
     for summary in summaries:
         history = histories.get(summary.id, {})
         accuracy = last_value(history, "val_accuracy")
-        rows.append({
-            "name": summary.name,
-            "status": summary.status,
-            "data set": summary.dataset,
-            "epochs": f"{summary.epochs_done}/{summary.epochs_planned or '?'}",
-            "val accuracy": None if accuracy is None else round(accuracy, 4),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.created)) if summary.created else "",
-            "id": summary.id,
-        })
+        rows.append(
+            {
+                "name": summary.name,
+                "status": summary.status,
+                "data set": summary.dataset,
+                "epochs": f"{summary.epochs_done}/{summary.epochs_planned or '?'}",
+                "val accuracy": None if accuracy is None else round(accuracy, 4),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.created)) if summary.created else "",
+                "id": summary.id,
+            }
+        )
     return rows
 
 
@@ -65,7 +67,9 @@ def compare_table(runs: list[dict]) -> dict[str, list[str]]:
     Each item of `runs` is {"name", "meta" (run.json), "history"}. Rows where every run agrees are kept, so
     the table reads the same for any choice of runs; differing rows are what to look at.
     """
-    labels = [label for label, _ in CONFIG_ROWS] + ["parameters", "layers recorded"] + [f"final {m}" for m in METRIC_ROWS]
+    labels = (
+        [label for label, _ in CONFIG_ROWS] + ["parameters", "layers recorded"] + [f"final {m}" for m in METRIC_ROWS]
+    )
     table = {"setting": labels}
     for item in runs:
         meta, history = item["meta"], item.get("history") or {}
