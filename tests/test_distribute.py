@@ -10,7 +10,6 @@ PerReplica batch), so the multi-worker job trains with a custom loop, as Keras 3
 Recorder through `keras.callbacks.CallbackList` exactly as `fit` would.
 """
 
-import json
 import os
 import signal
 import socket
@@ -82,8 +81,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "B
 
 
 def record(root, mode: str, *args: str, timeout: float = 300) -> None:
-    result = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(root), *args], capture_output=True, text=True,
-                            timeout=timeout, env=ENV)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode, str(root), *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -99,9 +99,16 @@ def free_ports(count: int) -> list[int]:
 
 def workers(root, extra_env=None) -> list[subprocess.Popen]:
     ports = ",".join(map(str, free_ports(2)))
-    return [subprocess.Popen([sys.executable, "-c", SCRIPT, "worker", str(root), str(index), ports],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**ENV, **(extra_env or {})}) for index in range(2)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, "worker", str(root), str(index), ports],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**ENV, **(extra_env or {})},
+        )
+        for index in range(2)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +129,8 @@ def assert_same_first_snapshot(run, reference):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=key)
     for index in range(3):
         assert mine.layer(index)["grad"]["kernel"]["norm"] == pytest.approx(
-            theirs.layer(index)["grad"]["kernel"]["norm"], rel=1e-4)
+            theirs.layer(index)["grad"]["kernel"]["norm"], rel=1e-4
+        )
         assert mine.layer(index)["activation"]["dead_fraction"] == theirs.layer(index)["activation"]["dead_fraction"]
 
 
@@ -170,8 +178,13 @@ def test_a_killed_chief_leaves_an_interrupted_run_that_recovers(tmp_path):
     run = store.run("worker-run")
     assert run.status == "interrupted" and [summary.id for summary in store.list_runs()] == ["worker-run"]
     assert run.unwritten_captures() + len(run.snapshots()) >= 2  # epochs 0 and 1: written, or held in the journal
-    result = subprocess.run([sys.executable, "-m", "core", "recover", "worker-run", "--runs", str(tmp_path)],
-                            capture_output=True, text=True, timeout=240, env=ENV)
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "recover", "worker-run", "--runs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = RunStore(str(tmp_path)).run("worker-run")
     assert run.status == "interrupted" and run.epochs()[:2] == [0, 1] and run.unwritten_captures() == 0
