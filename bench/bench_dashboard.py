@@ -123,11 +123,22 @@ st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2])))
 """
 
 
-def start_server(script: str, root: str, cwd: Path = REPO) -> tuple[subprocess.Popen, str]:
-    """`streamlit run script` from `cwd` (whose .streamlit/config.toml applies) on a free port, once healthy."""
+def start_server(script: str, root: str, cwd: Path = REPO, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`streamlit run script [args]` from `cwd` (whose .streamlit/config.toml applies) on a free port, once healthy."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port), "--server.headless", "true"],
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            script,
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            *args,
+        ],
         cwd=cwd,
         env={**os.environ, "STRATA_RUNS": root},
         stdout=subprocess.DEVNULL,

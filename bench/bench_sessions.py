@@ -25,15 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
-from bench_dashboard import APP, CHROMIUM, CHROMIUM_ARGS, PAINT_PROBE, REPO, free_port
+from bench_dashboard import APP, CHROMIUM, CHROMIUM_ARGS, PAINT_PROBE, start_server
 
 from dashboard.synthetic import synthetic_run
 
@@ -43,39 +39,6 @@ PAGES = {"embeddings": "", "gradients": "gradients", "layers": "layers"}
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))]
-
-
-def start_server(root: str, xsrf: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            APP,
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.enableXsrfProtection",
-            str(xsrf).lower(),
-        ],
-        cwd=REPO,
-        env={**os.environ, "STRATA_RUNS": root},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/_stcore/health", timeout=1)
-            return server, base
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("the dashboard did not answer /_stcore/health within 60 s")
 
 
 async def ws_session(base: str, query: str, page: str) -> float:
@@ -140,7 +103,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         run_id = synthetic_run(root)
-        servers = [start_server(root, xsrf=args.client == "browser") for _ in range(args.servers)]
+        xsrf = ("--server.enableXsrfProtection", str(args.client == "browser").lower())  # ws clients carry no cookie
+        servers = [start_server(APP, root, args=xsrf) for _ in range(args.servers)]
         try:
             processes = [psutil.Process(server.pid) for server, _ in servers]
             bases = [base for _, base in servers]

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import keras
 from keras.src.models.functional import Functional, operation_fn
 
-# Layers that are the identity at inference or only reshape: recording them would repeat the previous panel.
-PASS_THROUGH_TYPES = frozenset(
+# Layers that drop or perturb values in training only (and ActivityRegularization, whose loss term does): the
+# identity at inference.
+TRAINING_ONLY_TYPES = frozenset(
     {
         "Dropout",
         "SpatialDropout1D",
@@ -24,12 +25,11 @@ PASS_THROUGH_TYPES = frozenset(
         "GaussianNoise",
         "GaussianDropout",
         "AlphaDropout",
-        "Flatten",
-        "Reshape",
-        "InputLayer",
         "ActivityRegularization",
     }
 )
+# Layers that are the identity at inference or only reshape: recording them would repeat the previous panel.
+PASS_THROUGH_TYPES = TRAINING_ONLY_TYPES | {"Flatten", "Reshape", "InputLayer"}
 
 
 # Models with at most this many recordable layers record every one by default; deeper ones record a readable set
@@ -129,19 +129,7 @@ def recorded_layers(model: keras.Model, prefix: str = "") -> list[RecordedLayer]
 
 # Built-in layers that compute something else in training than in inference (besides the `dropout` and
 # `recurrent_dropout` arguments of recurrent and attention layers, and the Random* augmentation layers).
-TRAINING_TYPES = frozenset(
-    {
-        "BatchNormalization",
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
-    }
-)
+TRAINING_TYPES = TRAINING_ONLY_TYPES | {"BatchNormalization"}
 
 
 def trains_differently(model: keras.Model) -> bool:
