@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from core.datasets import stratified_subset
+from core.device_pass import REDUCE_CHOICES, ReducingPass
 from core.graph import RecordedLayer, check_selection, recorded_layers, select_layers
 from core.journal import Journal
 from core.probe_pass import (
@@ -26,6 +27,7 @@ from core.probe_pass import (
     model_variables,
     weight_positions,
 )
+from core.reduced import ReducedCapture
 from core.settings import RECORDER_DEFAULTS
 from core.snapshot import RawCapture
 from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
@@ -94,6 +96,10 @@ class Recorder(keras.callbacks.Callback):
             (`"conv4_*_out"`), a layer class (`keras.layers.Conv2D`, or `"Conv2D"`), or a list of them; the
             model's last layer is always recorded. An item that matches no layer fails at the start of `fit`,
             listing the model's layers.
+        reduce: where each snapshot is reduced. "host" (default): the probe pass hands every recorded layer's output,
+            weights and gradients to the recording process, which reduces them in numpy. "device": the reductions
+            run inside the compiled probe pass (`core.device_pass`), and only what the snapshot stores crosses to
+            the host.
 
     Example:
 
@@ -134,6 +140,7 @@ class Recorder(keras.callbacks.Callback):
         analysis: str = "auto",
         budget: float | None = DEFAULT_BUDGET,
         layers: str | list | None = RECORDER_DEFAULTS["layers"],
+        reduce: str = "host",
     ):
         super().__init__()
         check_backend()  # Keras's backend is fixed at its import: an unsupported one is refused before any fit
@@ -152,10 +159,13 @@ class Recorder(keras.callbacks.Callback):
                 f"budget must be a share of training's time in (0, 1], or None to analyse every snapshot "
                 f"at once. Received: budget={budget!r}"
             )
+        if reduce not in REDUCE_CHOICES:
+            raise ValueError(f"reduce must be one of {REDUCE_CHOICES}. Received: reduce={reduce!r}")
         if plane not in ("auto", True, False):
             raise ValueError(f"plane must be 'auto', True or False. Received: plane={plane!r}")
         self.log_dir = str(log_dir)
         self.analysis = analysis
+        self.reduce = reduce
         self.budget = budget
         self.every = every
         self.batch_every = batch_every
@@ -320,6 +330,8 @@ class Recorder(keras.callbacks.Callback):
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
             "logits": layers[-1].activation is None and _loss_takes_logits(model),
         }
+        if self.reduce == "device":
+            self._capture_fn = reducing_pass(self._capture_fn, layers, builder, len(self._x))
         if self._worker.journal is not None:  # first: what a recovery needs to run the probe pass again
             self._worker.submit(lambda: None, spill=lambda: ("setup", self._recovery_setup(builder)))
         self._send("attach", root=self.log_dir, run_id=self.run_id, builder=builder)
@@ -355,6 +367,7 @@ class Recorder(keras.callbacks.Callback):
             "variables": [[v.path, list(v.shape)] for v in self._variables],
             "layers": len(self._layers),
             "layer_paths": [layer.path for layer in self._layers],
+            "reduce": self.reduce,
         }
         try:
             setup["model"] = self.model.to_json()
@@ -513,7 +526,7 @@ class Recorder(keras.callbacks.Callback):
 
     def _run_capture_pass(
         self, kind: str, epoch: int, step: int, batch: int | None, logs: dict, state: list
-    ) -> RawCapture:
+    ) -> RawCapture | ReducedCapture:
         return run_capture_pass(
             self._capture_fn,
             self._inputs,
@@ -691,8 +704,27 @@ def _state_tensors(values: list[np.ndarray]) -> list:
     return backend_passes().constants(values)
 
 
-def run_capture_pass(capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields) -> RawCapture:
-    """The probe pass of `_capture_function` on `state`, as a RawCapture (`fields`: kind, epoch, step, batch, logs)."""
+def reducing_pass(capture_fn, layers: list[RecordedLayer], builder: dict, probe_count: int) -> ReducingPass:
+    """`capture_fn` followed by the reductions on the device, with the `SnapshotBuilder` settings `builder`."""
+    return ReducingPass(
+        capture_fn,
+        layers,
+        [_roles(layer) for layer in layers],
+        builder["activations"],
+        builder["components"],
+        builder["seed"],
+        builder["kernel_layer"],
+        probe_count,
+    )
+
+
+def run_capture_pass(
+    capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields
+) -> RawCapture | ReducedCapture:
+    """The probe pass of `_capture_function` on `state`, as a RawCapture (`fields`: kind, epoch, step, batch, logs),
+    or as a ReducedCapture when the pass reduces on the device (`reducing_pass`)."""
+    if isinstance(capture_fn, ReducingPass):
+        return capture_fn.capture(inputs, state, **fields)
     result = capture_fn(*inputs, state)
     result = {key: _to_numpy(value) for key, value in result.items()}
     roles = [_roles(layer) for layer in layers]

@@ -138,6 +138,8 @@ class _ProbePass:
         self._fn = recorder._capture_function(
             model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None
         )
+        if setup.get("reduce") == "device":  # recorded with Recorder(reduce="device"): reduce the same way
+            self._fn = recorder.reducing_pass(self._fn, self.layers, setup["builder"], len(setup["x"]))
         self._inputs = recorder._probe_tensors(setup["x"], y, grid)
 
     def run(self, capture: dict):
@@ -162,7 +164,10 @@ def _resume(builder, last, passes: _ProbePass, entry: Entry | None) -> None:
         projection = last.projection(index)
         if projection is not None:
             coords[index] = projection.coords
-    builder.resume(coords, passes.layer_weights(entry.payload["state"]) if entry is not None else None)
+    weights = passes.layer_weights(entry.payload["state"]) if entry is not None else None
+    builder.resume(coords, weights)
+    if hasattr(passes._fn, "resume"):  # a pass that reduces on the device keeps that state itself
+        passes._fn.resume(coords, weights)
 
 
 def main(root: str, run_id: str) -> int:

@@ -18,10 +18,8 @@ import numpy as np
 from keras import ops
 
 from core import analysis
+from core.reduced import FEATURE_COMPONENTS  # noqa: F401  (components per layer the probe pass computes)
 
-# Components computed (and, for the linear probe and CKA, shipped) per layer: the stored k (10 by default) plus
-# enough more that a linear probe keeps most of what separates the classes.
-FEATURE_COMPONENTS = 32
 # Subspace iteration (Halko et al. 2011, alg. 4.4): l = k + OVERSAMPLES columns, POWER_ITERATIONS products with
 # x_c^T x_c, each block orthonormalized by Cholesky-QR through its (l, l) Gram matrix. Warm-started from the
 # previous snapshot's components, which are already close, so a few iterations keep the shares within 1 point.
@@ -45,14 +43,25 @@ RESOLVED = 1e-3
 # ---------------------------------------------------------------------------------------------------
 
 
-def pca(x, k: int, previous=None, *, seed: int = 0, iterations: int = POWER_ITERATIONS, exact_max: int = EXACT_MAX_DIM):
+def pca(
+    x,
+    k: int,
+    previous=None,
+    *,
+    anchor=None,
+    seed: int = 0,
+    iterations: int = POWER_ITERATIONS,
+    exact_max: int = EXACT_MAX_DIM,
+):
     """Top-k PCA of the rows of x (..., n, d), batched over any leading axes.
 
     `previous` (..., k_prev, d) are the components of the same layer one snapshot earlier, or None. They start the
     subspace iteration, and they orient the result as `analysis.align_pca` does: each component takes the sign
     that makes its dot product with the previous component it overlaps most non-negative; without them, the
-    largest-|value| entry of each component is positive (`analysis.pca`). Components are never reordered:
-    column j is the (j+1)-th largest-variance direction found.
+    largest-|value| entry of each component is positive (`analysis.pca`). `anchor` (..., k_anchor, d), when
+    given, orients instead of `previous` (the probe pass warm-starts from 32 components but orients by the 10 that
+    are stored, as the numpy analysis does). Components are never reordered: column j is the (j+1)-th
+    largest-variance direction found.
 
     Returns a dict of tensors: `coords` (..., n, k), `components` (..., k, d), `variance` (..., k) with ddof=1,
     `total_variance` (...) (the trace of the centred covariance, exact), `mean` (..., d), and `spectrum`
@@ -71,7 +80,7 @@ def pca(x, k: int, previous=None, *, seed: int = 0, iterations: int = POWER_ITER
         result = _exact_gram(centred, k)
     else:
         result = _subspace(centred, k, previous, seed, iterations)
-    result["components"], signs = _oriented(result["components"], previous)
+    result["components"], signs = _oriented(result["components"], previous if anchor is None else anchor)
     result["coords"] = result["coords"] * signs[..., None, :]
     result["total_variance"] = total
     result["mean"] = mean[..., 0, :]
@@ -370,3 +379,51 @@ def tensor_stats(g) -> dict:
         "log_hist_counts": counts,
         "nonfinite": size - count,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# CKA between layers
+# ---------------------------------------------------------------------------------------------------
+
+
+def cka_matrix(features: list):
+    """(L, L) linear CKA between the layers' features (each (n, d_i)), as `analysis.cka_matrix` computes it: a layer
+    wider than `analysis.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix, then each
+    is kept as its centred features or, when wider than n, their Gram matrix, and each pair costs one product on
+    the smaller side. Pairs with a constant layer are NaN."""
+    layers = [_cka_representation(f) for f in features]
+    norms = [ops.sqrt(_hsic(layer, layer)) for layer in layers]
+    rows = []
+    for i, first in enumerate(layers):
+        row = []
+        for j, second in enumerate(layers):
+            if i == j:
+                row.append(ops.ones(()))
+                continue
+            denominator = norms[i] * norms[j]
+            safe = ops.where(denominator > 0, denominator, 1.0)
+            row.append(ops.where(denominator > 0, _hsic(first, second) / safe, np.nan))
+        rows.append(ops.stack(row))
+    return ops.stack(rows)
+
+
+def _cka_representation(features):
+    x = ops.cast(features, "float32")
+    d = int(x.shape[1])
+    if d > analysis.CKA_PROJECTION_THRESHOLD:
+        projection = analysis._projection_matrix(d, analysis.CKA_PROJECTION_DIM)
+        x = ops.matmul(x, ops.convert_to_tensor(projection))
+    x = x - ops.mean(x, axis=0, keepdims=True)
+    if int(x.shape[1]) > int(x.shape[0]):
+        return "gram", ops.matmul(x, ops.transpose(x))
+    return "features", x
+
+
+def _hsic(first, second):
+    (first_kind, a), (second_kind, b) = first, second
+    if first_kind == second_kind == "gram":
+        return ops.sum(a * b)
+    if first_kind == second_kind == "features":
+        return ops.sum(ops.square(ops.matmul(ops.transpose(b), a)))
+    gram, x = (a, b) if first_kind == "gram" else (b, a)
+    return ops.sum(x * ops.matmul(gram, x))

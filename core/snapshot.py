@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from core import analysis
+from core.reduced import ReducedCapture, build_reduced
 
 TOP_SAMPLES = 8  # probe samples kept per unit, most and least activating
 MAX_UNITS_RANKED = 256  # wider layers keep top samples for their first 256 units only
@@ -68,8 +69,10 @@ class SnapshotBuilder:
         if weights is not None:
             self._previous_weights = {i: {role: np.asarray(v) for role, v in w.items()} for i, w in enumerate(weights)}
 
-    def build(self, raw: RawCapture) -> tuple[dict, dict[str, np.ndarray]]:
-        """(meta, arrays) for `RunWriter.write_snapshot`."""
+    def build(self, raw: RawCapture | ReducedCapture) -> tuple[dict, dict[str, np.ndarray]]:
+        """(meta, arrays) for `RunWriter.write_snapshot`; a capture reduced on the device goes to `core.reduced`."""
+        if isinstance(raw, ReducedCapture):
+            return build_reduced(self, raw)
         arrays: dict[str, np.ndarray] = {}
         layers = []
         features = []

@@ -1,0 +1,220 @@
+"""`Recorder(reduce="device")` writes the snapshots `reduce="host"` writes: the same keys and meta, the same values
+within float32 tolerance, on TensorFlow and on JAX.
+
+Each backend records in a subprocess of its own (Keras fixes its backend at import): the same two small models (an
+MLP on 2-D inputs, so the input-plane arrays are recorded too, and a CNN whose widest map is pooled before its
+PCA) with the same weights, fitted twice, unshuffled, once with each setting. This process compares the stores.
+
+The linear probe is the one value computed on something else: on the top 32 principal coordinates the device
+ships instead of the layer's output (core/FORMAT.md), so it is checked to lie within the 95% interval of the
+host's accuracy; `tests/test_layer_metrics.py` checks it on a trained network where the truth is known.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import analysis
+from core.reduced import FEATURE_COMPONENTS
+from core.snapshot import analysis_features
+from core.store import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+_RECORD = r"""
+import sys
+import numpy as np
+import keras
+from core import Recorder
+
+root = sys.argv[1]
+rng = np.random.default_rng(0)
+plane_x = rng.standard_normal((240, 2)).astype("float32")
+plane_y = ((plane_x[:, 0] * plane_x[:, 1] > 0).astype("int64") + (plane_x[:, 0] > 1)).astype("int64")
+image_x = rng.standard_normal((120, 20, 20, 2)).astype("float32")
+image_y = (image_x[:, :10, :, 0].mean(axis=(1, 2)) > 0).astype("int64")
+
+
+def build(name):
+    keras.utils.set_random_seed(3)
+    if name == "mlp":
+        layers = [keras.Input((2,)), keras.layers.Dense(24, activation="relu"), keras.layers.Dense(12, activation="tanh"),
+                  keras.layers.Dense(3, activation="softmax")]
+    else:
+        layers = [keras.Input((20, 20, 2)), keras.layers.Conv2D(16, 3, activation="relu"),
+                  keras.layers.MaxPooling2D(2), keras.layers.Conv2D(8, 3, activation="sigmoid"),
+                  keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")]
+    model = keras.Sequential(layers, name=name)
+    model.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+for name, (x, y) in {"mlp": (plane_x, plane_y), "cnn": (image_x, image_y)}.items():
+    for reduce in ("host", "device"):
+        recorder = Recorder(root, probe=(x, y), analysis="thread", budget=None, reduce=reduce, run_id=f"{name}-{reduce}")
+        build(name).fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[recorder])
+        recorder.wait()
+print("ok")
+"""
+
+
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def store(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    env = {**os.environ, "KERAS_BACKEND": request.param, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RECORD, str(root)], env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return RunStore(str(root))
+
+
+def key_paths(value, prefix=""):
+    """Every key path of a nested dict (lists of dicts by position)."""
+    if isinstance(value, dict):
+        return {p for key, item in value.items() for p in key_paths(item, f"{prefix}/{key}")} | {prefix}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return {p for i, item in enumerate(value) for p in key_paths(item, f"{prefix}[{i}]")}
+    return {prefix}
+
+
+def _feature_width(layer: dict) -> int:
+    return analysis_features(np.zeros((1, *layer["output_shape"][1:]), np.float32))[0].shape[1]
+
+
+def pairs(store, name):
+    host, device = store.run(f"{name}-host"), store.run(f"{name}-device")
+    hosts, devices = host.epoch_snapshots(), device.epoch_snapshots()
+    assert len(hosts) == len(devices) == 3  # before training and after each of 2 epochs
+    return list(zip(hosts, devices))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_the_same_keys_and_meta_fields(store, name):
+    for host, device in pairs(store, name):
+        assert key_paths(device.meta) == key_paths(host.meta)
+        assert sorted(device.keys()) == sorted(host.keys())
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_the_same_stored_values_within_float_tolerance(store, name):
+    run = store.run(f"{name}-host")
+    feature_widths = [_feature_width(layer) for layer in run.meta["layers"]]
+    held_out = analysis.held_out_size(run.probe().y)
+    for host, device in pairs(store, name):
+        for index, (h, d) in enumerate(zip(host.meta["layers"], device.meta["layers"])):
+            where = f"{name} epoch {host.meta['epoch']} layer {index}"
+            assert d["pca"]["explained_variance_ratio"] == pytest.approx(
+                h["pca"]["explained_variance_ratio"], abs=1e-4
+            ), where
+            assert d["pca"]["total_variance"] == pytest.approx(h["pca"]["total_variance"], rel=1e-4), where
+            assert d["pca"].get("pooled") == h["pca"].get("pooled"), where
+            assert d["dimensionality"]["n90"] == h["dimensionality"]["n90"], where
+            assert d["dimensionality"]["participation_ratio"] == pytest.approx(
+                h["dimensionality"]["participation_ratio"], rel=1e-3
+            ), where
+            for key in ("mean", "std", "dead_fraction", "saturated_fraction"):
+                assert d["activation"][key] == pytest.approx(h["activation"][key], rel=1e-4, abs=1e-6), (where, key)
+            np.testing.assert_allclose(d["activation"]["percentiles"], h["activation"]["percentiles"], rtol=1e-4)
+            for role, norm in h["weight_norm"].items():
+                assert d["weight_norm"][role] == pytest.approx(norm, rel=1e-5), where
+            for role, ratio in h["update_ratio"].items():
+                assert d["update_ratio"][role] == pytest.approx(ratio, rel=1e-3), where
+            for role, stats in h["grad"].items():
+                for key, value in stats.items():
+                    assert d["grad"][role][key] == pytest.approx(value, rel=1e-3, abs=1e-9), (where, role, key)
+            assert d["separation"] == pytest.approx(h["separation"], abs=1e-4), where
+            if feature_widths[index] <= FEATURE_COMPONENTS:  # the layer's own features are shipped: the same fit
+                assert d["linear_probe"] == pytest.approx(h["linear_probe"], abs=1e-9), where
+            else:  # a fit on its top 32 components: within the 99% interval of the host's held-out accuracy
+                low, high = analysis.accuracy_interval(h["linear_probe"], held_out, z=2.576)
+                assert low <= d["linear_probe"] <= high, where
+        np.testing.assert_allclose(device.meta["cka"], host.meta["cka"], atol=1e-4)
+        assert device.meta["probe_loss"] == pytest.approx(host.meta["probe_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_the_same_arrays_within_float_tolerance(store, name):
+    for host, device in pairs(store, name):
+        for key in host.keys():
+            expected, found = host.array(key), device.array(key)
+            assert found.shape == expected.shape and found.dtype == expected.dtype, key
+            if key.endswith(("unit_top", "unit_bottom")):
+                continue  # below: ties (a dead unit's zeros) may rank in either order
+            if key.endswith(("_hist", "hist_counts")):
+                assert np.abs(found.astype(np.int64) - expected).sum() <= 4, key  # float32 bin edges
+                continue
+            if key.endswith("pca"):  # a component whose largest entries tie in size (a 2-unit softmax: (a, -a))
+                # takes its first sign from float round-off, on either path: compare up to each column's sign
+                found = found * np.where(np.sum(found * expected, axis=0) < 0, -1, 1)
+            scale = max(float(np.abs(expected.astype(np.float64)).max(initial=0.0)), 1e-6)
+            np.testing.assert_allclose(found, expected, atol=2e-3 * scale, rtol=1e-3, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_unit_rankings_agree_on_units_without_ties(store, name):
+    for host, device in pairs(store, name):
+        for index in range(len(host.meta["layers"])):
+            dead = host.array(f"L{index}/dead_units")[: len(host.array(f"L{index}/unit_top"))]
+            # A zero-floor activation (relu) ties at 0 on many samples: its least-activating rows are any of them.
+            keys = (
+                ("unit_top",)
+                if host.meta["layers"][index]["activation"]["percentiles"][0] == 0
+                else ("unit_top", "unit_bottom")
+            )
+            for key in keys:
+                expected, found = host.array(f"L{index}/{key}"), device.array(f"L{index}/{key}")
+                agree = np.mean(np.all(found[~dead] == expected[~dead], axis=1))
+                assert agree >= 0.9, (key, index, agree)  # near-equal unit means (float32) may swap neighbours
+
+
+def test_a_killed_device_reducing_fit_is_recovered_as_it_was_recorded_live(tmp_path, monkeypatch):
+    """The recovery journal's fit (conftest's KILLED_SCRIPT) with `reduce="device"`: recorded live, and SIGKILLed with
+    its snapshots held back, then `python -m core recover`. The recovery reduces on the device too, resuming the
+    axes from the stored coordinates of the snapshots written before the kill."""
+    import conftest
+
+    script = conftest.KILLED_SCRIPT.replace("run_id=mode,", "run_id=mode, reduce='device',")
+    assert script != conftest.KILLED_SCRIPT
+    monkeypatch.setattr(conftest, "KILLED_SCRIPT", script)  # read by _record_killable
+    for mode in ("live", "killed"):
+        conftest._record_killable(tmp_path, mode)
+    store = RunStore(str(tmp_path))
+    assert store.run("killed").unwritten_captures() >= 3
+    from core.recover import recover
+
+    def stop_after_two(done, total, entry):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted: the second recovery resumes from the stored coordinates
+        recover(str(tmp_path), "killed", stop_after_two)
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "recover", "killed", "--runs", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    recovered = store.run("killed").epoch_snapshots()
+    live = store.run("live").epoch_snapshots()[: len(recovered)]
+    assert len(recovered) >= conftest.KILLED_EPOCHS  # every epoch but the capture in progress at the kill
+    assert [s.meta["epoch"] for s in recovered] == [s.meta["epoch"] for s in live]
+    for mine, theirs in zip(recovered, live):
+        np.testing.assert_allclose(mine.array("L0/kernel"), theirs.array("L0/kernel"), atol=1e-6)
+        for index in range(3):
+            np.testing.assert_allclose(mine.array(f"L{index}/pca"), theirs.array(f"L{index}/pca"), atol=1e-4)
+            for key in ("update_ratio", "weight_norm"):
+                assert mine.layer(index)[key] == pytest.approx(theirs.layer(index)[key], rel=1e-4)
+            assert mine.layer(index)["grad"]["kernel"]["norm"] == pytest.approx(
+                theirs.layer(index)["grad"]["kernel"]["norm"], rel=1e-4
+            )
