@@ -14,11 +14,30 @@ import numpy as np
 from keras import ops
 
 from core import reductions
+from core.analysis import HIST_MAX_VALUES
 from core.graph import RecordedLayer
 from core.reduced import FEATURE_COMPONENTS, ReducedCapture, ReducedLayer
 from core.snapshot import CKA_SKETCH_POINTS, MAX_FEATURES, MAX_UNITS_RANKED, TOP_SAMPLES
 
-REDUCE_CHOICES = ("host", "device")
+REDUCE_CHOICES = ("auto", "host", "device")
+# Where `reduce="auto"` reduces on a machine without an accelerator. Measured with bench/bench_capture_bytes.py
+# (bench/README.md): on CPU the compiled reductions took MobileNetV2's snapshot from 11.5 s to 25.3 s (TensorFlow)
+# and 30 s to 68 s (JAX), while the numpy analysis in the recording process runs beside training.
+CPU_REDUCE = "host"
+
+
+def default_reduce() -> str:
+    """Where `reduce="auto"` reduces: "device" when Keras's backend computes on an accelerator (GPU, TPU), else
+    `CPU_REDUCE`."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        accelerated = jax.default_backend() != "cpu"
+    else:
+        import tensorflow as tf
+
+        accelerated = bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    return "device" if accelerated else CPU_REDUCE
 
 
 def compiled(function):
@@ -27,9 +46,21 @@ def compiled(function):
         import jax
 
         return jax.jit(function)
+    import logging
+
     import tensorflow as tf
 
+    logging.getLogger("tensorflow").addFilter(_OwnTraces())
     return tf.function(function, autograph=False, reduce_retracing=True)
+
+
+class _OwnTraces:
+    """Drops TensorFlow's retracing warning about the reductions: every ReducingPass traces its own (as
+    `core.probe_tf` does for the probe pass), and TensorFlow counts traces per function body."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return "triggered tf.function retracing" not in message or "ReducingPass._reductions" not in message
 
 
 class ReducingPass:
@@ -61,6 +92,7 @@ class ReducingPass:
         self.sketch_rows = np.sort(rng.choice(probe_count, size=min(CKA_SKETCH_POINTS, probe_count), replace=False))
         self._previous: list = [None] * len(layers)  # per layer: None, {"components": c} or {"coords": coords}
         self._previous_weights: list | None = None
+        self._constants: list | None = None  # per layer, the reductions' fixed arrays: see `_layer_constants`
         self._reduce = compiled(self._reductions)
 
     def resume(self, coords: dict[int, np.ndarray], weights: list[dict[str, np.ndarray]] | None) -> None:
@@ -77,6 +109,8 @@ class ReducingPass:
         """The probe pass on `state`, reduced on the device (`fields`: kind, epoch, step, batch, logs)."""
         result = self.probe_pass(*inputs, state)
         measured = result["loss"] is not None
+        if self._constants is None:
+            self._constants = [self._layer_constants(output.shape) for output in result["outputs"]]
         reduced, components = self._reduce(
             result["outputs"],
             result["weights"],
@@ -84,6 +118,7 @@ class ReducingPass:
             result.get("plane_outputs"),
             self._previous,
             self._previous_weights,
+            self._constants,
         )
         reduced = _to_numpy(reduced)
         layers = []
@@ -144,12 +179,39 @@ class ReducingPass:
             output_grad_norm=float(result["output_grad_norms"][index]) if measured else None,
         )
 
-    def _reductions(self, outputs, weights, weight_grads, plane_outputs, previous, previous_weights):
+    def _layer_constants(self, shape) -> dict:
+        """The fixed arrays a layer's reductions use, as tensors made once: passed to the compiled function as
+        arguments, since constants of a few megabytes inside it (a CKA projection) cost it tens of seconds to compile."""
+        shape = tuple(int(s) for s in shape)
+        (n, d), _ = _features_shape(shape)
+        values = int(np.prod(shape)) if len(shape) <= 2 else n * int(np.prod(shape[1:-1])) * shape[-1]
+        wanted = max(self.components, FEATURE_COMPONENTS)
+        constants = {
+            "averaging": [ops.convert_to_tensor(m) for m in reductions.averaging_matrices(shape, MAX_FEATURES)],
+            "positions": ops.convert_to_tensor(reductions.sample_positions(values))
+            if values > HIST_MAX_VALUES
+            else None,
+            "projection": None,
+            "start": None,
+            "sketch_rows": ops.convert_to_tensor(self.sketch_rows),
+        }
+        projection = reductions.cka_projection(d)
+        if projection is not None:
+            constants["projection"] = ops.convert_to_tensor(projection)
+        if reductions.pca_method(n, d) == "subspace":
+            start = reductions.gaussian_start(d, reductions.subspace_size(n, d, wanted), self.seed)
+            constants["start"] = ops.convert_to_tensor(start)
+        return constants
+
+    def _reductions(self, outputs, weights, weight_grads, plane_outputs, previous, previous_weights, constants):
         """Compiled: per layer, every reduction a snapshot stores, and the components for the next snapshot."""
         reduced, components, features = [], [], []
         for index, output in enumerate(outputs):
-            features.append(reductions.analysis_features(output, MAX_FEATURES)[0])  # (n, d)
-            layer, basis = self._layer_reductions(index, output, features[-1], previous[index], plane_outputs)
+            averaging = constants[index]["averaging"]
+            features.append(reductions.analysis_features(output, MAX_FEATURES, averaging)[0])  # (n, d)
+            layer, basis = self._layer_reductions(
+                index, output, features[-1], previous[index], plane_outputs, constants[index]
+            )
             layer["weight_norms"] = [ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32")))) for w in weights[index]]
             layer["update_norms"] = (
                 None
@@ -163,10 +225,13 @@ class ReducingPass:
                 layer["grads"] = [reductions.tensor_stats(g) for g in weight_grads[index]]
             reduced.append(layer)
             components.append(basis)
-        cka = reductions.cka_matrix(features) if len(features) > 1 else ops.ones((1, 1))
+        projections = [c["projection"] for c in constants]
+        cka = reductions.cka_matrix(features, projections) if len(features) > 1 else ops.ones((1, 1))
         return {"layers": reduced, "cka": cka}, components
 
-    def _layer_reductions(self, index: int, output, features, previous, plane_outputs) -> tuple[dict, object]:
+    def _layer_reductions(
+        self, index: int, output, features, previous, plane_outputs, constants: dict
+    ) -> tuple[dict, object]:
         n, d = (int(s) for s in features.shape)
         wanted = max(self.components, FEATURE_COMPONENTS)
         k = min(self.components, n, d)
@@ -178,9 +243,14 @@ class ReducingPass:
         elif previous is not None:
             previous = previous["components"]
         fitted = reductions.pca(
-            features, wanted, previous, anchor=None if previous is None else previous[:k], seed=self.seed
+            features,
+            wanted,
+            previous,
+            anchor=None if previous is None else previous[:k],
+            start=constants["start"],
+            seed=self.seed,
         )
-        stats = reductions.activation_stats(output, self.activations[index])
+        stats = reductions.activation_stats(output, self.activations[index], positions=constants["positions"])
         units = ops.transpose(reductions.unit_means(output)[:, :MAX_UNITS_RANKED])  # (units, n)
         top, bottom = reductions.extreme_rows(units, TOP_SAMPLES)
         layer = {
@@ -188,7 +258,7 @@ class ReducingPass:
             "variance": fitted["variance"],
             "total_variance": fitted["total_variance"],
             "nonfinite_rows": nonfinite_rows,
-            "cka_sketch": reductions.cka_sketch(features, self.sketch_rows),
+            "cka_sketch": reductions.cka_sketch(features, constants["sketch_rows"]),
             "unit_top": top,
             "unit_bottom": bottom,
             **{key: stats[key] for key in _ACTIVATION_KEYS},
@@ -198,7 +268,7 @@ class ReducingPass:
         if d <= FEATURE_COMPONENTS:  # narrow: the features themselves, no larger than their components
             layer["features"] = features
         if plane_outputs is not None:
-            plane = reductions.analysis_features(plane_outputs[index], MAX_FEATURES)[0]
+            plane = reductions.analysis_features(plane_outputs[index], MAX_FEATURES)[0]  # small: its own constants
             shown = fitted["components"][:k]
             layer["plane_pca"] = ops.matmul(plane - fitted["mean"], ops.transpose(shown))
             layer["plane_units"] = ops.cast(reductions.unit_means(plane_outputs[index]), "float16")

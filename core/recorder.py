@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from core.datasets import stratified_subset
-from core.device_pass import REDUCE_CHOICES, ReducingPass
+from core.device_pass import REDUCE_CHOICES, ReducingPass, default_reduce
 from core.graph import RecordedLayer, check_selection, recorded_layers, select_layers
 from core.journal import Journal
 from core.probe_pass import (
@@ -96,10 +96,11 @@ class Recorder(keras.callbacks.Callback):
             (`"conv4_*_out"`), a layer class (`keras.layers.Conv2D`, or `"Conv2D"`), or a list of them; the
             model's last layer is always recorded. An item that matches no layer fails at the start of `fit`,
             listing the model's layers.
-        reduce: where each snapshot is reduced. "host" (default): the probe pass hands every recorded layer's output,
+        reduce: where each snapshot is reduced. "host": the probe pass hands every recorded layer's output,
             weights and gradients to the recording process, which reduces them in numpy. "device": the reductions
             run inside the compiled probe pass (`core.device_pass`), and only what the snapshot stores crosses to
-            the host.
+            the host. "auto" (default): "device" when Keras computes on a GPU or TPU, else "host" (measured faster
+            on CPU: bench/README.md).
 
     Example:
 
@@ -140,7 +141,7 @@ class Recorder(keras.callbacks.Callback):
         analysis: str = "auto",
         budget: float | None = DEFAULT_BUDGET,
         layers: str | list | None = RECORDER_DEFAULTS["layers"],
-        reduce: str = "host",
+        reduce: str = "auto",
     ):
         super().__init__()
         check_backend()  # Keras's backend is fixed at its import: an unsupported one is refused before any fit
@@ -330,7 +331,7 @@ class Recorder(keras.callbacks.Callback):
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
             "logits": layers[-1].activation is None and _loss_takes_logits(model),
         }
-        if self.reduce == "device":
+        if (default_reduce() if self.reduce == "auto" else self.reduce) == "device":
             self._capture_fn = reducing_pass(self._capture_fn, layers, builder, len(self._x))
         if self._worker.journal is not None:  # first: what a recovery needs to run the probe pass again
             self._worker.submit(lambda: None, spill=lambda: ("setup", self._recovery_setup(builder)))
@@ -367,7 +368,7 @@ class Recorder(keras.callbacks.Callback):
             "variables": [[v.path, list(v.shape)] for v in self._variables],
             "layers": len(self._layers),
             "layer_paths": [layer.path for layer in self._layers],
-            "reduce": self.reduce,
+            "reduce": "device" if isinstance(self._capture_fn, ReducingPass) else "host",
         }
         try:
             setup["model"] = self.model.to_json()

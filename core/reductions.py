@@ -49,6 +49,7 @@ def pca(
     previous=None,
     *,
     anchor=None,
+    start=None,
     seed: int = 0,
     iterations: int = POWER_ITERATIONS,
     exact_max: int = EXACT_MAX_DIM,
@@ -61,7 +62,8 @@ def pca(
     largest-|value| entry of each component is positive (`analysis.pca`). `anchor` (..., k_anchor, d), when
     given, orients instead of `previous` (the probe pass warm-starts from 32 components but orients by the 10 that
     are stored, as the numpy analysis does). Components are never reordered: column j is the (j+1)-th
-    largest-variance direction found.
+    largest-variance direction found. `start` (d, l) replaces the fixed Gaussian block `gaussian_start` (a compiled
+    caller passes it as an argument: a large constant inside the function costs seconds of compilation).
 
     Returns a dict of tensors: `coords` (..., n, k), `components` (..., k, d), `variance` (..., k) with ddof=1,
     `total_variance` (...) (the trace of the centred covariance, exact), `mean` (..., d), and `spectrum`
@@ -79,7 +81,7 @@ def pca(
     elif method == "gram":
         result = _exact_gram(centred, k)
     else:
-        result = _subspace(centred, k, previous, seed, iterations)
+        result = _subspace(centred, k, previous, seed, iterations, start)
     result["components"], signs = _oriented(result["components"], previous if anchor is None else anchor)
     result["coords"] = result["coords"] * signs[..., None, :]
     result["total_variance"] = total
@@ -129,14 +131,14 @@ def _exact_gram(centred, k):
     }
 
 
-def _subspace(centred, k, previous, seed, iterations):
+def _subspace(centred, k, previous, seed, iterations, start=None):
     """Subspace iteration on x_c^T x_c from `previous` (topped up with fixed Gaussian columns), then Rayleigh-Ritz:
     the eigendecomposition of the small (l, l) matrix (x_c Q)^T (x_c Q) gives the components in span(Q), their
     exact projections and their variances."""
     n, d = int(centred.shape[-2]), int(centred.shape[-1])
     size = min(k + OVERSAMPLES, n, d)
     batch = tuple(int(s) for s in centred.shape[:-2])
-    start = ops.convert_to_tensor(_gaussian(d, size, seed))  # (d, l)
+    start = ops.convert_to_tensor(gaussian_start(d, size, seed) if start is None else start)  # (d, l)
     start = ops.broadcast_to(start, (*batch, d, size))
     if previous is not None:
         kept = min(int(previous.shape[-2]), size)
@@ -195,8 +197,15 @@ def _signs(values):
     return ops.where(values < 0, -1.0, 1.0)
 
 
+def subspace_size(n: int, d: int, k: int) -> int:
+    """The columns l of the subspace iteration's block for k components of an (n, d) matrix."""
+    return min(min(k, n, d) + OVERSAMPLES, n, d)
+
+
 @functools.lru_cache(maxsize=32)
-def _gaussian(d: int, columns: int, seed: int) -> np.ndarray:
+def gaussian_start(d: int, columns: int, seed: int) -> np.ndarray:
+    """The fixed Gaussian block (d, columns) the subspace iteration starts from, or tops the previous components up
+    with."""
     return np.random.default_rng(seed).standard_normal((d, columns), dtype=np.float32)
 
 
@@ -224,18 +233,25 @@ def pooling_grid(shape: tuple, limit: int) -> list[int] | None:
     return grid
 
 
-def analysis_features(output, limit: int):
+def analysis_features(output, limit: int, averaging: list | None = None):
     """(n, d) features and the grid (or None), as `snapshot.analysis_features`: each position axis is averaged over
-    the same uneven regions, as a product with a (size, cells) averaging matrix."""
+    the same uneven regions, as a product with a (size, cells) averaging matrix (`averaging_matrices`, which a
+    compiled caller passes in)."""
     shape = tuple(int(s) for s in output.shape)
     grid = pooling_grid(shape, limit)
     pooled = ops.cast(output, "float32")
     if grid is not None:
-        for axis, (size, cells) in enumerate(zip(shape[1:-1], grid), start=1):
-            averaging = ops.convert_to_tensor(_averaging_matrix(size, cells))  # (size, cells)
+        matrices = averaging_matrices(shape, limit) if averaging is None else averaging
+        for axis, matrix in enumerate(matrices, start=1):
             moved = ops.moveaxis(pooled, axis, -1)
-            pooled = ops.moveaxis(ops.matmul(moved, averaging), -1, axis)
+            pooled = ops.moveaxis(ops.matmul(moved, ops.convert_to_tensor(matrix)), -1, axis)  # (size, cells)
     return ops.reshape(pooled, (shape[0], -1)), grid
+
+
+def averaging_matrices(shape: tuple, limit: int) -> list[np.ndarray]:
+    """Per position axis of an output of `shape`, the (size, cells) matrix that averages it to the pooling grid."""
+    grid = pooling_grid(shape, limit)
+    return [] if grid is None else [_averaging_matrix(size, cells) for size, cells in zip(shape[1:-1], grid)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -256,7 +272,9 @@ def unit_means(output):
 
 def cka_sketch(features, rows: np.ndarray):
     """Centred features of the probe rows `rows` (or their Gram matrix when wider), as `SnapshotBuilder._sketch`."""
-    picked = ops.take(ops.cast(features, "float32"), ops.convert_to_tensor(rows), axis=0)  # (m, d)
+    picked = ops.take(
+        ops.cast(features, "float32"), ops.convert_to_tensor(rows), axis=0
+    )  # (m, d); rows: array or tensor
     picked = picked - ops.mean(picked, axis=0, keepdims=True)
     if int(picked.shape[1]) > int(picked.shape[0]):
         return ops.matmul(picked, ops.transpose(picked))  # (m, m)
@@ -277,9 +295,10 @@ def extreme_rows(values, count: int):
 # ---------------------------------------------------------------------------------------------------
 
 
-def activation_stats(output, activation: str | None = None, bins: int = 40) -> dict:
+def activation_stats(output, activation: str | None = None, bins: int = 40, positions=None) -> dict:
     """`analysis.activation_stats` in keras.ops: a dict of tensors. Histogram edges are `hist_low`, `hist_high`
-    (the host spans them with `np.linspace`, in float64 as the reference does)."""
+    (the host spans them with `np.linspace`, in float64 as the reference does). `positions`: the values the
+    histogram and percentiles sample (`sample_positions`), which a compiled caller passes in."""
     shape = tuple(int(s) for s in output.shape)
     values = ops.reshape(ops.cast(output, "float32"), (-1, shape[-1]) if len(shape) > 2 else (shape[0], -1))
     rows = int(values.shape[0])
@@ -305,7 +324,10 @@ def activation_stats(output, activation: str | None = None, bins: int = 40) -> d
         saturated = ops.zeros((units,), "bool")
     flat = ops.reshape(values, (-1,))
     size = rows * units
-    sample = ops.take(flat, ops.convert_to_tensor(_sample_positions(size))) if size > analysis.HIST_MAX_VALUES else flat
+    if size > analysis.HIST_MAX_VALUES:
+        sample = ops.take(flat, ops.convert_to_tensor(sample_positions(size) if positions is None else positions))
+    else:
+        sample = flat
     sample_finite = ops.isfinite(sample)
     count = ops.sum(ops.cast(sample_finite, "int32"))
     ordered = ops.sort(ops.where(sample_finite, sample, np.inf))  # the finite values first, in order
@@ -349,7 +371,8 @@ def _percentiles(ordered, count):
 
 
 @functools.lru_cache(maxsize=16)
-def _sample_positions(size: int) -> np.ndarray:
+def sample_positions(size: int) -> np.ndarray:
+    """The positions of the values `analysis.activation_stats` samples from `size` values."""
     return np.asarray(analysis._sample_positions(size), np.int32 if size < 2**31 else np.int64)
 
 
@@ -386,12 +409,14 @@ def tensor_stats(g) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def cka_matrix(features: list):
+def cka_matrix(features: list, projections: list | None = None):
     """(L, L) linear CKA between the layers' features (each (n, d_i)), as `analysis.cka_matrix` computes it: a layer
     wider than `analysis.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix, then each
     is kept as its centred features or, when wider than n, their Gram matrix, and each pair costs one product on
-    the smaller side. Pairs with a constant layer are NaN."""
-    layers = [_cka_representation(f) for f in features]
+    the smaller side. Pairs with a constant layer are NaN. `projections`: per layer its matrix (`cka_projection`) or
+    None, which a compiled caller passes in."""
+    projections = [cka_projection(int(f.shape[1])) for f in features] if projections is None else projections
+    layers = [_cka_representation(f, p) for f, p in zip(features, projections)]
     norms = [ops.sqrt(_hsic(layer, layer)) for layer in layers]
     rows = []
     for i, first in enumerate(layers):
@@ -407,11 +432,16 @@ def cka_matrix(features: list):
     return ops.stack(rows)
 
 
-def _cka_representation(features):
-    x = ops.cast(features, "float32")
-    d = int(x.shape[1])
+def cka_projection(d: int) -> np.ndarray | None:
+    """The fixed Gaussian matrix `analysis.cka_matrix` projects a layer of width d with, or None (narrow enough)."""
     if d > analysis.CKA_PROJECTION_THRESHOLD:
-        projection = analysis._projection_matrix(d, analysis.CKA_PROJECTION_DIM)
+        return analysis._projection_matrix(d, analysis.CKA_PROJECTION_DIM)
+    return None
+
+
+def _cka_representation(features, projection):
+    x = ops.cast(features, "float32")
+    if projection is not None:
         x = ops.matmul(x, ops.convert_to_tensor(projection))
     x = x - ops.mean(x, axis=0, keepdims=True)
     if int(x.shape[1]) > int(x.shape[0]):
