@@ -46,7 +46,7 @@ def input_panel(run: Run) -> Panel | None:
 
 def pooled_note(snapshot: Snapshot, index: int) -> str:
     """ " · pooled 6×6" for a layer whose PCA is of its output averaged to a 6×6 grid of positions (a wide feature
-    map: see core.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
+    map: see core.capture.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
     pca = snapshot.layer(index).get("pca")
     grid = pca.get("pooled") if isinstance(pca, dict) else None
     if isinstance(grid, list) and grid and all(isinstance(g, int) and not isinstance(g, bool) for g in grid):

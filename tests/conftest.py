@@ -1,6 +1,6 @@
 """Shared fixtures: tiny real runs recorded once per test session by the real recorder.
 
-The runs are trained in a subprocess (through `core.training.train`), so the test process itself never imports
+The runs are trained in a subprocess (through `core.training.trainer.train`), so the test process itself never imports
 TensorFlow: dashboard tests can then check that viewing does not import it either.
 
     spiral_run_dir -> (root, run_id)   spiral, hidden (8, 8), 3 epochs: 2-D input, plane grids
@@ -42,7 +42,7 @@ def _environment_restored():
 
 _TRAIN = """
 import json, sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 root = sys.argv[1]
 ids = {
     "spiral": train(TrainingSpec(dataset="spiral", hidden=(8, 8), epochs=3, lr=0.01, runs=root, name="spiral 8-8 fixture")),
@@ -138,7 +138,8 @@ KILLED_SCRIPT = textwrap.dedent(
 def _record_killable(root: Path, mode: str) -> None:
     # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
     script = KILLED_SCRIPT.replace(
-        "from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None"
+        "from core import Recorder",
+        "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(root), mode],

@@ -107,7 +107,7 @@ def test_a_tabular_run_shows_feature_values(tmp_path):
     import sys
 
     script = (
-        "import sys; from core.training import TrainingSpec, train; "
+        "import sys; from core.training.trainer import TrainingSpec, train; "
         "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))"
     )
     result = subprocess.run(

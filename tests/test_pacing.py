@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from core import worker
-from core.worker import Pacer
+from core.capture import worker
+from core.capture.worker import Pacer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +211,8 @@ EXIT_SCRIPT = textwrap.dedent(
     """
     import sys
     import keras, numpy as np
-    from core import Recorder, worker
+    from core import Recorder
+    from core.capture import worker
     from core.store import RunStore
     worker._idle_seconds = lambda: None  # idle time unknown: this fit counts as busy, its snapshots wait for the budget
 

@@ -120,7 +120,7 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
 
 
 def test_gradients_of_a_large_probe_come_from_an_even_spread_of_256_samples(tmp_path):
-    from core.recorder import GRAD_PROBE_SIZE, gradient_rows
+    from core.capture.recorder import GRAD_PROBE_SIZE, gradient_rows
 
     rows = gradient_rows(1000)
     assert len(rows) == GRAD_PROBE_SIZE and rows[0] == 0 and rows[-1] == 999 and np.all(np.diff(rows) >= 3)
@@ -139,7 +139,7 @@ def test_gradients_of_a_large_probe_come_from_an_even_spread_of_256_samples(tmp_
 
 
 def test_a_probe_too_large_for_the_recorded_outputs_is_cut_to_a_stratified_subset_with_a_warning(tmp_path, monkeypatch):
-    from core import recorder as recorder_module
+    from core.capture import recorder as recorder_module
 
     x, y = _toy_data(400)
     per_sample = 4 * (8 + 6 + 2)  # the three recorded layers' outputs, float32
@@ -294,9 +294,9 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     assert last.layer(0)["grad"]["embeddings"]["norm"] == pytest.approx(float(tf.norm(table_gradient)), rel=1e-4)
 
     # Where views and checks say "kernel", the embedding table stands in for the layer: charts, verdict, summary.
-    from core.diagnosis import _Series
+    from core.analysis.diagnosis import _Series
+    from core.analysis.summary import run_summary
     from core.store import main_weight
-    from core.summary import run_summary
     from dashboard.views import gradients as gradient_views
 
     norms = run.layer_series("grad", main_weight, "norm")
@@ -428,7 +428,7 @@ def test_a_model_that_outputs_logits_is_stored_as_probabilities(tmp_path, units,
     ],
 )
 def test_class_ids_come_from_whole_numbers_or_distributions_only(y, expected):
-    from core.recorder import _class_ids
+    from core.capture.recorder import _class_ids
 
     ids = _class_ids(y)
     assert (ids is None and expected is None) or ids.tolist() == expected
@@ -650,12 +650,12 @@ def test_unwritable_store_warns_and_training_goes_on(tmp_path):
 def test_write_failure_mid_run_warns_keeps_training_and_earlier_snapshots(tmp_path, monkeypatch):
     import errno
 
-    from core import store
+    from core.store import files as store
 
     x, y = _toy_data()
     model = _mlp()
     recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
-    original = store._Files.write_atomic
+    original = store.Files.write_atomic
     writes = {"count": 0}
 
     def fill_disk_after_a_few_writes(self, path, data):
@@ -664,7 +664,7 @@ def test_write_failure_mid_run_warns_keeps_training_and_earlier_snapshots(tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         original(self, path, data)
 
-    monkeypatch.setattr(store._Files, "write_atomic", fill_disk_after_a_few_writes)
+    monkeypatch.setattr(store.Files, "write_atomic", fill_disk_after_a_few_writes)
     with pytest.warns(RuntimeWarning, match="No space left"):
         _fit(model, recorder, epochs=4, x=x, y=y)
     monkeypatch.undo()
@@ -739,7 +739,10 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
     script = (
         CRASH_SCRIPT.format(repo=REPO, root=root)
         .replace("budget=None", "budget=0.0001")
-        .replace("from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
+        .replace(
+            "from core import Recorder",
+            "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
+        )
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -825,7 +828,7 @@ def test_each_snapshot_holds_the_model_as_it_was_when_captured_while_training_ru
     # optimizer keeps updating the live variables: every snapshot must still show its own moment of training.
     import threading
 
-    from core import recorder as recorder_module
+    from core.capture import recorder as recorder_module
 
     threads = set()
     run_pass = recorder_module.Recorder._run_capture_pass
@@ -913,7 +916,7 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
     from IPython.core.interactiveshell import InteractiveShell
     from core import Recorder
     from core.store import RunStore
-    from core.worker import wait_for_all
+    from core.capture.worker import wait_for_all
     from tests.test_recorder import _mlp, _toy_data, _RaiseAtEpoch
 
     shell = InteractiveShell.instance()

@@ -1,4 +1,4 @@
-"""core/graph.py on its own, on tiny real Keras models: which layers are recorded and selected, what each is
+"""core/capture/graph.py on its own, on tiny real Keras models: which layers are recorded and selected, what each is
 described as, and whether a model computes something else in training."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.graph import (
+from core.capture.graph import (
     AUTO_ALL_LAYERS,
     auto_layers,
     check_selection,

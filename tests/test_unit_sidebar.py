@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.journal import Journal
 from core.store import RunWriter
+from core.store.journal import Journal
 from dashboard import state as schema
 from dashboard.synthetic import synthetic_run
 

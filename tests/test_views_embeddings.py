@@ -187,7 +187,7 @@ def test_focus_animates_every_epoch_on_the_stored_aligned_coordinates(spiral):
 
 _BATCHES = """
 import sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 print(train(TrainingSpec(dataset="xor", hidden=(4,), epochs=2, batch_every=3, runs=sys.argv[1], name="batch captures")))
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.diagnosis import diagnose
+from core.analysis.diagnosis import diagnose
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import gradients as views

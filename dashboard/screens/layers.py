@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import analysis, metrics
-from core.run_info import parse_layer_key
+from core.analysis import measures, metrics
+from core.store.run_info import parse_layer_key
 from dashboard import context
 from dashboard.data import snapshot_at
 from dashboard.views import layers as views
@@ -194,7 +194,7 @@ def _chance(run) -> float | None:
 def held_out(run_id: str) -> tuple[int, int]:
     """(samples each linear probe is scored on, probe size): the probe's labels fix both."""
     probe = _run(run_id).probe()
-    return (analysis.held_out_size(probe.y) if probe.y is not None else 0), probe.size
+    return (measures.held_out_size(probe.y) if probe.y is not None else 0), probe.size
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.diagnosis import diagnose
+from core.analysis.diagnosis import diagnose
 from core.store import Run, main_weight, to_json_safe, variance_ratios
 
 

@@ -1,7 +1,7 @@
 """The receiving end of a recording: analyses each capture and writes the run, in a process of its own.
 
 `core.Recorder` sends plain messages (numpy arrays and dicts); `RunSink` turns them into store files. By
-default the sink runs in a child process (`python -m core.sink`, fed pickled frames on stdin), so the numpy
+default the sink runs in a child process (`python -m core.capture.sink`, fed pickled frames on stdin), so the numpy
 analysis never competes with training for the GIL. If the parent dies, even by SIGKILL, the child still
 finishes every capture it has received, then exits at end of input. This module is numpy-only.
 """
@@ -17,8 +17,8 @@ import warnings
 
 import numpy as np
 
-from core import analysis
-from core.snapshot import RawCapture, SnapshotBuilder
+from core.analysis import measures
+from core.capture.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunWriter
 
 FRAME_HEADER = struct.Struct("<Q")  # byte length of the pickled message that follows
@@ -74,13 +74,13 @@ class RunSink:
 
     def _on_probe(self, arrays: dict, x: np.ndarray, components: int, seed: int) -> None:
         flat = x.reshape(len(x), -1).astype(np.float32)
-        baseline = analysis.pca(flat, k=components, seed=seed)
+        baseline = measures.pca(flat, k=components, seed=seed)
         self._writer.write_probe({**arrays, "input/pca": baseline.coords.astype(np.float32)})
         summary = {"explained_variance_ratio": np.asarray(baseline.explained_variance_ratio).tolist()}
         labels = self._builder.labels
         if labels is not None:
-            summary["linear_probe"] = analysis.linear_probe_accuracy(flat, labels, seed=seed)
-            summary["separation"] = analysis.class_separation(baseline.coords, labels, seed=seed)
+            summary["linear_probe"] = measures.linear_probe_accuracy(flat, labels, seed=seed)
+            summary["separation"] = measures.class_separation(baseline.coords, labels, seed=seed)
         self._writer.update_meta(input=summary)
 
     def _on_snapshot(self, seq: int, raw: RawCapture) -> None:

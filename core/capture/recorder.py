@@ -15,10 +15,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.datasets import stratified_subset
-from core.graph import RecordedLayer, check_selection, recorded_layers, select_layers
-from core.journal import Journal
-from core.probe_pass import (
+from core.capture.graph import RecordedLayer, check_selection, recorded_layers, select_layers
+from core.capture.probe_pass import (
     GRAD_PROBE_SIZE,
     backend_passes,
     check_backend,
@@ -26,10 +24,12 @@ from core.probe_pass import (
     model_variables,
     weight_positions,
 )
+from core.capture.snapshot import RawCapture
+from core.capture.worker import TRAINING, start_worker
 from core.settings import RECORDER_DEFAULTS
-from core.snapshot import RawCapture
 from core.store import RunWriter, StoreError, is_valid_run_id, new_run_id, run_exists
-from core.worker import TRAINING, start_worker
+from core.store.journal import Journal
+from core.training.datasets import stratified_subset
 
 MAX_STORED_INPUT_BYTES = 64 * 2**20  # probe inputs above this size are not copied into the store
 PLANE_RESOLUTION = 25  # grid points per side for 2-D inputs: unit response maps and the bent input plane
@@ -59,8 +59,8 @@ class Recorder(keras.callbacks.Callback):
     does the process when it exits. Held-back weights are also journaled in the run folder, so if the process
     is killed first, `python -m core recover RUN` writes them. A failure anywhere warns and never stops `fit`.
 
-    It records on Keras's TensorFlow and JAX backends, each with its own compiled passes (`core.probe_tf`,
-    `core.probe_jax`); on any other backend it is refused at construction with a RuntimeError.
+    It records on Keras's TensorFlow and JAX backends, each with its own compiled passes (`core.capture.probe_tf`,
+    `core.capture.probe_jax`); on any other backend it is refused at construction with a RuntimeError.
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
@@ -330,7 +330,7 @@ class Recorder(keras.callbacks.Callback):
         self._end_with_the_notebook_cell()
 
     def _open_journal(self) -> Journal | None:
-        """The run's recovery journal (`core.journal`) when snapshots may be held back in this process's memory:
+        """The run's recovery journal (`core.store.journal`) when snapshots may be held back in this process's memory:
         with a budget, on a store another process can read. None when it cannot be written: that warns only."""
         if self.budget is None or self.log_dir.startswith("memory://"):
             return None
@@ -660,13 +660,13 @@ def _selection_text(selection) -> str:
 PROBE_OUTPUT_BYTES = 512 * 2**20
 MIN_PROBE = 100
 
-# The backend's own pieces (`core.probe_tf` or `core.probe_jax`), through these: `core.recover` runs the same pass.
+# The backend's own pieces (`core.capture.probe_tf` or `core.capture.probe_jax`), through these: `core.capture.recover` runs the same pass.
 _model_variables = model_variables
 _weight_positions = weight_positions
 
 
 def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
-    """The probe pass of `model` (`core.probe_pass.ProbePass`) on the current backend, called as
+    """The probe pass of `model` (`core.capture.probe_pass.ProbePass`) on the current backend, called as
     `capture(x, y, grid, state)`."""
     return backend_passes().ProbePass(model, layers, variables, with_loss, plane)
 

@@ -3,7 +3,7 @@ of the arrays a snapshot keeps for each layer. Numpy-free and Keras-free.
 
 Pages and commands read a run through these types instead of string keys and nested `.get` chains:
 
-    info = run.info                          # RunInfo, built from run.json once it passed core/run_format.py
+    info = run.info                          # RunInfo, built from run.json once it passed core/store/run_format.py
     info.dataset.class_names                 # ("setosa", "versicolor", "virginica")
     info.layers[2].name, info.layers[2].key("pca")   # "dense_2", "L2/pca"
     layer_key(2, "kernel") == "L2/kernel"; parse_layer_key("L2/kernel") == (2, "kernel")
@@ -133,7 +133,7 @@ class ProbeInfo:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A run as run.json describes it (after core/run_format.py checked it)."""
+    """A run as run.json describes it (after core/store/run_format.py checked it)."""
 
     id: str
     name: str
@@ -149,7 +149,7 @@ class RunInfo:
 
     @classmethod
     def from_meta(cls, meta: dict, run_id: str) -> RunInfo:
-        """From a checked run.json (`core.run_format.run_meta`)."""
+        """From a checked run.json (`core.store.run_format.run_meta`)."""
         layers = meta.get("layers") or []
         return cls(
             id=run_id,

@@ -5,7 +5,7 @@ a SIGKILL or the OOM killer would take them along. So the worker also writes eve
 (the weights of its moment) to `journal/` in the run folder as it receives them, and deletes each entry once
 the recording process has written what it stands for. The run's setup (the model's architecture and compiled
 loss, the probe set) is written once, first. `python -m core recover RUN` runs what a killed training process
-left there (`core.recover`). The last written capture's entry stays until the next one is written: a recovery
+left there (`core.capture.recover`). The last written capture's entry stays until the next one is written: a recovery
 reads its weights, so the first recovered snapshot still has update ratios.
 
 Entries are npz files with a JSON header, as snapshots are: nothing here ever needs pickle, so a run folder
@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-from core.store import META_KEY, _Files, npz_bytes
+from core.store.files import META_KEY, Files, npz_bytes
 
 JOURNAL_DIR = "journal"
 SETUP = "setup"
@@ -34,7 +34,7 @@ class Entry:
     """One journal entry, read back: a sink message `(kind, payload)` or a capture (`kind == "capture"`). Its
     name says what it is; the payload (a capture's weights) is read only when used."""
 
-    def __init__(self, files: _Files, run_id: str, name: str):
+    def __init__(self, files: Files, run_id: str, name: str):
         self.files, self.path, self.name = files, files.join(run_id, JOURNAL_DIR, name), name
         match = ENTRY_NAME.match(name)
         self.kind = match.group(2) if match else SETUP
@@ -65,7 +65,7 @@ class Journal:
 
     def __init__(self, root: str, run_id: str):
         self.root, self.run_id = root, run_id
-        self.files = _Files(root)
+        self.files = Files(root)
         self.dir = self.files.join(run_id, JOURNAL_DIR)
         self.files.makedirs(self.dir)
         self._next = 0
@@ -98,7 +98,7 @@ class Journal:
         self.files.remove(self._path(name))
 
     def _path(self, name: str) -> str:
-        # Joined from the root (`_Files.join` takes names, never a path such as `self.dir`).
+        # Joined from the root (`Files.join` takes names, never a path such as `self.dir`).
         return self.files.join(self.run_id, JOURNAL_DIR, name)
 
     def close(self) -> None:
@@ -133,13 +133,13 @@ def _decode(value, arrays):
     return value
 
 
-def read_journal(files: _Files, run_id: str) -> tuple[Entry | None, list[Entry]]:
+def read_journal(files: Files, run_id: str) -> tuple[Entry | None, list[Entry]]:
     """(setup, the other entries in the order they were written); temporary files are skipped."""
     names = files.listdir(files.join(run_id, JOURNAL_DIR))
     setup = Entry(files, run_id, f"{SETUP}.npz") if f"{SETUP}.npz" in names else None
     return setup, [Entry(files, run_id, name) for name in names if ENTRY_NAME.match(name)]
 
 
-def pending_captures(files: _Files, run_id: str, written: set[tuple]) -> int:
+def pending_captures(files: Files, run_id: str, written: set[tuple]) -> int:
     """How many captures the journal holds that are not among the `written` snapshots (`capture_key`s)."""
     return sum(e.kind == CAPTURE and e.key not in written for e in read_journal(files, run_id)[1])

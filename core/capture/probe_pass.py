@@ -1,6 +1,6 @@
 """The probe pass, the part every backend shares: which backend records, how the probe is cut into chunks, and the
 pass's results gathered from the chunks. Each backend compiles its own pieces with its own machinery
-(`core.probe_tf`: tf.function and GradientTape; `core.probe_jax`: jax.jit and jax.grad).
+(`core.capture.probe_tf`: tf.function and GradientTape; `core.capture.probe_jax`: jax.jit and jax.grad).
 
 Keras fixes its backend when it is first imported (`KERAS_BACKEND`), so the choice is made once per process.
 """
@@ -14,7 +14,7 @@ from types import ModuleType
 import keras
 import numpy as np
 
-from core.graph import RecordedLayer, recorded_layers, trains_differently
+from core.capture.graph import RecordedLayer, recorded_layers, trains_differently
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
 GRAD_PROBE_SIZE = 256  # probe samples gradients are measured on: a stable norm, still cheap
@@ -39,13 +39,13 @@ def check_backend(name: str | None = None) -> str:
 
 
 def backend_passes() -> ModuleType:
-    """The module of the current backend's compiled passes: `core.probe_tf` or `core.probe_jax`. Each has
+    """The module of the current backend's compiled passes: `core.capture.probe_tf` or `core.capture.probe_jax`. Each has
     `ProbePass`, `gradient_norm_function`, `read_state`, `constants`, `dtype_size` and `writes_the_run`."""
     if check_backend() == "jax":
-        from core import probe_jax
+        from core.capture import probe_jax
 
         return probe_jax
-    from core import probe_tf
+    from core.capture import probe_tf
 
     return probe_tf
 

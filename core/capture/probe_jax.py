@@ -1,8 +1,8 @@
 """The probe pass on JAX: jitted pure functions of the weights' values, gradients by `jax.grad`. Imported only when
-Keras runs on JAX (`core.probe_pass.backend_passes`); it never imports TensorFlow.
+Keras runs on JAX (`core.capture.probe_pass.backend_passes`); it never imports TensorFlow.
 
 The model runs on given values the way `Layer.stateless_call` runs it, in a Keras StatelessScope that maps each
-variable to a value, here around a walk of the layer graph (`core.graph.forward_recording`) that keeps every
+variable to a value, here around a walk of the layer graph (`core.capture.graph.forward_recording`) that keeps every
 recorded layer's output. Whatever the pass would change (batch-norm moving statistics, dropout's seed) goes to the
 scope and is dropped with it, so a training-mode pass moves no statistic and no weight. The gradient reaching a
 layer's output is the gradient with respect to a zero added to that output: the values stay as they are.
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from core.graph import RecordedLayer, forward_recording, trains_differently
-from core.probe_pass import ProbePass as _SharedProbePass
-from core.probe_pass import regroup, weight_positions
+from core.capture.graph import RecordedLayer, forward_recording, trains_differently
+from core.capture.probe_pass import ProbePass as _SharedProbePass
+from core.capture.probe_pass import regroup, weight_positions
 
 
 def _run(
@@ -50,7 +50,7 @@ def _with_weights(state: list, positions: list[int], weights: list) -> list:
 
 
 class ProbePass(_SharedProbePass):
-    """The probe pass (`core.probe_pass.ProbePass`) as jitted JAX functions."""
+    """The probe pass (`core.capture.probe_pass.ProbePass`) as jitted JAX functions."""
 
     def _compile(self, model: keras.Model, layers: list[RecordedLayer], variables: list) -> tuple:
         training = self.training

@@ -13,7 +13,7 @@ Example:
 
 ```python
 from core.store import RunStore
-from core.diagnosis import diagnose, Thresholds
+from core.analysis.diagnosis import diagnose, Thresholds
 
 for finding in diagnose(RunStore("runs").run(run_id), Thresholds(vanishing_ratio=1e-3)):
     print(finding.kind, finding.layer, finding.epoch, finding.message)

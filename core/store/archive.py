@@ -4,7 +4,7 @@ An archive can come from anyone (an upload on a hosted dashboard), so nothing in
 a StoreError that says why, when it is larger than accepted, when its directory declares more entries than accepted,
 when an entry's name could leave the run folder (`..`, an absolute path, a backslash, a drive letter), is a symbolic
 link or anything but a file or folder, is encrypted, comes twice, or is not a file of the run format (FORMAT.md),
-when its run.json does not validate (`core.run_format`), and when unpacking would produce more bytes than accepted
+when its run.json does not validate (`core.store.run_format`), and when unpacking would produce more bytes than accepted
 in all, or from one entry more than a set multiple of its packed size. Sizes are counted as the bytes are read,
 never taken from the archive's headers.
 
@@ -24,22 +24,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from core import run_format
-from core.journal import ENTRY_NAME as JOURNAL_ENTRY_NAME
-from core.journal import JOURNAL_DIR, SETUP
-from core.store import (
+from core.store import run_format
+from core.store.files import (
     BATCH_GRADIENTS_DIR,
     BATCH_GRADIENTS_NAME,
     FORMAT_VERSION,
     SNAPSHOT_NAME,
     TEMP_PREFIX,
+    Files,
     StoreError,
-    _Files,
-    _ignore_errors,
-    _json_bytes,
+    ignore_errors,
+    json_bytes,
     new_run_id,
     reason,
 )
+from core.store.journal import ENTRY_NAME as JOURNAL_ENTRY_NAME
+from core.store.journal import JOURNAL_DIR, SETUP
 
 MIB = 1 << 20
 CHUNK = MIB
@@ -61,7 +61,7 @@ class ImportLimits:
     directory_bytes_per_entry: int = 1024  # the archive's central directory, parsed into memory before any check
 
 
-def import_run(files: _Files, archive: BinaryIO, name: str | None = None, limits: ImportLimits = ImportLimits()) -> str:
+def import_run(files: Files, archive: BinaryIO, name: str | None = None, limits: ImportLimits = ImportLimits()) -> str:
     """Unpack the run in `archive` (a seekable binary file) into the store under a new run id, and return that id.
 
     `name` is the imported run's display name (default: the name it had). A run that was still `running` when it was
@@ -250,7 +250,7 @@ def _run_meta(data: bytes, name: str | None) -> dict:
 
 
 def _unpack(
-    files: _Files, zipped: zipfile.ZipFile, plan: dict[str, zipfile.ZipInfo], meta: dict, limits: ImportLimits
+    files: Files, zipped: zipfile.ZipFile, plan: dict[str, zipfile.ZipInfo], meta: dict, limits: ImportLimits
 ) -> str:
     budget = _Budget(limits)
     temp = f"{TEMP_PREFIX}import-{uuid.uuid4().hex}"
@@ -271,16 +271,16 @@ def _unpack(
         files.rename(files.join(temp), files.join(run_id))
         moved = True
         meta.update(id=run_id, name=meta.get("name") or run_id)
-        files.write_atomic(files.join(run_id, "run.json"), _json_bytes(meta))  # last: from now on it is a run
+        files.write_atomic(files.join(run_id, "run.json"), json_bytes(meta))  # last: from now on it is a run
     except BaseException as error:
-        _ignore_errors(files.remove_tree, files.join(run_id if moved else temp))
+        ignore_errors(files.remove_tree, files.join(run_id if moved else temp))
         if isinstance(error, OSError):
             raise StoreError(f"The run could not be written to the store ({reason(error)}).") from None
         raise
     return run_id
 
 
-def _fresh_id(files: _Files, meta: dict) -> str:
+def _fresh_id(files: Files, meta: dict) -> str:
     for _ in range(8):
         run_id = new_run_id(str(meta.get("name") or meta.get("id") or "imported"))
         if not files.exists(files.join(run_id)):

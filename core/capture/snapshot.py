@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core import analysis
+from core.analysis import measures
 
 TOP_SAMPLES = 8  # probe samples kept per unit, most and least activating
 MAX_UNITS_RANKED = 256  # wider layers keep top samples for their first 256 units only
@@ -100,7 +100,7 @@ class SnapshotBuilder:
             arrays,
             skipped,
             "cka",
-            lambda out: {"cka": analysis.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]]},
+            lambda out: {"cka": measures.cka_matrix(features).tolist() if len(features) > 1 else [[1.0]]},
         )
         if skipped:
             meta["skipped"] = skipped
@@ -171,7 +171,7 @@ class SnapshotBuilder:
 
     def _activation(self, index: int, raw: RawCapture, arrays: dict) -> dict:
         prefix = f"L{index}/"
-        stats = analysis.activation_stats(raw.outputs[index], activation=self.activations[index])
+        stats = measures.activation_stats(raw.outputs[index], activation=self.activations[index])
         arrays[prefix + "act_hist_counts"] = stats["hist_counts"]
         arrays[prefix + "act_hist_edges"] = stats["hist_edges"]
         arrays[prefix + "dead_units"] = stats["dead_units"]
@@ -189,11 +189,11 @@ class SnapshotBuilder:
 
     def _projection(self, index: int, raw: RawCapture, flat: np.ndarray, arrays: dict) -> dict:
         prefix = f"L{index}/"
-        fitted = analysis.pca(flat, k=self.components, seed=self.seed)
+        fitted = measures.pca(flat, k=self.components, seed=self.seed)
         previous = self._previous_components.get(index)
         if previous is None and index in self._previous_coords:
             previous = _components_along(flat - fitted.mean, self._previous_coords.pop(index))
-        aligned, order = analysis.align_pca(fitted, previous)
+        aligned, order = measures.align_pca(fitted, previous)
         self._previous_components[index] = aligned.components
         arrays[prefix + "pca"] = aligned.coords.astype(np.float32)
         arrays[prefix + "cka_sketch"] = self._sketch(flat)
@@ -208,16 +208,16 @@ class SnapshotBuilder:
                 "method": aligned.method,
                 "total_variance": aligned.total_variance,
             },
-            "dimensionality": analysis.effective_dimensionality(fitted),
+            "dimensionality": measures.effective_dimensionality(fitted),
         }
         if self.labels is not None:
-            accuracy, weights = analysis.linear_probe(
+            accuracy, weights = measures.linear_probe(
                 flat, self.labels, seed=self.seed, start=self._previous_probes.get(index)
             )
             record["linear_probe"] = accuracy
             if weights is not None:
                 self._previous_probes[index] = weights
-            record["separation"] = analysis.class_separation(
+            record["separation"] = measures.class_separation(
                 aligned.coords, self.labels, max_points=SEPARATION_POINTS, seed=self.seed
             )
         return record
@@ -251,7 +251,7 @@ class SnapshotBuilder:
         if raw.weight_grads:
             record["grad"] = {}
             for role, gradient in raw.weight_grads[index].items():
-                stats = analysis.tensor_stats(gradient)
+                stats = measures.tensor_stats(gradient)
                 arrays[f"{prefix}grad_{role}_log_hist"] = stats.pop("log_hist_counts")
                 record["grad"][role] = stats
             output_grad_norm = raw.output_grad_norms[index]

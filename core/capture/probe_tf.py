@@ -1,5 +1,5 @@
 """The probe pass on TensorFlow: tf.functions that run the model on read weights under Keras's StatelessScope, and
-take gradients with GradientTape. Imported only when Keras runs on TensorFlow (`core.probe_pass.backend_passes`)."""
+take gradients with GradientTape. Imported only when Keras runs on TensorFlow (`core.capture.probe_pass.backend_passes`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import logging
 import keras
 import tensorflow as tf
 
-from core.graph import RecordedLayer, forward_recording, trains_differently
-from core.probe_pass import ProbePass as _SharedProbePass
-from core.probe_pass import regroup, weight_positions
+from core.capture.graph import RecordedLayer, forward_recording, trains_differently
+from core.capture.probe_pass import ProbePass as _SharedProbePass
+from core.capture.probe_pass import regroup, weight_positions
 
 
 class _OwnTracesAreExpected(logging.Filter):
@@ -32,7 +32,7 @@ logging.getLogger("tensorflow").addFilter(_OwnTracesAreExpected())
 
 
 class ProbePass(_SharedProbePass):
-    """The probe pass (`core.probe_pass.ProbePass`) as tf.functions: gradients by GradientTape, in a StatelessScope."""
+    """The probe pass (`core.capture.probe_pass.ProbePass`) as tf.functions: gradients by GradientTape, in a StatelessScope."""
 
     def _compile(self, model: keras.Model, layers: list[RecordedLayer], variables: list) -> tuple:
         training = self.training

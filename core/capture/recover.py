@@ -1,7 +1,7 @@
 """`python -m core recover RUN`: write the snapshots a killed training process left in its run's journal.
 
 A `Recorder` with a budget holds snapshots back while training runs, as the weights of their moment, and its
-worker journals each one in the run folder (`core.journal`). When the training process dies before they are
+worker journals each one in the run folder (`core.store.journal`). When the training process dies before they are
 written (SIGKILL, the OOM killer, a power cut), this rebuilds the model from the journaled architecture and
 compiled loss, runs the probe pass on each journaled state, and writes the snapshots as the recording
 process would have, in order, with the epoch logs and the final status. Running it again after an
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.journal import CAPTURE, JOURNAL_DIR, Entry, capture_key, read_journal
-from core.store import Run, RunStore, StoreError, _process_alive
+from core.store import Run, RunStore, StoreError
+from core.store.journal import CAPTURE, JOURNAL_DIR, Entry, capture_key, read_journal
+from core.store.reader import process_alive
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
     when there is nothing to recover or it cannot be done."""
     store = RunStore(root)
     run = store.run(run_id)
-    if run.meta.get("status", "running") == "running" and _process_alive(run.meta):
+    if run.meta.get("status", "running") == "running" and process_alive(run.meta):
         raise StoreError(
             f"Run {run.id!r} is still being written by process {run.meta.get('pid')} on "
             f"{run.meta.get('host')}. Recover it once that process has ended, on that machine."
@@ -84,7 +85,7 @@ def recover(root: str, run_id: str, progress: Callable[[int, int, Entry], None] 
 
 
 def _sink(root: str, run: Run, setup: dict):
-    from core.sink import RunSink
+    from core.capture.sink import RunSink
 
     sink = RunSink(strict=True)  # no training to protect here: a failure stops the recovery and says why
     sink.handle(("attach", {"root": root, "run_id": run.id, "builder": setup["builder"]}))
@@ -105,8 +106,8 @@ class _ProbePass:
             )
         import keras
 
-        from core import recorder
-        from core.graph import recorded_layers
+        from core.capture import recorder
+        from core.capture.graph import recorded_layers
 
         try:
             model = keras.models.model_from_json(setup["model"])

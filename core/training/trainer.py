@@ -7,9 +7,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, make_dataclass
 
-from core.datasets import load_dataset, split
-from core.models import ModelConfig, parse_hidden
 from core.settings import TRAINING_STAGES, dataclass_fields, model_settings, spec_settings
+from core.training.datasets import load_dataset, split
+from core.training.models import ModelConfig, parse_hidden
 
 
 @dataclass
@@ -63,8 +63,8 @@ def train(
     say(TRAINING_STAGES[0])
     import keras
 
-    from core.models import build_model
-    from core.recorder import Recorder
+    from core.capture.recorder import Recorder
+    from core.training.models import build_model
 
     say(TRAINING_STAGES[1])
     data = load_dataset(spec.dataset, noise=spec.noise, seed=spec.seed, label_column=spec.label_column)

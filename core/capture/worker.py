@@ -27,8 +27,8 @@ import time
 import warnings
 from collections.abc import Callable
 
-from core.journal import Journal
-from core.sink import CPU_REPORT, RunSink, write_frame
+from core.capture.sink import CPU_REPORT, RunSink, write_frame
+from core.store.journal import Journal
 
 QUEUE_DEPTH = 4  # messages waiting at most between the training thread and the worker's thread
 MAX_DEFERRED_BYTES = 256 * 2**20  # weights held back for later at most; beyond it, work runs over the budget
@@ -316,7 +316,7 @@ class ThreadWorker(_QueuedWorker):
 
 
 class ProcessWorker(_QueuedWorker):
-    """Feeds a `python -m core.sink` child over a pipe; the child does the numpy analysis and the writes, and
+    """Feeds a `python -m core.capture.sink` child over a pipe; the child does the numpy analysis and the writes, and
     reports its CPU time back after each message, which the pacing counts. The child starts with the first
     message the budget lets through; if it cannot start, the sink runs in this worker's thread instead."""
 
@@ -345,7 +345,7 @@ class ProcessWorker(_QueuedWorker):
         )
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "core.sink", "--report-cpu"],
+                [sys.executable, "-m", "core.capture.sink", "--report-cpu"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,

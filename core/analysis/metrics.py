@@ -52,7 +52,7 @@ def layer_width(layer: dict) -> int | None:
 
 
 def _is_gram(sketch: np.ndarray, width: int | None) -> bool:
-    """Which form the recorder chose (see `core.snapshot.SnapshotBuilder._sketch`): Gram when wider than m."""
+    """Which form the recorder chose (see `core.capture.snapshot.SnapshotBuilder._sketch`): Gram when wider than m."""
     if width is not None:
         return width > sketch.shape[0]
     return sketch.shape[0] == sketch.shape[1] and np.array_equal(sketch, sketch.T)
