@@ -12,7 +12,8 @@ import inspect
 from dataclasses import dataclass
 
 import keras
-from keras.src.models.functional import Functional, operation_fn
+
+from core.capture.keras_internals import all_layers, graph_of, is_graph_model, operation_call, run_graph
 
 # Layers that drop or perturb values in training only (and ActivityRegularization, whose loss term does): the
 # identity at inference.
@@ -95,18 +96,17 @@ def _has_symbolic_output(layer) -> bool:
     return isinstance(output, keras.KerasTensor)
 
 
-def _graph_of(model: keras.Model) -> Functional:
-    if isinstance(model, keras.Sequential):
-        graph = getattr(model, "_functional", None)
-        if graph is None:
-            raise ValueError(
-                f"Model `{model.name}` has no input shape yet, so its layers have no outputs to record. "
-                "Start the Sequential with `keras.Input(shape=...)`, e.g. "
-                "`keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(32), ...])`."
-            )
+def _graph_of(model: keras.Model):
+    """The functional graph of `model`; a ValueError that says how to rebuild a model that has none."""
+    graph = graph_of(model)
+    if graph is not None:
         return graph
-    if isinstance(model, Functional):
-        return model
+    if isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"Model `{model.name}` has no input shape yet, so its layers have no outputs to record. "
+            "Start the Sequential with `keras.Input(shape=...)`, e.g. "
+            "`keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(32), ...])`."
+        )
     raise ValueError(
         f"Model `{model.name}` is a subclassed `{type(model).__name__}`: its layers have no symbolic outputs, "
         "so Strata cannot see them. Rebuild it with the functional API "
@@ -120,7 +120,7 @@ def recorded_layers(model: keras.Model, prefix: str = "") -> list[RecordedLayer]
     graph = _graph_of(model)
     layers = []
     for layer in graph.layers:
-        if isinstance(layer, (keras.Sequential, Functional)):
+        if is_graph_model(layer):
             layers.extend(recorded_layers(layer, prefix=f"{prefix}{layer.name}/"))
         elif type(layer).__name__ not in PASS_THROUGH_TYPES and _single_float_output(layer):
             layers.append(RecordedLayer(f"{prefix}{layer.name}", layer))
@@ -136,7 +136,7 @@ def trains_differently(model: keras.Model) -> bool:
     """Whether some layer of `model` computes something else in training than in inference: batch normalization,
     dropout, noise and augmentation layers, recurrent or attention layers with dropout, and custom layers whose
     own `call` takes a `training` argument (every built-in layer's `call` takes one, so that says nothing)."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         kind = type(layer)
         if kind.__name__ in TRAINING_TYPES or (
             kind.__name__.startswith("Random") and kind.__module__.startswith("keras.")
@@ -246,9 +246,9 @@ def forward_recording(model: keras.Model, inputs, outputs: dict, training: bool 
     graph = _graph_of(model)
 
     def recording(operation):
-        if isinstance(operation, (keras.Sequential, Functional)):
+        if is_graph_model(operation):
             return lambda *args, **kwargs: forward_recording(operation, args[0], outputs, training, added)
-        call = operation_fn(operation, training=training)
+        call = operation_call(operation, training)
 
         def call_and_record(*args, **kwargs):
             result = call(*args, **kwargs)
@@ -259,4 +259,4 @@ def forward_recording(model: keras.Model, inputs, outputs: dict, training: bool 
 
         return call_and_record
 
-    return graph._run_through_graph(inputs, operation_fn=recording)
+    return run_graph(graph, inputs, recording)

@@ -22,7 +22,6 @@ from core.capture.probe_pass import (
     check_backend,
     gradient_rows,  # noqa: F401  (where the recorder's tests and tools have read it)
     model_variables,
-    weight_positions,
 )
 from core.capture.snapshot import RawCapture
 from core.capture.worker import TRAINING, start_worker
@@ -295,7 +294,7 @@ class Recorder(keras.callbacks.Callback):
             self.labels = None
         self._layers = layers
         self._fit_probe_to_memory(layers)
-        self._variables = _model_variables(model)
+        self._variables = model_variables(model)
         self._state_bytes = sum(math.prod(v.shape) * backend_passes().dtype_size(v.dtype) for v in self._variables)
         self._capture_fn = _capture_function(
             model, layers, self._variables, with_loss=self._y_for_loss is not None, plane=self._plane
@@ -661,8 +660,6 @@ PROBE_OUTPUT_BYTES = 512 * 2**20
 MIN_PROBE = 100
 
 # The backend's own pieces (`core.capture.probe_tf` or `core.capture.probe_jax`), through these: `core.capture.recover` runs the same pass.
-_model_variables = model_variables
-_weight_positions = weight_positions
 
 
 def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):
@@ -684,11 +681,6 @@ def _read_state(model: keras.Model | None, variables: list) -> list:
 
 def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None) -> tuple:
     return tuple(backend_passes().constants([x, y, grid]))
-
-
-def _state_tensors(values: list[np.ndarray]) -> list:
-    """A state read back from numpy (a journaled capture), as the backend's tensors."""
-    return backend_passes().constants(values)
 
 
 def run_capture_pass(capture_fn, inputs: tuple, layers: list[RecordedLayer], state: list, **fields) -> RawCapture:

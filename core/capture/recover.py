@@ -106,7 +106,7 @@ class _ProbePass:
             )
         import keras
 
-        from core.capture import recorder
+        from core.capture import probe_pass, recorder
         from core.capture.graph import recorded_layers
 
         try:
@@ -123,7 +123,7 @@ class _ProbePass:
         if setup.get("layer_paths") is not None:  # the layers the Recorder chose (`layers=`); older journals: all
             chosen = set(setup["layer_paths"])
             self.layers = [layer for layer in self.layers if layer.path in chosen]
-        self.variables = recorder._model_variables(model)
+        self.variables = probe_pass.model_variables(model)
         # A variable's path gains its model's name as a prefix when the model is built in a fit: compare the
         # layer's and the weight's names, and the shapes.
         variables = [[_tail(v.path), list(v.shape)] for v in self.variables]
@@ -136,19 +136,20 @@ class _ProbePass:
             )
         y, grid = setup.get("y"), setup.get("grid")
         self._recorder = recorder
-        self._fn = recorder._capture_function(
+        self._passes = probe_pass.backend_passes()
+        self._fn = self._passes.ProbePass(
             model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None
         )
-        self._inputs = recorder._probe_tensors(setup["x"], y, grid)
+        self._inputs = tuple(self._passes.constants([setup["x"], y, grid]))
+        self._positions = probe_pass.weight_positions(self.layers, self.variables)
 
     def run(self, capture: dict):
-        state = self._recorder._state_tensors(capture["state"])
+        state = self._passes.constants(capture["state"])
         fields = {key: capture[key] for key in ("kind", "epoch", "step", "batch", "logs")}
         return self._recorder.run_capture_pass(self._fn, self._inputs, self.layers, state, **fields)
 
     def layer_weights(self, state: list[np.ndarray]) -> list[dict]:
-        positions = self._recorder._weight_positions(self.layers, self.variables)
-        return self._recorder.layer_weights(self.layers, [[state[i] for i in group] for group in positions])
+        return self._recorder.layer_weights(self.layers, [[state[i] for i in group] for group in self._positions])
 
 
 def _tail(path: str) -> str:
