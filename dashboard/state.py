@@ -4,7 +4,7 @@ Every view setting is a field of `ViewState` and one row of `FIELDS` (name in th
 Parsing and formatting both loop over that table, as TensorFlow Playground's `state.ts` does, so adding a
 control is one line here. A stale or hand-edited link never raises: each bad value falls back to its default
 and adds a human-readable notice. The page itself lives in the URL path (`/`, `/gradients`, `/layers`,
-`/runs`), not in the query string. No Streamlit here: `dashboard/context.py` connects this to the widgets.
+`/runs`), not in the query string. No Streamlit here: `dashboard/context/link.py` connects this to the widgets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""dashboard/context.py on its own: the link read into a view state, the view state kept valid for the run, the
+"""dashboard/context/ on its own: the link read into a view state, the view state kept valid for the run, the
 share link, the selection, and the pure helpers. Driven through Streamlit's AppTest with a small script that runs
 only `context.prepare()`, the sidebar (which publishes the view) and `context.finish()`, on synthetic runs."""
 
