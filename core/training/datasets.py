@@ -65,6 +65,23 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
 
+def check_dataset(name_or_path: str) -> str:
+    """The data set's name as `load_dataset` reads it (a built-in name in lower case, or a path), or a ValueError
+    that says what to pass instead. Cheap: it reads no data, so a command checks its arguments before it loads any."""
+    text = str(name_or_path)
+    name = text.strip().lower()
+    if name in PLANE_DATASETS or name in DATASETS:
+        return name
+    if name.endswith((".npz", ".csv")):
+        if not Path(text.strip()).expanduser().is_file():
+            raise ValueError(f"No such file: '{text}'. Check the path (relative paths start at {Path.cwd()}).")
+        return name
+    raise ValueError(
+        f"Unknown dataset {text!r}. Choose one of: {', '.join(DATASETS)} "
+        "or pass a path to a .npz (arrays x, y) or .csv file."
+    )
+
+
 def load_dataset(name_or_path, *, noise=0.1, n_samples=None, seed=0, label_column=None) -> Dataset:
     """Returns a built-in data set by name, or one read from a `.npz` (arrays `x`, `y`) or `.csv` file.
 
@@ -84,21 +101,14 @@ def load_dataset(name_or_path, *, noise=0.1, n_samples=None, seed=0, label_colum
         raise ValueError(f"n_samples must be a positive integer or None. Received: n_samples={n_samples!r}")
 
     text = str(name_or_path)
-    name = text.strip().lower()
+    name = check_dataset(text)
     if name in PLANE_DATASETS:
         return _plane_dataset(name, noise, n_samples or DEFAULT_PLANE_SAMPLES, seed)
     if name in DATASETS:
         dataset = _sklearn_dataset(name)
-    elif name.endswith((".npz", ".csv")):
-        path = Path(text.strip()).expanduser()
-        if not path.is_file():
-            raise ValueError(f"No such file: '{text}'. Check the path (relative paths start at {Path.cwd()}).")
-        dataset = _npz_dataset(path) if name.endswith(".npz") else _csv_dataset(path, label_column)
     else:
-        raise ValueError(
-            f"Unknown dataset {text!r}. Choose one of: {', '.join(DATASETS)} "
-            "or pass a path to a .npz (arrays x, y) or .csv file."
-        )
+        path = Path(text.strip()).expanduser()
+        dataset = _npz_dataset(path) if name.endswith(".npz") else _csv_dataset(path, label_column)
     if n_samples is not None and n_samples < len(dataset.y):
         _check_enough_samples(dataset.name, n_samples, dataset.n_classes)
         keep = stratified_subset(dataset.y, n_samples, seed=seed)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, make_dataclass
-
-import keras
+from typing import TYPE_CHECKING
 
 from core.settings import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, dataclass_fields, model_settings
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass
@@ -26,9 +28,6 @@ class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_setting
             )
         if not all(isinstance(units, int) and not isinstance(units, bool) and units > 0 for units in hidden):
             raise ValueError(f"hidden sizes must be positive integers, e.g. (128, 64, 32). Received: hidden={hidden!r}")
-        _check_known(keras.activations.get, "activation", self.activation, ACTIVATIONS)
-        _check_known(keras.initializers.get, "init", self.init, INITIALIZERS)
-        _check_known(keras.optimizers.get, "optimizer", self.optimizer, OPTIMIZERS)
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, e.g. 1e-3. Received: lr={self.lr!r}")
         if not 0 <= self.dropout < 1:
@@ -37,6 +36,11 @@ class ModelConfig(make_dataclass("ModelSettings", dataclass_fields(model_setting
             )
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0 (0 turns weight decay off). Received: l2={self.l2!r}")
+        import keras  # last: every check above answers without loading TensorFlow
+
+        _check_known(keras.activations.get, "activation", self.activation, ACTIVATIONS)
+        _check_known(keras.initializers.get, "init", self.init, INITIALIZERS)
+        _check_known(keras.optimizers.get, "optimizer", self.optimizer, OPTIMIZERS)
         return self
 
 
@@ -51,6 +55,8 @@ def build_model(input_shape, n_classes, config: ModelConfig | None = None) -> ke
         model = build_model((2,), 2, ModelConfig(hidden=(8, 8), activation="tanh"))
         model.fit(x, y, epochs=5)
     """
+    import keras
+
     config = (config or ModelConfig()).validate()
     input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if n_classes < 2:
@@ -81,6 +87,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
 
 
 def _hidden_block(i, units, config) -> list[keras.layers.Layer]:
+    import keras
+
     regularizer = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
     dense = keras.layers.Dense(
         units,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, make_dataclass
 
 from core.settings import TRAINING_STAGES, dataclass_fields, model_settings, spec_settings
-from core.training.datasets import load_dataset, split
+from core.training.datasets import check_dataset, load_dataset, split
 from core.training.models import ModelConfig, parse_hidden
 
 
@@ -46,7 +46,8 @@ class TrainingSpec(make_dataclass("TrainingSettings", dataclass_fields(spec_sett
             raise ValueError(
                 f"--budget must be a share of training's time in (0, 1], such as 0.03. Received: {self.budget!r}"
             )
-        self.model_config().validate()
+        check_dataset(self.dataset)
+        self.model_config().validate()  # last: only its check of Keras's names loads TensorFlow
         return self
 
 
