@@ -52,19 +52,30 @@ print(json.dumps(ids))
 """
 
 
-def run_script(script: str, root: str) -> str:
-    """Run `script` (Python source that records into the store at argv[1]) in a subprocess, so this process never
-    imports TensorFlow; returns its last line of output."""
+def run_python(script: str, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """Run Python source in a subprocess, in the repository, with TensorFlow's start-up logging off: how tests train
+    a model, so that the test process itself never imports TensorFlow. With `check`, a non-zero exit fails the
+    test and shows the end of the subprocess's stderr."""
     result = subprocess.run(
-        [sys.executable, "-c", script, root],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    assert result.returncode == 0, f"recording the fixture run failed:\n{result.stderr[-3000:]}"
+    if check:
+        assert result.returncode == 0, f"the subprocess failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    return result
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
     return (result.stdout.strip().splitlines() or [""])[-1]
+
+
+def run_script(script: str, root: str) -> str:
+    """Run `script` (Python source that records into the store at argv[1]) with `run_python`; its last output line."""
+    return last_line(run_python(script, root))
 
 
 @pytest.fixture(scope="session")

@@ -2,19 +2,14 @@
 the stored sketches, and linear-probe accuracy rising with depth on a really trained spiral network."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 from core.analysis import measures, metrics
 from core.capture.snapshot import CKA_SKETCH_POINTS, SnapshotBuilder
 from core.store import RunStore
-
-REPO = Path(__file__).resolve().parents[1]
 
 # test_analysis.py already checks linear_cka against the HSIC formula (feature, Gram and mixed forms), symmetry
 # and [0, 1] on those pairs, CKA(X, X) = 1 and invariance to rotation + isotropic scaling + translation of one
@@ -166,15 +161,7 @@ print(json.dumps({"input": run.meta["input"]["linear_probe"], "layers": run.laye
 
 
 def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_SPIRAL, str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(_TRAIN_SPIRAL, str(tmp_path))
     found = json.loads(result.stdout.strip().splitlines()[-1])
     baseline, hidden = found["input"], found["layers"][:4]  # dense_0 .. dense_3; the softmax output is last
     assert found["names"][:4] == ["dense_0", "dense_1", "dense_2", "dense_3"]
