@@ -26,6 +26,20 @@ import pytest
 
 os.environ.setdefault("STRATA_EXIT_WAIT", "120")  # a test process never waits long at exit
 
+
+def _scan_installed_components_once() -> None:
+    """Every AppTest run scans the metadata of every installed distribution for Streamlit components (a server does
+    it once, at start): about a second per AppTest here, with ~500 distributions installed. What is installed does
+    not change during the test session, so the scan's result is kept after the first."""
+    import functools
+
+    from streamlit.components.v2 import manifest_scanner
+
+    manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
+
+
+_scan_installed_components_once()
+
 REPO = Path(__file__).resolve().parents[1]
 
 
