@@ -107,6 +107,7 @@ class _ProbePass:
 
         from core import recorder
         from core.graph import recorded_layers
+        from core.probe_pass import build_compiled_loss
 
         try:
             model = keras.models.model_from_json(setup["model"])
@@ -134,6 +135,7 @@ class _ProbePass:
                 "so its held-back snapshots cannot be written."
             )
         y, grid = setup.get("y"), setup.get("grid")
+        build_compiled_loss(model, setup["x"], y)  # as the Recorder does before its first pass
         self._recorder = recorder
         self._fn = recorder._capture_function(
             model, self.layers, self.variables, with_loss=y is not None, plane=grid is not None

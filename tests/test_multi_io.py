@@ -1,0 +1,177 @@
+"""core.Recorder on real functional models with several inputs or outputs: probes given as `fit` takes them, the
+stored targets and per-output predictions read back with RunStore against known truth."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+from core import Recorder  # noqa: E402
+from core.store import RunStore  # noqa: E402
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    left = rng.normal(size=(n, 4)).astype("float32")
+    right = rng.normal(size=(n, 3)).astype("float32")
+    classes = (left[:, 0] + right[:, 0] > 0).astype("int64") + (left[:, 1] > 1).astype("int64")  # 3 classes
+    value = (left[:, 2] - 0.5 * right[:, 1]).astype("float32")[:, None]  # a regression target
+    return left, right, classes, value
+
+
+def _two_in_two_out(regression_first=False, seed=0):
+    """Inputs `left` (4) and `right` (3); a softmax head `cls` over 3 classes and a linear head `reg`."""
+    keras.utils.set_random_seed(seed)
+    left = keras.Input((4,), name="left")
+    right = keras.Input((3,), name="right")
+    joined = keras.layers.Concatenate(name="joined")([left, right])
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(joined)
+    cls = keras.layers.Dense(3, activation="softmax", name="cls")(hidden)
+    reg = keras.layers.Dense(1, name="reg")(hidden)
+    outputs = [reg, cls] if regression_first else [cls, reg]
+    model = keras.Model([left, right], outputs)
+    losses = {"cls": "sparse_categorical_crossentropy", "reg": "mse"}
+    model.compile("adam", [losses[name] for name in model.output_names])
+    return model
+
+
+def _record(tmp_path, model, probe, fit_x, fit_y, **options):
+    recorder = Recorder(str(tmp_path), probe=probe, budget=None, analysis="thread", **options)
+    model.fit(fit_x, fit_y, epochs=2, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
+    return recorder, RunStore(str(tmp_path)).run(recorder.run_id)
+
+
+def test_a_list_probe_of_two_inputs_and_two_outputs_stores_each_outputs_truth_and_predictions(tmp_path):
+    left, right, classes, value = _data()
+    model = _two_in_two_out()
+    recorder, run = _record(tmp_path, model, ([left, right], [classes, value]), [left, right], [classes, value])
+
+    assert run.status == "finished"
+    rows = recorder.probe_indices
+    probe = run.probe()
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("cls", "classes"), ("reg", "values")]
+    assert run.info.probe.primary_output == 0 and run.info.probe.has_labels
+    np.testing.assert_array_equal(probe.y, classes[rows])
+    np.testing.assert_array_equal(probe.targets[0], classes[rows])
+    np.testing.assert_allclose(probe.targets[1], value[rows, 0])
+    np.testing.assert_allclose(probe.x, left[rows])  # of several inputs, the first is stored
+
+    last = run.epoch_snapshots()[-1]
+    predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+    np.testing.assert_allclose(last.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(), predicted_cls, rtol=1e-5, atol=1e-6)  # pred/probs: the primary
+    accuracy = np.mean(predicted_cls.argmax(axis=1) == classes[rows])
+    assert last.meta["probe_model_accuracy"] == pytest.approx(accuracy)
+    hidden = run.info.layer("hidden").index
+    record = last.layer(hidden)
+    assert "linear_probe" in record and record["grad"]["kernel"]["norm"] > 0
+
+
+def test_a_dict_probe_keyed_by_name_in_any_order_with_dict_targets(tmp_path):
+    """Inputs and targets by name, in another order than the model's; the regression head comes first, so the
+    primary output (the first of classes) is the second."""
+    left, right, classes, value = _data()
+    model = _two_in_two_out(regression_first=True)
+    probe = ({"right": right, "left": left}, {"cls": classes, "reg": value})
+    recorder, run = _record(tmp_path, model, probe, {"left": left, "right": right}, {"cls": classes, "reg": value})
+
+    rows = recorder.probe_indices
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("reg", "values"), ("cls", "classes")]
+    assert run.info.probe.primary_output == 1
+    probe_read = run.probe()
+    np.testing.assert_array_equal(probe_read.y, classes[rows])
+    np.testing.assert_allclose(probe_read.targets[0], value[rows, 0])
+    np.testing.assert_array_equal(probe_read.targets[1], classes[rows])
+
+    last = run.epoch_snapshots()[-1]
+    predicted_reg, predicted_cls = model.predict({"left": left[rows], "right": right[rows]}, verbose=0)
+    np.testing.assert_allclose(last.predictions(0), predicted_reg, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(1), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(), predicted_cls, rtol=1e-5, atol=1e-6)
+
+
+def test_subsampling_takes_the_same_rows_from_every_input_and_target(tmp_path):
+    left, right, classes, value = _data(n=300)
+    model = _two_in_two_out()
+    recorder, run = _record(
+        tmp_path,
+        model,
+        ({"left": left, "right": right}, [classes, value]),
+        [left, right],
+        [classes, value],
+        probe_size=40,
+    )
+    rows = recorder.probe_indices
+    assert len(rows) == 40 and run.probe().size == 40
+    probe = run.probe()
+    np.testing.assert_allclose(probe.x, left[rows])
+    np.testing.assert_allclose(probe.targets[1], value[rows, 0])
+    np.testing.assert_array_equal(probe.y, classes[rows])
+    # Predictions on those rows of both inputs match: the right input was cut with the same rows as the left.
+    predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_rows_are_taken_from_every_input_in_chunks(tmp_path, monkeypatch):
+    """A probe pass cut into chunks (outputs and gradients) records what one whole pass records."""
+    from core import probe_pass
+
+    left, right, classes, value = _data(n=80)
+    probe = ([left, right], [classes, value])
+    whole_model = _two_in_two_out()
+    _, whole = _record(tmp_path / "whole", whole_model, probe, [left, right], [classes, value])
+    monkeypatch.setattr(probe_pass, "CHUNK_BYTES", 1)  # 16-sample chunks
+    chunked_model = _two_in_two_out()
+    _, chunked = _record(tmp_path / "chunked", chunked_model, probe, [left, right], [classes, value])
+    for a, b in zip(whole.epoch_snapshots(), chunked.epoch_snapshots()):
+        np.testing.assert_allclose(a.predictions(1), b.predictions(1), rtol=1e-4, atol=1e-5)
+        for index in range(len(whole.layers)):
+            grad_a, grad_b = a.layer(index).get("grad", {}), b.layer(index).get("grad", {})
+            assert grad_a.keys() == grad_b.keys()
+            for role in grad_a:
+                assert grad_a[role]["norm"] == pytest.approx(grad_b[role]["norm"], rel=1e-3)
+
+
+def test_multi_label_targets_store_the_number_of_labels(tmp_path):
+    left, right, classes, _ = _data()
+    tags = np.stack([classes == 0, left[:, 3] > 0, right[:, 2] > 0], axis=1).astype("float32")  # 3 tags a sample
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(3, activation="sigmoid", name="tags")(hidden)
+    model = keras.Model(x, out)
+    model.compile("adam", "binary_crossentropy")
+    with pytest.warns(UserWarning, match="not class ids"):
+        recorder, run = _record(tmp_path, model, (left, tags), left, tags)
+    rows = recorder.probe_indices
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("tags", "multilabel")]
+    np.testing.assert_allclose(run.probe().targets[0], tags[rows].sum(axis=1))
+    assert run.probe().y is None
+
+
+@pytest.mark.parametrize(
+    "probe, message",
+    [
+        ((np.zeros((8, 4), "float32"), np.zeros(8)), r"takes 2 inputs \(left, right\), the probe has one array"),
+        (([np.zeros((8, 4), "float32")] * 3, None), r"takes 2 inputs \(left, right\), the probe has a list of 3"),
+        (({"left": np.zeros((8, 4)), "other": np.zeros((8, 3))}, None), r"named left, right, the probe has a dict"),
+        (([np.zeros((8, 4)), np.zeros((8, 5))], None), r"input `right` of model .* \(3,\), .* \(5,\)"),
+        (([np.zeros((8, 4)), np.zeros((8, 3))], np.zeros(8)), r"takes 2 outputs \(cls, reg\), the probe has one array"),
+    ],
+)
+def test_a_probe_that_does_not_fit_the_model_is_refused_at_the_start_of_fit_saying_why(tmp_path, probe, message):
+    left, right, classes, value = _data(n=16)
+    model = _two_in_two_out()
+    recorder = Recorder(str(tmp_path), probe=probe, budget=None, analysis="thread")
+    with pytest.raises(ValueError, match=message):
+        model.fit([left, right], [classes, value], epochs=1, callbacks=[recorder], verbose=0)
+
+
+def test_inputs_of_different_lengths_are_refused_at_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"a list of 2 arrays \(\(8, 4\), \(6, 3\)\) with 8, 6 samples"):
+        Recorder(str(tmp_path), probe=[np.zeros((8, 4)), np.zeros((6, 3))])
