@@ -175,3 +175,133 @@ def test_a_probe_that_does_not_fit_the_model_is_refused_at_the_start_of_fit_sayi
 def test_inputs_of_different_lengths_are_refused_at_construction(tmp_path):
     with pytest.raises(ValueError, match=r"a list of 2 arrays \(\(8, 4\), \(6, 3\)\) with 8, 6 samples"):
         Recorder(str(tmp_path), probe=[np.zeros((8, 4)), np.zeros((6, 3))])
+
+
+_ON_JAX = r"""
+import sys
+import numpy as np
+import keras
+sys.path.insert(0, sys.argv[2])
+from test_multi_io import _data, _two_in_two_out
+from core import Recorder
+
+assert keras.backend.backend() == "jax"
+left, right, classes, value = _data()
+model = _two_in_two_out()
+recorder = Recorder(sys.argv[1], probe=({"left": left, "right": right}, [classes, value]), budget=None,
+                    analysis="thread", run_id="jax")
+model.fit([left, right], [classes, value], epochs=2, batch_size=16, callbacks=[recorder], verbose=0)
+recorder.wait()
+rows = recorder.probe_indices
+predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+np.savez(sys.argv[1] + "/truth.npz", rows=rows, cls=predicted_cls, reg=predicted_reg)
+"""
+
+
+def test_several_inputs_and_outputs_record_on_jax(tmp_path):
+    """The JAX probe pass (jax.jit over the graph walk) with a dict of inputs and a list of targets."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    done = subprocess.run(
+        [sys.executable, "-c", _ON_JAX, str(tmp_path), tests], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    truth = np.load(tmp_path / "truth.npz")
+    run = RunStore(str(tmp_path)).run("jax")
+    _, _, classes, value = _data()
+    assert run.status == "finished" and [o.kind for o in run.info.outputs] == ["classes", "values"]
+    np.testing.assert_array_equal(run.probe().y, classes[truth["rows"]])
+    np.testing.assert_allclose(run.probe().targets[1], value[truth["rows"], 0])
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(0), truth["cls"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(1), truth["reg"], rtol=1e-4, atol=1e-5)
+    assert last.layer(run.info.layer("hidden").index)["grad"]["kernel"]["norm"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dashboard on a run of two inputs and two outputs
+
+_RECORD = r"""
+import sys
+import numpy as np
+import keras
+from core import Recorder
+
+root = sys.argv[1]
+rng = np.random.default_rng(0)
+left = rng.normal(size=(120, 4)).astype("float32")
+right = rng.normal(size=(120, 3)).astype("float32")
+classes = (left[:, 0] + right[:, 0] > 0).astype("int64")
+value = (left[:, 2] - 0.5 * right[:, 1]).astype("float32")
+keras.utils.set_random_seed(0)
+a, b = keras.Input((4,), name="left"), keras.Input((3,), name="right")
+hidden = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate(name="joined")([a, b]))
+model = keras.Model({"left": a, "right": b}, {"cls": keras.layers.Dense(2, activation="softmax", name="cls")(hidden),
+                                              "reg": keras.layers.Dense(1, name="reg")(hidden)})
+model.compile("adam", {"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+recorder = Recorder(root, probe=({"left": left, "right": right}, {"cls": classes, "reg": value}), run_id="two",
+                    budget=None)
+model.fit({"left": left, "right": right}, {"cls": classes, "reg": value}, epochs=2, callbacks=[recorder], verbose=0)
+recorder.wait()
+print("ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def two_io_run(recorded):
+    return str(recorded(_RECORD))
+
+
+def share_link(at) -> str:
+    """The link in the sidebar's Share expander (drawn only while open)."""
+    at.session_state["share_open"] = True
+    return at.run().sidebar.code[0].value
+
+
+def _strip_spec(at) -> str:
+    return at.get("plotly_chart")[0].proto.spec
+
+
+def test_the_embeddings_are_coloured_by_the_output_the_link_names(two_io_run):
+    from apptest_pages import open_app, shown
+
+    run = RunStore(two_io_run).run("two")
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("cls", "classes"), ("reg", "values")]
+
+    at = open_app(two_io_run, "", run="two", out="1")
+    assert not at.exception
+    assert at.sidebar.selectbox(key="out").value == 1
+    assert '"colorscale":"Viridis"' in _strip_spec(at).replace(" ", "")  # the true value, on a continuous scale
+    assert any("Output `reg` (regression) colours the points" in shown(c.value) for c in at.caption)
+
+    at = open_app(two_io_run, "", run="two")  # no `out`: the first classification output
+    assert not at.exception and at.sidebar.selectbox(key="out").value == 0
+    assert '"colorscale":"Viridis"' not in _strip_spec(at).replace(" ", "")  # one flat colour per class
+
+    at.sidebar.selectbox(key="out").set_value(1).run()
+    assert not at.exception and at.session_state["_strata_view"].out == 1
+    assert "out=1" in share_link(at)
+    assert '"colorscale":"Viridis"' in _strip_spec(at).replace(" ", "")
+
+
+def test_a_link_to_an_output_the_run_lacks_falls_back_with_a_notice(two_io_run):
+    from apptest_pages import open_app
+
+    at = open_app(two_io_run, "", run="two", out="7")
+    assert not at.exception and at.sidebar.selectbox(key="out").value == 0
+    assert any("has no output 7" in w.value for w in list(at.warning) + list(at.info))
+
+
+@pytest.mark.parametrize("page", ["embeddings", "gradients", "layers"])
+def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_output(two_io_run, page):
+    from apptest_pages import open_app, shown
+
+    at = open_app(two_io_run, "" if page == "embeddings" else page, run="two")
+    assert not at.exception and at.get("plotly_chart"), page
+    if page == "layers":
+        assert any("first classification output: Output `cls` (classes)" in shown(c.value) for c in at.caption)
