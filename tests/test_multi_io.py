@@ -305,3 +305,19 @@ def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_
     assert not at.exception and at.get("plotly_chart"), page
     if page == "layers":
         assert any("first classification output: Output `cls` (classes)" in shown(c.value) for c in at.caption)
+
+
+def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
+    """One output, regression targets: not classes, but their values are kept to colour the points by."""
+    left, _, _, value = _data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    with pytest.warns(UserWarning, match="not class ids"):
+        recorder, run = _record(tmp_path, model, (left, value), left, value)
+    rows = recorder.probe_indices
+    assert [o.kind for o in run.info.outputs] == ["values"] and run.probe().y is None
+    np.testing.assert_allclose(run.probe().targets[0], value[rows, 0])
+    last = run.epoch_snapshots()[-1]
+    assert last.array("pred/0/probs") is None  # one output: its predictions stay under pred/probs only
+    np.testing.assert_allclose(last.predictions(0), model.predict(left[rows], verbose=0), rtol=1e-5, atol=1e-5)
