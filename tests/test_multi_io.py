@@ -321,3 +321,54 @@ def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
     last = run.epoch_snapshots()[-1]
     assert last.array("pred/0/probs") is None  # one output: its predictions stay under pred/probs only
     np.testing.assert_allclose(last.predictions(0), model.predict(left[rows], verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_journaled_capture_of_a_two_input_two_output_model_is_recovered(tmp_path):
+    """`python -m core recover` rebuilds the model and runs the probe pass on the journaled inputs and targets, lists
+    of them here, as the Recorder journals them (core/recover.py builds the compiled loss first, as the Recorder
+    does)."""
+    from core.graph import recorded_layers
+    from core.journal import Journal
+    from core.probe_pass import model_variables
+    from core.recover import recover
+    from core.store import RunWriter
+
+    left, right, classes, value = _data(n=40)
+    model = _two_in_two_out()
+    layers = recorded_layers(model)
+    variables = model_variables(model)
+    root = str(tmp_path)
+    RunWriter(root, "two", {"epochs_planned": 1}).update_meta(pid=2**22 + 12345)  # a process that is gone
+    journal = Journal(root, "two")
+    builder = {
+        "activations": [layer.activation for layer in layers],
+        "labels": classes,
+        "components": 2,
+        "seed": 0,
+        "kernel_layer": 0,
+        "logits": False,
+        "heads": [{"logits": False, "sigmoid": False}, {"logits": False, "sigmoid": False}],
+        "primary": 0,
+    }
+    setup = {
+        "x": [left, right],
+        "y": [classes, value],
+        "grid": None,
+        "builder": builder,
+        "layers": len(layers),
+        "variables": [[v.path, list(v.shape)] for v in variables],
+        "model": model.to_json(),
+        "compile": model.get_compile_config(),
+    }
+    journal.append("setup", setup)
+    capture = {"kind": "epoch", "epoch": 0, "step": 0, "batch": None, "logs": {}}
+    journal.append("capture", {**capture, "state": [np.asarray(v) for v in variables]})
+
+    result = recover(root, "two")
+    assert result.written == 1
+    snapshot = RunStore(root).run("two").snapshots()[0]
+    predicted_cls, predicted_reg = model.predict([left, right], verbose=0)
+    np.testing.assert_allclose(snapshot.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(snapshot.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+    hidden = [layer.path for layer in layers].index("hidden")
+    assert snapshot.layer(hidden)["grad"]["kernel"]["norm"] > 0
