@@ -68,6 +68,8 @@ def test_a_list_probe_of_two_inputs_and_two_outputs_stores_each_outputs_truth_an
     hidden = run.info.layer("hidden").index
     record = last.layer(hidden)
     assert "linear_probe" in record and record["grad"]["kernel"]["norm"] > 0
+    for head in ("cls", "reg"):  # the loss's error signal reaches each output layer
+        assert last.layer(run.info.layer(head).index)["grad"]["output"]["norm"] > 0
 
 
 def test_a_dict_probe_keyed_by_name_in_any_order_with_dict_targets(tmp_path):
@@ -76,9 +78,15 @@ def test_a_dict_probe_keyed_by_name_in_any_order_with_dict_targets(tmp_path):
     left, right, classes, value = _data()
     model = _two_in_two_out(regression_first=True)
     probe = ({"right": right, "left": left}, {"cls": classes, "reg": value})
-    recorder, run = _record(tmp_path, model, probe, {"left": left, "right": right}, {"cls": classes, "reg": value})
+    recorder, run = _record(
+        tmp_path, model, probe, {"left": left, "right": right}, {"cls": classes, "reg": value}, grad_every=2
+    )
 
     rows = recorder.probe_indices
+    steps, norms = run.batch_gradient_norms()  # the per-batch gradient pass takes both inputs and targets too
+    assert (
+        len(steps) == 6 and norms.shape == (6, len(run.layers)) and np.all(norms[:, run.info.layer("hidden").index] > 0)
+    )
     assert [(o.name, o.kind) for o in run.info.outputs] == [("reg", "values"), ("cls", "classes")]
     assert run.info.probe.primary_output == 1
     probe_read = run.probe()
