@@ -66,8 +66,10 @@ class Recorder(keras.callbacks.Callback):
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
-        probe: `(x, y)` or `x`. The inputs the layers are observed on, and optionally their labels (integer
-            or one-hot). Without labels, views colour points by prediction and no gradients are recorded.
+        probe: `(x, y)` or `x`, as `fit` takes them. The inputs the layers are observed on, and optionally their
+            targets (integer or one-hot labels, or regression values). For several inputs `x` is a list of arrays
+            (in the order of `model.inputs`) or a dict keyed by input name, and `y` likewise for several outputs.
+            Without targets, views colour points by prediction and no gradients are recorded.
         every: take a snapshot every this many epochs (the last epoch is always captured).
         name: a display name for the run; the run id is derived from it.
         batch_every: also take a snapshot every this many training batches (None: epochs only).
@@ -96,6 +98,9 @@ class Recorder(keras.callbacks.Callback):
             (`"conv4_*_out"`), a layer class (`keras.layers.Conv2D`, or `"Conv2D"`), or a list of them; the
             model's last layer is always recorded. An item that matches no layer fails at the start of `fit`,
             listing the model's layers.
+        primary_output: of a model with several outputs, the one (by name or position) whose classes the linear
+            probes, class separation, probe accuracy and diagnosis are of. None: the first output whose targets are
+            classes. One whose targets are not classes fails at the start of `fit`.
 
     Example:
 
@@ -136,10 +141,19 @@ class Recorder(keras.callbacks.Callback):
         analysis: str = "auto",
         budget: float | None = DEFAULT_BUDGET,
         layers: str | list | None = RECORDER_DEFAULTS["layers"],
+        primary_output: str | int | None = None,
     ):
         super().__init__()
         check_backend()  # Keras's backend is fixed at its import: an unsupported one is refused before any fit
         check_selection(layers)
+        if primary_output is not None and (
+            isinstance(primary_output, bool) or not isinstance(primary_output, (str, int, np.integer))
+        ):
+            raise ValueError(
+                "primary_output must name a model output or give its position. "
+                f"Received: primary_output={primary_output!r}"
+            )
+        self.primary_output = primary_output
         _require_int("every", every, minimum=1)
         _require_int("probe_size", probe_size, minimum=10)
         _require_int("components", components, minimum=1)
@@ -386,8 +400,30 @@ class Recorder(keras.callbacks.Callback):
             class_ids.append(ids)
             if target is not None:
                 self._targets[index] = _stored_target(target, ids)
-        self._primary = next((i for i, ids in enumerate(class_ids) if ids is not None), 0)
+        self._primary = self._chosen_output(model, class_ids)
         self.labels = class_ids[self._primary] if class_ids else None
+
+    def _chosen_output(self, model: keras.Model, class_ids: list) -> int:
+        """The primary output: `primary_output` when given (a ValueError, naming the outputs, for one that does
+        not exist or whose targets are not classes), else the first output of classes, else the first."""
+        choice = self.primary_output
+        if choice is None:
+            return next((i for i, ids in enumerate(class_ids) if ids is not None), 0)
+        names = [output["name"] for output in self._outputs]
+        index = names.index(choice) if choice in names else int(choice) if not isinstance(choice, str) else -1
+        described = ", ".join(
+            f"{name} ({output['kind'] or 'no targets'})" for name, output in zip(names, self._outputs)
+        )
+        if not 0 <= index < len(names):
+            raise ValueError(
+                f"primary_output={choice!r} is not an output of model `{model.name}`: its outputs are {described}."
+            )
+        if class_ids[index] is None:
+            raise ValueError(
+                f"primary_output={choice!r} has no class targets, so no linear probe can decode it: model "
+                f"`{model.name}`'s outputs are {described}. Name an output of classes, or leave primary_output out."
+            )
+        return index
 
     def _open_journal(self) -> Journal | None:
         """The run's recovery journal (`core.journal`) when snapshots may be held back in this process's memory:

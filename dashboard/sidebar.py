@@ -350,7 +350,8 @@ def _view_controls(run, embeddings_page: bool) -> None:
                 bind="query-params",
                 format_func=lambda i: f"{facts.outputs[i]} ({KIND_WORDS.get(kinds[i] or '', 'no targets')})",
                 help="The model output whose targets and predictions colour the points and fill the sample table. "
-                "Linear probes and the diagnosis use the first output of classes.",
+                "Linear probes and the diagnosis use the primary output (the first of classes, unless the Recorder named "
+                "another).",
             )
         colors = schema.COLORS if facts.has_truth else ("pred", "confidence")
         st.selectbox(

@@ -42,7 +42,7 @@ class ViewState:
     opacity: float = 0.8
     sel: tuple[int, ...] = ()  # selected probe rows (positions in probe.npz), highlighted in every panel
     compare: tuple[str, ...] = ()  # run ids overlaid on the comparison charts
-    out: int | None = None  # the model output colours and predictions are of; None: the primary (first of classes)
+    out: int | None = None  # the model output colours and predictions are of; None: the primary output
 
 
 class BadValue(ValueError):
@@ -159,7 +159,7 @@ FIELDS: tuple[Field, ...] = (
         "no comparison",
         list,
     ),
-    Field("out", _single(_integer(0, MAX_OUTPUT)), "the first classification output"),
+    Field("out", _single(_integer(0, MAX_OUTPUT)), "the primary output"),
 )
 DEFAULTS = ViewState()
 assert [f.name for f in FIELDS] == [f.name for f in fields(ViewState)], "FIELDS and ViewState must list the same fields"

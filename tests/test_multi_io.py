@@ -312,7 +312,7 @@ def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_
     at = open_app(two_io_run, "" if page == "embeddings" else page, run="two")
     assert not at.exception and at.get("plotly_chart"), page
     if page == "layers":
-        assert any("first classification output: Output `cls` (classes)" in shown(c.value) for c in at.caption)
+        assert any("primary output: Output `cls` (classes)" in shown(c.value) for c in at.caption)
 
 
 def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
@@ -380,3 +380,31 @@ def test_a_journaled_capture_of_a_two_input_two_output_model_is_recovered(tmp_pa
     np.testing.assert_allclose(snapshot.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
     hidden = [layer.path for layer in layers].index("hidden")
     assert snapshot.layer(hidden)["grad"]["kernel"]["norm"] > 0
+
+
+def test_the_primary_output_can_be_chosen_and_a_wrong_choice_is_refused_saying_why(tmp_path):
+    left, right, classes, value = _data()
+    other = (right[:, 2] > 0).astype("int64")  # a second classification target
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="left"), keras.Input((3,), name="right")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate()([a, b]))
+    heads = [keras.layers.Dense(3, activation="softmax", name="cls")(hidden)]
+    heads += [
+        keras.layers.Dense(2, activation="softmax", name="side")(hidden),
+        keras.layers.Dense(1, name="reg")(hidden),
+    ]
+    model = keras.Model([a, b], heads)
+    model.compile("adam", ["sparse_categorical_crossentropy", "sparse_categorical_crossentropy", "mse"])
+    targets = [classes, other, value]
+    recorder, run = _record(tmp_path, model, ([left, right], targets), [left, right], targets, primary_output="side")
+    assert run.info.probe.primary_output == 1
+    np.testing.assert_array_equal(run.probe().y, other[recorder.probe_indices])
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(), last.predictions(1))
+    for choice, message in (("reg", "has no class targets"), ("tail", "is not an output"), (5, "is not an output")):
+        recorder = Recorder(str(tmp_path), probe=([left, right], targets), primary_output=choice, budget=None)
+        with pytest.raises(ValueError, match=message) as error:
+            model.fit([left, right], targets, epochs=1, callbacks=[recorder], verbose=0)
+        assert "cls (classes), side (classes), reg (values)" in str(error.value)
+    with pytest.raises(ValueError, match=r"Received: primary_output=\[0\]"):
+        Recorder(str(tmp_path), probe=left, primary_output=[0])
