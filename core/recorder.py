@@ -1060,11 +1060,12 @@ def _arrange(model: keras.Model, value: Any, names: list[str], what: str, struct
     them), and its arrays in the order of `names`. A ValueError, naming what the model takes and what was received,
     when they do not fit."""
     count = len(names)
+    noun = what if count != 1 else what[:-1]  # "2 inputs", "1 input"
     if isinstance(value, dict):
         missing = [name for name in names if name not in value]
         if missing or (count == 1 and len(value) != 1):
             raise ValueError(
-                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {what} named "
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} named "
                 f"{', '.join(names)}, the probe has {_form(value, what)}. Key a dict by those names, or pass a list "
                 "in that order, as to `fit`."
             )
@@ -1072,7 +1073,7 @@ def _arrange(model: keras.Model, value: Any, names: list[str], what: str, struct
     elif isinstance(value, list):
         if len(value) != count:
             raise ValueError(
-                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {what} "
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} "
                 f"({', '.join(names)}), the probe has {_form(value, what)}. Pass one array per {what[:-1]}, in that "
                 "order, or a dict keyed by those names, as to `fit`."
             )
@@ -1080,7 +1081,7 @@ def _arrange(model: keras.Model, value: Any, names: list[str], what: str, struct
     else:
         if count != 1:
             raise ValueError(
-                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {what} "
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} "
                 f"({', '.join(names)}), the probe has {_form(value, what)}. Pass a list of {count} arrays in that "
                 "order, or a dict keyed by those names, as to `fit`: `probe=([x1, x2], y)` or "
                 "`probe=({'a': x1, 'b': x2}, y)`."

@@ -408,3 +408,13 @@ def test_the_primary_output_can_be_chosen_and_a_wrong_choice_is_refused_saying_w
         assert "cls (classes), side (classes), reg (values)" in str(error.value)
     with pytest.raises(ValueError, match=r"Received: primary_output=\[0\]"):
         Recorder(str(tmp_path), probe=left, primary_output=[0])
+
+
+def test_several_inputs_for_a_model_of_one_input_are_refused_naming_it(tmp_path):
+    left, right, classes, _ = _data(n=16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=({"x": left, "extra": right}, classes), budget=None)
+    with pytest.raises(ValueError, match=r"takes 1 input named x, the probe has a dict of 2 inputs \(x: .*extra: "):
+        model.fit(left, classes, epochs=1, callbacks=[recorder], verbose=0)
