@@ -196,7 +196,7 @@ from core import Recorder
 assert keras.backend.backend() == "jax"
 left, right, classes, value = _data()
 model = _two_in_two_out()
-recorder = Recorder(sys.argv[1], probe=({"left": left, "right": right}, [classes, value]), budget=None,
+recorder = Recorder(sys.argv[1], probe=({"left": left, "right": right}, [classes, value]), budget=None, grad_every=2,
                     analysis="thread", run_id="jax")
 model.fit([left, right], [classes, value], epochs=2, batch_size=16, callbacks=[recorder], verbose=0)
 recorder.wait()
@@ -229,6 +229,8 @@ def test_several_inputs_and_outputs_record_on_jax(tmp_path):
     np.testing.assert_allclose(last.predictions(0), truth["cls"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(last.predictions(1), truth["reg"], rtol=1e-4, atol=1e-5)
     assert last.layer(run.info.layer("hidden").index)["grad"]["kernel"]["norm"] > 0
+    steps, norms = run.batch_gradient_norms()  # the per-batch gradient pass on JAX, with both inputs and targets
+    assert len(steps) == 6 and np.all(norms[:, run.info.layer("hidden").index] > 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,3 +420,23 @@ def test_several_inputs_for_a_model_of_one_input_are_refused_naming_it(tmp_path)
     recorder = Recorder(str(tmp_path), probe=({"x": left, "extra": right}, classes), budget=None)
     with pytest.raises(ValueError, match=r"takes 1 input named x, the probe has a dict of 2 inputs \(x: .*extra: "):
         model.fit(left, classes, epochs=1, callbacks=[recorder], verbose=0)
+
+
+def test_the_focus_frames_of_each_output_are_coloured_by_its_own_truth(two_io_run):
+    from dashboard import data
+
+    run = RunStore(two_io_run).run("two")
+    probe = run.probe()
+    labels, values, title = data.output_truth(run, None)  # the primary output: classes
+    np.testing.assert_array_equal(labels, probe.targets[0])
+    assert values is None
+    labels, values, title = data.output_truth(run, 1)
+    assert labels is None and title == "true value"
+    np.testing.assert_allclose(values, probe.targets[1])
+    frames, _ = data.focus_frames(run, 0, "label", None, output=1)
+    assert frames and all(not f.color.categorical and f.color.title == "true value" for f in frames)
+    np.testing.assert_allclose(frames[-1].color.values, probe.targets[1])
+    frames, _ = data.focus_frames(run, 0, "pred", None, output=0)
+    last = run.epoch_snapshots()[-1]
+    assert frames[-1].color.categorical
+    np.testing.assert_array_equal(frames[-1].color.values, last.predictions(0).argmax(axis=1))
