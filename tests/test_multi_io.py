@@ -440,3 +440,21 @@ def test_the_focus_frames_of_each_output_are_coloured_by_its_own_truth(two_io_ru
     last = run.epoch_snapshots()[-1]
     assert frames[-1].color.categorical
     np.testing.assert_array_equal(frames[-1].color.values, last.predictions(0).argmax(axis=1))
+
+
+def test_core_show_names_each_output_and_the_primary_one(two_io_run):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def show(*extra):
+        command = [sys.executable, "-m", "core", "show", "two", "--runs", two_io_run, *extra]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
+
+    assert "outputs: cls (classes, primary), reg (values)" in show()
+    assert json.loads(show("--json"))["outputs"] == [
+        {"name": "cls", "kind": "classes", "primary": True},
+        {"name": "reg", "kind": "values", "primary": False},
+    ]
