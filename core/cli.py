@@ -188,6 +188,12 @@ def _show(args: argparse.Namespace) -> int:
         print(
             f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params"
         )
+    if len(summary["outputs"]) > 1:
+        described = (
+            f"{o['name']} ({o['kind'] or 'no targets'}{', primary' if o['primary'] else ''})"
+            for o in summary["outputs"]
+        )
+        print(f"  outputs: {', '.join(described)}")
     history = summary["metrics"]
     if history.get("loss"):
         print(

@@ -440,24 +440,20 @@ def test_boolean_labels_are_class_ids(tmp_path):
     assert recorder.labels.dtype == np.int64 and recorder.labels.tolist() == y[recorder.probe_indices].tolist()
 
 
-@pytest.mark.parametrize(
-    "probe, message",
-    [
-        ((np.zeros((5, 4)), {"a": np.zeros(5), "b": np.zeros(5)}), "several outputs .* a dict of 2 targets \\(a, b\\)"),
-        (([np.zeros((5, 4)), np.zeros((5, 2))], [np.zeros(5), np.zeros(5)]), "several inputs .* a list of 2 arrays"),
-        ([np.zeros((5, 4)), np.zeros((5, 2))], "several inputs .* a list of 2 arrays \\(\\(5, 4\\), \\(5, 2\\)\\)"),
-        (
-            {"left": np.zeros((5, 4)), "right": np.zeros((5, 2))},
-            "several inputs .* a dict of 2 inputs \\(left, right\\)",
-        ),
-    ],
-)
-def test_probes_of_several_inputs_or_outputs_are_refused_naming_the_form(tmp_path, probe, message):
-    """The issue's four forms: a dict of inputs, lists of inputs and targets, and a list of inputs (which was read as
-    (x, y)). Each fails at construction with the same limit, the form received and what to do instead."""
-    with pytest.raises(ValueError, match=message) as error:
-        Recorder(str(tmp_path), probe=probe)
-    assert "one input and one output" in str(error.value) and "nested model" in str(error.value)
+def test_probes_of_several_inputs_or_outputs_are_read_as_fit_reads_them(tmp_path):
+    """The issue's forms: a dict of inputs, lists of inputs and targets, and a list of inputs (once read as (x, y)).
+    Each is taken as `fit` takes it; whether it fits the model is checked at the start of fit (tests/test_multi_io.py
+    records each form on a real two-input, two-output model)."""
+    left, right = np.zeros((5, 4)), np.ones((5, 2))
+    labels = np.array([0, 1, 0, 1, 1])
+    for probe in ([left, right], {"left": left, "right": right}):
+        recorder = Recorder(str(tmp_path), probe=probe)
+        assert recorder.labels is None  # no targets: a list is inputs, never (x, y)
+        assert [a.shape for a in keras.tree.flatten(recorder._x)] == [(5, 4), (5, 2)]
+    recorder = Recorder(str(tmp_path), probe=([left, right], [labels, np.linspace(0, 1, 5)]))
+    assert recorder.labels.tolist() == labels.tolist()  # stratified by the first target that holds classes
+    recorder = Recorder(str(tmp_path), probe=(left, {"a": np.linspace(0, 1, 5), "b": labels}))
+    assert recorder.labels.tolist() == labels.tolist()
 
 
 def test_a_single_input_or_output_by_name_or_in_a_list_is_one_array(tmp_path):

@@ -40,6 +40,11 @@ def run_summary(run: Run) -> dict:
         "layers": [
             {k: layer.get(k) for k in ("name", "type", "output_shape", "params", "activation")} for layer in run.layers
         ],
+        # Per model output: its name and kind of targets; `primary` the one the linear probes and diagnosis read.
+        "outputs": [
+            {"name": output.name, "kind": output.kind, "primary": output.index == run.info.probe.primary_output}
+            for output in run.info.outputs
+        ],
         "epochs": epochs,
         "epochs_done": meta.get("epochs_done", 0),
         "epochs_planned": meta.get("epochs_planned"),

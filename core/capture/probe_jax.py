@@ -60,7 +60,7 @@ class ProbePass(_SharedProbePass):
         @jax.jit
         def infer(x, y, state):
             predictions, outputs, loss = _run(model, variables, state, x, y, False, layer_ids)
-            return predictions, outputs, None if loss is None else loss * x.shape[0]
+            return predictions, outputs, None if loss is None else loss * jax.tree_util.tree_leaves(x)[0].shape[0]
 
         def chunk_loss(weights, zeros, x, y, state, share):
             values = _with_weights(state, flat, weights)
@@ -114,8 +114,8 @@ def read_state(model: keras.Model | None, variables: list) -> list:
 
 
 def constants(arrays: list) -> list:
-    """Numpy arrays (or None) as JAX arrays, on the default device once rather than at every capture."""
-    return [None if a is None else jnp.asarray(a) for a in arrays]
+    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as JAX arrays, on the default device once rather than at every capture."""
+    return [None if a is None else jax.tree_util.tree_map(jnp.asarray, a) for a in arrays]
 
 
 def dtype_size(dtype: str) -> int:

@@ -50,6 +50,24 @@ def backend_passes() -> ModuleType:
     return probe_tf
 
 
+def build_compiled_loss(model: keras.Model, x, y) -> None:
+    """Build the model's compiled loss before a probe pass uses it, as `fit` builds it, on symbolic tensors shaped like
+    the probe's `x` and `y` (arrays, or lists or dicts of them). A model with several outputs keeps a loss tracker per
+    output, created when the loss is first computed: created inside the pass's stateless scope, the trackers would
+    hold no value, and the first training step would fail on them."""
+    compile_loss = getattr(model, "_compile_loss", None)
+    if y is None or compile_loss is None or compile_loss.built:
+        return
+    from keras.src import backend as keras_backend  # compute_output_spec: how Keras's own symbolic build does it
+
+    def symbolic(array):
+        return keras.KerasTensor(array.shape, keras_backend.standardize_dtype(array.dtype))
+
+    x, y = keras.tree.map_structure(symbolic, x), keras.tree.map_structure(symbolic, y)
+    y_pred = keras_backend.compute_output_spec(model, x, training=False)
+    keras_backend.compute_output_spec(model._compute_loss, x, y, y_pred, training=False)
+
+
 def gradient_rows(count: int) -> np.ndarray:
     """The probe rows gradients are measured on: at most `GRAD_PROBE_SIZE`, evenly spread over the probe (itself a
     stratified sample), so every class stays in. Gradient statistics are norms and histograms: 256 samples give them
@@ -111,26 +129,32 @@ class ProbePass(ABC):
         """(infer, gradients), compiled by the backend: see the class docstring."""
 
     def __call__(self, x, y, grid, state) -> dict:
-        count = int(x.shape[0])
+        """`x` and `y` as the model takes them: one tensor, or a list or dict of them (several inputs or outputs),
+        every one with a row per probe sample. Predictions come back as one tensor, or a list in the order of
+        `model.outputs`."""
+        count = sample_count(x)
         step = self.output_chunk
         chunks = [
-            self._infer(x[i : i + step], None if y is None else y[i : i + step], state) for i in range(0, count, step)
+            self._infer(_rows(x, i, i + step), None if y is None else _rows(y, i, i + step), state)
+            for i in range(0, count, step)
         ]
         result = {
-            "predictions": _joined([c[0] for c in chunks]),
+            "predictions": _flat_predictions(_joined([c[0] for c in chunks])),
             "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
             "loss": sum(float(c[2]) for c in chunks) / count if self.with_loss else None,
             "weights": [[state[i] for i in group] for group in self.weights],
         }
         if self.with_loss:
             rows = keras.ops.convert_to_tensor(gradient_rows(count))
-            gx, gy = keras.ops.take(x, rows, axis=0), keras.ops.take(y, rows, axis=0)
+            gx, gy = (keras.tree.map_structure(lambda t: keras.ops.take(t, rows, axis=0), s) for s in (x, y))
             size = int(rows.shape[0])
             weight_grads, squares = None, None
             step = self.gradient_chunk
             for start in range(0, size, step):
                 share = keras.ops.convert_to_tensor(min(step, size - start) / size, "float32")
-                grads, norms = self._gradients(gx[start : start + step], gy[start : start + step], state, share)
+                grads, norms = self._gradients(
+                    _rows(gx, start, start + step), _rows(gy, start, start + step), state, share
+                )
                 weight_grads = grads if weight_grads is None else [a + b for a, b in zip(weight_grads, grads)]
                 squares = norms if squares is None else [a + b for a, b in zip(squares, norms)]
             assert weight_grads is not None and squares is not None  # size >= 1, so the loop ran
@@ -144,10 +168,30 @@ class ProbePass(ABC):
                 self._infer(grid[i : i + self.output_chunk], None, state)
                 for i in range(0, int(grid.shape[0]), self.output_chunk)
             ]
-            result["plane_predictions"] = _joined([c[0] for c in plane])
+            result["plane_predictions"] = _flat_predictions(_joined([c[0] for c in plane]))
             result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
         return result
 
 
+def sample_count(x) -> int:
+    """Probe samples in `x`: one tensor, or a list or dict of them (a model's several inputs), a row per sample."""
+    return int(keras.tree.flatten(x)[0].shape[0])
+
+
+def _rows(x, start: int, stop: int):
+    """Rows `start:stop` of every tensor in `x` (one tensor, or a list or dict of them)."""
+    return keras.tree.map_structure(lambda t: t[start:stop], x)
+
+
 def _joined(chunks: list):
-    return chunks[0] if len(chunks) == 1 else keras.ops.concatenate(chunks, axis=0)
+    """The chunks' results joined along the samples: tensors, or lists or dicts of them (several outputs)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return keras.tree.map_structure(lambda *parts: keras.ops.concatenate(parts, axis=0), *chunks)
+
+
+def _flat_predictions(predictions):
+    """One tensor for a model with one output; a list in the order of `model.outputs` for several (a dict of
+    outputs flattens by key, as Keras orders `model.outputs`)."""
+    flat = keras.tree.flatten(predictions)
+    return flat[0] if len(flat) == 1 else flat

@@ -50,7 +50,7 @@ class ProbePass(_SharedProbePass):
                 predictions, outputs = forward(x)
                 total = (
                     model.compute_loss(x=x, y=y, y_pred=predictions, training=False)
-                    * tf.cast(tf.shape(x)[0], tf.float32)
+                    * tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
                     if y is not None
                     else None
                 )
@@ -71,17 +71,20 @@ class ProbePass(_SharedProbePass):
                 # Keras computes a cross-entropy from the logits it caches on a softmax or sigmoid output, which
                 # leaves the output itself off the gradient path. The same loss on a plain copy of it measures
                 # the error signal that reaches the model's last layer.
-                plain_predictions = tf.identity(predictions)
+                plain_predictions = tf.nest.map_structure(tf.identity, predictions)
                 output_loss = model.compute_loss(x=x, y=y, y_pred=plain_predictions, training=training) * share
             weight_grads = _dense(tape.gradient(loss, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO))
             output_grads = tape.gradient(loss, outputs)
+            model_outputs = tf.nest.flatten(predictions)  # one, or several in the order of `model.outputs`
+            plain_outputs = tf.nest.flatten(plain_predictions)
             for index, output in enumerate(outputs):
                 if output_grads[index] is None:
+                    which = next((i for i, o in enumerate(model_outputs) if output is o), None)
                     output_grads[index] = (
-                        tape.gradient(output_loss, plain_predictions)
-                        if output is predictions
-                        else tf.zeros_like(output)
+                        tape.gradient(output_loss, plain_outputs[which]) if which is not None else None
                     )
+                    if output_grads[index] is None:  # a layer the loss does not reach
+                        output_grads[index] = tf.zeros_like(output)
             # Only each output gradient's norm is kept: shipping the gradients (as large as the outputs) to the
             # analysis process for one number apiece would double what every capture hands over.
             return weight_grads, [tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in output_grads]
@@ -121,9 +124,9 @@ def read_state(model: keras.Model, variables: list) -> list:
 
 
 def constants(arrays: list) -> list:
-    """Numpy arrays (or None) as tensors, converted once: passing numpy each time would copy the probe into
+    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as tensors, converted once: passing numpy each time would copy the probe into
     TensorFlow at every capture."""
-    return [None if a is None else tf.constant(a) for a in arrays]
+    return [None if a is None else tf.nest.map_structure(tf.constant, a) for a in arrays]
 
 
 def dtype_size(dtype: str) -> int:

@@ -19,9 +19,11 @@ from core.capture.graph import RecordedLayer, check_selection, recorded_layers, 
 from core.capture.probe_pass import (
     GRAD_PROBE_SIZE,
     backend_passes,
+    build_compiled_loss,
     check_backend,
     gradient_rows,  # noqa: F401  (where the recorder's tests and tools have read it)
     model_variables,
+    sample_count,
 )
 from core.capture.snapshot import RawCapture
 from core.capture.worker import TRAINING, start_worker
@@ -63,8 +65,10 @@ class Recorder(keras.callbacks.Callback):
 
     Args:
         log_dir: the run store root: a folder (default `runs`) or an fsspec URL such as `memory://runs`.
-        probe: `(x, y)` or `x`. The inputs the layers are observed on, and optionally their labels (integer
-            or one-hot). Without labels, views colour points by prediction and no gradients are recorded.
+        probe: `(x, y)` or `x`, as `fit` takes them. The inputs the layers are observed on, and optionally their
+            targets (integer or one-hot labels, or regression values). For several inputs `x` is a list of arrays
+            (in the order of `model.inputs`) or a dict keyed by input name, and `y` likewise for several outputs.
+            Without targets, views colour points by prediction and no gradients are recorded.
         every: take a snapshot every this many epochs (the last epoch is always captured).
         name: a display name for the run; the run id is derived from it.
         batch_every: also take a snapshot every this many training batches (None: epochs only).
@@ -93,6 +97,9 @@ class Recorder(keras.callbacks.Callback):
             (`"conv4_*_out"`), a layer class (`keras.layers.Conv2D`, or `"Conv2D"`), or a list of them; the
             model's last layer is always recorded. An item that matches no layer fails at the start of `fit`,
             listing the model's layers.
+        primary_output: of a model with several outputs, the one (by name or position) whose classes the linear
+            probes, class separation, probe accuracy and diagnosis are of. None: the first output whose targets are
+            classes. One whose targets are not classes fails at the start of `fit`.
 
     Example:
 
@@ -133,10 +140,19 @@ class Recorder(keras.callbacks.Callback):
         analysis: str = "auto",
         budget: float | None = DEFAULT_BUDGET,
         layers: str | list | None = RECORDER_DEFAULTS["layers"],
+        primary_output: str | int | None = None,
     ):
         super().__init__()
         check_backend()  # Keras's backend is fixed at its import: an unsupported one is refused before any fit
         check_selection(layers)
+        if primary_output is not None and (
+            isinstance(primary_output, bool) or not isinstance(primary_output, (str, int, np.integer))
+        ):
+            raise ValueError(
+                "primary_output must name a model output or give its position. "
+                f"Received: primary_output={primary_output!r}"
+            )
+        self.primary_output = primary_output
         _require_int("every", every, minimum=1)
         _require_int("probe_size", probe_size, minimum=10)
         _require_int("components", components, minimum=1)
@@ -173,14 +189,30 @@ class Recorder(keras.callbacks.Callback):
         self.run_id = run_id or new_run_id(name)
         self._recorded_fits = 0
         self._run_name = name  # the display name of the current run: a later fit's says which fit it is
-        x, y_for_loss, labels = _split_probe(probe)
-        rows = _probe_rows(len(x), labels, probe_size, seed)
-        self._x = np.ascontiguousarray(x[rows])
-        self._y_for_loss = None if y_for_loss is None else y_for_loss[rows]
+        x, y_for_loss, class_ids = _split_probe(probe)
+        # Stratified by the first target that holds classes; every input and target keeps the same rows.
+        labels = next((ids for ids in class_ids if ids is not None), None)
+        rows = _probe_rows(sample_count(x), labels, probe_size, seed)
+        self._x = _take(x, rows)  # one array, or a list or dict of arrays (several inputs), as `fit` takes them
+        self._y_for_loss = _take(y_for_loss, rows)
         self.labels = None if labels is None else labels[rows]
         self.probe_indices = rows
-        self.image_shape = tuple(image_shape) if image_shape else (tuple(x.shape[1:]) if x.ndim in (3, 4) else None)
-        self._plane = plane is True or (plane == "auto" and self._x.ndim == 2 and self._x.shape[1] == 2)
+        first = keras.tree.flatten(x)[0]  # the input the dashboard shows (thumbnails, feature values)
+        self.image_shape = (
+            tuple(image_shape) if image_shape else (tuple(first.shape[1:]) if first.ndim in (3, 4) else None)
+        )
+        several_inputs = len(keras.tree.flatten(x)) > 1
+        if plane is True and several_inputs:
+            raise ValueError(
+                "plane=True records unit responses over a 2-D input plane: it needs a model with one input of 2 "
+                "features. Received: plane=True and a probe of several inputs"
+            )
+        self._plane = plane is True or (
+            plane == "auto" and not several_inputs and first.ndim == 2 and first.shape[1] == 2
+        )
+        self._outputs: list[dict] = []  # per model output: name, kind of target, shape (set at the start of fit)
+        self._targets: dict[int, np.ndarray] = {}  # per output with targets, (n,) the truth the views colour by
+        self._primary = 0  # the output whose classes the linear probes, accuracy and diagnosis use
         self._extra_meta = {
             "dataset": {
                 "kind": "image" if self.image_shape else ("plane" if self._plane else "tabular"),
@@ -282,18 +314,11 @@ class Recorder(keras.callbacks.Callback):
         every_layer = recorded_layers(model)  # raises ValueError naming the fix for unusable models
         layers = select_layers(every_layer, self.layer_selection)
         self._layers_total = len(every_layer)
-        _check_model_io(model, self._x, self._y_for_loss)
-        if self.labels is not None and (loss := _regression_loss_name(model)):
-            warnings.warn(
-                f"The model's loss ({loss}) compares values, not classes, so Strata takes the whole-number probe "
-                "targets for regression targets: it records gradients against them, but colours points by "
-                "prediction and trains no linear probes.",
-                UserWarning,
-                stacklevel=3,
-            )
-            self.labels = None
+        self._x, self._y_for_loss, _ = _check_model_io(model, self._x, self._y_for_loss)
         self._layers = layers
         self._fit_probe_to_memory(layers)
+        self._describe_outputs(model)
+        build_compiled_loss(model, self._x, self._y_for_loss)
         self._variables = model_variables(model)
         self._state_bytes = sum(math.prod(v.shape) * backend_passes().dtype_size(v.dtype) for v in self._variables)
         self._capture_fn = _capture_function(
@@ -302,9 +327,9 @@ class Recorder(keras.callbacks.Callback):
         self._grid = self._plane_grid() if self._plane else None
         self._inputs = _probe_tensors(self._x, self._y_for_loss, self._grid)
         if self.grad_every and self._y_for_loss is not None:
-            rows = _probe_rows(len(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
+            rows = _probe_rows(sample_count(self._x), self.labels, GRAD_PROBE_SIZE, self.seed)
             self._grad_norm_fn = _gradient_norm_function(model, layers, self._variables)
-            self._grad_inputs = _probe_tensors(self._x[rows], self._y_for_loss[rows], None)[:2]
+            self._grad_inputs = _probe_tensors(_take(self._x, rows), _take(self._y_for_loss, rows), None)[:2]
         if not self._create_run(layers):
             return
         self._worker = start_worker(self.log_dir, self.analysis, self.budget, self._open_journal())
@@ -318,15 +343,86 @@ class Recorder(keras.callbacks.Callback):
             "seed": self.seed,
             "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
             "logits": layers[-1].activation is None and _loss_takes_logits(model),
+            # Several outputs: how to read each one's predictions, and which one `labels` are of.
+            "heads": [output["head"] for output in self._outputs] if len(self._outputs) > 1 else None,
+            "primary": self._primary,
         }
         if self._worker.journal is not None:  # first: what a recovery needs to run the probe pass again
             self._worker.submit(lambda: None, spill=lambda: ("setup", self._recovery_setup(builder)))
         self._send("attach", root=self.log_dir, run_id=self.run_id, builder=builder)
-        probe = {"arrays": self._probe_arrays(), "x": self._x, "components": self.components, "seed": self.seed}
+        probe = {
+            "arrays": self._probe_arrays(),
+            "x": _input_matrix(self._x),
+            "components": self.components,
+            "seed": self.seed,
+        }
         # Analysed within the budget, like a snapshot.
         self._worker.submit(lambda: ("probe", probe), spill=lambda: ("probe", probe))
         atexit.register(self._end_at_exit)
         self._end_with_the_notebook_cell()
+
+    def _describe_outputs(self, model: keras.Model) -> None:
+        """Per model output: its name, what its targets are (`classes`, `values` for regression, `multilabel`, or
+        None without targets), its shape, and how to read its predictions; the truth the views colour it by; and
+        the primary output, the first that holds classes, whose labels the linear probes and diagnosis use. Whole
+        numbers that a regression loss (MSE, Huber...) compares are values, not classes."""
+        targets = [] if self._y_for_loss is None else keras.tree.flatten(self._y_for_loss)
+        self._outputs, self._targets, class_ids = [], {}, []
+        for index, (name, tensor) in enumerate(zip(_output_names(model), model.outputs)):
+            loss = _output_loss(model, index, name)
+            target = np.asarray(targets[index]) if index < len(targets) else None
+            ids = (
+                None if target is None else _class_ids(target.astype(np.int64) if target.dtype == np.bool_ else target)
+            )
+            if ids is not None and (regression := _regression_loss_name(model, loss)):
+                warnings.warn(
+                    f"The model's loss ({regression}) compares values, not classes, so Strata takes the whole-number "
+                    "probe targets for regression targets: it records gradients against them, colours points by "
+                    "the target's value, and trains no linear probes on them.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                ids = None
+            kind = None if target is None else "classes" if ids is not None else _target_kind(target)
+            activation = getattr(getattr(tensor._keras_history.operation, "activation", None), "__name__", None)
+            self._outputs.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "shape": [None if d is None else int(d) for d in tensor.shape[1:]],
+                    "head": {
+                        "logits": activation in (None, "linear") and _loss_takes_logits(model, loss),
+                        "sigmoid": activation == "sigmoid",
+                    },
+                }
+            )
+            class_ids.append(ids)
+            if target is not None:
+                self._targets[index] = _stored_target(target, ids)
+        self._primary = self._chosen_output(model, class_ids)
+        self.labels = class_ids[self._primary] if class_ids else None
+
+    def _chosen_output(self, model: keras.Model, class_ids: list) -> int:
+        """The primary output: `primary_output` when given (a ValueError, naming the outputs, for one that does
+        not exist or whose targets are not classes), else the first output of classes, else the first."""
+        choice = self.primary_output
+        if choice is None:
+            return next((i for i, ids in enumerate(class_ids) if ids is not None), 0)
+        names = [output["name"] for output in self._outputs]
+        index = names.index(choice) if choice in names else int(choice) if not isinstance(choice, str) else -1
+        described = ", ".join(
+            f"{name} ({output['kind'] or 'no targets'})" for name, output in zip(names, self._outputs)
+        )
+        if not 0 <= index < len(names):
+            raise ValueError(
+                f"primary_output={choice!r} is not an output of model `{model.name}`: its outputs are {described}."
+            )
+        if class_ids[index] is None:
+            raise ValueError(
+                f"primary_output={choice!r} has no class targets, so no linear probe can decode it: model "
+                f"`{model.name}`'s outputs are {described}. Name an output of classes, or leave primary_output out."
+            )
+        return index
 
     def _open_journal(self) -> Journal | None:
         """The run's recovery journal (`core.store.journal`) when snapshots may be held back in this process's memory:
@@ -370,18 +466,19 @@ class Recorder(keras.callbacks.Callback):
             return
         per_sample = 4 * sum(math.prod(shape or ()) for shape in shapes)
         keep = max(MIN_PROBE, PROBE_OUTPUT_BYTES // max(per_sample, 1))
-        if len(self._x) <= keep:
+        count = sample_count(self._x)
+        if count <= keep:
             return
-        rows = _probe_rows(len(self._x), self.labels, keep, self.seed)
+        rows = _probe_rows(count, self.labels, keep, self.seed)
         warnings.warn(
             f"The {len(layers)} recorded layers' outputs take {per_sample / 2**20:.1f} MB a probe sample, so Strata observes "
-            f"them on {len(rows)} of the {len(self._x)} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB a "
+            f"them on {len(rows)} of the {count} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB a "
             "snapshot). Record fewer or narrower layers (`layers=`) to keep more.",
             UserWarning,
             stacklevel=4,
         )
-        self._x, self.probe_indices = np.ascontiguousarray(self._x[rows]), self.probe_indices[rows]
-        self._y_for_loss = None if self._y_for_loss is None else self._y_for_loss[rows]
+        self._x, self.probe_indices = _take(self._x, rows), self.probe_indices[rows]
+        self._y_for_loss = _take(self._y_for_loss, rows)
         self.labels = None if self.labels is None else self.labels[rows]
 
     def _claim_run_id(self) -> None:
@@ -435,10 +532,16 @@ class Recorder(keras.callbacks.Callback):
                 "recordable": self._layers_total,
             },
             "model": {"name": self.model.name, "params": int(self.model.count_params())},
+            "outputs": [{key: value for key, value in o.items() if key != "head"} for o in self._outputs],
             "probe": {
-                "size": int(len(self._x)),
+                "size": sample_count(self._x),
                 "has_labels": self.labels is not None,
-                "input_shape": list(self._x.shape[1:]),
+                "input_shape": list(keras.tree.flatten(self._x)[0].shape[1:]),
+                "inputs": [
+                    {"name": name, "shape": list(array.shape[1:])}
+                    for name, array in zip(_input_names(self.model), keras.tree.flatten(self._x))
+                ],
+                "primary_output": self._primary,
                 "plane": self._plane,
             },
             "every": self.every,
@@ -465,8 +568,11 @@ class Recorder(keras.callbacks.Callback):
         arrays: dict[str, np.ndarray] = {"indices": self.probe_indices.astype(np.int64)}
         if self.labels is not None:
             arrays["y"] = self.labels.astype(np.int64)
-        if self._x.nbytes <= MAX_STORED_INPUT_BYTES:
-            arrays["x"] = self._x.astype(np.float32)
+        for index, target in self._targets.items():
+            arrays[f"targets/{index}"] = target
+        first = keras.tree.flatten(self._x)[0]  # of several inputs, the first (in the order of `model.inputs`)
+        if first.nbytes <= MAX_STORED_INPUT_BYTES:
+            arrays["x"] = first.astype(np.float32)
         if self._plane:
             arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
         return arrays
@@ -679,7 +785,8 @@ def _read_state(model: keras.Model | None, variables: list) -> list:
     return backend_passes().read_state(model, variables)
 
 
-def _probe_tensors(x: np.ndarray, y: np.ndarray | None, grid: np.ndarray | None) -> tuple:
+def _probe_tensors(x: Any, y: Any, grid: np.ndarray | None) -> tuple:
+    """The probe's inputs, targets (each one array, or a list or dict of arrays) and plane grid as tensors."""
     return tuple(backend_passes().constants([x, y, grid]))
 
 
@@ -715,9 +822,10 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-def _loss_takes_logits(model: keras.Model) -> bool:
-    """Whether the compiled loss reads the output as logits (`from_logits=True`), as many tutorials set it up."""
-    loss: Any = getattr(model, "loss", None)
+def _loss_takes_logits(model: keras.Model, loss: Any = None) -> bool:
+    """Whether the compiled loss (or `loss`, one output's) reads the output as logits (`from_logits=True`), as many
+    tutorials set it up."""
+    loss = getattr(model, "loss", None) if loss is None else loss
     try:
         return bool(loss.get_config().get("from_logits", False))
     except (AttributeError, TypeError):  # a loss given by name or as a plain function: probabilities
@@ -736,10 +844,10 @@ REGRESSION_LOSSES = {
 }
 
 
-def _regression_loss_name(model: keras.Model) -> str | None:
-    """The name of the compiled loss when it compares values (MSE, MAE, Huber, Poisson...) rather than classes,
-    given by name, as a function or as a Loss object; None otherwise, custom losses included."""
-    loss = getattr(model, "loss", None)
+def _regression_loss_name(model: keras.Model, loss: Any = None) -> str | None:
+    """The name of the compiled loss (or `loss`, one output's) when it compares values (MSE, MAE, Huber, Poisson...)
+    rather than classes, given by name, as a function or as a Loss object; None otherwise, custom losses included."""
+    loss = getattr(model, "loss", None) if loss is None else loss
     if isinstance(loss, str):
         try:
             loss = keras.losses.get(loss)
@@ -747,6 +855,39 @@ def _regression_loss_name(model: keras.Model) -> str | None:
             return None
     name = getattr(getattr(loss, "fn", loss), "__name__", None)
     return name if name in REGRESSION_LOSSES else None
+
+
+def _output_loss(model: keras.Model, index: int, name: str) -> Any:
+    """The loss compiled for output `index` (named `name`): an entry of a list or dict of losses, or the one loss."""
+    loss: Any = getattr(model, "loss", None)
+    if isinstance(loss, (list, tuple)):
+        return loss[index] if index < len(loss) else None
+    if hasattr(loss, "keys") and hasattr(loss, "get"):
+        return loss.get(name)
+    return loss
+
+
+def _target_kind(target: np.ndarray) -> str:
+    """`multilabel` for rows of several 0/1 labels (not one-hot), else `values` (regression)."""
+    values = target.reshape(len(target), -1)
+    if values.shape[1] > 1 and np.all((values == 0) | (values == 1)):
+        return "multilabel"
+    return "values"
+
+
+def _stored_target(target: np.ndarray, class_ids: np.ndarray | None) -> np.ndarray:
+    """(n,) the truth the views colour an output by: class ids; the number of labels of a multi-label row; a
+    regression's value (its first column when it has several)."""
+    if class_ids is not None:
+        return class_ids.astype(np.int64)
+    values = target.reshape(len(target), -1).astype(np.float32)
+    return values.sum(axis=1) if _target_kind(target) == "multilabel" else values[:, 0]
+
+
+def _input_matrix(x: Any) -> np.ndarray:
+    """(n, d) float32: every probe input flattened, side by side (the raw input the baseline PCA is of)."""
+    inputs = keras.tree.flatten(x)
+    return np.hstack([a.reshape(len(a), -1) for a in inputs]).astype(np.float32)
 
 
 def _roles(layer: RecordedLayer) -> list[str]:
@@ -768,8 +909,10 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(x, y as given for the loss, integer labels) from `probe=(x, y)` or `probe=x`."""
+def _split_probe(probe: Any) -> tuple[Any, Any, list[np.ndarray | None]]:
+    """(x, y as given for the loss, class ids per target) from `probe=(x, y)` or `probe=x`, read as `fit` reads them:
+    x is one array, or a list or dict of arrays (several inputs, in order or by input name); y likewise for several
+    outputs. Class ids are None for a target that is not classes (regression values, several labels a sample)."""
     if probe is None:
         raise ValueError(
             "Recorder needs a probe set: pass `probe=(x_val, y_val)` (or `probe=x_val` without labels), "
@@ -778,65 +921,78 @@ def _split_probe(probe: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray 
     # As `fit` and `validation_data` read them: a tuple is (x, y); a list or a dict is x (several inputs, or inputs
     # by name).
     x, y = (probe[0], probe[1] if len(probe) > 1 else None) if isinstance(probe, tuple) and probe else (probe, None)
-    x = _single_array(x, "inputs", "inputs")
-    y = None if y is None else _single_array(y, "targets", "outputs")
-    x = np.asarray(x)
+    x = keras.tree.map_structure(_probe_input, _single_array(x, "inputs"))
+    inputs = keras.tree.flatten(x)
+    count = len(inputs[0])
+    if any(len(array) != count for array in inputs):
+        counts = ", ".join(str(len(array)) for array in inputs)
+        raise ValueError(
+            f"Every probe input must have one row per sample, the same number for each input. Received: "
+            f"{_form(x, 'inputs')} with {counts} samples."
+        )
+    if y is None:
+        return x, None, []
+    y = keras.tree.map_structure(np.asarray, _single_array(y, "targets"))
+    targets = keras.tree.flatten(y)
+    if any(len(target) != count for target in targets):
+        raise ValueError(
+            f"The probe labels must have one entry per input. Received: {count} inputs and "
+            f"{', '.join(str(len(t)) for t in targets)} labels ({_form(y, 'targets')})."
+        )
+    for target in targets:
+        if not np.issubdtype(target.dtype, np.number) and target.dtype != np.bool_ or not np.all(np.isfinite(target)):
+            raise ValueError(
+                f"The probe labels must be integer class ids or one-hot rows. Received dtype {target.dtype}."
+            )
+    ids = [_class_ids(t.astype(np.int64) if t.dtype == np.bool_ else t) for t in targets]
+    if all(i is None for i in ids):
+        first = targets[0]
+        warnings.warn(
+            f"The probe targets are not class ids or one-hot rows (shape {first.shape}, values such as "
+            f"{np.ravel(first)[0]:.4g}), as for regression or multi-label targets: Strata records gradients against "
+            "them and colours points by the true target, but trains no linear probes.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return x, y, ids
+
+
+def _probe_input(value: Any) -> np.ndarray:
+    """One probe input as an array of at least 2 samples, floats (whole numbers become float32)."""
+    x = np.asarray(value)
     if x.ndim < 2 or len(x) < 2 or not np.issubdtype(x.dtype, np.number):
         raise ValueError(
             f"The probe inputs must be a numeric array of shape (samples, features...) with at least 2 samples. "
             f"Received: x with shape {x.shape} and dtype {x.dtype}"
         )
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-    if y is None:
-        return x, None, None
-    y = np.asarray(y)
-    if len(y) != len(x):
-        raise ValueError(
-            f"The probe labels must have one entry per input. Received: {len(x)} inputs and {len(y)} labels."
-        )
-    if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_ or not np.all(np.isfinite(y)):
-        raise ValueError(f"The probe labels must be integer class ids or one-hot rows. Received dtype {y.dtype}.")
-    labels = _class_ids(y.astype(np.int64) if y.dtype == np.bool_ else y)
-    if labels is None:
-        warnings.warn(
-            f"The probe targets are not class ids or one-hot rows (shape {y.shape}, values such as "
-            f"{np.ravel(y)[0]:.4g}), as for regression or multi-label targets: Strata records gradients against "
-            "them, but colours points by prediction and trains no linear probes.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return x, y, labels
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
 
 
-SEVERAL_IO = (
-    "Strata records models with one input and one output for now: a model with several {kind} cannot be "
-    "recorded yet. Record a single-input, single-output part of it, such as a nested model's base, or pass "
-    "one array. Received: {form}"
-)
-
-
-def _single_array(value: Any, what: str, kind: str) -> Any:
-    """`value` itself, or its only array when it is a one-entry dict or list (one input or output, by name); a
-    ValueError naming the form for several arrays, which are several inputs or outputs (`kind`)."""
+def _single_array(value: Any, what: str) -> Any:
+    """`value` as a structure `fit` reads: one array, or a list or dict of several (several inputs or outputs); a
+    one-entry list or dict is its only array. A list of plain numbers is one array."""
     if isinstance(value, dict):
-        if len(value) == 1:
-            return next(iter(value.values()))
-        raise ValueError(
-            SEVERAL_IO.format(kind=kind, form=f"a dict of {len(value)} {what} ({', '.join(map(str, value))})")
-        )
+        if not value:
+            raise ValueError(f"The probe's {what} are an empty dict. Received: {value!r}")
+        return next(iter(value.values())) if len(value) == 1 else dict(value)
     if (
         isinstance(value, (list, tuple))
         and value
         and all(hasattr(item, "shape") and hasattr(item, "dtype") for item in value)
     ):
-        if len(value) == 1:
-            return value[0]
-        shapes = ", ".join(str(tuple(item.shape)) for item in value)
-        raise ValueError(
-            SEVERAL_IO.format(kind=kind, form=f"a {type(value).__name__} of {len(value)} arrays ({shapes})")
-        )
+        return value[0] if len(value) == 1 else list(value)
     return value
+
+
+def _form(value: Any, what: str) -> str:
+    """How a probe's inputs or targets came, for messages: 'one array of shape (64, 4)', 'a list of 2 arrays ((64, 4),
+    (64, 2))', 'a dict of 2 inputs (left, right)'."""
+    if isinstance(value, dict):
+        shapes = ", ".join(f"{key}: {tuple(np.shape(v))}" for key, v in value.items())
+        return f"a dict of {len(value)} {what} ({shapes})"
+    if isinstance(value, list):
+        return f"a list of {len(value)} arrays ({', '.join(str(tuple(np.shape(v))) for v in value)})"
+    return f"one array of shape {tuple(np.shape(value))}"
 
 
 def _class_ids(y: np.ndarray) -> np.ndarray | None:
@@ -859,19 +1015,94 @@ def _probe_rows(count: int, labels: np.ndarray | None, size: int, seed: int) -> 
     return stratified_subset(labels, size, seed=seed)
 
 
-def _check_model_io(model: keras.Model, x: np.ndarray, y: np.ndarray | None) -> None:
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            f"Strata records models with one input and one output for now. Received: model `{model.name}` with "
-            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs. Record a single-input, single-output part of "
-            "it, such as a nested model's base."
-        )
-    expected = tuple(model.inputs[0].shape[1:])
-    received = tuple(x.shape[1:])
-    if len(expected) != len(received) or any(e is not None and e != r for e, r in zip(expected, received)):
-        raise ValueError(
-            f"The probe inputs do not fit the model: model `{model.name}` takes samples of shape {expected}, "
-            f"the probe has samples of shape {received}. Pass probe inputs shaped like the training inputs."
-        )
-    if y is not None and getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
+def _take(value: Any, rows: np.ndarray) -> Any:
+    """The same `rows` of every array in `value` (one array, or a list or dict of them); None stays None."""
+    return None if value is None else keras.tree.map_structure(lambda a: np.ascontiguousarray(a[rows]), value)
+
+
+def _graph_struct(model: keras.Model, which: str) -> Any:
+    """The structure (`_inputs_struct` or `_outputs_struct`) the model's graph takes or gives: a list or dict of
+    symbolic tensors, or one."""
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    return getattr(graph, which, None)
+
+
+def _input_names(model: keras.Model) -> list[str]:
+    """The name by which `fit` takes each input, in the order of `model.inputs`: its key in a model built on a dict
+    of inputs, else the `keras.Input`'s name."""
+    struct = _graph_struct(model, "_inputs_struct")
+    if isinstance(struct, dict):
+        return sorted(struct)  # Keras flattens a dict by sorted keys: the order of `model.inputs`
+    return [tensor.name for tensor in model.inputs]
+
+
+def _output_names(model: keras.Model) -> list[str]:
+    """The name by which `fit` takes each output's targets, in the order of `model.outputs`."""
+    struct = _graph_struct(model, "_outputs_struct")
+    if isinstance(struct, dict):
+        return sorted(struct)
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(model.outputs):
+        return [str(name) for name in names]
+    return [tensor._keras_history.operation.name for tensor in model.outputs]
+
+
+def _arrange(model: keras.Model, value: Any, names: list[str], what: str, struct: Any) -> tuple[Any, list]:
+    """`value` (probe inputs or targets) arranged as the model's graph takes them (one array, or its list or dict of
+    them), and its arrays in the order of `names`. A ValueError, naming what the model takes and what was received,
+    when they do not fit."""
+    count = len(names)
+    noun = what if count != 1 else what[:-1]  # "2 inputs", "1 input"
+    if isinstance(value, dict):
+        missing = [name for name in names if name not in value]
+        if missing or (count == 1 and len(value) != 1):
+            raise ValueError(
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} named "
+                f"{', '.join(names)}, the probe has {_form(value, what)}. Key a dict by those names, or pass a list "
+                "in that order, as to `fit`."
+            )
+        arrays = [value[name] for name in names]
+    elif isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} "
+                f"({', '.join(names)}), the probe has {_form(value, what)}. Pass one array per {what[:-1]}, in that "
+                "order, or a dict keyed by those names, as to `fit`."
+            )
+        arrays = list(value)
+    else:
+        if count != 1:
+            raise ValueError(
+                f"The probe's {what} do not fit the model: model `{model.name}` takes {count} {noun} "
+                f"({', '.join(names)}), the probe has {_form(value, what)}. Pass a list of {count} arrays in that "
+                "order, or a dict keyed by those names, as to `fit`: `probe=([x1, x2], y)` or "
+                "`probe=({'a': x1, 'b': x2}, y)`."
+            )
+        arrays = [value]
+    if count == 1:
+        return arrays[0], arrays
+    arranged = keras.tree.pack_sequence_as(struct, arrays) if isinstance(struct, (list, dict)) else arrays
+    return arranged, arrays
+
+
+def _check_model_io(model: keras.Model, x: Any, y: Any) -> tuple[Any, Any, list]:
+    """(inputs, targets) of the probe arranged as the model takes them, and the targets in the order of
+    `model.outputs` (empty without targets). A ValueError naming what does not fit and what to do."""
+    names = _input_names(model)
+    x, inputs = _arrange(model, x, names, "inputs", _graph_struct(model, "_inputs_struct"))
+    for name, tensor, array in zip(names, model.inputs, inputs):
+        expected = tuple(tensor.shape[1:])
+        received = tuple(array.shape[1:])
+        if len(expected) != len(received) or any(e is not None and e != r for e, r in zip(expected, received)):
+            which = f"input `{name}` of " if len(names) > 1 else ""
+            raise ValueError(
+                f"The probe inputs do not fit the model: {which}model `{model.name}` takes samples of shape "
+                f"{expected}, the probe has samples of shape {received}. Pass probe inputs shaped like the training "
+                "inputs."
+            )
+    if y is None:
+        return x, None, []
+    if getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
         raise ValueError("Compile the model with a loss before fit: Recorder measures gradients of that loss.")
+    y, targets = _arrange(model, y, _output_names(model), "outputs", _graph_struct(model, "_outputs_struct"))
+    return x, y, targets

@@ -108,6 +108,7 @@ class _ProbePass:
 
         from core.capture import probe_pass, recorder
         from core.capture.graph import recorded_layers
+        from core.capture.probe_pass import build_compiled_loss
 
         try:
             model = keras.models.model_from_json(setup["model"])
@@ -135,6 +136,7 @@ class _ProbePass:
                 "so its held-back snapshots cannot be written."
             )
         y, grid = setup.get("y"), setup.get("grid")
+        build_compiled_loss(model, setup["x"], y)  # as the Recorder does before its first pass
         self._recorder = recorder
         self._passes = probe_pass.backend_passes()
         self._fn = self._passes.ProbePass(

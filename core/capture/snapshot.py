@@ -35,13 +35,13 @@ class RawCapture:
     batch: int | None
     logs: dict
     outputs: list[np.ndarray]  # per layer (n, ...) output on the probe set
-    predictions: np.ndarray  # (n, classes)
+    predictions: np.ndarray | list[np.ndarray]  # (n, classes); a list of them, one per output, for several outputs
     loss: float | None
     weights: list[dict[str, np.ndarray]]  # per layer {role: value}
     weight_grads: list[dict[str, np.ndarray]]  # per layer {role: gradient}, empty without labels
     output_grad_norms: list[float | None]  # per layer L2 norm of the loss gradient w.r.t. the layer output
     plane_outputs: list[np.ndarray] | None = None  # per layer output on the input-plane grid
-    plane_predictions: np.ndarray | None = None  # (grid points, classes)
+    plane_predictions: np.ndarray | list[np.ndarray] | None = None  # (grid points, classes), or one per output
 
 
 @dataclass
@@ -54,6 +54,10 @@ class SnapshotBuilder:
     seed: int = 0
     kernel_layer: int | None = None  # the first layer with a kernel: its weights are stored whole
     logits: bool = False  # the model outputs logits (its loss has from_logits=True): stored as probabilities
+    # A model with several outputs: per output {"logits", "sigmoid"}, how to read its predictions (None: one output,
+    # read by `logits` and the last layer's activation); `labels` are of output `primary`, stored as `pred/probs`.
+    heads: list[dict] | None = None
+    primary: int = 0
     _previous_components: dict[int, np.ndarray] = field(default_factory=dict)
     _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     _previous_probes: dict[int, np.ndarray] = field(default_factory=dict)  # warm starts for each layer's probe
@@ -79,7 +83,12 @@ class SnapshotBuilder:
             layers.append(self._layer_record(index, raw, flat, arrays))
             if grid is not None and "pca" in layers[-1]:
                 layers[-1]["pca"]["pooled"] = grid
-        predictions = self._class_probabilities(raw.predictions)
+        if isinstance(raw.predictions, list):
+            for head, values in enumerate(raw.predictions):
+                arrays[f"pred/{head}/probs"] = self._output_probabilities(values, head)
+            predictions = arrays[f"pred/{self.primary}/probs"]
+        else:
+            predictions = self._class_probabilities(raw.predictions)
         arrays["pred/probs"] = predictions
         meta = {
             "kind": raw.kind,
@@ -104,24 +113,37 @@ class SnapshotBuilder:
         )
         if skipped:
             meta["skipped"] = skipped
-        if raw.plane_predictions is not None:
+        if isinstance(raw.plane_predictions, list):
+            plane = self._output_probabilities(raw.plane_predictions[self.primary], self.primary)
+            arrays["pred/plane_probs"] = plane.astype(np.float16)
+        elif raw.plane_predictions is not None:
             arrays["pred/plane_probs"] = self._class_probabilities(raw.plane_predictions).astype(np.float16)
         return meta, arrays
 
-    def _class_probabilities(self, predictions: np.ndarray) -> np.ndarray:
+    def _output_probabilities(self, predictions: np.ndarray, output: int) -> np.ndarray:
+        """`_class_probabilities` of one output of several, read by its head."""
+        head = (self.heads or [{}] * (output + 1))[output]
+        return self._class_probabilities(predictions, head.get("logits", False), head.get("sigmoid", False))
+
+    def _class_probabilities(
+        self, predictions: np.ndarray, logits: bool | None = None, sigmoid: bool | None = None
+    ) -> np.ndarray:
         """(n, C) float32 class probabilities, as every classifier's are stored. Logits (`logits`) go through a
         softmax, or a sigmoid for one unit. A model ending in one sigmoid unit predicts P(class 1): it is stored as
         the two columns P(class 0), P(class 1). Other outputs, such as regression values, are kept as they are."""
+        logits = self.logits if logits is None else logits
+        if sigmoid is None:
+            sigmoid = bool(self.activations and self.activations[-1] == "sigmoid")
         predictions = np.asarray(predictions, np.float32)
         if predictions.ndim != 2:
             return predictions
-        if self.logits and predictions.shape[1] > 1:
+        if logits and predictions.shape[1] > 1:
             shifted = np.exp(predictions - predictions.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
-        if self.logits:
+        if logits:
             with np.errstate(over="ignore"):  # a very negative logit: exp overflows to inf, the probability to 0
                 predictions = 1.0 / (1.0 + np.exp(-predictions))
-        elif not (self.activations and self.activations[-1] == "sigmoid"):
+        elif not sigmoid:
             return predictions
         return np.hstack([1.0 - predictions, predictions]) if predictions.shape[1] == 1 else predictions
 

@@ -46,6 +46,9 @@ class Probe:
     x: np.ndarray | None  # (n, ...) inputs, stored when small enough (thumbnails, feature values)
     plane: dict[str, np.ndarray] = field(default_factory=dict)  # input-plane grid for 2-D data sets
     input_pca: np.ndarray | None = None  # (n, k) PCA of the raw inputs: the baseline every layer is compared with
+    # Per model output with targets, (n,) its truth: class ids, a regression's value, or a multi-label row's number
+    # of labels (what each is: `RunInfo.outputs`). Empty for runs written before December 2026.
+    targets: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -129,6 +132,16 @@ class Snapshot:
     def layer_array(self, index: int, name: str) -> np.ndarray | None:
         """Layer `index`'s array `name` ("pca", "unit_mean", "dead_units", ...): `array(layer_key(index, name))`."""
         return self.array(layer_key(index, name))
+
+    def predictions(self, output: int | None = None) -> np.ndarray | None:
+        """(n, C) predictions on the probe of model output `output` (None: the primary output, `pred/probs`), as
+        probabilities for a classifier; a run of one output (or written before outputs were stored apart) has only
+        `pred/probs`, whatever `output`."""
+        if output is not None:
+            own = self.array(f"pred/{int(output)}/probs")
+            if own is not None:
+                return own
+        return self.array("pred/probs")
 
     def array(self, key: str) -> np.ndarray | None:
         """The array stored under `key`, or None when this snapshot has none or it cannot be read (a damaged
@@ -391,6 +404,7 @@ class Run:
                 x=arrays.get("x"),
                 plane=plane,
                 input_pca=arrays.get("input/pca"),
+                targets={int(k.split("/", 1)[1]): v for k, v in arrays.items() if k.startswith("targets/")},
             )
         return self._probe
 

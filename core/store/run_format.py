@@ -79,6 +79,7 @@ RUN_FIELDS: dict[str, Check] = {
     "dataset": _optional(OBJECT),
     "config": _optional(OBJECT),
     "layers": _optional(LIST),
+    "outputs": _optional(LIST),
     "model": _optional(OBJECT),
     "probe": _optional(OBJECT),
     "input": _optional(OBJECT),
@@ -107,6 +108,8 @@ PROBE_FIELDS: dict[str, Check] = {
     "size": _optional(INT),
     "has_labels": _optional(BOOL),
     "input_shape": _optional(SHAPE),
+    "inputs": _optional(LIST),
+    "primary_output": _optional(INT),
     "plane": _optional(BOOL),
 }
 INPUT_FIELDS: dict[str, Check] = {
@@ -125,6 +128,12 @@ LAYER_FIELDS: dict[str, Check] = {
     "weights": _optional(_list_of(TEXT, "a list of names")),
 }
 REQUIRED_LAYER_FIELDS = ("name",)
+OUTPUT_KINDS = ("classes", "values", "multilabel")
+OUTPUT_FIELDS: dict[str, Check] = {
+    "name": TEXT,
+    "kind": _optional((lambda value: value in OUTPUT_KINDS, "classes, values or multilabel")),
+    "shape": _optional(SHAPE),
+}
 OBJECTS = {"dataset": DATASET_FIELDS, "probe": PROBE_FIELDS, "input": INPUT_FIELDS, "model": MODEL_FIELDS}
 
 # A snapshot's JSON header, and each of its layer records.
@@ -198,6 +207,10 @@ def run_meta(meta: Any) -> dict:
         if not isinstance(layer, dict):
             raise FormatProblem(f"run.json's layer {index} is {json_type(layer)}, not an object")
         check_fields(layer, LAYER_FIELDS, f"run.json's layer {index}", REQUIRED_LAYER_FIELDS)
+    for index, output in enumerate(meta.get("outputs") or []):
+        if not isinstance(output, dict):
+            raise FormatProblem(f"run.json's output {index} is {json_type(output)}, not an object")
+        check_fields(output, OUTPUT_FIELDS, f"run.json's output {index}", ("name",))
     return meta
 
 
@@ -232,7 +245,8 @@ def history(value: Any) -> dict:
 
 
 def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `plane/*` (G,)."""
+    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `targets/<output>` (n,);
+    `plane/*` (G,)."""
     indices = arrays.get("indices")
     if indices is None:
         raise FormatProblem("probe.npz has no `indices`")
@@ -242,6 +256,11 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
         )
     n = len(indices)
     expected = {"y": 1, "x": None, "input/pca": 2}
+    for key in arrays:
+        if key.startswith("targets/"):
+            if not key.removeprefix("targets/").isdigit():
+                raise FormatProblem("probe.npz holds a target not named by its output's number")
+            expected[key] = 1
     for key, ndim in expected.items():
         array = arrays.get(key)
         if array is None:

@@ -119,6 +119,7 @@ class ProbeInfo:
     has_labels: bool = False
     input_shape: tuple[int | None, ...] | None = None
     plane: bool = False  # 2-D inputs: the dashboard can draw the input plane and its bending
+    primary_output: int = 0  # the output whose classes `y`, the linear probes and the diagnosis are of
 
     @classmethod
     def from_meta(cls, record: dict | None) -> ProbeInfo:
@@ -128,6 +129,27 @@ class ProbeInfo:
             has_labels=record.get("has_labels") is True,
             input_shape=_shape(record.get("input_shape")),
             plane=record.get("plane") is True,
+            primary_output=_int(record.get("primary_output")) or 0,
+        )
+
+
+@dataclass(frozen=True)
+class OutputInfo:
+    """One model output (run.json's `outputs`): its name and what its probe targets are: `classes`, `values`
+    (regression), `multilabel`, or None (recorded without targets, or a run written before outputs were)."""
+
+    index: int
+    name: str
+    kind: str | None = None
+    shape: tuple[int | None, ...] | None = None
+
+    @classmethod
+    def from_meta(cls, index: int, record: dict) -> OutputInfo:
+        return cls(
+            index=index,
+            name=str(record.get("name")),
+            kind=_text(record.get("kind")),
+            shape=_shape(record.get("shape")),
         )
 
 
@@ -141,6 +163,7 @@ class RunInfo:
     dataset: DatasetInfo = field(default_factory=DatasetInfo)
     probe: ProbeInfo = field(default_factory=ProbeInfo)
     layers: tuple[LayerInfo, ...] = ()
+    outputs: tuple[OutputInfo, ...] = ()  # empty for runs written before December 2026: one output
     config: dict = field(default_factory=dict)
     epochs_planned: int | None = None
     epochs_done: int | None = None
@@ -158,6 +181,7 @@ class RunInfo:
             dataset=DatasetInfo.from_meta(meta.get("dataset")),
             probe=ProbeInfo.from_meta(meta.get("probe")),
             layers=tuple(LayerInfo.from_meta(position, record) for position, record in enumerate(layers)),
+            outputs=tuple(OutputInfo.from_meta(i, record) for i, record in enumerate(meta.get("outputs") or [])),
             config=dict(meta.get("config") or {}),
             epochs_planned=_int(meta.get("epochs_planned")),
             epochs_done=_int(meta.get("epochs_done")),

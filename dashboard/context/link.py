@@ -24,7 +24,7 @@ _LATEST = "_strata_latest_epoch"  # the newest epoch at the last full rerun: "fo
 _SYNC = "_strata_sync_url"  # widget keys set in code whose values the address bar does not show yet
 _FULL_RUN = "_strata_full_run"  # true while the whole app script runs (not a fragment rerun)
 _FOLLOW = "_strata_follow_run"  # a run to select at the start of the next run, before the run picker exists
-WIDGET_KEYS = ("run", "layer", "epoch", "pcx", "pcy", "pcz", "dims", "color", "size", "opacity")
+WIDGET_KEYS = ("run", "layer", "epoch", "pcx", "pcy", "pcz", "dims", "color", "size", "opacity", "out")
 
 
 def prepare() -> None:
@@ -129,6 +129,8 @@ def _seed_widgets(view: schema.ViewState, run: Run | None) -> None:
     if facts and facts.epochs:
         values["epoch"] = facts.epochs[-1] if view.epoch is None else view.epoch
         st.session_state[_LATEST] = facts.epochs[-1]
+    if facts and len(facts.outputs) > 1:
+        values["out"] = facts.primary_output if view.out is None else view.out
     if view.compare:
         values["compare"] = list(view.compare)  # type: ignore[assignment]  # a multiselect's value is a list
     for key, value in values.items():
@@ -155,7 +157,9 @@ def _conform_widgets(run: Run | None) -> None:
     for key in ("pcx", "pcy", "pcz"):
         if int(st.session_state.get(key, 1)) > facts.components:
             st.session_state[key] = getattr(schema.DEFAULTS, key)
-    if not facts.has_labels and st.session_state.get("color") in ("label", "correct"):
+    if len(facts.outputs) > 1 and st.session_state.get("out") not in range(len(facts.outputs)):
+        st.session_state["out"] = facts.primary_output
+    if not facts.has_truth and st.session_state.get("color") in ("label", "correct"):
         st.session_state["color"] = "pred"
 
 
