@@ -301,7 +301,18 @@ def test_forward_recording_in_training_mode_applies_dropout():
 # The private Keras APIs, all behind core/capture/keras_internals.py
 
 
-PRIVATE_KERAS = ("keras.src", "_flatten_layers", "_run_through_graph", "_functional", "operation_fn")
+PRIVATE_KERAS = (
+    "keras.src",
+    "_flatten_layers",
+    "_run_through_graph",
+    "_functional",
+    "operation_fn",
+    "_keras_history",
+    "_inputs_struct",
+    "_outputs_struct",
+    "_compile_loss",
+    "_compute_loss",
+)
 
 
 def test_no_module_but_keras_internals_touches_a_private_keras_api():

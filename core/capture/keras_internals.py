@@ -11,6 +11,11 @@ layers included). What is used, and why:
 - `keras.src.models.functional.operation_fn(operation, training=...)`: the call the graph would make.
 - `Sequential._functional`: the functional graph a built `Sequential` runs through.
 - `Layer._flatten_layers(include_self=False, recursive=True)`: every layer inside a model, at any depth.
+- `Functional._inputs_struct` / `_outputs_struct`: the list or dict of symbolic tensors a model was built on, which
+  is how `fit` takes its inputs and targets (a dict model is fed by name).
+- `KerasTensor._keras_history.operation`: the layer that produced a model output.
+- `Model._compile_loss`, `Model._compute_loss` and `keras.src.backend.compute_output_spec`: building the compiled
+  loss on symbolic tensors before the first probe pass, as `fit`'s own symbolic build does (see `build_loss`).
 
 Tested against the pinned Keras (requirements.txt) by tests/test_unit_graph.py.
 """
@@ -23,11 +28,12 @@ from typing import Any
 import keras
 
 try:
+    from keras.src import backend as keras_backend
     from keras.src.models.functional import Functional, operation_fn
 except ImportError as error:  # pragma: no cover - only on a Keras that moved them
     raise ImportError(
-        f"Strata needs keras.src.models.functional.Functional and operation_fn, which Keras {keras.__version__} "
-        "does not have: install the Keras version requirements.txt pins"
+        f"Strata needs keras.src.backend and keras.src.models.functional (Functional, operation_fn), which Keras "
+        f"{keras.__version__} does not have: install the Keras version requirements.txt pins"
     ) from error
 
 
@@ -57,3 +63,30 @@ def run_graph(graph: Functional, inputs: Any, wrap: Callable[[keras.Operation], 
 def operation_call(operation: keras.Operation, training: bool) -> Callable:
     """The call the graph makes for `operation`, with `training` passed to layers that take it."""
     return operation_fn(operation, training=training)
+
+
+def graph_struct(model: keras.Model, which: str) -> Any:
+    """The structure the model's graph takes (`which="inputs"`) or gives (`"outputs"`): a list or dict of symbolic
+    tensors, or one; None for a model without a graph."""
+    graph = graph_of(model)
+    return getattr(graph, f"_{which}_struct", None)
+
+
+def producing_layer(tensor: Any) -> keras.Operation:
+    """The layer that produced the symbolic tensor `tensor` (a model output)."""
+    return tensor._keras_history.operation
+
+
+def build_loss(model: keras.Model, x: Any, y: Any) -> None:
+    """Build `model`'s compiled loss on symbolic tensors shaped like `x` and `y` (arrays, or lists or dicts of them),
+    as `fit`'s symbolic build does; nothing when the model was compiled without a loss or its loss is built."""
+    compile_loss = getattr(model, "_compile_loss", None)
+    if compile_loss is None or compile_loss.built:
+        return
+
+    def symbolic(array):
+        return keras.KerasTensor(array.shape, keras_backend.standardize_dtype(array.dtype))
+
+    x, y = keras.tree.map_structure(symbolic, x), keras.tree.map_structure(symbolic, y)
+    y_pred = keras_backend.compute_output_spec(model, x, training=False)
+    keras_backend.compute_output_spec(model._compute_loss, x, y, y_pred, training=False)

@@ -14,6 +14,7 @@ from types import ModuleType
 import keras
 import numpy as np
 
+from core.capture import keras_internals
 from core.capture.graph import RecordedLayer, recorded_layers, trains_differently
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
@@ -55,17 +56,8 @@ def build_compiled_loss(model: keras.Model, x, y) -> None:
     the probe's `x` and `y` (arrays, or lists or dicts of them). A model with several outputs keeps a loss tracker per
     output, created when the loss is first computed: created inside the pass's stateless scope, the trackers would
     hold no value, and the first training step would fail on them."""
-    compile_loss = getattr(model, "_compile_loss", None)
-    if y is None or compile_loss is None or compile_loss.built:
-        return
-    from keras.src import backend as keras_backend  # compute_output_spec: how Keras's own symbolic build does it
-
-    def symbolic(array):
-        return keras.KerasTensor(array.shape, keras_backend.standardize_dtype(array.dtype))
-
-    x, y = keras.tree.map_structure(symbolic, x), keras.tree.map_structure(symbolic, y)
-    y_pred = keras_backend.compute_output_spec(model, x, training=False)
-    keras_backend.compute_output_spec(model._compute_loss, x, y, y_pred, training=False)
+    if y is not None:
+        keras_internals.build_loss(model, x, y)
 
 
 def gradient_rows(count: int) -> np.ndarray:

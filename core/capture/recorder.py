@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from core.capture.graph import RecordedLayer, check_selection, recorded_layers, select_layers
+from core.capture.keras_internals import graph_struct, producing_layer
 from core.capture.probe_pass import (
     GRAD_PROBE_SIZE,
     backend_passes,
@@ -384,7 +385,7 @@ class Recorder(keras.callbacks.Callback):
                 )
                 ids = None
             kind = None if target is None else "classes" if ids is not None else _target_kind(target)
-            activation = getattr(getattr(tensor._keras_history.operation, "activation", None), "__name__", None)
+            activation = getattr(getattr(producing_layer(tensor), "activation", None), "__name__", None)
             self._outputs.append(
                 {
                     "name": name,
@@ -1020,17 +1021,10 @@ def _take(value: Any, rows: np.ndarray) -> Any:
     return None if value is None else keras.tree.map_structure(lambda a: np.ascontiguousarray(a[rows]), value)
 
 
-def _graph_struct(model: keras.Model, which: str) -> Any:
-    """The structure (`_inputs_struct` or `_outputs_struct`) the model's graph takes or gives: a list or dict of
-    symbolic tensors, or one."""
-    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    return getattr(graph, which, None)
-
-
 def _input_names(model: keras.Model) -> list[str]:
     """The name by which `fit` takes each input, in the order of `model.inputs`: its key in a model built on a dict
     of inputs, else the `keras.Input`'s name."""
-    struct = _graph_struct(model, "_inputs_struct")
+    struct = graph_struct(model, "inputs")
     if isinstance(struct, dict):
         return sorted(struct)  # Keras flattens a dict by sorted keys: the order of `model.inputs`
     return [tensor.name for tensor in model.inputs]
@@ -1038,13 +1032,13 @@ def _input_names(model: keras.Model) -> list[str]:
 
 def _output_names(model: keras.Model) -> list[str]:
     """The name by which `fit` takes each output's targets, in the order of `model.outputs`."""
-    struct = _graph_struct(model, "_outputs_struct")
+    struct = graph_struct(model, "outputs")
     if isinstance(struct, dict):
         return sorted(struct)
     names = getattr(model, "output_names", None)
     if names and len(names) == len(model.outputs):
         return [str(name) for name in names]
-    return [tensor._keras_history.operation.name for tensor in model.outputs]
+    return [producing_layer(tensor).name for tensor in model.outputs]
 
 
 def _arrange(model: keras.Model, value: Any, names: list[str], what: str, struct: Any) -> tuple[Any, list]:
@@ -1089,7 +1083,7 @@ def _check_model_io(model: keras.Model, x: Any, y: Any) -> tuple[Any, Any, list]
     """(inputs, targets) of the probe arranged as the model takes them, and the targets in the order of
     `model.outputs` (empty without targets). A ValueError naming what does not fit and what to do."""
     names = _input_names(model)
-    x, inputs = _arrange(model, x, names, "inputs", _graph_struct(model, "_inputs_struct"))
+    x, inputs = _arrange(model, x, names, "inputs", graph_struct(model, "inputs"))
     for name, tensor, array in zip(names, model.inputs, inputs):
         expected = tuple(tensor.shape[1:])
         received = tuple(array.shape[1:])
@@ -1104,5 +1098,5 @@ def _check_model_io(model: keras.Model, x: Any, y: Any) -> tuple[Any, Any, list]
         return x, None, []
     if getattr(model, "compiled_loss", None) is None and getattr(model, "loss", None) is None:
         raise ValueError("Compile the model with a loss before fit: Recorder measures gradients of that loss.")
-    y, targets = _arrange(model, y, _output_names(model), "outputs", _graph_struct(model, "_outputs_struct"))
+    y, targets = _arrange(model, y, _output_names(model), "outputs", graph_struct(model, "outputs"))
     return x, y, targets
