@@ -12,10 +12,12 @@ run.json) 403, each with a plain-text reason and never a byte of the run.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncGenerator, Iterator
 
+import anyio
 import streamlit as st
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -59,7 +61,7 @@ async def download(request: Request) -> Response:
         return _refuse(404, f"There is no run {run_id} in this store.")
     except StoreError as error:
         return _refuse(403, str(error))
-    return StreamingResponse(
+    return _ClosingStream(
         _in_threads(chunks),
         media_type="application/zip",
         headers={
@@ -75,16 +77,39 @@ def file_name(run_id: str) -> str:
     return (re.sub(r"[^A-Za-z0-9._-]", "_", run_id).strip(".") or "run") + ".zip"
 
 
-async def _in_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """`chunks`, each produced in a worker thread; closed (in a thread too) when the response ends or the browser
-    goes away, so the file being read is closed at once."""
+async def _in_threads(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """`chunks`, each produced in a worker thread; closed when the response ends or the browser goes away, so the
+    file being read is closed at once. The lock lets a close wait for a piece still being read (a generator cannot
+    be closed while it runs), and the close is shielded from the cancellation that ends a response."""
+    lock = threading.Lock()
+
+    def step() -> bytes | None:
+        with lock:
+            return next(chunks, None)
+
+    def close() -> None:
+        with lock:
+            getattr(chunks, "close", lambda: None)()
+
     try:
-        async for chunk in iterate_in_threadpool(chunks):
+        while (chunk := await run_in_threadpool(step)) is not None:
             yield chunk
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
+        with anyio.CancelScope(shield=True):
             await run_in_threadpool(close)
+
+
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its body when it ends in any way: Starlette leaves a body a browser
+    stopped reading to the garbage collector."""
+
+    body_iterator: AsyncGenerator[bytes, None]
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 def _refuse(status: int, message: str) -> PlainTextResponse:

@@ -53,14 +53,17 @@ class Response:
         return b"".join(self.pieces)
 
 
-def get(path: str, *, keep: bool = True, client: str = "127.0.0.1") -> Response:
+def get(
+    path: str, *, keep: bool = True, client: str = "127.0.0.1", leave_after: int | None = None, spec: str = "2.4"
+) -> Response:
     """GET `path` from an app that has the download route only, as a local browser would; `keep=False` keeps no body
-    piece (for measuring memory)."""
+    piece (for measuring memory); `leave_after`: the browser goes away after that many body pieces, which a server
+    of ASGI `spec` 2.4 reports as a failing send, an older one as a disconnect message."""
     app = Starlette(routes=[download.route()])
     response = Response(keep)
     scope = {
         "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "asgi": {"version": "3.0", "spec_version": spec},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
@@ -74,13 +77,14 @@ def get(path: str, *, keep: bool = True, client: str = "127.0.0.1") -> Response:
     }
 
     async def run() -> None:
-        requested = asyncio.Event()
+        requested, gone = asyncio.Event(), asyncio.Event()
 
         async def receive():
             if not requested.is_set():
                 requested.set()
                 return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.Event().wait()  # the browser stays until the response ends
+            await gone.wait()  # the browser stays until the response ends, or it leaves
+            return {"type": "http.disconnect"}
 
         async def send(message):
             if message["type"] == "http.response.start":
@@ -92,8 +96,17 @@ def get(path: str, *, keep: bool = True, client: str = "127.0.0.1") -> Response:
                 response.digest.update(message["body"])
                 if response.keep:
                     response.pieces.append(message["body"])
+                if leave_after is not None and response.count >= leave_after:
+                    if spec >= "2.4":
+                        raise OSError("the browser went away")
+                    gone.set()
+                    await asyncio.sleep(3600)  # this send never returns: the response is cancelled
 
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception:
+            if leave_after is None:
+                raise
 
     asyncio.run(run())
     return response
@@ -147,6 +160,24 @@ def test_the_route_streams_in_pieces_read_off_the_event_loop_and_its_memory_does
     assert threading.get_ident() not in readers  # the files were read in worker threads, not on the event loop
     assert peaks[40] < 8 << 20, f"peak {peaks[40] / 2**20:.1f} MiB while streaming a 40 MiB run"
     assert peaks[40] < peaks[4] + (2 << 20), peaks  # ten times the run, about the same memory
+
+
+@pytest.mark.parametrize("spec", ["2.4", "2.3"])
+def test_a_browser_that_goes_away_stops_the_reading(store, monkeypatch, spec):
+    root, ids = store
+    (Path(root) / ids["digits"] / "big.bin").write_bytes(os.urandom(8 << 20))
+    opened = []
+    open_regular = RunStore._open_regular
+
+    def recording(self, path):
+        opened.append((path, open_regular(self, path)))
+        return opened[-1][1]
+
+    monkeypatch.setattr(RunStore, "_open_regular", recording)
+    response = get(f"/_strata/download/{ids['digits']}", keep=False, leave_after=2, spec=spec)
+    assert response.count == 2 and response.size < 4 << 20  # it stopped there
+    assert opened[-1][0].endswith("big.bin")  # in the middle of the big file (the run's other files are small)
+    assert all(handle.closed for _, handle in opened)  # which is closed
 
 
 def test_links_in_a_run_are_not_followed_and_a_linked_run_folder_is_refused(store, tmp_path):

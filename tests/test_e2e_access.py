@@ -125,6 +125,21 @@ def test_an_anonymous_visitor_of_an_exposed_server_gets_no_edit_control(open_ser
     assert_downloads(page, store, "spiral")  # by anyone who may open the pages, as a viewer
 
 
+def test_the_download_link_works_under_a_base_url_path(store, page, tmp_path):
+    _, ids = store
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("")
+    process, base = start_server(store[0], base_path="team/strata", args=("--secrets.files", str(secrets)))
+    try:
+        assert base.endswith("/team/strata")
+        page.goto(f"{base}/runs?run={ids['spiral']}")
+        assert download_link(page) == f"{base}/_strata/download/{ids['spiral']}"
+        assert_downloads(page, store, "spiral")  # a local visitor of a localhost server: an editor
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def download_link(page) -> str:
     """The address the Runs page's "Download as zip" points at, resolved against the page's own."""
     link = page.get_by_test_id("stMain").get_by_role("link", name="Download as zip")
