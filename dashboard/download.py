@@ -44,6 +44,8 @@ def route() -> Route:
 
 
 async def download(request: Request) -> Response:
+    """The run's zip, streamed, or a plain-text refusal: who asks is checked before the run id is even looked at,
+    so a visitor who may not view the runs cannot learn which ids exist."""
     user: dict = {}
     if sign_in_settings():
         user = signed_in_user(request.cookies, request.headers)
