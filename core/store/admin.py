@@ -26,6 +26,33 @@ from core.store.files import (
 from core.store.reader import Run, load_npz
 from core.store.run_format import FormatProblem
 
+ZIP_CHUNK = 1 << 20  # bytes a streamed archive is cut into, and read from a file at once
+
+
+class _Pieces:
+    """Where `zip_chunks` has `zipfile` write: collects what was written until it is taken. It has no `tell` or
+    `seek`, so `zipfile` writes each entry's sizes after its data instead of seeking back to its header."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self.size = 0
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def write(self, data: bytes, /) -> int:
+        self._pieces.append(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        """Everything written since the last `take`."""
+        taken, self._pieces, self.size = b"".join(self._pieces), [], 0
+        return taken
+
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -126,24 +153,44 @@ class RunStore:
         self.files.remove_tree(self.files.join(run_id))
         self._runs.pop(run_id, None)
 
-    def zip_file(self, run_id: str) -> io.RawIOBase:
-        """The run folder as a zip archive in an unnamed temporary file, read from its start; the caller closes it.
+    def zip_chunks(self, run_id: str, chunk_bytes: int = ZIP_CHUNK) -> Iterator[bytes]:
+        """The run folder as a zip archive, written as it is read: pieces of about `chunk_bytes` each.
 
-        Files are copied into it one piece at a time, so neither the run nor the archive is ever held in memory.
-        Only the run's own regular files go in: symbolic links (to a file or folder anywhere) are skipped, and a run
-        folder that is itself a link, or resolves outside the store, is refused.
+        The archive is never whole, in memory or on disk: each file is copied in pieces of at most `chunk_bytes`
+        into an entry stored as is (ZIP_STORED, zip64) whose sizes and checksum follow its data (a data
+        descriptor), so nothing already sent is ever revisited; the directory of entries comes last. Only the run's
+        own regular files go in: symbolic links (to a file or folder anywhere) are skipped, and a run folder that is
+        itself a link, or resolves outside the store, is refused with a StoreError before anything is written.
+        Close the generator to stop early: the file being read is closed with it.
         """
         self.check_download(run_id)
+        return self._zip_chunks(run_id, chunk_bytes)
+
+    def _zip_chunks(self, run_id: str, chunk_bytes: int) -> Iterator[bytes]:
+        out = _Pieces()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:  # not seekable: descriptors
+            for relative in self._walk(run_id):
+                try:
+                    source = self._open_regular(self.files.join(run_id, *relative.split("/")))
+                except OSError:
+                    continue  # replaced by a link, or deleted, since the folder was listed
+                with source, archive.open(f"{run_id}/{relative}", "w", force_zip64=True) as target:
+                    while chunk := source.read(chunk_bytes):
+                        target.write(chunk)
+                        if out.size >= chunk_bytes:
+                            yield out.take()
+                if out.size >= chunk_bytes:
+                    yield out.take()
+        if out.size:
+            yield out.take()
+
+    def zip_file(self, run_id: str) -> io.RawIOBase:
+        """The run's zip archive (`zip_chunks`) in an unnamed temporary file, read from its start; the caller closes
+        it. For a seekable copy (`import_zip` takes one); the dashboard streams `zip_chunks` instead."""
+        chunks = self.zip_chunks(run_id)
         with tempfile.TemporaryFile() as spool:
-            with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for relative in self._walk(run_id):
-                    try:
-                        source = self._open_regular(self.files.join(run_id, *relative.split("/")))
-                    except OSError:
-                        continue  # replaced by a link, or deleted, since the folder was listed
-                    with source, archive.open(f"{run_id}/{relative}", "w", force_zip64=True) as target:
-                        while chunk := source.read(1 << 20):
-                            target.write(chunk)
+            for chunk in chunks:
+                spool.write(chunk)
             spool.flush()
             archive_file = os.fdopen(os.dup(spool.fileno()), "rb", buffering=0)  # outlives `spool`: a raw FileIO
         archive_file.seek(0)
@@ -157,12 +204,11 @@ class RunStore:
         return import_run(self.files, archive, name, limits or ImportLimits())
 
     def zip_bytes(self, run_id: str) -> bytes:
-        """The whole run folder as a zip archive (see `zip_file`, which does not hold it in memory)."""
-        with self.zip_file(run_id) as archive:
-            return archive.read()
+        """The whole run folder as a zip archive, in memory (for small runs and tests; see `zip_chunks`)."""
+        return b"".join(self.zip_chunks(run_id))
 
     def check_download(self, run_id: str) -> None:
-        """StoreError when `zip_file` would refuse the run: one that cannot be opened, or a run folder that is a link
+        """StoreError when `zip_chunks` would refuse the run: one that cannot be opened, or a run folder that is a link
         or resolves outside the store (a link planted in the store must not serve another folder)."""
         self.run(run_id)
         if self.files.fs:

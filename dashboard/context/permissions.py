@@ -39,10 +39,18 @@ def server_log(message: str) -> None:
 def access() -> Access:
     """This visitor's role and why, from the sign-in settings, `st.user`, the roles, where the session comes from
     and STRATA_VIEWER_MODE. Read afresh on every call, so a role taken away applies to the next click."""
+    user = st.user.to_dict() if sign_in_settings() else {}
+    return access_of(user, st.context.ip_address, dict(st.context.headers.items()))
+
+
+def access_of(user: dict, client_ip: str | None, headers: dict[str, str]) -> Access:
+    """The role of whoever sent a request: `user` as `st.user.to_dict()` gives it (`{}` when not signed in), the
+    connection's address and its headers. `access()` asks it for a session, the run download for its request."""
     auth = sign_in_settings()
     for problem in sign_in_problems(auth):
         server_log(f"sign-in is not usable: {problem} (.streamlit/secrets.toml)")
-    user = st.user.to_dict() if auth else {}
+    if not auth:
+        user = {}
     signed_in = bool(user.get("is_logged_in"))
     try:
         roles = Roles.from_config((_secret_table("strata") or {}).get("roles"))
@@ -53,13 +61,12 @@ def access() -> Access:
                 NONE, "This dashboard's roles are misconfigured, so no one is let in. Its server log says why."
             )
         roles = Roles()
-    local = is_local(st.get_option("server.address"), st.context.ip_address, dict(st.context.headers.items()))
     return decide(
         sign_in=bool(auth),
         signed_in=signed_in,
         email=verified_email(user),
         roles=roles,
-        local=local,
+        local=is_local(st.get_option("server.address"), client_ip, headers),
         viewer_mode=JobLimits.from_env().viewer_mode,
     )
 
