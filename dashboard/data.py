@@ -59,14 +59,14 @@ def output_truth(run: Run, output: int | None) -> tuple[np.ndarray | None, np.nd
 
 
 def output_caption(run: Run, output: int | None) -> str:
-    """ "Output `reg` (regression)" for a run of several outputs: what the colours and predictions are of; ""
+    """'“reg” (regression)' for a run of several outputs: what the colours and predictions are of; ""
     for one output."""
     outputs = run.info.outputs
     if len(outputs) < 2:
         return ""
     index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
     words = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
-    return f"Output `{outputs[index].name}` ({words.get(outputs[index].kind or '', 'no targets')})"
+    return f"“{outputs[index].name}” ({words.get(outputs[index].kind or '', 'no targets')})"
 
 
 def input_panel(run: Run) -> Panel | None:

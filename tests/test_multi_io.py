@@ -287,7 +287,7 @@ def test_the_embeddings_are_coloured_by_the_output_the_link_names(two_io_run):
     assert not at.exception
     assert at.sidebar.selectbox(key="out").value == 1
     assert '"colorscale":"Viridis"' in _strip_spec(at).replace(" ", "")  # the true value, on a continuous scale
-    assert any("Output `reg` (regression) colours the points" in shown(c.value) for c in at.caption)
+    assert any("The output “reg” (regression) colours the points" in shown(c.value) for c in at.caption)
 
     at = open_app(two_io_run, "", run="two")  # no `out`: the first classification output
     assert not at.exception and at.sidebar.selectbox(key="out").value == 0
@@ -314,7 +314,7 @@ def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_
     at = open_app(two_io_run, "" if page == "embeddings" else page, run="two")
     assert not at.exception and at.get("plotly_chart"), page
     if page == "layers":
-        assert any("primary output: Output `cls` (classes)" in shown(c.value) for c in at.caption)
+        assert any("primary output, “cls” (classes)" in shown(c.value) for c in at.caption)
 
 
 def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):

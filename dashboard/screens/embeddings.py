@@ -78,7 +78,7 @@ def show(run, view, live: bool) -> None:
         else "this run has no class labels, so colour by the prediction to see which layer first orders the points by it"
     )
     which = data.output_caption(run, view.out)
-    which = f" {plain(which)} colours the points (the sidebar's Output picks another)." if which else ""
+    which = f" The output {plain(which)} colours the points (the sidebar's Output picks another)." if which else ""
     st.caption(
         f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
         f"layer's variance. Drag a box or lasso to select samples.{sampled}{which}"

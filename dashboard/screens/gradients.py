@@ -183,7 +183,7 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
         else:
             st.warning(finding_text(finding), icon=":material/warning:")
     if which := output_caption(run, None):
-        st.caption(f"Of this model's outputs, the diagnosis reads the accuracy of the primary output: {plain(which)}.")
+        st.caption(f"Of this model's outputs, the diagnosis reads the accuracy of the primary output, {plain(which)}.")
     for other, key in zip(others, keys[1:]):
         found = findings_for(*key)
         kinds = ", ".join(dict.fromkeys(f.title.lower() for f in found))

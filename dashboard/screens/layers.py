@@ -68,7 +68,7 @@ def show(run, live: bool) -> None:
 def _probed_output(run) -> str:
     """For a model of several outputs: which output's classes the linear probes decode (the primary output)."""
     which = output_caption(run, None)
-    return f" The probes decode the classes of the primary output: {plain(which)}." if which else ""
+    return f" The probes decode the classes of the primary output, {plain(which)}." if which else ""
 
 
 def chart(where, name: str, figure, title: str | None = None, labelled: bool = True) -> None:
