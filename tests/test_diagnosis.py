@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from gradient_fixtures import REPO, gradient_runs  # noqa: F401  (a fixture)
+from conftest import REPO
+from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
 from core.analysis.diagnosis import KINDS, Finding, Thresholds, diagnose
 from core.store import RunStore, RunWriter
