@@ -23,18 +23,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"  # as in the recording process; must be set before numpy loads
 
-from core import analysis, snapshot, store, worker  # noqa: E402
-from core.sink import RunSink  # noqa: E402
+from core import store  # noqa: E402
+from core.analysis import measures  # noqa: E402
+from core.capture import snapshot, worker  # noqa: E402
+from core.capture.sink import RunSink  # noqa: E402
 
 PARTS = [  # (owner, attribute, label): what the analysis of one snapshot is made of
-    (analysis, "linear_probe", "linear probes"),
-    (analysis, "class_separation", "class separation (silhouette)"),
-    (analysis, "activation_stats", "activation statistics"),
+    (measures, "linear_probe", "linear probes"),
+    (measures, "class_separation", "class separation (silhouette)"),
+    (measures, "activation_stats", "activation statistics"),
     (snapshot.SnapshotBuilder, "_unit_rankings", "top samples per unit"),
-    (analysis, "pca", "PCA"),
-    (analysis, "align_pca", "PCA alignment"),
-    (analysis, "cka_matrix", "CKA between layers"),
-    (analysis, "tensor_stats", "gradient statistics"),
+    (measures, "pca", "PCA"),
+    (measures, "align_pca", "PCA alignment"),
+    (measures, "cka_matrix", "CKA between layers"),
+    (measures, "tensor_stats", "gradient statistics"),
     (store.RunWriter, "write_snapshot", "writing the snapshot"),
     (store.RunWriter, "update_meta", "rewriting run.json"),
     (store.RunWriter, "write_history", "writing history.json"),
@@ -45,8 +47,8 @@ def recorded_messages(epochs: int) -> list[tuple]:
     """Every message a Recorder sends while recording the workload, in order. TensorFlow is imported here only,
     for recording them; the replay is numpy-only."""
     from core import Recorder
-    from core.datasets import load_dataset, stratified_subset
-    from core.models import ModelConfig, build_model
+    from core.training.datasets import load_dataset, stratified_subset
+    from core.training.models import ModelConfig, build_model
 
     messages = []
     send = worker.write_frame

@@ -1,11 +1,11 @@
-"""Labelled training scenarios for `core.diagnosis`: trains each one, diagnoses it, and counts hits, misses and false alarms.
+"""Labelled training scenarios for `core.analysis.diagnosis`: trains each one, diagnoses it, and counts hits, misses and false alarms.
 
 Run from the repository root:
 
     python bench/bench_diagnosis.py [--seeds 0,1,2] [--only NAME,NAME] [--runs DIR] [--train-only] [--series]
 
 Each scenario is a real small Keras model trained and recorded with `Recorder(budget=None)` (through
-`core.training.train` with every setting passed, or a model built here), with the findings it must produce and
+`core.training.trainer.train` with every setting passed, or a model built here), with the findings it must produce and
 those it must not. A healthy scenario must produce none at all. The goals (issue 17): no finding on any healthy
 run, and every pathology found in at least 2 of 3 seeds. The table in `bench/README.md` is this script's output.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from core.diagnosis import KINDS  # noqa: E402  (numpy only)
+from core.analysis.diagnosis import KINDS  # noqa: E402  (numpy only)
 
 PROBE_SIZE = 500  # probe samples per run: enough for stable losses, small enough for ~10 s per run
 EVERY_KIND = frozenset(KINDS)
@@ -68,8 +68,8 @@ def mlp(
     """A `python -m core train` run with every setting given here (TrainingSpec's defaults are not relied on)."""
 
     def train(seed: int, root: str, run_id: str) -> None:
-        from core.training import TrainingSpec
-        from core.training import train as train_spec
+        from core.training.trainer import TrainingSpec
+        from core.training.trainer import train as train_spec
 
         train_spec(
             TrainingSpec(
@@ -108,7 +108,7 @@ def digits_cnn(*, lr: float, epochs: int, batch_size: int = 32) -> Callable[[int
         import keras
 
         from core import Recorder
-        from core.datasets import load_dataset, split
+        from core.training.datasets import load_dataset, split
 
         data = load_dataset("digits")
         x_train, y_train, x_val, y_val = split(data, seed=seed)
@@ -159,7 +159,7 @@ def memorized_digits(
         import numpy as np
 
         from core import Recorder
-        from core.datasets import load_dataset, split, stratified_subset
+        from core.training.datasets import load_dataset, split, stratified_subset
 
         data = load_dataset("digits")
         x_train, y_train, x_val, y_val = split(data, seed=seed)
@@ -496,7 +496,7 @@ class Score:
 
 
 def score(scenario: Scenario, seed: int, root: str) -> Score:
-    from core.diagnosis import diagnose
+    from core.analysis.diagnosis import diagnose
     from core.store import RunStore
 
     findings = diagnose(RunStore(root).run(run_id(scenario, seed)))
@@ -601,7 +601,7 @@ def series_text(root: str, run: str) -> str:
     """Each epoch's losses, accuracies, update sizes and unit fractions, to see why a run got its findings."""
     import numpy as np
 
-    from core.diagnosis import diagnose, update_ratios_per_epoch
+    from core.analysis.diagnosis import diagnose, update_ratios_per_epoch
     from core.store import RunStore, main_weight
 
     recorded = RunStore(root).run(run)

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_overhead import fit_seconds, ratio_columns  # noqa: E402
 
-from core.datasets import load_dataset, stratified_subset  # noqa: E402
+from core.training.datasets import load_dataset, stratified_subset  # noqa: E402
 
 PERIOD = 0.140  # seconds: about one epoch of the issue-2 workload, as the recording process's rhythm
 

@@ -55,10 +55,11 @@ if "--strategy" in sys.argv[:-1] and sys.argv[sys.argv.index("--strategy") + 1] 
 
 import keras  # noqa: E402
 
-from core import Recorder, worker  # noqa: E402
-from core.datasets import load_dataset, stratified_subset  # noqa: E402
-from core.models import ModelConfig, build_model  # noqa: E402
+from core import Recorder  # noqa: E402
+from core.capture import worker  # noqa: E402
 from core.store import RunStore  # noqa: E402
+from core.training.datasets import load_dataset, stratified_subset  # noqa: E402
+from core.training.models import ModelConfig, build_model  # noqa: E402
 
 
 class NaiveCapture(keras.callbacks.Callback):
@@ -130,7 +131,7 @@ def discarding_child():
     spawn = worker.subprocess.Popen
 
     def popen(args, *rest, **options):
-        if "core.sink" in args:
+        if "core.capture.sink" in args:
             args = [sys.executable, "-c", DISCARD]
         return spawn(args, *rest, **options)
 

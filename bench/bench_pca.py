@@ -1,4 +1,4 @@
-"""Benchmark `core.analysis.pca`: wall time and extra peak memory on layer-sized activation matrices.
+"""Benchmark `core.analysis.measures.pca`: wall time and extra peak memory on layer-sized activation matrices.
 
 Run from the repository root: `python bench/bench_pca.py` (add `--quick` to skip the 10,000 x 16,384 case).
 The goal is the largest case under 1 s with a few hundred MB of extra memory on a 2-core machine.
@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import psutil
 
-from core.analysis import pca  # noqa: E402
+from core.analysis.measures import pca  # noqa: E402
 
 SHAPES = [(2000, 512), (1000, 4096), (2000, 16384), (10000, 16384)]
 REPEATS = 5

@@ -113,7 +113,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from core.training import TrainingSpec, train
+    from core.training.trainer import TrainingSpec, train
 
     spec = TrainingSpec.from_args(args)
     run_id = train(spec, progress=None if args.quiet else _print_progress, stage=_print_stage)
@@ -165,7 +165,7 @@ def _list_runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from core.summary import run_summary
+    from core.analysis.summary import run_summary
 
     run = RunStore(args.runs).run(args.run)
     summary = run_summary(run)
@@ -188,6 +188,12 @@ def _show(args: argparse.Namespace) -> int:
         print(
             f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params"
         )
+    if len(summary["outputs"]) > 1:
+        described = (
+            f"{o['name']} ({o['kind'] or 'no targets'}{', primary' if o['primary'] else ''})"
+            for o in summary["outputs"]
+        )
+        print(f"  outputs: {', '.join(described)}")
     history = summary["metrics"]
     if history.get("loss"):
         print(
@@ -211,7 +217,7 @@ def _show(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     import importlib
 
-    from core.recover import main as recover
+    from core.capture.recover import main as recover
 
     sys.path.insert(0, os.getcwd())  # the user's modules, as `python -m` finds them, whatever the entry point
     for module in args.imports:
@@ -229,7 +235,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from core.diagnosis import Thresholds, diagnose
+    from core.analysis.diagnosis import Thresholds, diagnose
 
     thresholds = Thresholds().with_overrides(args.threshold)
     run = RunStore(args.runs).run(args.run)

@@ -3,7 +3,7 @@
 `TrainingSpec`, the `python -m core train` parser, `ModelConfig`, the `Recorder`'s keywords and the dashboard's
 New run form (`TrainForm` and its widgets) all loop over `SETTINGS`, as TensorFlow Playground's `state.ts` loops
 over its table of properties. Adding a setting is one row here. No Keras and no TensorFlow: the dashboard
-imports this module. The data set names come from `core.datasets` (numpy and scikit-learn only).
+imports this module. The data set names come from `core.training.datasets` (numpy and scikit-learn only).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from core.datasets import DATASETS
+from core.training.datasets import DATASETS
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,7 +37,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "adagrad", "nadam")
 
 MAX_EPOCHS = 10_000
 
-# What `core.training.train` does before its first epoch, in order; `python -m core train` prints each as it
+# What `core.training.trainer.train` does before its first epoch, in order; `python -m core train` prints each as it
 # begins, as STAGE_PREFIX + name on stderr, and the dashboard shows them while a job it started gets going.
 TRAINING_STAGES = ("loading TensorFlow and Keras", "loading the data set", "building the model", "training")
 STAGE_PREFIX = "strata: stage: "
@@ -216,7 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grad_every", int, None, "also measure per-layer gradient norms every N batches (cheap)", recorder=True),
     Setting("components", int, 10, "principal components kept of each layer's output", spec=False, recorder=True),
     # None is "auto": every layer of a model with at most 32 recordable layers (so every built-in MLP), and a
-    # readable set of a deeper one: its block outputs, where each stage ends, and the head (core/graph.py).
+    # readable set of a deeper one: its block outputs, where each stage ends, and the head (core/capture/graph.py).
     Setting(
         "layers",
         str,

@@ -10,7 +10,7 @@ them) and "editor" (also trains, cancels, recovers, renames and deletes). The ru
 - Without sign-in, a visitor of a server that other machines cannot reach (bound to a loopback address, and the
   session's connection is local: see `is_local`) is an editor, as on a laptop; anyone else is a viewer.
 
-No Streamlit here: `dashboard/context.py` reads the settings and the session, and asks `decide`.
+No Streamlit here: `dashboard/context/permissions.py` reads the settings and the session, and asks `decide`.
 """
 
 from __future__ import annotations

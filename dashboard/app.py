@@ -1,7 +1,8 @@
 """Strata's dashboard: `streamlit run dashboard/app.py` (reads STRATA_RUNS, default ./runs).
 
 This file is the server. `streamlit run` finds the `st.App` below and serves it: every session runs `main.py`
-(the pages), and each page the browser opens starts loading plotly.js at once (see `dashboard/preload.py`).
+(the pages), each page the browser opens starts loading plotly.js at once (see `dashboard/preload.py`), and
+`<base>/_strata/download/<run id>` streams a run as a zip archive (see `dashboard/download.py`).
 """
 
 from pathlib import Path
@@ -11,7 +12,7 @@ import plotly.graph_objects  # noqa: F401
 import streamlit as st
 from starlette.middleware import Middleware
 
-from dashboard import sidebar  # noqa: F401
+from dashboard import download, sidebar  # noqa: F401
 from dashboard.preload import PreloadPlotly
 from dashboard.screens import embeddings, gradients, layers, runs  # noqa: F401
 
@@ -20,4 +21,6 @@ from dashboard.screens import embeddings, gradients, layers, runs  # noqa: F401
 # `import pandas` in one thread saw the half-initialized module of another ("partially initialized module
 # 'pandas' has no attribute 'Series'", in 4 of 5 cold starts with 5 visitors).
 
-app = st.App(str(Path(__file__).with_name("main.py")), middleware=[Middleware(PreloadPlotly)])
+app = st.App(
+    str(Path(__file__).with_name("main.py")), routes=[download.route()], middleware=[Middleware(PreloadPlotly)]
+)

@@ -28,8 +28,45 @@ def labels(run: Run) -> np.ndarray | None:
         return None
 
 
-def class_names(run: Run) -> list[str]:
+def class_names(run: Run, output: int | None = None) -> list[str]:
+    """The data set's class names: those of the primary output (`output` None, or that output's number)."""
+    if output is not None and output != run.info.probe.primary_output:
+        return []  # another output's classes are shown by number
     return list(run.info.dataset.class_names)
+
+
+TRUTH_TITLES = {"values": "true value", "multilabel": "labels per sample"}
+
+
+def output_truth(run: Run, output: int | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """(class labels, values, what the values are) of model output `output` (None: the primary output): class ids
+    for an output of classes, else the (n,) true value of a regression or a multi-label row's number of labels. A run
+    that stored no outputs (one output, written before December 2026) has its labels only."""
+    outputs = run.info.outputs
+    if not outputs:
+        return labels(run), None, ""
+    index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
+    try:
+        target = run.probe().targets.get(index)
+    except Exception:  # a probe still being written reads as "no targets yet"
+        return None, None, ""
+    kind = outputs[index].kind
+    if kind == "classes":
+        return (target if target is not None else labels(run)), None, ""
+    if target is None or kind is None:
+        return None, None, ""
+    return None, target, TRUTH_TITLES.get(kind, "true value")
+
+
+def output_caption(run: Run, output: int | None) -> str:
+    """'“reg” (regression)' for a run of several outputs: what the colours and predictions are of; ""
+    for one output."""
+    outputs = run.info.outputs
+    if len(outputs) < 2:
+        return ""
+    index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
+    words = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
+    return f"“{outputs[index].name}” ({words.get(outputs[index].kind or '', 'no targets')})"
 
 
 def input_panel(run: Run) -> Panel | None:
@@ -46,7 +83,7 @@ def input_panel(run: Run) -> Panel | None:
 
 def pooled_note(snapshot: Snapshot, index: int) -> str:
     """ " · pooled 6×6" for a layer whose PCA is of its output averaged to a 6×6 grid of positions (a wide feature
-    map: see core.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
+    map: see core.capture.snapshot.MAX_FEATURES), so its shares of variance are read as what they are; "" otherwise."""
     pca = snapshot.layer(index).get("pca")
     grid = pca.get("pooled") if isinstance(pca, dict) else None
     if isinstance(grid, list) and grid and all(isinstance(g, int) and not isinstance(g, bool) for g in grid):
@@ -70,20 +107,23 @@ def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
     return panels
 
 
-def focus_frames(run: Run, layer: int, color_mode: str, chosen_epoch: int | None) -> tuple[list[Frame], int]:
-    """The animation frames of one layer (at most `MAX_FRAMES`) and the position of `chosen_epoch`'s frame. A run
-    recorded with `batch_every` also has frames within epochs, labelled by fractional epoch ("0.33")."""
+def focus_frames(
+    run: Run, layer: int, color_mode: str, chosen_epoch: int | None, output: int | None = None
+) -> tuple[list[Frame], int]:
+    """The animation frames of one layer (at most `MAX_FRAMES`) and the position of `chosen_epoch`'s frame, coloured
+    by model output `output` (None: the primary one). A run recorded with `batch_every` also has frames within
+    epochs, labelled by fractional epoch ("0.33")."""
     snapshots, times = timeline(run)
     ends = [int(s.epoch) for s in snapshots if s.meta.get("kind", "epoch") == "epoch"]
     chosen = ends[-1] if chosen_epoch is None and ends else chosen_epoch
-    truth, names = labels(run), class_names(run)
+    (truth, values, title), names = output_truth(run, output), class_names(run, output)
     frames = []
     for position in frame_subset(times, chosen):
         snapshot = snapshots[position]
         projection = snapshot.projection(layer)
         if projection is None:
             continue
-        color = coloring(color_mode, truth, snapshot.array("pred/probs"), names)
+        color = coloring(color_mode, truth, snapshot.predictions(output), names, values, title)
         label = "" if snapshot.meta.get("kind", "epoch") == "epoch" else f"{times[position]:.2f}"
         frames.append(Frame(int(snapshot.epoch), projection.coords, projection.variance_ratio, color, label))
     start = next((i for i, f in enumerate(frames) if not f.label and f.epoch == chosen), len(frames) - 1)

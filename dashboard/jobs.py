@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
-from core.datasets import PLANE_DATASETS
 from core.settings import STAGE_PREFIX, TRAINING_STAGES, dataclass_fields, form_settings, text
 from core.store import new_run_id
+from core.training.datasets import PLANE_DATASETS
 
 MAX_HIDDEN_LAYERS = 12
 MAX_UNITS = 1024

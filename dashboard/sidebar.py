@@ -70,6 +70,7 @@ def view_state(run) -> schema.ViewState:
         opacity=float(state.get("opacity", defaults.opacity)),
         sel=selection,
         compare=tuple(state.get("compare") or ()),
+        out=int(state["out"]) if len(facts.outputs) > 1 and state.get("out") is not None else None,
     )
 
 
@@ -298,6 +299,9 @@ def _pending_run() -> None:
 # View controls
 
 
+KIND_WORDS = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
+
+
 def _view_controls(run, embeddings_page: bool) -> None:
     """Layer, epoch and the embedding controls. They show and edit the values `view_state` reads, which the app
     has already published for this run."""
@@ -337,13 +341,26 @@ def _view_controls(run, embeddings_page: bool) -> None:
         y.number_input("PC y", 1, top, 2 if top >= 2 else 1, key="pcy", bind="query-params")
         dims = st.radio("Dimensions", schema.DIMS, key="dims", bind="query-params", horizontal=True)
         z.number_input("PC z", 1, top, 3 if top >= 3 else 1, key="pcz", bind="query-params", disabled=dims != "3d")
-        colors = schema.COLORS if facts.has_labels else ("pred", "confidence")
+        if len(facts.outputs) > 1:
+            kinds = dict(enumerate(facts.output_kinds))
+            st.selectbox(
+                "Output",
+                list(range(len(facts.outputs))),
+                key="out",
+                bind="query-params",
+                format_func=lambda i: f"{facts.outputs[i]} ({KIND_WORDS.get(kinds[i] or '', 'no targets')})",
+                help="The model output whose targets and predictions colour the points and fill the sample table. "
+                "Linear probes and the diagnosis use the primary output (the first of classes, unless the Recorder named "
+                "another).",
+            )
+        colors = schema.COLORS if facts.has_truth else ("pred", "confidence")
         st.selectbox(
             "Colour by",
             colors,
             key="color",
             bind="query-params",
-            help="label: true class · pred: predicted class · correct: right or wrong · confidence: top probability",
+            help="label: true class (or a regression's true value, on a continuous scale) · pred: predicted class "
+            "or value · correct: right or wrong (a regression: its absolute error) · confidence: top probability",
         )
         st.slider("Point size", *schema.SIZE_RANGE, schema.DEFAULTS.size, key="size", bind="query-params")
         st.slider("Opacity", *schema.OPACITY_RANGE, schema.DEFAULTS.opacity, 0.05, key="opacity", bind="query-params")

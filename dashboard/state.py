@@ -4,7 +4,7 @@ Every view setting is a field of `ViewState` and one row of `FIELDS` (name in th
 Parsing and formatting both loop over that table, as TensorFlow Playground's `state.ts` does, so adding a
 control is one line here. A stale or hand-edited link never raises: each bad value falls back to its default
 and adds a human-readable notice. The page itself lives in the URL path (`/`, `/gradients`, `/layers`,
-`/runs`), not in the query string. No Streamlit here: `dashboard/context.py` connects this to the widgets.
+`/runs`), not in the query string. No Streamlit here: `dashboard/context/link.py` connects this to the widgets.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ OPACITY_RANGE = (0.05, 1.0)
 MAX_COMPONENT = 100  # more than any run stores (10 by default); the run's own count is checked in validate()
 MAX_SELECTION = 500  # selected probe rows kept in a link; longer query strings break in some browsers
 MAX_EPOCH = 10_000_000
+MAX_OUTPUT = 999  # a model output's number; the run's own count is checked in validate()
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ViewState:
     opacity: float = 0.8
     sel: tuple[int, ...] = ()  # selected probe rows (positions in probe.npz), highlighted in every panel
     compare: tuple[str, ...] = ()  # run ids overlaid on the comparison charts
+    out: int | None = None  # the model output colours and predictions are of; None: the primary output
 
 
 class BadValue(ValueError):
@@ -157,6 +159,7 @@ FIELDS: tuple[Field, ...] = (
         "no comparison",
         list,
     ),
+    Field("out", _single(_integer(0, MAX_OUTPUT)), "the primary output"),
 )
 DEFAULTS = ViewState()
 assert [f.name for f in FIELDS] == [f.name for f in fields(ViewState)], "FIELDS and ViewState must list the same fields"
@@ -211,6 +214,14 @@ class RunFacts:
     components: int  # principal components stored per layer
     probe_size: int
     has_labels: bool
+    outputs: tuple[str, ...] = ()  # model output names (empty: one output, or a run from before they were stored)
+    output_kinds: tuple[str | None, ...] = ()  # per output: classes, values, multilabel or None (no targets)
+    primary_output: int = 0
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether points can be coloured by a true target: class labels, or the value of another kind of target."""
+        return self.has_labels or any(kind is not None for kind in self.output_kinds)
 
     @classmethod
     def of(cls, run: Run) -> RunFacts:
@@ -223,6 +234,9 @@ class RunFacts:
             components=int(meta.get("components") or 10),
             probe_size=int(probe.get("size") or 0),
             has_labels=bool(probe.get("has_labels", True)),
+            outputs=tuple(output.name for output in run.info.outputs),
+            output_kinds=tuple(output.kind for output in run.info.outputs),
+            primary_output=run.info.probe.primary_output,
         )
 
 
@@ -262,7 +276,12 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
                     f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}."
                 )
             changes[name] = default
-    if not facts.has_labels and state.color in ("label", "correct"):
+    if state.out is not None and (len(facts.outputs) < 2 or state.out >= len(facts.outputs)):
+        if len(facts.outputs) > 1:  # a one-output run has nothing to choose: no news
+            first = facts.outputs[facts.primary_output]
+            notices.append(f"Run {facts.id} has no output {state.out}; showing output `{first}`.")
+        changes["out"] = None
+    if not facts.has_truth and state.color in ("label", "correct"):
         if state.color != DEFAULTS.color:  # the default colouring switching over is not something a link asked for
             notices.append(f"Run {facts.id} was recorded without labels, so points are coloured by prediction.")
         changes["color"] = "pred"

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny real runs recorded once per test session by the real recorder.
 
-The runs are trained in a subprocess (through `core.training.train`), so the test process itself never imports
+The runs are trained in a subprocess (through `core.training.trainer.train`), so the test process itself never imports
 TensorFlow: dashboard tests can then check that viewing does not import it either.
 
     spiral_run_dir -> (root, run_id)   spiral, hidden (8, 8), 3 epochs: 2-D input, plane grids
@@ -26,6 +26,20 @@ import pytest
 
 os.environ.setdefault("STRATA_EXIT_WAIT", "120")  # a test process never waits long at exit
 
+
+def _scan_installed_components_once() -> None:
+    """Every AppTest run scans the metadata of every installed distribution for Streamlit components (a server does
+    it once, at start): about a second per AppTest here, with ~500 distributions installed. What is installed does
+    not change during the test session, so the scan's result is kept after the first."""
+    import functools
+
+    from streamlit.components.v2 import manifest_scanner
+
+    manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
+
+
+_scan_installed_components_once()
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +56,7 @@ def _environment_restored():
 
 _TRAIN = """
 import json, sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 root = sys.argv[1]
 ids = {
     "spiral": train(TrainingSpec(dataset="spiral", hidden=(8, 8), epochs=3, lr=0.01, runs=root, name="spiral 8-8 fixture")),
@@ -52,19 +66,30 @@ print(json.dumps(ids))
 """
 
 
-def run_script(script: str, root: str) -> str:
-    """Run `script` (Python source that records into the store at argv[1]) in a subprocess, so this process never
-    imports TensorFlow; returns its last line of output."""
+def run_python(script: str, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """Run Python source in a subprocess, in the repository, with TensorFlow's start-up logging off: how tests train
+    a model, so that the test process itself never imports TensorFlow. With `check`, a non-zero exit fails the
+    test and shows the end of the subprocess's stderr."""
     result = subprocess.run(
-        [sys.executable, "-c", script, root],
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    assert result.returncode == 0, f"recording the fixture run failed:\n{result.stderr[-3000:]}"
+    if check:
+        assert result.returncode == 0, f"the subprocess failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    return result
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
     return (result.stdout.strip().splitlines() or [""])[-1]
+
+
+def run_script(script: str, root: str) -> str:
+    """Run `script` (Python source that records into the store at argv[1]) with `run_python`; its last output line."""
+    return last_line(run_python(script, root))
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +163,8 @@ KILLED_SCRIPT = textwrap.dedent(
 def _record_killable(root: Path, mode: str) -> None:
     # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
     script = KILLED_SCRIPT.replace(
-        "from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None"
+        "from core import Recorder",
+        "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(root), mode],

@@ -16,14 +16,9 @@ one training (pytest would otherwise build a session fixture once per importing 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_python
 
 # batch_size is given, not left to TrainingSpec's default: the step counts behind these runs' findings depend on it.
 SPECS = {
@@ -60,7 +55,7 @@ SPECS = {
 
 _TRAIN = """
 import json, sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 root, specs = sys.argv[1], json.loads(sys.argv[2])
 ids = {name: train(TrainingSpec(**{**spec, "hidden": tuple(spec["hidden"])}, probe_size=300, runs=root, run_id=name, name=name))
        for name, spec in specs.items()}
@@ -75,14 +70,6 @@ def gradient_runs(tmp_path_factory) -> str:
     done = root / "ids.json"
     if not done.exists():
         root.mkdir(exist_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-c", _TRAIN, str(root), json.dumps(SPECS)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=400,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )
-        assert result.returncode == 0, f"training the gradient runs failed:\n{result.stderr[-3000:]}"
+        result = run_python(_TRAIN, str(root), json.dumps(SPECS), timeout=400)
         done.write_text(result.stdout.strip().splitlines()[-1])
     return str(root)

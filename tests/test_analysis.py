@@ -1,4 +1,4 @@
-"""Tests for core.analysis, checked against scikit-learn (and naive formulas) within tolerances."""
+"""Tests for core.analysis.measures, checked against scikit-learn (and naive formulas) within tolerances."""
 
 import subprocess
 import sys
@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 
-from core import analysis
-from core.analysis import (
+from core.analysis import measures
+from core.analysis.measures import (
     LOG_HIST_EDGES,
     accuracy_interval,
     activation_stats,
@@ -61,7 +61,7 @@ def spirals(n=1000, seed=0):
 
 def test_import_is_numpy_only():
     code = (
-        "import sys, core.analysis; "
+        "import sys, core.analysis.measures; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'sklearn', 'scipy'}))"
     )
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -121,8 +121,8 @@ def test_randomized_evr_on_low_rank_plus_noise():
 def test_randomized_with_a_dominant_mean_shifts_before_centring():
     centred = planted(200, 800, offset=0.0)
     x = centred + np.float32(1e4)
-    assert analysis._rough_mean_if_needed(x) is not None
-    assert analysis._rough_mean_if_needed(centred) is None
+    assert measures._rough_mean_if_needed(x) is not None
+    assert measures._rough_mean_if_needed(centred) is None
     result, unshifted = pca(x, k=5, method="randomized"), pca(centred, k=5, method="randomized")
     np.testing.assert_allclose(result.explained_variance_ratio, unshifted.explained_variance_ratio, rtol=1e-4)
     np.testing.assert_allclose(np.abs(np.sum(result.components * unshifted.components, axis=1)), 1.0, atol=1e-4)
@@ -141,7 +141,7 @@ def test_exact_spectrum_is_sklearns_full_spectrum(method, n, d):
 
 @pytest.mark.parametrize("n, d, expected", [(500, 50, "covariance"), (100, 800, "gram"), (3000, 3000, "randomized")])
 def test_auto_picks_method_by_shape(n, d, expected):
-    assert analysis._pca_method_for(n, d) == expected
+    assert measures._pca_method_for(n, d) == expected
 
 
 def test_auto_runs_the_picked_method():
@@ -289,14 +289,14 @@ def test_activation_stats_take_channels_as_units_and_subsample():
     stats = activation_stats(a)
     assert stats["unit_mean"].shape == (10,)  # as many units as the snapshot ranks samples for
     np.testing.assert_allclose(stats["unit_mean"], a.mean(axis=(0, 1)), atol=1e-6)
-    assert stats["hist_counts"].sum() == analysis.HIST_MAX_VALUES
+    assert stats["hist_counts"].sum() == measures.HIST_MAX_VALUES
     assert stats["hist_edges"][0] == pytest.approx(a.min()) and stats["hist_edges"][-1] == pytest.approx(a.max())
     np.testing.assert_array_equal(activation_stats(a)["hist_counts"], stats["hist_counts"])
     # Sampled percentiles: each sits at its rank among ALL values to within four standard errors of the sample.
     share_below = np.array([np.mean(a <= value) for value in stats["percentiles"]])
     wanted = np.array([2, 25, 50, 75, 98]) / 100
     np.testing.assert_array_less(
-        np.abs(share_below - wanted), 4 * np.sqrt(wanted * (1 - wanted) / analysis.HIST_MAX_VALUES)
+        np.abs(share_below - wanted), 4 * np.sqrt(wanted * (1 - wanted) / measures.HIST_MAX_VALUES)
     )
 
 
@@ -406,13 +406,13 @@ def test_probe_is_deterministic():
 
 def test_a_warm_started_probe_finds_the_same_accuracy_with_fewer_evaluations(monkeypatch):
     """Consecutive snapshots of a layer differ a little: the previous fit is a good start."""
-    from core import analysis
+    from core.analysis import measures
 
     features, labels = load_digits(return_X_y=True)
     later = features + np.random.default_rng(8).normal(0, 0.5, features.shape)  # the "next snapshot"
-    cold, weights = analysis.linear_probe(features, labels)
+    cold, weights = measures.linear_probe(features, labels)
     evaluations = []
-    fit = analysis._minimise_lbfgs
+    fit = measures._minimise_lbfgs
 
     def counting(loss_and_gradient, start, memory=10):
         def counted(point):
@@ -422,12 +422,12 @@ def test_a_warm_started_probe_finds_the_same_accuracy_with_fewer_evaluations(mon
         evaluations.append(0)
         return fit(counted, start, memory)
 
-    monkeypatch.setattr(analysis, "_minimise_lbfgs", counting)
-    from_scratch, _ = analysis.linear_probe(later, labels)
-    warm, _ = analysis.linear_probe(later, labels, start=weights)
+    monkeypatch.setattr(measures, "_minimise_lbfgs", counting)
+    from_scratch, _ = measures.linear_probe(later, labels)
+    warm, _ = measures.linear_probe(later, labels, start=weights)
     assert warm == pytest.approx(from_scratch, abs=0.01) and warm > 0.9
     assert evaluations[1] < 0.7 * evaluations[0], evaluations
-    ignored, _ = analysis.linear_probe(later, labels, start=np.zeros((3, 3)))  # another shape: a cold start
+    ignored, _ = measures.linear_probe(later, labels, start=np.zeros((3, 3)))  # another shape: a cold start
     assert ignored == from_scratch and evaluations[2] == evaluations[0]
 
 

@@ -196,7 +196,8 @@ def test_runs_page_lists_and_compares(recorded_runs):
     table = at.dataframe[1].value
     assert list(table.columns) == ["setting", "spiral 8-8 fixture", "digits 16 fixture"]
     assert "data set" in " ".join(c.value for c in at.caption if c.value.startswith("They differ"))
-    assert at.get("download_button")[0].proto.label == "Download as zip"
+    [download] = at.get("link_button")  # the server streams the zip: dashboard/download.py
+    assert download.proto.label == "Download as zip" and download.proto.url == f"_strata/download/{ids['spiral']}"
 
 
 def test_rename_and_delete_with_confirmation(runs_copy):

@@ -63,7 +63,7 @@ def fit(model, callbacks=(), epochs=2):
 _RECORD = (
     _MODELS
     + r'''
-from core.probe_pass import gradient_rows
+from core.capture.probe_pass import gradient_rows
 
 out_path = sys.argv[3]
 
@@ -118,7 +118,7 @@ for recorded, reference in zip(bn.variables, plain.variables):
     out[f"recorded/{recorded.path}"], out[f"plain/{recorded.path}"] = np.array(recorded), np.array(reference)
 np.savez(out_path, **out)
 print(json.dumps({"backend": backend, "tensorflow_before_fit": tensorflow_before_fit,
-                  "probe_pass": type(recorder._capture_fn).__module__, "probe_tf_loaded": "core.probe_tf" in sys.modules}))
+                  "probe_pass": type(recorder._capture_fn).__module__, "probe_tf_loaded": "core.capture.probe_tf" in sys.modules}))
 '''
 )
 
@@ -129,7 +129,7 @@ _KILLABLE = (
     _MODELS
     + r"""
 import glob, time
-from core import worker
+from core.capture import worker
 
 worker._idle_seconds = lambda: None  # nothing runs beside training, however idle the machine: all is held back
 mode = sys.argv[3]
@@ -309,14 +309,14 @@ def test_training_mode_gradients_match_the_backends_own_and_leave_the_model_as_a
         )
     moving_mean = next(arrays[f"recorded/{path}"] for path in recorded_paths if path.endswith("moving_mean"))
     assert np.abs(moving_mean).max() > 1e-3  # training did move the statistics the recording must not touch
-    assert report["probe_pass"] == {"tensorflow": "core.probe_tf", "jax": "core.probe_jax"}[backend]
+    assert report["probe_pass"] == {"tensorflow": "core.capture.probe_tf", "jax": "core.capture.probe_jax"}[backend]
     if backend == "jax":  # the JAX path never falls back on TensorFlow
         assert not report["tensorflow_before_fit"] and not report["probe_tf_loaded"]
 
 
 def test_an_unsupported_backend_is_refused_when_the_recorder_is_made():
     script = (
-        "import numpy as np\nfrom core import Recorder\nfrom core.probe_pass import check_backend\n"
+        "import numpy as np\nfrom core import Recorder\nfrom core.capture.probe_pass import check_backend\n"
         "for make in (lambda: Recorder('unused', probe=np.zeros((4, 2))), lambda: check_backend('torch')):\n"
         "    try:\n        make()\n    except RuntimeError as error:\n        print(error)\n"
     )

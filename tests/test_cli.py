@@ -114,3 +114,17 @@ def test_read_commands_do_not_import_tensorflow(trained):
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'" % root
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("args", [["--dataset", "nope"], ["--hidden", "12,,x"], ["--epochs", "0"], ["--dropout", "1"]])
+def test_bad_train_arguments_are_refused_before_tensorflow_loads(args):
+    """A typo costs a fraction of a second, not the ten it takes to load TensorFlow first."""
+    code = (
+        "import sys, core.cli\n"
+        f"code = core.cli.main(['train', *{args!r}])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'Keras loaded before the check'\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "error:" in result.stderr and "Keras loaded" not in result.stderr

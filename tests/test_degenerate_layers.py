@@ -11,7 +11,7 @@ import pytest
 from apptest_pages import open_app
 from conftest import REPO
 
-from core.snapshot import RawCapture, SnapshotBuilder
+from core.capture.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunStore
 
 SAMPLES = 64
@@ -158,7 +158,7 @@ def test_the_other_pages_open_on_the_regression_run(real_runs, page):
 
 
 def test_a_wide_feature_map_is_averaged_over_regions_before_its_pca():
-    from core.snapshot import MAX_FEATURES, analysis_features
+    from core.capture.snapshot import MAX_FEATURES, analysis_features
 
     rng = np.random.default_rng(0)
     wide = rng.random((6, 48, 48, 32)).astype(np.float32)  # 73,728 values a sample
@@ -176,8 +176,8 @@ def test_a_wide_feature_map_is_averaged_over_regions_before_its_pca():
 
 
 def test_the_pca_of_a_pooled_layer_states_its_grid_and_true_shares_of_the_pooled_output():
-    from core.analysis import pca
-    from core.snapshot import analysis_features
+    from core.analysis.measures import pca
+    from core.capture.snapshot import analysis_features
 
     rng = np.random.default_rng(1)
     wide = (rng.standard_normal((80, 24, 24, 16)) * np.linspace(0.1, 3, 16)).astype(np.float32)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.reduced import FEATURE_COMPONENTS
-from core.snapshot import analysis_features
+from core.capture.reduced import FEATURE_COMPONENTS
+from core.capture.snapshot import analysis_features
 from core.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_a_killed_device_reducing_fit_is_recovered_as_it_was_recorded_live(tmp_p
         conftest._record_killable(tmp_path, mode)
     store = RunStore(str(tmp_path))
     assert store.run("killed").unwritten_captures() >= 3
-    from core.recover import recover
+    from core.capture.recover import recover
 
     def stop_after_two(done, total, entry):
         if done == 2:
@@ -220,7 +220,7 @@ def test_a_killed_device_reducing_fit_is_recovered_as_it_was_recorded_live(tmp_p
 
 def test_auto_reduces_on_the_host_of_a_machine_without_an_accelerator():
     from core import Recorder
-    from core.device_pass import CPU_REDUCE, default_reduce
+    from core.capture.device_pass import CPU_REDUCE, default_reduce
 
     x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="reduce="):

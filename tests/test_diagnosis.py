@@ -8,9 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from gradient_fixtures import REPO, gradient_runs  # noqa: F401  (a fixture)
+from conftest import REPO
+from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
-from core.diagnosis import KINDS, Finding, Thresholds, diagnose
+from core.analysis.diagnosis import KINDS, Finding, Thresholds, diagnose
 from core.store import RunStore, RunWriter
 
 
@@ -197,7 +198,7 @@ def test_a_loss_that_stays_up_is_too_high_only_with_large_steps(tmp_path):
 
 
 def test_update_ratios_are_read_per_epoch(tmp_path):
-    from core.diagnosis import update_ratios_per_epoch
+    from core.analysis.diagnosis import update_ratios_per_epoch
 
     run = write_run(str(tmp_path), "every", [[1, 1, 1, 1]] * 3)
     assert np.isnan(update_ratios_per_epoch(run)[0]).all() and np.allclose(update_ratios_per_epoch(run)[1:], 1e-2)

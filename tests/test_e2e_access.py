@@ -5,9 +5,13 @@ Two servers, started once for the module: one that listens on every interface wi
 host gets by exposing the dashboard and nothing else), and one with `[auth]` and `[strata.roles]` in a secrets file
 of its own (the repository's `.streamlit/` is never touched)."""
 
+import base64
+import json
 import os
 import shutil
 import textwrap
+import zipfile
+from pathlib import Path
 
 import pytest
 from test_e2e_browser import CHROMIUM, browser, start_server  # noqa: F401  (browser is a fixture)
@@ -115,11 +119,54 @@ def test_an_anonymous_visitor_of_an_exposed_server_gets_no_edit_control(open_ser
     main.get_by_text("Manage spiral 8-8 fixture").wait_for(timeout=WAIT)
     main.get_by_text("can be reached from other machines and has no sign-in").wait_for(timeout=WAIT)
     page.get_by_test_id("stSidebar").get_by_text("Read-only").wait_for(timeout=WAIT)
-    main.get_by_test_id("stDownloadButton").filter(has_text="Download as zip").wait_for(
-        timeout=WAIT
-    )  # reading is allowed
+    main.get_by_role("link", name="Download as zip").wait_for(timeout=WAIT)  # reading is allowed
     assert edit_controls(page) == {"New run": 0, "Rename": 0, "Delete run": 0, "Train a demo run": 0}
     assert page.get_by_test_id("stException").count() == 0
+    assert_downloads(page, store, "spiral")  # by anyone who may open the pages, as a viewer
+
+
+def test_the_download_link_works_under_a_base_url_path(store, page, tmp_path):
+    _, ids = store
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("")
+    process, base = start_server(store[0], base_path="team/strata", args=("--secrets.files", str(secrets)))
+    try:
+        assert base.endswith("/team/strata")
+        page.goto(f"{base}/runs?run={ids['spiral']}")
+        assert download_link(page) == f"{base}/_strata/download/{ids['spiral']}"
+        assert_downloads(page, store, "spiral")  # a local visitor of a localhost server: an editor
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def download_link(page) -> str:
+    """The address the Runs page's "Download as zip" points at, resolved against the page's own."""
+    link = page.get_by_test_id("stMain").get_by_role("link", name="Download as zip")
+    link.wait_for(timeout=WAIT)
+    return page.evaluate("(href) => new URL(href, location.href).href", link.get_attribute("href"))
+
+
+def assert_downloads(page, store, which: str) -> None:
+    """Press the Runs page's "Download as zip" (the page is open on run `which`): the browser saves the run's zip,
+    holding every file of the run folder, byte for byte."""
+    root, ids = store
+    with page.expect_download(timeout=WAIT) as saved:
+        page.get_by_test_id("stMain").get_by_role("link", name="Download as zip").click()
+    download = saved.value
+    assert download.suggested_filename == f"{ids[which]}.zip"
+    folder = Path(root) / ids[which]
+    expected = {f"{ids[which]}/{p.relative_to(folder)}": p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with zipfile.ZipFile(download.path()) as archive:
+        assert {name: archive.read(name) for name in archive.namelist()} == expected
+
+
+def assert_refused(page, url: str, why: str) -> None:
+    """A request for `url` with this browser's cookies gets 403, says `why` in plain text, and carries no zip."""
+    response = page.request.get(url)
+    assert response.status == 403, response.status
+    assert response.headers["content-type"].startswith("text/plain")
+    assert why in response.text() and not response.body().startswith(b"PK")
 
 
 def test_a_visitor_must_sign_in_and_sees_nothing_before(team_server, store, page):
@@ -133,6 +180,11 @@ def test_a_visitor_must_sign_in_and_sees_nothing_before(team_server, store, page
     body = page.locator("body").inner_text()
     assert ids["spiral"] not in body and "fixture" not in body
     assert page.get_by_role("combobox").count() == 0 and page.get_by_role("button", name="New run").count() == 0
+    assert_refused(page, f"{team_server}/_strata/download/{ids['spiral']}", "Sign in to see this dashboard's runs.")
+    assert_refused(page, f"{team_server}/_strata/download/no-such-run", "Sign in")  # 403 before 404: ids stay secret
+    forged = base64.urlsafe_b64encode(json.dumps({"email": EDITOR, "is_logged_in": True}).encode()).decode()
+    page.context.add_cookies([{"name": "_streamlit_user", "value": forged, "url": team_server}])
+    assert_refused(page, f"{team_server}/_strata/download/{ids['spiral']}", "Sign in")  # not signed by this server
 
 
 def test_a_signed_in_editor_renames_a_run_and_signs_out(team_server, store, page):
@@ -171,6 +223,8 @@ def test_a_signed_in_viewer_sees_the_runs_and_no_edit_control(team_server, store
     sidebar = page.get_by_test_id("stSidebar")
     assert f"Signed in as {HOSTILE_NAME} ({VIEWER})" in text(sidebar)  # the name as the provider gave it, as text
     assert page.locator("a[href*='evil.test'], img[src='x']").count() == 0
+    assert download_link(page) == f"{team_server}/_strata/download/{ids['spiral']}"
+    assert_downloads(page, store, "spiral")
 
 
 def test_a_signed_in_user_on_no_list_is_refused(team_server, store, page):
@@ -188,3 +242,4 @@ def test_a_signed_in_user_on_no_list_is_refused(team_server, store, page):
     body = page.locator("body").inner_text()
     assert ids["spiral"] not in body and "fixture" not in body
     assert page.get_by_role("button", name="Sign in").count() == 0 and page.get_by_role("combobox").count() == 0
+    assert_refused(page, f"{team_server}/_strata/download/{ids['spiral']}", "This account is not allowed")

@@ -344,7 +344,7 @@ def test_a_linked_run_folder_is_not_offered_for_download(linked_store):
             refuse("linked-run")
     at = open_app(root, "runs", run="linked-run")
     assert not at.exception
-    assert not at.get("download_button") and at.button(key="download_refused").disabled
+    assert not at.get("link_button") and at.button(key="download_refused").disabled
     assert any("link to a folder elsewhere" in c.value for c in at.caption)
 
 
@@ -353,9 +353,11 @@ def test_the_viewer_mode_download_serves_the_run_and_nothing_else(linked_store, 
     monkeypatch.setenv("STRATA_VIEWER_MODE", "1")
     at = open_app(root, "runs", run=ids["spiral"])
     assert not at.exception
-    [button] = at.get("download_button")
-    assert button.proto.label == "Download as zip"
-    with zipfile.ZipFile(RunStore(root).zip_file(ids["spiral"])) as archive:  # what its deferred callable returns
+    [button] = at.get("link_button")
+    assert button.proto.label == "Download as zip" and button.proto.url.endswith(ids["spiral"])
+    with zipfile.ZipFile(
+        RunStore(root).zip_file(ids["spiral"])
+    ) as archive:  # what the route streams (test_download.py)
         assert b"SECRET" not in b"".join(archive.read(name) for name in archive.namelist())
 
 

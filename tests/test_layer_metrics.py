@@ -2,19 +2,14 @@
 the stored sketches, and linear-probe accuracy rising with depth on a really trained spiral network."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 
-from core import analysis, metrics
-from core.snapshot import CKA_SKETCH_POINTS, SnapshotBuilder
+from core.analysis import measures, metrics
+from core.capture.snapshot import CKA_SKETCH_POINTS, SnapshotBuilder
 from core.store import RunStore
-
-REPO = Path(__file__).resolve().parents[1]
 
 # test_analysis.py already checks linear_cka against the HSIC formula (feature, Gram and mixed forms), symmetry
 # and [0, 1] on those pairs, CKA(X, X) = 1 and invariance to rotation + isotropic scaling + translation of one
@@ -38,30 +33,30 @@ def rotation(d, seed):
 @pytest.mark.parametrize("n, dx, dy", SHAPES)
 def test_cka_of_a_representation_with_itself_is_one(n, dx, dy):
     x, y = pair(n, dx, dy)
-    assert analysis.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert analysis.linear_cka(y, y) == pytest.approx(1.0, abs=1e-12)
+    assert measures.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert measures.linear_cka(y, y) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("n, dx, dy", SHAPES)
 def test_cka_is_invariant_to_orthogonal_transforms_of_either_side(n, dx, dy):
     x, y = pair(n, dx, dy)
-    reference = analysis.linear_cka(x, y)
-    assert analysis.linear_cka(x @ rotation(dx, 1), y) == pytest.approx(reference, rel=1e-9)
-    assert analysis.linear_cka(x, y @ rotation(dy, 2)) == pytest.approx(reference, rel=1e-9)
+    reference = measures.linear_cka(x, y)
+    assert measures.linear_cka(x @ rotation(dx, 1), y) == pytest.approx(reference, rel=1e-9)
+    assert measures.linear_cka(x, y @ rotation(dy, 2)) == pytest.approx(reference, rel=1e-9)
 
 
 @pytest.mark.parametrize("n, dx, dy", SHAPES)
 def test_cka_is_invariant_to_isotropic_scaling_of_either_side(n, dx, dy):
     x, y = pair(n, dx, dy)
-    reference = analysis.linear_cka(x, y)
-    assert analysis.linear_cka(1e-3 * x, y) == pytest.approx(reference, rel=1e-9)
-    assert analysis.linear_cka(x, 250.0 * y) == pytest.approx(reference, rel=1e-9)
+    reference = measures.linear_cka(x, y)
+    assert measures.linear_cka(1e-3 * x, y) == pytest.approx(reference, rel=1e-9)
+    assert measures.linear_cka(x, 250.0 * y) == pytest.approx(reference, rel=1e-9)
 
 
 def test_cka_is_not_invariant_to_anisotropic_scaling():
     x, y = pair(*SHAPES[0])
     stretched = x * np.geomspace(1, 100, x.shape[1])  # an invertible linear map that is not orthogonal
-    assert abs(analysis.linear_cka(stretched, y) - analysis.linear_cka(x, y)) > 0.05
+    assert abs(measures.linear_cka(stretched, y) - measures.linear_cka(x, y)) > 0.05
 
 
 def test_cka_is_symmetric_and_in_the_unit_interval_for_many_pairs():
@@ -70,7 +65,7 @@ def test_cka_is_symmetric_and_in_the_unit_interval_for_many_pairs():
         n = int(rng.integers(10, 80))
         x = rng.standard_normal((n, int(rng.integers(1, 100))))
         y = rng.standard_normal((n, int(rng.integers(1, 100)))) + (x[:, :1] if trial % 2 else 0)
-        forward, backward = analysis.linear_cka(x, y), analysis.linear_cka(y, x)
+        forward, backward = measures.linear_cka(x, y), measures.linear_cka(y, x)
         assert forward == pytest.approx(backward, rel=1e-12, abs=1e-15)
         assert 0.0 <= forward <= 1.0
 
@@ -95,7 +90,7 @@ def test_sketch_cka_equals_linear_cka_on_the_sketched_rows(width):
     picked = rows._sketch_rows
     gram = width > CKA_SKETCH_POINTS
     assert sketch(early).shape == ((CKA_SKETCH_POINTS,) * 2 if gram else (CKA_SKETCH_POINTS, width))
-    expected = analysis.linear_cka(early[picked], late[picked])
+    expected = measures.linear_cka(early[picked], late[picked])
     assert metrics.sketch_cka(sketch(early), sketch(late), gram) == pytest.approx(expected, rel=1e-4)
 
 
@@ -108,7 +103,7 @@ def test_sketch_cka_to_final_matches_cka_on_full_activations():
         earlier = np.maximum(
             inputs @ rng.standard_normal((10, 64)) * 0.3 + final + noise * rng.standard_normal((2000, 64)), 0
         )
-        full = analysis.linear_cka(earlier, final)
+        full = measures.linear_cka(earlier, final)
         estimate = metrics.sketch_cka(sketch(earlier), sketch(final), gram=False)
         assert estimate == pytest.approx(full, abs=0.05), noise
 
@@ -154,7 +149,7 @@ def test_cka_to_final_keeps_at_most_cap_epochs(spiral_run_dir):
 # 0.584, then 0.776, 0.990, 1.000, 1.000. Batches stay 32, as measured, whatever the CLI's default (16 since issue 17).
 _TRAIN_SPIRAL = """
 import json, sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 from core.store import RunStore
 root = sys.argv[1]
 run_id = train(TrainingSpec(dataset="spiral", noise=0.0, hidden=(32, 32, 32, 32), lr=0.02, batch_size=32, epochs=20,
@@ -166,15 +161,7 @@ print(json.dumps({"input": run.meta["input"]["linear_probe"], "layers": run.laye
 
 
 def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", _TRAIN_SPIRAL, str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(_TRAIN_SPIRAL, str(tmp_path))
     found = json.loads(result.stdout.strip().splitlines()[-1])
     baseline, hidden = found["input"], found["layers"][:4]  # dense_0 .. dense_3; the softmax output is last
     assert found["names"][:4] == ["dense_0", "dense_1", "dense_2", "dense_3"]
@@ -185,7 +172,7 @@ def test_probe_accuracy_rises_with_depth_on_a_trained_spiral_network(tmp_path):
 
 
 def test_extreme_rows_match_a_full_sort_at_both_ends():
-    from core.snapshot import _extreme_rows
+    from core.capture.snapshot import _extreme_rows
 
     values = np.random.default_rng(3).standard_normal((40, 1000)).astype(np.float32)
     top, bottom = _extreme_rows(values, 8)

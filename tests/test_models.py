@@ -1,10 +1,10 @@
-"""Tests for core.models: layer layout and names, config validation, seeding, and a tiny real fit."""
+"""Tests for core.training.models: layer layout and names, config validation, seeding, and a tiny real fit."""
 
 import numpy as np
 import pytest
 
-from core.datasets import load_dataset
-from core.models import ModelConfig, build_model, parse_hidden
+from core.training.datasets import load_dataset
+from core.training.models import ModelConfig, build_model, parse_hidden
 
 
 def layer_names(model):

@@ -24,8 +24,9 @@ from conftest import KILLED_EPOCHS, _record_killable
 from s3_server import s3_fixture, s3_server_fixture  # noqa: F401 (the `s3` and `s3_server` fixtures)
 
 from core import cli
-from core.journal import CAPTURE, JOURNAL_DIR, Journal, capture_key, read_journal
-from core.store import RunStore, RunWriter, _Files, npz_bytes, snapshot_name
+from core.store import RunStore, RunWriter
+from core.store.files import Files, npz_bytes, snapshot_name
+from core.store.journal import CAPTURE, JOURNAL_DIR, Journal, capture_key, read_journal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,7 @@ def test_journal_entries_land_in_the_runs_journal_folder_and_nowhere_else(store_
     ]
     assert store_root.everything() == [f"run-a/{name}" for name in entries] + ["run-a/run.json"]
 
-    setup, read = read_journal(_Files(store_root.url), "run-a")
+    setup, read = read_journal(Files(store_root.url), "run-a")
     assert setup.payload["builder"] == {"components": 2}
     np.testing.assert_array_equal(setup.payload["x"], np.ones((4, 2), np.float32))
     assert [(e.kind, e.key) for e in read] == [(CAPTURE, ("epoch", 0, 0)), ("epoch", None), (CAPTURE, ("epoch", 1, 5))]
@@ -168,7 +169,7 @@ def test_a_reader_on_s3_sees_what_another_writer_puts_in_the_bucket(s3):
 @pytest.mark.parametrize("path", ["run-a/journal", "/etc", "..", "", "a\\b"])
 def test_store_paths_are_joined_from_names_only(tmp_path, path):
     with pytest.raises(ValueError, match="single names"):
-        _Files(str(tmp_path)).join("run-a", path)
+        Files(str(tmp_path)).join("run-a", path)
 
 
 def test_a_recorder_on_a_file_url_journals_and_finishes(tmp_path, recwarn, monkeypatch):

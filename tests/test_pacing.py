@@ -2,17 +2,16 @@
 held back for it are written after `fit` returns, each with the weights of its own moment."""
 
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import run_python
 
-from core import worker
-from core.worker import Pacer
+from core.capture import worker
+from core.capture.worker import Pacer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +210,8 @@ EXIT_SCRIPT = textwrap.dedent(
     """
     import sys
     import keras, numpy as np
-    from core import Recorder, worker
+    from core import Recorder
+    from core.capture import worker
     from core.store import RunStore
     worker._idle_seconds = lambda: None  # idle time unknown: this fit counts as busy, its snapshots wait for the budget
 
@@ -227,14 +227,7 @@ EXIT_SCRIPT = textwrap.dedent(
 
 def test_the_process_waits_at_exit_for_the_snapshots_held_back(tmp_path):
     script = EXIT_SCRIPT.format(repo=REPO, root=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(script)
     at_return = int(result.stdout.split("AT RETURN")[1])
     run = RunStore(str(tmp_path)).run("exit")
     assert at_return < 7 and run.status == "finished" and run.epochs() == list(range(7))

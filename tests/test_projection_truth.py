@@ -5,7 +5,7 @@ real analysis (`SnapshotBuilder`), the store and the view functions."""
 import numpy as np
 import pytest
 
-from core.snapshot import RawCapture, SnapshotBuilder
+from core.capture.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunStore, RunWriter, variance_ratios
 from dashboard import data
 from dashboard.views import embeddings as views

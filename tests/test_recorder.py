@@ -120,7 +120,7 @@ def test_gradient_statistics_match_gradient_tape(tmp_path):
 
 
 def test_gradients_of_a_large_probe_come_from_an_even_spread_of_256_samples(tmp_path):
-    from core.recorder import GRAD_PROBE_SIZE, gradient_rows
+    from core.capture.recorder import GRAD_PROBE_SIZE, gradient_rows
 
     rows = gradient_rows(1000)
     assert len(rows) == GRAD_PROBE_SIZE and rows[0] == 0 and rows[-1] == 999 and np.all(np.diff(rows) >= 3)
@@ -139,7 +139,7 @@ def test_gradients_of_a_large_probe_come_from_an_even_spread_of_256_samples(tmp_
 
 
 def test_a_probe_too_large_for_the_recorded_outputs_is_cut_to_a_stratified_subset_with_a_warning(tmp_path, monkeypatch):
-    from core import recorder as recorder_module
+    from core.capture import recorder as recorder_module
 
     x, y = _toy_data(400)
     per_sample = 4 * (8 + 6 + 2)  # the three recorded layers' outputs, float32
@@ -294,9 +294,9 @@ def test_sequence_model_with_an_embedding_table_records_every_layer(tmp_path):
     assert last.layer(0)["grad"]["embeddings"]["norm"] == pytest.approx(float(tf.norm(table_gradient)), rel=1e-4)
 
     # Where views and checks say "kernel", the embedding table stands in for the layer: charts, verdict, summary.
-    from core.diagnosis import _Series
+    from core.analysis.diagnosis import _Series
+    from core.analysis.summary import run_summary
     from core.store import main_weight
-    from core.summary import run_summary
     from dashboard.views import gradients as gradient_views
 
     norms = run.layer_series("grad", main_weight, "norm")
@@ -428,7 +428,7 @@ def test_a_model_that_outputs_logits_is_stored_as_probabilities(tmp_path, units,
     ],
 )
 def test_class_ids_come_from_whole_numbers_or_distributions_only(y, expected):
-    from core.recorder import _class_ids
+    from core.capture.recorder import _class_ids
 
     ids = _class_ids(y)
     assert (ids is None and expected is None) or ids.tolist() == expected
@@ -440,24 +440,20 @@ def test_boolean_labels_are_class_ids(tmp_path):
     assert recorder.labels.dtype == np.int64 and recorder.labels.tolist() == y[recorder.probe_indices].tolist()
 
 
-@pytest.mark.parametrize(
-    "probe, message",
-    [
-        ((np.zeros((5, 4)), {"a": np.zeros(5), "b": np.zeros(5)}), "several outputs .* a dict of 2 targets \\(a, b\\)"),
-        (([np.zeros((5, 4)), np.zeros((5, 2))], [np.zeros(5), np.zeros(5)]), "several inputs .* a list of 2 arrays"),
-        ([np.zeros((5, 4)), np.zeros((5, 2))], "several inputs .* a list of 2 arrays \\(\\(5, 4\\), \\(5, 2\\)\\)"),
-        (
-            {"left": np.zeros((5, 4)), "right": np.zeros((5, 2))},
-            "several inputs .* a dict of 2 inputs \\(left, right\\)",
-        ),
-    ],
-)
-def test_probes_of_several_inputs_or_outputs_are_refused_naming_the_form(tmp_path, probe, message):
-    """The issue's four forms: a dict of inputs, lists of inputs and targets, and a list of inputs (which was read as
-    (x, y)). Each fails at construction with the same limit, the form received and what to do instead."""
-    with pytest.raises(ValueError, match=message) as error:
-        Recorder(str(tmp_path), probe=probe)
-    assert "one input and one output" in str(error.value) and "nested model" in str(error.value)
+def test_probes_of_several_inputs_or_outputs_are_read_as_fit_reads_them(tmp_path):
+    """The issue's forms: a dict of inputs, lists of inputs and targets, and a list of inputs (once read as (x, y)).
+    Each is taken as `fit` takes it; whether it fits the model is checked at the start of fit (tests/test_multi_io.py
+    records each form on a real two-input, two-output model)."""
+    left, right = np.zeros((5, 4)), np.ones((5, 2))
+    labels = np.array([0, 1, 0, 1, 1])
+    for probe in ([left, right], {"left": left, "right": right}):
+        recorder = Recorder(str(tmp_path), probe=probe)
+        assert recorder.labels is None  # no targets: a list is inputs, never (x, y)
+        assert [a.shape for a in keras.tree.flatten(recorder._x)] == [(5, 4), (5, 2)]
+    recorder = Recorder(str(tmp_path), probe=([left, right], [labels, np.linspace(0, 1, 5)]))
+    assert recorder.labels.tolist() == labels.tolist()  # stratified by the first target that holds classes
+    recorder = Recorder(str(tmp_path), probe=(left, {"a": np.linspace(0, 1, 5), "b": labels}))
+    assert recorder.labels.tolist() == labels.tolist()
 
 
 def test_a_single_input_or_output_by_name_or_in_a_list_is_one_array(tmp_path):
@@ -650,12 +646,12 @@ def test_unwritable_store_warns_and_training_goes_on(tmp_path):
 def test_write_failure_mid_run_warns_keeps_training_and_earlier_snapshots(tmp_path, monkeypatch):
     import errno
 
-    from core import store
+    from core.store import files as store
 
     x, y = _toy_data()
     model = _mlp()
     recorder = Recorder(str(tmp_path), probe=(x, y), analysis="thread")
-    original = store._Files.write_atomic
+    original = store.Files.write_atomic
     writes = {"count": 0}
 
     def fill_disk_after_a_few_writes(self, path, data):
@@ -664,7 +660,7 @@ def test_write_failure_mid_run_warns_keeps_training_and_earlier_snapshots(tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         original(self, path, data)
 
-    monkeypatch.setattr(store._Files, "write_atomic", fill_disk_after_a_few_writes)
+    monkeypatch.setattr(store.Files, "write_atomic", fill_disk_after_a_few_writes)
     with pytest.warns(RuntimeWarning, match="No space left"):
         _fit(model, recorder, epochs=4, x=x, y=y)
     monkeypatch.undo()
@@ -739,7 +735,10 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
     script = (
         CRASH_SCRIPT.format(repo=REPO, root=root)
         .replace("budget=None", "budget=0.0001")
-        .replace("from core import Recorder", "from core import Recorder, worker; worker._idle_seconds = lambda: None")
+        .replace(
+            "from core import Recorder",
+            "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
+        )
     )
     process = subprocess.Popen(
         [sys.executable, "-c", script],
@@ -825,7 +824,7 @@ def test_each_snapshot_holds_the_model_as_it_was_when_captured_while_training_ru
     # optimizer keeps updating the live variables: every snapshot must still show its own moment of training.
     import threading
 
-    from core import recorder as recorder_module
+    from core.capture import recorder as recorder_module
 
     threads = set()
     run_pass = recorder_module.Recorder._run_capture_pass
@@ -913,7 +912,7 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
     from IPython.core.interactiveshell import InteractiveShell
     from core import Recorder
     from core.store import RunStore
-    from core.worker import wait_for_all
+    from core.capture.worker import wait_for_all
     from tests.test_recorder import _mlp, _toy_data, _RaiseAtEpoch
 
     shell = InteractiveShell.instance()

@@ -82,7 +82,7 @@ def test_each_measurement_holds_its_own_step_while_training_runs_on(tmp_path, mo
     import threading
     import time
 
-    from core import recorder as recorder_module
+    from core.capture import recorder as recorder_module
 
     threads = set()
     measure = recorder_module.Recorder._gradient_norms_on

@@ -16,8 +16,8 @@ import pytest
 from conftest import KILLED_EPOCHS
 
 from core import cli
-from core.journal import JOURNAL_DIR, Journal
 from core.store import RunStore, RunWriter, StoreError
+from core.store.journal import JOURNAL_DIR, Journal
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = KILLED_EPOCHS
@@ -90,7 +90,7 @@ def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
 
 
 def test_an_interrupted_recovery_goes_on_where_it_stopped(killed_root):
-    from core.recover import recover
+    from core.capture.recover import recover
 
     def stop_after_three(done, total, entry):
         if done == 3:
@@ -109,7 +109,7 @@ def test_an_interrupted_recovery_goes_on_where_it_stopped(killed_root):
 
 
 def test_a_run_still_being_written_or_without_a_journal_is_refused(killed_runs, tmp_path):
-    from core.recover import recover
+    from core.capture.recover import recover
 
     with pytest.raises(StoreError, match="no journal"):
         recover(str(killed_runs), "live")
@@ -203,7 +203,8 @@ def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkey
 def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_path, monkeypatch):
     import keras
 
-    from core import Recorder, journal
+    from core import Recorder
+    from core.store import journal
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
@@ -236,7 +237,7 @@ def test_a_complete_run_leaves_no_journal_and_a_journal_failure_only_warns(tmp_p
 def test_a_journal_that_outlived_a_complete_run_is_only_cleared(tmp_path):
     """The training process was killed after the recording process wrote everything, end included, but before it
     deleted the journal: recovering writes nothing and keeps the status."""
-    from core.recover import recover
+    from core.capture.recover import recover
 
     root = str(tmp_path)
     writer = RunWriter(root, "done", {"epochs_planned": 1})

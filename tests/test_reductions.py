@@ -1,5 +1,5 @@
-"""The keras.ops reductions (`core/reductions.py`) against their numpy references (`core/analysis.py`,
-`core/snapshot.py`) on known data, compiled on each backend.
+"""The keras.ops reductions (`core/capture/reductions.py`) against their numpy references (`core/analysis/measures.py`,
+`core/capture/snapshot.py`) on known data, compiled on each backend.
 
 Keras fixes its backend at import, so each backend computes the reductions in a subprocess of its own
 (`KERAS_BACKEND=tensorflow` / `jax`), inside `tf.function` or `jax.jit` as the probe pass runs them, and saves
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import analysis, snapshot
+from core.analysis import measures
+from core.capture import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax")
@@ -73,7 +74,7 @@ import numpy as np
 import keras
 from keras import ops
 sys.path.insert(0, sys.argv[2])
-from core import reductions
+from core.capture import reductions
 from tests.test_reductions import flat_data, steep_data, low_rank_data, activation_cases, gradient_cases
 
 backend = keras.backend.backend()
@@ -216,7 +217,7 @@ def test_the_exact_routes_equal_the_numpy_pca_signs_included(computed, case, met
     rng = np.random.default_rng(5)
     narrow = rng.standard_normal((300, 40)).astype(np.float32) @ np.diag(np.linspace(3, 0.1, 40)).astype(np.float32)
     wide = rng.standard_normal((100, 500)).astype(np.float32)
-    reference = analysis.pca(narrow if case == "covariance" else wide, k=10, method=method)
+    reference = measures.pca(narrow if case == "covariance" else wide, k=10, method=method)
     scale = np.abs(reference.coords).max()
     np.testing.assert_allclose(computed[f"{case}/coords"], reference.coords, rtol=1e-3, atol=1e-3 * scale)
     np.testing.assert_allclose(computed[f"{case}/components"], reference.components, atol=1e-3)
@@ -227,8 +228,8 @@ def test_the_exact_routes_equal_the_numpy_pca_signs_included(computed, case, met
 def test_signs_follow_the_previous_components_as_align_pca_does(computed):
     rng = np.random.default_rng(5)
     narrow = rng.standard_normal((300, 40)).astype(np.float32) @ np.diag(np.linspace(3, 0.1, 40)).astype(np.float32)
-    fitted = analysis.pca(narrow, k=10, method="covariance")
-    reference, _ = analysis.align_pca(fitted, -fitted.components)
+    fitted = measures.pca(narrow, k=10, method="covariance")
+    reference, _ = measures.align_pca(fitted, -fitted.components)
     np.testing.assert_allclose(computed["aligned/coords"], reference.coords, rtol=1e-3, atol=1e-3)
     assert np.all(np.sign(computed["aligned/components"].sum(axis=1)) == np.sign(reference.components.sum(axis=1)))
 
@@ -248,7 +249,7 @@ def test_a_batch_of_layers_equals_each_layer_alone(computed):
 @pytest.mark.parametrize("name", list(activation_cases()))
 def test_activation_statistics_equal_the_numpy_reference(computed, name):
     output = activation_cases()[name]
-    reference = analysis.activation_stats(output, activation=None if name in ("linear", "constant") else name)
+    reference = measures.activation_stats(output, activation=None if name in ("linear", "constant") else name)
     prefix = f"act_{name}/"
     np.testing.assert_array_equal(computed[prefix + "dead_units"], reference["dead_units"])
     np.testing.assert_array_equal(computed[prefix + "saturated_units"], reference["saturated_units"])
@@ -266,7 +267,7 @@ def test_activation_statistics_equal_the_numpy_reference(computed, name):
 
 @pytest.mark.parametrize("name", list(gradient_cases()))
 def test_gradient_statistics_equal_the_numpy_reference(computed, name):
-    reference = analysis.tensor_stats(gradient_cases()[name])
+    reference = measures.tensor_stats(gradient_cases()[name])
     prefix = f"grad_{name}/"
     for key in ("norm", "mean_abs", "std", "max_abs", "zero_fraction"):
         assert float(computed[prefix + key]) == pytest.approx(reference[key], rel=1e-5, abs=1e-12), key

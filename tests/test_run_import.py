@@ -19,8 +19,8 @@ import pytest
 from s3_server import s3_fixture, s3_server_fixture  # noqa: F401 (the `s3` and `s3_server` fixtures)
 
 from core import cli
-from core.archive import ImportLimits
 from core.store import RunStore, RunWriter, StoreError, is_valid_run_id
+from core.store.archive import ImportLimits
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
-"""The typed read model of a run (core/run_info.py) on real run.json files and on what older runs omit."""
+"""The typed read model of a run (core/store/run_info.py) on real run.json files and on what older runs omit."""
 
-from core.run_info import DatasetInfo, LayerInfo, RunInfo, layer_key, parse_layer_key
 from core.store import RunStore
+from core.store.run_info import DatasetInfo, LayerInfo, RunInfo, layer_key, parse_layer_key
 from dashboard.synthetic import synthetic_run
 
 

@@ -38,7 +38,7 @@ def test_cli_help_names_every_public_flag_and_the_new_defaults():
 
 
 def test_training_spec_has_the_table_fields_and_defaults():
-    from core.training import TrainingSpec
+    from core.training.trainer import TrainingSpec
 
     spec = TrainingSpec()
     assert [f.name for f in fields(TrainingSpec)] == [s.name for s in settings.spec_settings()]
@@ -48,8 +48,8 @@ def test_training_spec_has_the_table_fields_and_defaults():
 
 
 def test_model_config_defaults_are_the_table_and_the_choice_lists_are_shared():
-    from core import models
-    from core.models import ModelConfig
+    from core.training import models
+    from core.training.models import ModelConfig
 
     assert asdict(ModelConfig()) == {s.name: s.default for s in settings.model_settings()}
     assert not [name for name in vars(models) if name.startswith("COMMON_")]  # no second copy of the lists
@@ -58,7 +58,7 @@ def test_model_config_defaults_are_the_table_and_the_choice_lists_are_shared():
 
 
 def test_train_form_defaults_are_the_table_and_its_flags_ask_for_the_default_run():
-    from core.training import TrainingSpec
+    from core.training.trainer import TrainingSpec
 
     form = TrainForm()
     for setting in settings.form_settings():
@@ -79,7 +79,7 @@ def test_train_form_checks_choices_from_the_table():
 
 
 def test_spec_bounds_come_from_the_table():
-    from core.training import TrainingSpec
+    from core.training.trainer import TrainingSpec
 
     for setting in settings.spec_settings():
         if setting.bounds:
@@ -90,7 +90,7 @@ def test_spec_bounds_come_from_the_table():
 
 
 def test_recorder_defaults_are_the_table_and_only_the_budget_differs_by_entry_point():
-    from core.recorder import Recorder
+    from core.capture.recorder import Recorder
 
     signature = inspect.signature(Recorder.__init__).parameters
     recorded = [s for s in settings.SETTINGS if s.recorder]

@@ -1,48 +1,22 @@
-"""dashboard/context.py on its own: the link read into a view state, the view state kept valid for the run, the
+"""dashboard/context/ on its own: the link read into a view state, the view state kept valid for the run, the
 share link, the selection, and the pure helpers. Driven through Streamlit's AppTest with a small script that runs
 only `context.prepare()`, the sidebar (which publishes the view) and `context.finish()`, on synthetic runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from apptest_pages import open_context, printed, printed_view
 from streamlit.testing.v1 import AppTest
 
 from core.store import RunStore, RunWriter
 from dashboard import context
 from dashboard import state as schema
 from dashboard.synthetic import synthetic_run
-
-# The script each session runs: what a page would read is written out as text, one `key=value` a line.
-SCRIPT = """
-import dataclasses
-import json
-
-import streamlit as st
-from dashboard import context, sidebar
-
-context.prepare()
-context.publish(sidebar.view_state(context.current_run()))
-for notice in context.notices():
-    st.warning(notice)
-view = context.view_state()
-snapshot = context.snapshot()
-st.text(f"run={view.run}")
-st.text("view=" + json.dumps(dataclasses.asdict(view)))
-st.text(f"layer_index={context.layer_index()}")
-st.text(f"snapshot_epoch={None if snapshot is None else int(snapshot.epoch)}")
-st.text(f"share={context.share_link(view)}")
-st.text(f"selection={','.join(str(r) for r in context.selection())}")
-if st.button("select", key="select_rows"):
-    context.set_selection([7, 3, 3, 10_000])
-sidebar.render(embeddings_page=True)
-context.finish()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +26,6 @@ def store_root(tmp_path_factory) -> str:
     synthetic_run(root, "alpha", layers=3, snapshots=5, points=60, classes=3, components=8, width=8)
     synthetic_run(root, "beta", layers=2, snapshots=3, points=60, classes=3, components=8, width=8)
     return root
-
-
-def _open(root: str, **params) -> AppTest:
-    os.environ["STRATA_RUNS"] = str(root)  # conftest gives every test os.environ back as it found it
-    at = AppTest.from_string(SCRIPT, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def _shown(at: AppTest) -> dict[str, str]:
-    return dict(t.value.split("=", 1) for t in at.text)
-
-
-def _view(at: AppTest) -> schema.ViewState:
-    """The published view state, as the script printed it."""
-    fields = json.loads(_shown(at)["view"])
-    return schema.ViewState(**{**fields, "sel": tuple(fields["sel"]), "compare": tuple(fields["compare"])})
 
 
 def _notices(at: AppTest) -> list[str]:
@@ -85,11 +41,11 @@ def _query(link: str) -> dict[str, list[str]]:
 
 
 def test_without_a_link_the_newest_run_opens_at_its_latest_epoch(store_root):
-    at = _open(store_root)
+    at = open_context(store_root)
     assert not at.exception and _notices(at) == []
-    shown = _shown(at)
+    shown = printed(at)
     assert shown["run"] == "beta" and RunStore(store_root).list_runs()[0].id == "beta"
-    assert _view(at) == replace(schema.DEFAULTS, run="beta", layer="dense_0", epoch=2)
+    assert printed_view(at) == replace(schema.DEFAULTS, run="beta", layer="dense_0", epoch=2)
     assert shown["layer_index"] == "0" and shown["snapshot_epoch"] == "2" and shown["selection"] == ""
 
 
@@ -107,9 +63,9 @@ def test_a_link_opens_exactly_its_view(store_root):
         opacity="0.5",
         sel="1-3,9",
     )
-    at = _open(store_root, **params)
+    at = open_context(store_root, **params)
     assert not at.exception and _notices(at) == []
-    assert _view(at) == schema.ViewState(
+    assert printed_view(at) == schema.ViewState(
         run="alpha",
         layer="dense_1",
         epoch=1,
@@ -122,35 +78,35 @@ def test_a_link_opens_exactly_its_view(store_root):
         opacity=0.5,
         sel=(1, 2, 3, 9),
     )
-    shown = _shown(at)
+    shown = printed(at)
     assert shown["layer_index"] == "1" and shown["snapshot_epoch"] == "1" and shown["selection"] == "1,2,3,9"
 
 
 def test_the_share_link_round_trips_the_view(store_root):
-    at = _open(store_root, run="alpha", layer="output", epoch="3", pcx="3", color="correct", sel="5,0-1")
-    view = _view(at)
-    link = _shown(at)["share"]
+    at = open_context(store_root, run="alpha", layer="output", epoch="3", pcx="3", color="correct", sel="5,0-1")
+    view = printed_view(at)
+    link = printed(at)["share"]
     query = _query(link)
     assert query["run"] == ["alpha"] and query["layer"] == ["output"] and query["epoch"] == ["3"]
     assert query["pcx"] == ["3"] and query["color"] == ["correct"] and query["sel"] == ["0-1,5"]
     assert "pcy" not in query and "size" not in query  # defaults are left out of the link
     parsed, problems = schema.parse_query(query)
     assert problems == [] and parsed == view
-    again = _open(store_root, **{key: values[-1] for key, values in query.items()})
-    assert _notices(again) == [] and _view(again) == view
-    assert _shown(again)["share"] == link
+    again = open_context(store_root, **{key: values[-1] for key, values in query.items()})
+    assert _notices(again) == [] and printed_view(again) == view
+    assert printed(again)["share"] == link
 
 
 def test_the_share_link_keeps_a_pages_own_controls(store_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     at.session_state["unit"] = 4  # a page's own URL-bound widget (context.PAGE_CONTROLS)
     at.run()
-    query = _query(_shown(at)["share"])
+    query = _query(printed(at)["share"])
     assert query["unit"] == ["4"] and query["run"] == ["alpha"]
 
 
 def test_an_unknown_run_in_the_link_falls_back_to_the_newest_with_a_notice(store_root):
-    at = _open(store_root, run="no-such-run", layer="dense_1")
+    at = open_context(store_root, run="no-such-run", layer="dense_1")
     assert not at.exception
     notices = _notices(at)
     assert notices[0] == (
@@ -158,33 +114,33 @@ def test_an_unknown_run_in_the_link_falls_back_to_the_newest_with_a_notice(store
         "Showing the newest run, `synthetic 2x3x60`, instead."
     )
     assert "Run beta has no layer `dense_1`; showing `dense_0` instead." in notices
-    assert _view(at).run == "beta" and _view(at).layer == "dense_0"
+    assert printed_view(at).run == "beta" and printed_view(at).layer == "dense_0"
 
 
 def test_a_run_id_that_is_a_path_is_never_opened(store_root):
-    at = _open(store_root, run="../alpha")
-    assert not at.exception and _view(at).run == "beta"
+    at = open_context(store_root, run="../alpha")
+    assert not at.exception and printed_view(at).run == "beta"
     assert _notices(at) == [
         "`run=../alpha` is not a run id (letters, digits, '.', '_' and '-' only): showing the newest run."
     ]
 
 
 def test_values_the_run_does_not_have_fall_back_with_notices(store_root):
-    at = _open(store_root, run="alpha", layer="nope", epoch="99", pcx="9", color="sideways", size="500")
+    at = open_context(store_root, run="alpha", layer="nope", epoch="99", pcx="9", color="sideways", size="500")
     assert not at.exception
     notices = " ".join(_notices(at))
     assert "Run alpha has no layer `nope`; showing `dense_0` instead." in notices
     assert "Run alpha has no snapshot at epoch 99 (it has 0–4); showing epoch 4." in notices
     assert "Run alpha stores 8 components, so `pcx` is back to PC1." in notices
     assert "color" in notices and "size" in notices
-    view = _view(at)
+    view = printed_view(at)
     assert (view.layer, view.epoch, view.pcx, view.color, view.size) == ("dense_0", 4, 1, "label", schema.DEFAULTS.size)
 
 
 def test_an_out_of_range_selection_is_trimmed_to_the_probe(store_root):
-    at = _open(store_root, run="alpha", sel="2,59,60,500")
+    at = open_context(store_root, run="alpha", sel="2,59,60,500")
     assert "The selection was trimmed to 2 rows" in " ".join(_notices(at))
-    assert _view(at).sel == (2, 59) and _shown(at)["selection"] == "2,59"
+    assert printed_view(at).sel == (2, 59) and printed(at)["selection"] == "2,59"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,37 +148,37 @@ def test_an_out_of_range_selection_is_trimmed_to_the_probe(store_root):
 
 
 def test_set_selection_sorts_and_dedups_and_selection_reads_rows_the_probe_has(store_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     at.button(key="select_rows").click().run()
     at.run()
-    assert _shown(at)["selection"] == "3,7"  # 10,000 is not a probe row of a 60-sample run
-    assert _view(at).sel == (3, 7)
-    assert _query(_shown(at)["share"])["sel"] == ["3,7"]
+    assert printed(at)["selection"] == "3,7"  # 10,000 is not a probe row of a 60-sample run
+    assert printed_view(at).sel == (3, 7)
+    assert _query(printed(at)["share"])["sel"] == ["3,7"]
 
 
 def test_picking_another_run_moves_layer_and_epoch_to_values_it_has(store_root):
-    at = _open(store_root, run="alpha", layer="dense_1", epoch="3", sel="4")
+    at = open_context(store_root, run="alpha", layer="dense_1", epoch="3", sel="4")
     at.sidebar.selectbox(key="run").set_value("beta").run()
     assert not at.exception
-    view = _view(at)
+    view = printed_view(at)
     assert view.run == "beta" and view.layer == "dense_0"  # beta has no dense_1
     assert view.epoch == 2  # beta's epochs are 0-2: the nearest to 3
-    assert view.sel == () and _shown(at)["selection"] == ""  # rows of another run's probe mean nothing here
-    assert _shown(at)["snapshot_epoch"] == "2"
+    assert view.sel == () and printed(at)["selection"] == ""  # rows of another run's probe mean nothing here
+    assert printed(at)["snapshot_epoch"] == "2"
 
 
 def test_following_the_latest_epoch_follows_it_into_the_next_run(store_root):
-    at = _open(store_root, run="beta")  # at its latest epoch, 2
+    at = open_context(store_root, run="beta")  # at its latest epoch, 2
     at.sidebar.selectbox(key="run").set_value("alpha").run()
-    assert _view(at).epoch == 4 and _shown(at)["snapshot_epoch"] == "4"
+    assert printed_view(at).epoch == 4 and printed(at)["snapshot_epoch"] == "4"
 
 
 def test_an_empty_store_shows_nothing_and_raises_nothing(tmp_path):
-    at = _open(str(tmp_path))
+    at = open_context(str(tmp_path))
     assert not at.exception and _notices(at) == []
-    shown = _shown(at)
+    shown = printed(at)
     assert shown["run"] == "None" and shown["layer_index"] == "0" and shown["snapshot_epoch"] == "None"
-    assert _view(at) == schema.DEFAULTS
+    assert printed_view(at) == schema.DEFAULTS
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,5 +223,5 @@ def test_run_facts_of_a_run_and_of_none(store_root):
 
 def test_notices_quote_the_link_as_given(store_root):
     """A notice repeats the link's value; the page puts it into Markdown only through `plain()` (main.py)."""
-    at = _open(store_root, run="alpha", layer="**bold**")
+    at = open_context(store_root, run="alpha", layer="**bold**")
     assert any(re.search(r"no layer `\*\*bold\*\*`", notice) for notice in _notices(at))

@@ -251,3 +251,15 @@ def test_a_synthetic_run_may_store_fewer_components_than_its_eight_inputs(tmp_pa
     run_id = synthetic_run(str(tmp_path), layers=2, snapshots=2, points=40, components=3)
     run = RunStore(str(tmp_path)).run(run_id)
     assert run.probe().x.shape == (40, 8) and run.snapshots()[0].array("L0/pca").shape == (40, 3)
+
+
+def test_a_run_written_before_outputs_were_stored_reads_its_labels_as_the_only_outputs_truth(run):
+    """The synthetic run's run.json has no `outputs` (as every run before December 2026): its labels are the truth,
+    and its predictions `pred/probs`, whichever output is asked for."""
+    assert run.info.outputs == () and run.probe().targets == {}
+    labels, values, title = data.output_truth(run, None)
+    np.testing.assert_array_equal(labels, run.probe().y)
+    assert values is None and title == "" and data.output_caption(run, None) == ""
+    assert data.output_truth(run, 3)[0] is labels
+    snapshot = data.snapshot_at(run, None)
+    np.testing.assert_array_equal(snapshot.predictions(2), snapshot.array("pred/probs"))

@@ -1,4 +1,4 @@
-"""core/graph.py on its own, on tiny real Keras models: which layers are recorded and selected, what each is
+"""core/capture/graph.py on its own, on tiny real Keras models: which layers are recorded and selected, what each is
 described as, and whether a model computes something else in training."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.graph import (
+from core.capture.graph import (
     AUTO_ALL_LAYERS,
     auto_layers,
     check_selection,
@@ -295,3 +295,64 @@ def test_forward_recording_in_training_mode_applies_dropout():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(inference[id(drop)]), hidden)  # the identity
     dropped = keras.ops.convert_to_numpy(training[id(drop)])
     assert 0 < np.mean(dropped == 0) < 1 and not np.allclose(dropped, hidden)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The private Keras APIs, all behind core/capture/keras_internals.py
+
+
+PRIVATE_KERAS = (
+    "keras.src",
+    "_flatten_layers",
+    "_run_through_graph",
+    "_functional",
+    "operation_fn",
+    "_keras_history",
+    "_inputs_struct",
+    "_outputs_struct",
+    "_compile_loss",
+    "_compute_loss",
+)
+
+
+def test_no_module_but_keras_internals_touches_a_private_keras_api():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    users = {
+        str(path.relative_to(root))
+        for folder in ("core", "dashboard")
+        for path in (root / folder).rglob("*.py")
+        if any(name in path.read_text() for name in PRIVATE_KERAS)
+    }
+    assert users == {"core/capture/keras_internals.py"}
+
+
+def test_the_internals_see_graphs_nested_layers_and_run_a_graph_with_each_call_wrapped():
+    from core.capture import keras_internals
+
+    inner = keras.Sequential([keras.Input((4,)), layers.Dense(3, name="inner_dense")], name="inner")
+    inputs = keras.Input((4,))
+    outputs = layers.Dense(2, name="head")(inner(inputs))
+    model = keras.Model(inputs, outputs)
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    assert keras_internals.is_graph_model(model) and keras_internals.is_graph_model(inner)
+    assert not keras_internals.is_graph_model(layers.Dense(2)) and keras_internals.graph_of(Subclassed()) is None
+    assert keras_internals.graph_of(keras.Sequential([layers.Dense(2)])) is None  # not built: no graph yet
+    assert keras_internals.graph_of(model) is model and keras_internals.graph_of(inner) is not None
+    assert {layer.name for layer in keras_internals.all_layers(model)} >= {"inner", "inner_dense", "head"}
+
+    called = []
+
+    def wrap(operation):
+        call = keras_internals.operation_call(operation, training=False)
+        return lambda *args, **kwargs: called.append(operation.name) or call(*args, **kwargs)
+
+    x = np.ones((5, 4), "float32")
+    result = keras_internals.run_graph(keras_internals.graph_of(model), x, wrap)
+    np.testing.assert_allclose(np.asarray(result), np.asarray(model(x)), rtol=1e-6)
+    assert called == ["inner", "head"]

@@ -1,4 +1,4 @@
-"""core/journal.py on its own: entries written, named, read back without pickle, deleted when done."""
+"""core/store/journal.py on its own: entries written, named, read back without pickle, deleted when done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from core.journal import (
+from core.store.files import META_KEY, Files, npz_bytes
+from core.store.journal import (
     CAPTURE,
     ENTRY_NAME,
     JOURNAL_DIR,
@@ -19,7 +20,6 @@ from core.journal import (
     pending_captures,
     read_journal,
 )
-from core.store import META_KEY, _Files, npz_bytes
 
 
 def _capture(epoch: int, step: int, kind: str = "epoch") -> dict:
@@ -35,7 +35,7 @@ def _capture(epoch: int, step: int, kind: str = "epoch") -> dict:
 
 
 def _names(root, run_id: str = "run") -> list[str]:
-    files = _Files(str(root))
+    files = Files(str(root))
     return files.listdir(files.join(run_id, JOURNAL_DIR))
 
 
@@ -95,7 +95,7 @@ def test_entries_are_named_in_order_and_read_back_in_order(tmp_path):
     ]
     assert _names(tmp_path) == sorted(names + [setup])
 
-    found_setup, entries = read_journal(_Files(str(tmp_path)), "run")
+    found_setup, entries = read_journal(Files(str(tmp_path)), "run")
     assert found_setup.name == "setup.npz" and found_setup.kind == "setup" and found_setup.key is None
     assert [e.name for e in entries] == names
     assert [e.kind for e in entries] == ["attach", CAPTURE, "epoch", CAPTURE, CAPTURE]
@@ -138,7 +138,7 @@ def test_values_are_stored_as_json_and_arrays_as_npz_members(tmp_path):
     assert header["kind"] == "probe"
     assert members == [META_KEY, "a0", "a1"]  # the two arrays, by reference from the JSON header
     assert header["payload"]["nested"] == {"a": [{"__array__": "a0"}, {"b": {"__array__": "a1"}}]}
-    (_, [entry]) = read_journal(_Files(str(tmp_path)), "run")
+    (_, [entry]) = read_journal(Files(str(tmp_path)), "run")
     back = entry.payload
     assert back["tuple"] == [1, 2]  # JSON has lists only
     assert back["numpy scalar"] == 0.5 and type(back["numpy scalar"]) is float
@@ -187,7 +187,7 @@ def test_done_deletes_messages_and_keeps_the_last_written_capture(tmp_path):
 
 
 def test_pending_captures_counts_captures_that_no_snapshot_has(tmp_path):
-    files = _Files(str(tmp_path))
+    files = Files(str(tmp_path))
     assert pending_captures(files, "run", set()) == 0  # no journal at all
     journal = Journal(str(tmp_path), "run")
     journal.append("setup", {})
@@ -208,7 +208,7 @@ def test_read_journal_skips_temporary_and_foreign_files(tmp_path):
     folder = tmp_path / "run" / JOURNAL_DIR
     (folder / ".tmp-000001-epoch.npz").write_bytes(b"half")
     (folder / "notes.txt").write_text("x")
-    setup, entries = read_journal(_Files(str(tmp_path)), "run")
+    setup, entries = read_journal(Files(str(tmp_path)), "run")
     assert setup is None
     assert [e.name for e in entries] == ["000000-attach.npz"]
 
@@ -217,13 +217,13 @@ def test_a_second_journal_on_the_same_run_starts_numbering_again(tmp_path):
     """Each Journal numbers from 0: a recovery reads entries, it never appends to a journal it did not start."""
     Journal(str(tmp_path), "run").append("attach", {})
     assert Journal(str(tmp_path), "run").append("attach", {"again": True}) == "000000-attach.npz"
-    (_, [entry]) = read_journal(_Files(str(tmp_path)), "run")
+    (_, [entry]) = read_journal(Files(str(tmp_path)), "run")
     assert entry.payload == {"again": True}
 
 
 def test_a_journal_on_an_fsspec_store_lands_under_the_run(tmp_path):
     root = f"memory://journal-{uuid.uuid4().hex}"
-    files = _Files(root)
+    files = Files(root)
     journal = Journal(root, "run")
     name = journal.append(CAPTURE, _capture(3, 9))
     assert files.listdir(files.join("run", JOURNAL_DIR)) == [name]
@@ -252,7 +252,7 @@ def test_a_damaged_entry_raises_value_error_naming_the_file(tmp_path, content):
     journal = Journal(str(tmp_path), "run")
     name = journal.append(CAPTURE, _capture(0, 0))
     (tmp_path / "run" / JOURNAL_DIR / name).write_bytes(content)
-    (_, [entry]) = read_journal(_Files(str(tmp_path)), "run")
+    (_, [entry]) = read_journal(Files(str(tmp_path)), "run")
     assert entry.key == ("epoch", 0, 0)  # the name still says what it was
     with pytest.raises(ValueError, match=rf"The journal entry {name} is unreadable"):
         _ = entry.payload
@@ -268,7 +268,7 @@ def test_an_entry_holding_a_pickled_object_array_is_refused_on_reading(tmp_path)
         **{META_KEY: np.array(json.dumps({"kind": "epoch", "payload": {"x": {"__array__": "a0"}}}))},
     )
     (tmp_path / "run" / JOURNAL_DIR / name).write_bytes(buffer.getvalue())
-    (_, [entry]) = read_journal(_Files(str(tmp_path)), "run")
+    (_, [entry]) = read_journal(Files(str(tmp_path)), "run")
     with pytest.raises(ValueError, match=name):
         _ = entry.payload
 
@@ -277,7 +277,7 @@ def test_a_header_without_payload_raises_value_error_naming_the_file(tmp_path):
     journal = Journal(str(tmp_path), "run")
     name = journal.append("epoch", {})
     (tmp_path / "run" / JOURNAL_DIR / name).write_bytes(npz_bytes({}, {"kind": "epoch"}))
-    (_, [entry]) = read_journal(_Files(str(tmp_path)), "run")
+    (_, [entry]) = read_journal(Files(str(tmp_path)), "run")
     with pytest.raises(ValueError, match=name):
         _ = entry.payload
 

@@ -4,57 +4,19 @@ Share box. Driven through Streamlit's AppTest with a small script that runs `con
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from apptest_pages import open_context, printed, printed_view
 from streamlit.testing.v1 import AppTest
 
-from core.journal import Journal
 from core.store import RunWriter
+from core.store.journal import Journal
 from dashboard import state as schema
 from dashboard.synthetic import synthetic_run
-
-SCRIPT = """
-import dataclasses
-import json
-
-import streamlit as st
-from dashboard import context, sidebar
-
-context.prepare()
-context.publish(sidebar.view_state(context.current_run()))
-for notice in context.notices():
-    st.warning(notice)
-view = context.view_state()
-snapshot = context.snapshot()
-st.text("view=" + json.dumps(dataclasses.asdict(view)))
-st.text(f"layer_index={context.layer_index()}")
-st.text(f"snapshot_epoch={None if snapshot is None else int(snapshot.epoch)}")
-st.text(f"share={context.share_link(view)}")
-sidebar.render(embeddings_page=True)
-context.finish()
-"""
-
-
-def _open(root, **params) -> AppTest:
-    os.environ["STRATA_RUNS"] = str(root)  # conftest gives every test os.environ back as it found it
-    at = AppTest.from_string(SCRIPT, default_timeout=60)
-    for key, value in params.items():
-        at.query_params[key] = value
-    return at.run()
-
-
-def _shown(at: AppTest) -> dict[str, str]:
-    return dict(t.value.split("=", 1) for t in at.main.text)
-
-
-def _view(at: AppTest) -> schema.ViewState:
-    fields = json.loads(_shown(at)["view"])
-    return schema.ViewState(**{**fields, "sel": tuple(fields["sel"]), "compare": tuple(fields["compare"])})
 
 
 def _captions(at: AppTest) -> list[str]:
@@ -131,7 +93,7 @@ def odd_root(tmp_path_factory) -> str:
 
 
 def test_the_run_picker_lists_the_runs_newest_first_and_the_status_of_the_chosen_one(store_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     assert not at.exception
     picker = at.sidebar.selectbox(key="run")
     assert picker.options == ["beta", "alpha"] and picker.value == "alpha"
@@ -139,19 +101,19 @@ def test_the_run_picker_lists_the_runs_newest_first_and_the_status_of_the_chosen
 
 
 def test_a_live_run_shows_its_progress_and_follows_the_newest_epoch(odd_root):
-    at = _open(odd_root, run="live")
+    at = open_context(odd_root, run="live")
     assert not at.exception
     assert ":green[:material/pending:] **live one** · running · shapes · epoch 1/5" in _captions(at)
     assert "Epoch: the newest, following the training" in _captions(at)
     assert not at.sidebar.select_slider  # one snapshot: no slider
     (progress,) = at.get("progress")
     assert (progress.value, progress.text) == (20, "training: epoch 1 of 5")
-    assert _view(at).epoch is None  # following: the latest snapshot, whichever it is next
-    assert _shown(at)["snapshot_epoch"] == "0"
+    assert printed_view(at).epoch is None  # following: the latest snapshot, whichever it is next
+    assert printed(at)["snapshot_epoch"] == "0"
 
 
 def test_a_killed_run_says_how_many_snapshots_can_still_be_written(odd_root):
-    at = _open(odd_root, run="killed")
+    at = open_context(odd_root, run="killed")
     assert not at.exception
     assert [w.value for w in at.sidebar.warning] == [
         "Training was killed before 2 of its snapshots were written. They can still be written: "
@@ -162,31 +124,31 @@ def test_a_killed_run_says_how_many_snapshots_can_still_be_written(odd_root):
 
 
 def test_a_failed_run_shows_its_error(odd_root):
-    at = _open(odd_root, run="failed")
+    at = open_context(odd_root, run="failed")
     assert "Error: CUDA out of memory" in _captions(at)
     assert any("· failed ·" in c for c in _captions(at))
 
 
 def test_damaged_runs_are_counted_and_left_out_of_the_picker(odd_root):
-    at = _open(odd_root, run="single")
+    at = open_context(odd_root, run="single")
     assert ":orange[:material/broken_image:] 1 run(s) cannot be read fully: the Runs page says why." in _captions(at)
     assert "broken" not in at.sidebar.selectbox(key="run").options
     assert set(at.sidebar.selectbox(key="run").options) == {"live", "killed", "single", "failed"}
 
 
 def test_an_empty_store_has_no_runs_and_no_view_controls(tmp_path):
-    at = _open(tmp_path)
+    at = open_context(tmp_path)
     assert not at.exception
     assert "No runs yet." in _captions(at)
     assert not at.sidebar.selectbox and not at.sidebar.number_input
-    assert _view(at) == schema.DEFAULTS
+    assert printed_view(at) == schema.DEFAULTS
 
 
 def test_viewer_mode_offers_no_training_or_recovery(odd_root, monkeypatch):
-    at = _open(odd_root, run="killed")
+    at = open_context(odd_root, run="killed")
     assert "New run" in _buttons(at)  # a local visitor may edit
     monkeypatch.setenv("STRATA_VIEWER_MODE", "1")
-    at = _open(odd_root, run="killed")
+    at = open_context(odd_root, run="killed")
     assert "New run" not in _buttons(at) and "Write them now" not in _buttons(at)
     assert at.sidebar.warning  # the count and the command are still shown
 
@@ -196,60 +158,60 @@ def test_viewer_mode_offers_no_training_or_recovery(odd_root, monkeypatch):
 
 
 def test_the_layer_picker_lists_the_runs_layers_and_sets_the_view(store_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     layer = at.sidebar.selectbox(key="layer")
     assert layer.options == ["dense_0", "dense_1", "output"] and layer.value == "dense_0"
     layer.set_value("output").run()
-    assert _view(at).layer == "output" and _shown(at)["layer_index"] == "2"
+    assert printed_view(at).layer == "output" and printed(at)["layer_index"] == "2"
 
 
 def test_layers_in_stages_are_listed_by_stage(odd_root):
-    at = _open(odd_root, run="live")
+    at = open_context(odd_root, run="live")
     layer = at.sidebar.selectbox(key="layer")
     assert layer.options == ["8×8 · conv", "layers · head"]  # shown by stage; the value is still the name
     assert layer.value == "conv"
 
 
 def test_the_epoch_slider_holds_the_captured_epochs_and_sets_the_view(store_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     epoch = at.sidebar.select_slider(key="epoch")
     assert epoch.options == ["0", "1", "2", "3", "4"] and epoch.value == 4
     epoch.set_value(2).run()
-    assert _view(at).epoch == 2 and _shown(at)["snapshot_epoch"] == "2"
+    assert printed_view(at).epoch == 2 and printed(at)["snapshot_epoch"] == "2"
 
 
 def test_a_finished_run_with_one_snapshot_shows_that_epoch(odd_root):
-    at = _open(odd_root, run="single")
+    at = open_context(odd_root, run="single")
     assert "Epoch 0 (the only snapshot)" in _captions(at)
-    assert _view(at).epoch == 0 and _shown(at)["snapshot_epoch"] == "0"
+    assert printed_view(at).epoch == 0 and printed(at)["snapshot_epoch"] == "0"
 
 
 def test_embedding_controls_are_bounded_by_the_run(store_root, odd_root):
-    at = _open(store_root, run="alpha")
+    at = open_context(store_root, run="alpha")
     assert at.sidebar.number_input(key="pcx").max == 8  # the components the run stores
     assert at.sidebar.selectbox(key="color").options == list(schema.COLORS)
     assert at.sidebar.radio(key="dims").options == list(schema.DIMS)
     at.sidebar.number_input(key="pcx").set_value(3).run()
     at.sidebar.radio(key="dims").set_value("3d").run()
     at.sidebar.selectbox(key="color").set_value("confidence").run()
-    view = _view(at)
+    view = printed_view(at)
     assert (view.pcx, view.dims, view.color) == (3, "3d", "confidence")
-    unlabelled = _open(odd_root, run="live")
+    unlabelled = open_context(odd_root, run="live")
     assert unlabelled.sidebar.number_input(key="pcx").max == 2
     assert unlabelled.sidebar.selectbox(key="color").options == ["pred", "confidence"]  # no labels
-    assert _view(unlabelled).color == "pred"
+    assert printed_view(unlabelled).color == "pred"
 
 
 def test_the_share_box_shows_the_link_of_the_view(store_root):
-    at = _open(store_root, run="alpha", layer="dense_1", epoch="3", size="9")
+    at = open_context(store_root, run="alpha", layer="dense_1", epoch="3", size="9")
     assert not at.sidebar.code  # drawn only when opened
     at.session_state["share_open"] = True
     at.run()
     (code,) = at.sidebar.code
-    assert code.value == _shown(at)["share"] == "?run=alpha&layer=dense_1&epoch=3&size=9"
+    assert code.value == printed(at)["share"] == "?run=alpha&layer=dense_1&epoch=3&size=9"
     assert "Opening this link shows the same run" in " ".join(_captions(at))
 
 
 def test_a_run_with_two_components_opens_without_a_notice(odd_root):
-    at = _open(odd_root, run="live")
+    at = open_context(odd_root, run="live")
     assert [w.value for w in at.main.warning] == []

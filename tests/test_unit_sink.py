@@ -1,6 +1,6 @@
-"""core/sink.py on its own: the frame format, and RunSink turning recorder messages into a run the reader accepts.
+"""core/capture/sink.py on its own: the frame format, and RunSink turning recorder messages into a run the reader accepts.
 
-The messages are built the way core/recorder.py builds them (`attach`, `probe`, `snapshot` with a RawCapture,
+The messages are built the way core/capture/recorder.py builds them (`attach`, `probe`, `snapshot` with a RawCapture,
 `batch_gradients`, `epoch`, `end`), on a run created as the recorder creates it (`RunWriter`), with numpy only.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.sink import CPU_REPORT, FRAME_HEADER, RunSink, read_frames, write_frame
-from core.snapshot import RawCapture
+from core.capture.sink import CPU_REPORT, FRAME_HEADER, RunSink, read_frames, write_frame
+from core.capture.snapshot import RawCapture
 from core.store import RunStore, RunWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def test_the_sink_child_process_writes_the_run_and_reports_cpu_once_per_message(
     for message in messages:
         write_frame(stream, message)
     result = subprocess.run(
-        [sys.executable, "-m", "core.sink", "--report-cpu"],
+        [sys.executable, "-m", "core.capture.sink", "--report-cpu"],
         input=stream.getvalue(),
         capture_output=True,
         cwd=REPO,
@@ -264,7 +264,9 @@ def test_the_sink_child_process_finishes_what_it_received_when_input_is_cut(tmp_
     for message in messages:
         write_frame(stream, message)
     data = stream.getvalue() + FRAME_HEADER.pack(1000) + b"partial"  # a writer killed mid-frame
-    result = subprocess.run([sys.executable, "-m", "core.sink"], input=data, capture_output=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "core.capture.sink"], input=data, capture_output=True, cwd=REPO, timeout=120
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert result.stdout == b""  # no --report-cpu: nothing written back
     run = RunStore(root).run("cut")

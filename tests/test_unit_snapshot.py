@@ -1,4 +1,4 @@
-"""core/snapshot.py on its own: `analysis_features` pooling and `SnapshotBuilder` on synthetic outputs whose structure
+"""core/capture/snapshot.py on its own: `analysis_features` pooling and `SnapshotBuilder` on synthetic outputs whose structure
 is known (numpy only)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from core.snapshot import MAX_FEATURES, TOP_SAMPLES, RawCapture, SnapshotBuilder, analysis_features
+from core.capture.snapshot import MAX_FEATURES, TOP_SAMPLES, RawCapture, SnapshotBuilder, analysis_features
 
 N, CLASSES = 240, 3
 

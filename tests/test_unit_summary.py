@@ -1,4 +1,4 @@
-"""core/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py, RunWriter)."""
+"""core/analysis/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py, RunWriter)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from core.analysis.summary import run_summary
 from core.store import RunStore, RunWriter
-from core.summary import run_summary
 from dashboard.synthetic import synthetic_run
 
 LAYERS, SNAPSHOTS, POINTS, CLASSES, COMPONENTS = 3, 4, 90, 3, 8  # synthetic_run needs components >= 8

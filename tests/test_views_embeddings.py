@@ -187,7 +187,7 @@ def test_focus_animates_every_epoch_on_the_stored_aligned_coordinates(spiral):
 
 _BATCHES = """
 import sys
-from core.training import TrainingSpec, train
+from core.training.trainer import TrainingSpec, train
 print(train(TrainingSpec(dataset="xor", hidden=(4,), epochs=2, batch_every=3, runs=sys.argv[1], name="batch captures")))
 """
 
@@ -358,3 +358,27 @@ def test_specs_serialise_to_compact_plotly_json(spiral):
     text = pio.to_json(views.SpecFigure(views.focus_figure(frames, start)).to_dict(), validate=False)
     assert '"bdata"' in text
     assert json.loads(text)["layout"]["sliders"][0]["active"] == start
+
+
+def test_a_regression_target_colours_continuously_and_classes_categorically():
+    """The true value of a regression output is a continuous scale from its smallest to its largest value; the
+    class ids of a classification output are one flat colour per class."""
+    truth = np.array([3.0, -2.0, 0.5, 7.0], np.float32)
+    predicted = np.array([[2.0], [-2.5], [0.5], [9.0]], np.float32)
+    by_truth = views.coloring("label", None, predicted, None, values=truth)
+    assert not by_truth.categorical and by_truth.title == "true value"
+    assert (by_truth.low, by_truth.high) == (-2.0, 7.0) and by_truth.values.tolist() == truth.tolist()
+    marker = by_truth.marker(np.arange(4))
+    assert marker["colorscale"] == views.CONFIDENCE_SCALE and (marker["cmin"], marker["cmax"]) == (-2.0, 7.0)
+    error = views.coloring("correct", None, predicted, None, values=truth)
+    assert not error.categorical and np.allclose(error.values, [1.0, 0.5, 0.0, 2.0])
+    assert views.coloring("pred", None, predicted, None, values=truth).title == "predicted value"
+
+    labels = np.array([0, 2, 1, 2])
+    probs = np.eye(3, dtype=np.float32)[[0, 2, 2, 1]]
+    by_class = views.coloring("label", labels, probs, ["a", "b", "c"])
+    assert by_class.categorical and by_class.names == ("a", "b", "c") and by_class.values.tolist() == [0, 2, 1, 2]
+    stepped = by_class.marker(np.arange(4))["colorscale"]
+    assert len({colour for _, colour in stepped}) == 3  # one flat colour per class, no gradient between them
+    table = views.sample_table([1], None, predicted, None, values=truth)
+    assert table[0]["true value"] == -2.0 and table[0]["prediction"] == -2.5

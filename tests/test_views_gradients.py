@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
-from core.analysis import LOG_HIST_EDGES
-from core.diagnosis import Finding
+from core.analysis.diagnosis import Finding
+from core.analysis.measures import LOG_HIST_EDGES
 from core.store import RunStore, RunWriter
 from dashboard.views import gradients as views
 

@@ -48,7 +48,7 @@ def show(run, view, live: bool) -> None:
         context.live_caption(run, epoch)
     context.lost_notice(run)
     context.skipped_notice(run, snapshot)
-    key = (run.id, count, view.color, view.size, view.opacity, view.sel)
+    key = (run.id, count, view.color, view.size, view.opacity, view.sel, view.out)
 
     st.subheader(f"Every layer at epoch {epoch}")
     pcs = (view.pcx, view.pcy)
@@ -69,14 +69,19 @@ def show(run, view, live: bool) -> None:
         else ""
     )
     labelled = run.meta.get("probe", {}).get("has_labels", True)
+    truth_values = data.output_truth(run, view.out)[1] is not None
     reading = (
-        "classes that overlap in early layers come apart in later ones"
+        "the true value's colour scale shows which layer first orders the points by it"
+        if truth_values
+        else "classes that overlap in early layers come apart in later ones"
         if labelled
         else "this run has no class labels, so colour by the prediction to see which layer first orders the points by it"
     )
+    which = data.output_caption(run, view.out)
+    which = f" The output {plain(which)} colours the points (the sidebar's Output picks another)." if which else ""
     st.caption(
         f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
-        f"layer's variance. Drag a box or lasso to select samples.{sampled}"
+        f"layer's variance. Drag a box or lasso to select samples.{sampled}{which}"
     )
 
     layer = context.layer_index()
@@ -103,7 +108,7 @@ def show(run, view, live: bool) -> None:
             f"{within}"
         )
     with samples_col:
-        selected_samples(run, snapshot, view.sel)
+        selected_samples(run, snapshot, view.sel, view.out)
 
     scree_col, curves_col = st.columns(2, gap="medium")
     with scree_col:
@@ -128,7 +133,7 @@ def chart(spec: dict, key: str, **options) -> None:
     st.plotly_chart(views.SpecFigure(spec), key=key, config=CHART_CONFIG, theme=None, **options)
 
 
-def selected_samples(run, snapshot, rows) -> None:
+def selected_samples(run, snapshot, rows, output: int | None = None) -> None:
     st.subheader("Selected samples")
     if not rows:
         st.caption(
@@ -138,14 +143,16 @@ def selected_samples(run, snapshot, rows) -> None:
         return
     probe = run.probe()
     dataset = run.info.dataset
-    probs = snapshot.array("pred/probs")
+    probs = snapshot.predictions(output)
+    truth, values, _ = data.output_truth(run, output)
     table = views.sample_table(
         rows,
-        probe.y,
+        truth,
         probs,
-        list(dataset.class_names),
+        data.class_names(run, output),
         features=None if dataset.image_shape else probe.x,
         feature_names=list(dataset.feature_names),
+        values=values,
     )
     correct = sum(1 for row in table if row.get("correct"))
     st.caption(
@@ -186,17 +193,19 @@ def _run(run_id: str):
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
-def strip(run_id, count, color, size, opacity, sel, epoch, pcs):
+def strip(run_id, count, color, size, opacity, sel, out, epoch, pcs):
     run = _run(run_id)
     snapshot = data.snapshot_at(run, epoch)
-    coloring = views.coloring(color, data.labels(run), snapshot.array("pred/probs"), data.class_names(run))
+    labels, values, title = data.output_truth(run, out)
+    names = data.class_names(run, out)
+    coloring = views.coloring(color, labels, snapshot.predictions(out), names, values, title)
     return views.strip_figure(data.strip_panels(run, snapshot), coloring, pcs, sel, size, opacity)
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
-def focus(run_id, count, color, size, opacity, sel, layer, epoch, dims, pcs):
+def focus(run_id, count, color, size, opacity, sel, out, layer, epoch, dims, pcs):
     run = _run(run_id)
-    frames, start = data.focus_frames(run, layer, color, epoch)
+    frames, start = data.focus_frames(run, layer, color, epoch, out)
     return views.focus_figure(frames, start, dims, pcs, sel, size, opacity)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.diagnosis import diagnose
+from core.analysis.diagnosis import diagnose
 from dashboard import context
-from dashboard.data import snapshot_at
+from dashboard.data import output_caption, snapshot_at
 from dashboard.views import gradients as views
 from dashboard.views.text import plain, plain_with_code
 
@@ -182,6 +182,8 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
             st.error(finding_text(finding), icon=":material/error:")
         else:
             st.warning(finding_text(finding), icon=":material/warning:")
+    if which := output_caption(run, None):
+        st.caption(f"Of this model's outputs, the diagnosis reads the accuracy of the primary output, {plain(which)}.")
     for other, key in zip(others, keys[1:]):
         found = findings_for(*key)
         kinds = ", ".join(dict.fromkeys(f.title.lower() for f in found))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import analysis, metrics
-from core.run_info import parse_layer_key
+from core.analysis import measures, metrics
+from core.store.run_info import parse_layer_key
 from dashboard import context
-from dashboard.data import snapshot_at
+from dashboard.data import output_caption, snapshot_at
 from dashboard.views import layers as views
 from dashboard.views.text import plain
 
@@ -49,7 +49,7 @@ def show(run, live: bool) -> None:
         left, right = st.columns(2, gap="medium")
         chart(left, "probe_heatmap", probe_heatmap(*key))
         chart(right, "probe_depth", probe_depth(*key, layer_name))
-        st.caption(probe_reliability(*key, layer))
+        st.caption(probe_reliability(*key, layer) + _probed_output(run))
     else:
         st.info("This run was recorded without class labels, so it has no linear-probe accuracy or class separation.")
 
@@ -63,6 +63,12 @@ def show(run, live: bool) -> None:
     chart(st, "time", time_metrics(*key), labelled=labelled)
 
     units(run, snapshot, layer, key, (view.pcx, view.pcy))
+
+
+def _probed_output(run) -> str:
+    """For a model of several outputs: which output's classes the linear probes decode (the primary output)."""
+    which = output_caption(run, None)
+    return f" The probes decode the classes of the primary output, {plain(which)}." if which else ""
 
 
 def chart(where, name: str, figure, title: str | None = None, labelled: bool = True) -> None:
@@ -194,7 +200,7 @@ def _chance(run) -> float | None:
 def held_out(run_id: str) -> tuple[int, int]:
     """(samples each linear probe is scored on, probe size): the probe's labels fix both."""
     probe = _run(run_id).probe()
-    return (analysis.held_out_size(probe.y) if probe.y is not None else 0), probe.size
+    return (measures.held_out_size(probe.y) if probe.y is not None else 0), probe.size
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.store import StoreError
-from dashboard import context
+from dashboard import context, download
 from dashboard.views import runs as views
 from dashboard.views.text import plain
 
@@ -65,16 +65,8 @@ def manage(run) -> None:
     except StoreError as error:
         st.button("Download as zip", disabled=True, icon=":material/download:", key="download_refused")
         st.caption(plain(error))
-    else:  # the archive is built when clicked, in a temporary file (see RunStore.zip_file)
-        st.download_button(
-            "Download as zip",
-            data=lambda: context.store().zip_file(run.id),
-            file_name=f"{run.id}.zip",
-            mime="application/zip",
-            on_click="ignore",
-            icon=":material/download:",
-            key="download",
-        )
+    else:  # the server streams the archive as it writes it (dashboard/download.py checks who asks, again)
+        st.link_button("Download as zip", download.link(run.id), icon=":material/download:", key="download")
     if not verdict.can_edit:
         st.caption(plain(verdict.why))
         return

@@ -88,13 +88,26 @@ def category_colour(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, class_names) -> Coloring:
+def coloring(
+    mode: str,
+    labels: np.ndarray | None,
+    probs: np.ndarray | None,
+    class_names,
+    values: np.ndarray | None = None,
+    value_title: str = "true value",
+) -> Coloring:
     """Colour by true `label`, predicted label (`pred`), `correct`/incorrect, or `confidence` (max probability).
 
     Falls back to what the data allow: without labels, `label` and `correct` colour by prediction; without
     predictions, everything colours by label. A single output column that is not a probability (a regression)
-    colours every mode but `label` by the predicted value.
+    colours every mode but `label` by the predicted value. `values` (n,) are a target that is not classes (a
+    regression's true value, a multi-label row's number of labels): `label` colours by them on a continuous scale
+    (`value_title`), and `correct` by the absolute error of a one-column prediction of them.
     """
+    if values is not None and mode == "label":
+        return _value_coloring(np.asarray(values, np.float32), value_title, "true")
+    if values is not None and mode == "correct" and probs is not None and probs.ndim == 2 and probs.shape[1] == 1:
+        return _value_coloring(np.abs(probs[:, 0] - np.asarray(values, np.float32)), "absolute error", "error")
     names = tuple(class_names or ())
     if probs is not None and probs.ndim == 2 and probs.shape[1] == 1 and not (mode == "label" and labels is not None):
         return _value_coloring(probs[:, 0])
@@ -116,12 +129,13 @@ def coloring(mode: str, labels: np.ndarray | None, probs: np.ndarray | None, cla
     return Coloring(predicted.astype(np.int16), names, "predicted label")
 
 
-def _value_coloring(values: np.ndarray) -> Coloring:
+def _value_coloring(values: np.ndarray, title: str = "predicted value", scale_title: str = "pred.") -> Coloring:
+    """A continuous colouring of `values` from their smallest to their largest finite value."""
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if high <= low:
         low, high = low - 0.5, high + 0.5
-    return Coloring(values.astype(np.float32), (), "predicted value", low, high, "pred.")
+    return Coloring(values.astype(np.float32), (), title, low, high, scale_title)
 
 
 def _groups(color: Coloring, rows: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
@@ -680,8 +694,11 @@ def inside_polygon(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray)
     return inside
 
 
-def sample_table(rows, labels, probs, class_names, features=None, feature_names=None, limit: int = 200) -> list[dict]:
-    """One dict per selected row: probe row, true and predicted label, confidence, and (tabular data) features."""
+def sample_table(
+    rows, labels, probs, class_names, features=None, feature_names=None, limit: int = 200, values=None
+) -> list[dict]:
+    """One dict per selected row: probe row, true label (or `values`: the true value of a target that is not
+    classes), predicted label, confidence, and (tabular data) features."""
     names = list(class_names or [])
     name = lambda i: names[i] if 0 <= i < len(names) else str(i)  # noqa: E731
     table = []
@@ -689,6 +706,8 @@ def sample_table(rows, labels, probs, class_names, features=None, feature_names=
         entry: dict[str, Any] = {"row": int(row)}
         if labels is not None:
             entry["label"] = name(int(labels[row]))
+        elif values is not None:
+            entry["true value"] = round(float(values[row]), 4)
         if probs is not None and probs.shape[1] == 1:  # one value per sample: a regression's prediction
             entry["prediction"] = round(float(probs[row, 0]), 4)
         elif probs is not None:

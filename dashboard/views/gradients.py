@@ -16,8 +16,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale, sequential
 from plotly.subplots import make_subplots
 
-from core.analysis import ACTIVATION_PERCENTILES, LOG_HIST_EDGES
-from core.diagnosis import Finding, Thresholds, update_ratios_per_epoch
+from core.analysis.diagnosis import Finding, Thresholds, update_ratios_per_epoch
+from core.analysis.measures import ACTIVATION_PERCENTILES, LOG_HIST_EDGES
 from core.store import Run, Snapshot, main_weight
 
 MAX_EPOCHS = 300  # snapshots per series and heatmap columns; longer runs show every k-th epoch

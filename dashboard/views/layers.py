@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 from plotly.subplots import make_subplots
 
-from core.analysis import accuracy_interval
-from core.snapshot import CKA_SKETCH_POINTS, SEPARATION_POINTS
+from core.analysis.measures import accuracy_interval
+from core.capture.snapshot import CKA_SKETCH_POINTS, SEPARATION_POINTS
 
 MAX_GRID_UNITS = 64  # unit maps and weight images drawn per layer; wider layers show their first 64
 GRID_COLUMNS = 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from core.datasets import PLANE_DATASETS
+from core.training.datasets import PLANE_DATASETS
 
 # (row label, path into run.json's `config`), in the order a reader compares runs
 CONFIG_ROWS = (
@@ -103,7 +103,7 @@ def _dig(record: dict, path: tuple[str, ...]):
     return record
 
 
-# What each piece a snapshot can skip (core.snapshot `skipped`) stands for, in the pages' words.
+# What each piece a snapshot can skip (core.capture.snapshot `skipped`) stands for, in the pages' words.
 SKIPPED_PIECES = {
     "projection": "PCA projection, linear probe and class separation",
     "activation": "activation statistics",

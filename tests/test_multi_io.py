@@ -1,0 +1,481 @@
+"""core.Recorder on real functional models with several inputs or outputs: probes given as `fit` takes them, the
+stored targets and per-output predictions read back with RunStore against known truth."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+from core import Recorder  # noqa: E402
+from core.store import RunStore  # noqa: E402
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    left = rng.normal(size=(n, 4)).astype("float32")
+    right = rng.normal(size=(n, 3)).astype("float32")
+    classes = (left[:, 0] + right[:, 0] > 0).astype("int64") + (left[:, 1] > 1).astype("int64")  # 3 classes
+    value = (left[:, 2] - 0.5 * right[:, 1]).astype("float32")[:, None]  # a regression target
+    return left, right, classes, value
+
+
+def _two_in_two_out(regression_first=False, seed=0):
+    """Inputs `left` (4) and `right` (3); a softmax head `cls` over 3 classes and a linear head `reg`."""
+    keras.utils.set_random_seed(seed)
+    left = keras.Input((4,), name="left")
+    right = keras.Input((3,), name="right")
+    joined = keras.layers.Concatenate(name="joined")([left, right])
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(joined)
+    cls = keras.layers.Dense(3, activation="softmax", name="cls")(hidden)
+    reg = keras.layers.Dense(1, name="reg")(hidden)
+    outputs = [reg, cls] if regression_first else [cls, reg]
+    model = keras.Model([left, right], outputs)
+    losses = {"cls": "sparse_categorical_crossentropy", "reg": "mse"}
+    model.compile("adam", [losses[name] for name in model.output_names])
+    return model
+
+
+def _record(tmp_path, model, probe, fit_x, fit_y, **options):
+    recorder = Recorder(str(tmp_path), probe=probe, budget=None, analysis="thread", **options)
+    model.fit(fit_x, fit_y, epochs=2, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
+    return recorder, RunStore(str(tmp_path)).run(recorder.run_id)
+
+
+def test_a_list_probe_of_two_inputs_and_two_outputs_stores_each_outputs_truth_and_predictions(tmp_path):
+    left, right, classes, value = _data()
+    model = _two_in_two_out()
+    recorder, run = _record(tmp_path, model, ([left, right], [classes, value]), [left, right], [classes, value])
+
+    assert run.status == "finished"
+    rows = recorder.probe_indices
+    probe = run.probe()
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("cls", "classes"), ("reg", "values")]
+    assert run.info.probe.primary_output == 0 and run.info.probe.has_labels
+    np.testing.assert_array_equal(probe.y, classes[rows])
+    np.testing.assert_array_equal(probe.targets[0], classes[rows])
+    np.testing.assert_allclose(probe.targets[1], value[rows, 0])
+    np.testing.assert_allclose(probe.x, left[rows])  # of several inputs, the first is stored
+
+    last = run.epoch_snapshots()[-1]
+    predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+    np.testing.assert_allclose(last.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(), predicted_cls, rtol=1e-5, atol=1e-6)  # pred/probs: the primary
+    accuracy = np.mean(predicted_cls.argmax(axis=1) == classes[rows])
+    assert last.meta["probe_model_accuracy"] == pytest.approx(accuracy)
+    hidden = run.info.layer("hidden").index
+    record = last.layer(hidden)
+    assert "linear_probe" in record and record["grad"]["kernel"]["norm"] > 0
+    for head in ("cls", "reg"):  # the loss's error signal reaches each output layer
+        assert last.layer(run.info.layer(head).index)["grad"]["output"]["norm"] > 0
+
+
+def test_reducing_on_the_device_stores_what_the_host_stores_for_two_inputs_and_two_outputs(tmp_path):
+    left, right, classes, value = _data()
+    probe = ([left, right], [classes, value])
+    runs = {}
+    for reduce in ("host", "device"):
+        model = _two_in_two_out()
+        runs[reduce] = _record(tmp_path / reduce, model, probe, [left, right], [classes, value], reduce=reduce)[1]
+    host, device = (runs[r].epoch_snapshots()[-1] for r in ("host", "device"))
+    assert sorted(device.keys()) == sorted(host.keys())
+    for head in (0, 1):  # each output's predictions, read by its own head
+        np.testing.assert_allclose(device.predictions(head), host.predictions(head), rtol=1e-4, atol=1e-5)
+    assert device.meta["probe_model_accuracy"] == pytest.approx(host.meta["probe_model_accuracy"])
+    hidden = runs["device"].info.layer("hidden").index
+    assert device.layer(hidden)["pca"]["explained_variance_ratio"] == pytest.approx(
+        host.layer(hidden)["pca"]["explained_variance_ratio"], abs=1e-4
+    )
+    assert device.layer(hidden)["grad"]["kernel"]["norm"] == pytest.approx(
+        host.layer(hidden)["grad"]["kernel"]["norm"], rel=1e-4
+    )
+
+
+def test_a_dict_probe_keyed_by_name_in_any_order_with_dict_targets(tmp_path):
+    """Inputs and targets by name, in another order than the model's; the regression head comes first, so the
+    primary output (the first of classes) is the second."""
+    left, right, classes, value = _data()
+    model = _two_in_two_out(regression_first=True)
+    probe = ({"right": right, "left": left}, {"cls": classes, "reg": value})
+    recorder, run = _record(
+        tmp_path, model, probe, {"left": left, "right": right}, {"cls": classes, "reg": value}, grad_every=2
+    )
+
+    rows = recorder.probe_indices
+    steps, norms = run.batch_gradient_norms()  # the per-batch gradient pass takes both inputs and targets too
+    assert (
+        len(steps) == 6 and norms.shape == (6, len(run.layers)) and np.all(norms[:, run.info.layer("hidden").index] > 0)
+    )
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("reg", "values"), ("cls", "classes")]
+    assert run.info.probe.primary_output == 1
+    probe_read = run.probe()
+    np.testing.assert_array_equal(probe_read.y, classes[rows])
+    np.testing.assert_allclose(probe_read.targets[0], value[rows, 0])
+    np.testing.assert_array_equal(probe_read.targets[1], classes[rows])
+
+    last = run.epoch_snapshots()[-1]
+    predicted_reg, predicted_cls = model.predict({"left": left[rows], "right": right[rows]}, verbose=0)
+    np.testing.assert_allclose(last.predictions(0), predicted_reg, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(1), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(), predicted_cls, rtol=1e-5, atol=1e-6)
+
+
+def test_subsampling_takes_the_same_rows_from_every_input_and_target(tmp_path):
+    left, right, classes, value = _data(n=300)
+    model = _two_in_two_out()
+    recorder, run = _record(
+        tmp_path,
+        model,
+        ({"left": left, "right": right}, [classes, value]),
+        [left, right],
+        [classes, value],
+        probe_size=40,
+    )
+    rows = recorder.probe_indices
+    assert len(rows) == 40 and run.probe().size == 40
+    probe = run.probe()
+    np.testing.assert_allclose(probe.x, left[rows])
+    np.testing.assert_allclose(probe.targets[1], value[rows, 0])
+    np.testing.assert_array_equal(probe.y, classes[rows])
+    # Predictions on those rows of both inputs match: the right input was cut with the same rows as the left.
+    predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(last.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_rows_are_taken_from_every_input_in_chunks(tmp_path, monkeypatch):
+    """A probe pass cut into chunks (outputs and gradients) records what one whole pass records."""
+    from core.capture import probe_pass
+
+    left, right, classes, value = _data(n=80)
+    probe = ([left, right], [classes, value])
+    whole_model = _two_in_two_out()
+    _, whole = _record(tmp_path / "whole", whole_model, probe, [left, right], [classes, value])
+    monkeypatch.setattr(probe_pass, "CHUNK_BYTES", 1)  # 16-sample chunks
+    chunked_model = _two_in_two_out()
+    _, chunked = _record(tmp_path / "chunked", chunked_model, probe, [left, right], [classes, value])
+    for a, b in zip(whole.epoch_snapshots(), chunked.epoch_snapshots()):
+        np.testing.assert_allclose(a.predictions(1), b.predictions(1), rtol=1e-4, atol=1e-5)
+        for index in range(len(whole.layers)):
+            grad_a, grad_b = a.layer(index).get("grad", {}), b.layer(index).get("grad", {})
+            assert grad_a.keys() == grad_b.keys()
+            for role in grad_a:
+                assert grad_a[role]["norm"] == pytest.approx(grad_b[role]["norm"], rel=1e-3)
+
+
+def test_multi_label_targets_store_the_number_of_labels(tmp_path):
+    left, right, classes, _ = _data()
+    tags = np.stack([classes == 0, left[:, 3] > 0, right[:, 2] > 0], axis=1).astype("float32")  # 3 tags a sample
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(3, activation="sigmoid", name="tags")(hidden)
+    model = keras.Model(x, out)
+    model.compile("adam", "binary_crossentropy")
+    with pytest.warns(UserWarning, match="not class ids"):
+        recorder, run = _record(tmp_path, model, (left, tags), left, tags)
+    rows = recorder.probe_indices
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("tags", "multilabel")]
+    np.testing.assert_allclose(run.probe().targets[0], tags[rows].sum(axis=1))
+    assert run.probe().y is None
+
+
+@pytest.mark.parametrize(
+    "probe, message",
+    [
+        ((np.zeros((8, 4), "float32"), np.zeros(8)), r"takes 2 inputs \(left, right\), the probe has one array"),
+        (([np.zeros((8, 4), "float32")] * 3, None), r"takes 2 inputs \(left, right\), the probe has a list of 3"),
+        (({"left": np.zeros((8, 4)), "other": np.zeros((8, 3))}, None), r"named left, right, the probe has a dict"),
+        (([np.zeros((8, 4)), np.zeros((8, 5))], None), r"input `right` of model .* \(3,\), .* \(5,\)"),
+        (([np.zeros((8, 4)), np.zeros((8, 3))], np.zeros(8)), r"takes 2 outputs \(cls, reg\), the probe has one array"),
+    ],
+)
+def test_a_probe_that_does_not_fit_the_model_is_refused_at_the_start_of_fit_saying_why(tmp_path, probe, message):
+    left, right, classes, value = _data(n=16)
+    model = _two_in_two_out()
+    recorder = Recorder(str(tmp_path), probe=probe, budget=None, analysis="thread")
+    with pytest.raises(ValueError, match=message):
+        model.fit([left, right], [classes, value], epochs=1, callbacks=[recorder], verbose=0)
+
+
+def test_inputs_of_different_lengths_are_refused_at_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"a list of 2 arrays \(\(8, 4\), \(6, 3\)\) with 8, 6 samples"):
+        Recorder(str(tmp_path), probe=[np.zeros((8, 4)), np.zeros((6, 3))])
+
+
+_ON_JAX = r"""
+import sys
+import numpy as np
+import keras
+sys.path.insert(0, sys.argv[2])
+from test_multi_io import _data, _two_in_two_out
+from core import Recorder
+
+assert keras.backend.backend() == "jax"
+left, right, classes, value = _data()
+model = _two_in_two_out()
+recorder = Recorder(sys.argv[1], probe=({"left": left, "right": right}, [classes, value]), budget=None, grad_every=2,
+                    analysis="thread", run_id="jax")
+model.fit([left, right], [classes, value], epochs=2, batch_size=16, callbacks=[recorder], verbose=0)
+recorder.wait()
+rows = recorder.probe_indices
+predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
+np.savez(sys.argv[1] + "/truth.npz", rows=rows, cls=predicted_cls, reg=predicted_reg)
+"""
+
+
+def test_several_inputs_and_outputs_record_on_jax(tmp_path):
+    """The JAX probe pass (jax.jit over the graph walk) with a dict of inputs and a list of targets."""
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    done = subprocess.run(
+        [sys.executable, "-c", _ON_JAX, str(tmp_path), tests], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    truth = np.load(tmp_path / "truth.npz")
+    run = RunStore(str(tmp_path)).run("jax")
+    _, _, classes, value = _data()
+    assert run.status == "finished" and [o.kind for o in run.info.outputs] == ["classes", "values"]
+    np.testing.assert_array_equal(run.probe().y, classes[truth["rows"]])
+    np.testing.assert_allclose(run.probe().targets[1], value[truth["rows"], 0])
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(0), truth["cls"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(last.predictions(1), truth["reg"], rtol=1e-4, atol=1e-5)
+    assert last.layer(run.info.layer("hidden").index)["grad"]["kernel"]["norm"] > 0
+    steps, norms = run.batch_gradient_norms()  # the per-batch gradient pass on JAX, with both inputs and targets
+    assert len(steps) == 6 and np.all(norms[:, run.info.layer("hidden").index] > 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dashboard on a run of two inputs and two outputs
+
+_RECORD = r"""
+import sys
+import numpy as np
+import keras
+from core import Recorder
+
+root = sys.argv[1]
+rng = np.random.default_rng(0)
+left = rng.normal(size=(120, 4)).astype("float32")
+right = rng.normal(size=(120, 3)).astype("float32")
+classes = (left[:, 0] + right[:, 0] > 0).astype("int64")
+value = (left[:, 2] - 0.5 * right[:, 1]).astype("float32")
+keras.utils.set_random_seed(0)
+a, b = keras.Input((4,), name="left"), keras.Input((3,), name="right")
+hidden = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate(name="joined")([a, b]))
+model = keras.Model({"left": a, "right": b}, {"cls": keras.layers.Dense(2, activation="softmax", name="cls")(hidden),
+                                              "reg": keras.layers.Dense(1, name="reg")(hidden)})
+model.compile("adam", {"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+recorder = Recorder(root, probe=({"left": left, "right": right}, {"cls": classes, "reg": value}), run_id="two",
+                    budget=None)
+model.fit({"left": left, "right": right}, {"cls": classes, "reg": value}, epochs=2, callbacks=[recorder], verbose=0)
+recorder.wait()
+print("ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def two_io_run(recorded):
+    return str(recorded(_RECORD))
+
+
+def share_link(at) -> str:
+    """The link in the sidebar's Share expander (drawn only while open)."""
+    at.session_state["share_open"] = True
+    return at.run().sidebar.code[0].value
+
+
+def _strip_spec(at) -> str:
+    return at.get("plotly_chart")[0].proto.spec
+
+
+def test_the_embeddings_are_coloured_by_the_output_the_link_names(two_io_run):
+    from apptest_pages import open_app, shown
+
+    run = RunStore(two_io_run).run("two")
+    assert [(o.name, o.kind) for o in run.info.outputs] == [("cls", "classes"), ("reg", "values")]
+
+    at = open_app(two_io_run, "", run="two", out="1")
+    assert not at.exception
+    assert at.sidebar.selectbox(key="out").value == 1
+    assert '"colorscale":"Viridis"' in _strip_spec(at).replace(" ", "")  # the true value, on a continuous scale
+    assert any("The output “reg” (regression) colours the points" in shown(c.value) for c in at.caption)
+
+    at = open_app(two_io_run, "", run="two")  # no `out`: the first classification output
+    assert not at.exception and at.sidebar.selectbox(key="out").value == 0
+    assert '"colorscale":"Viridis"' not in _strip_spec(at).replace(" ", "")  # one flat colour per class
+
+    at.sidebar.selectbox(key="out").set_value(1).run()
+    assert not at.exception and at.session_state["_strata_view"].out == 1
+    assert "out=1" in share_link(at)
+    assert '"colorscale":"Viridis"' in _strip_spec(at).replace(" ", "")
+
+
+def test_a_link_to_an_output_the_run_lacks_falls_back_with_a_notice(two_io_run):
+    from apptest_pages import open_app
+
+    at = open_app(two_io_run, "", run="two", out="7")
+    assert not at.exception and at.sidebar.selectbox(key="out").value == 0
+    assert any("has no output 7" in w.value for w in list(at.warning) + list(at.info))
+
+
+@pytest.mark.parametrize("page", ["embeddings", "gradients", "layers"])
+def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_output(two_io_run, page):
+    from apptest_pages import open_app, shown
+
+    at = open_app(two_io_run, "" if page == "embeddings" else page, run="two")
+    assert not at.exception and at.get("plotly_chart"), page
+    if page == "layers":
+        assert any("primary output, “cls” (classes)" in shown(c.value) for c in at.caption)
+
+
+def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
+    """One output, regression targets: not classes, but their values are kept to colour the points by."""
+    left, _, _, value = _data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    with pytest.warns(UserWarning, match="not class ids"):
+        recorder, run = _record(tmp_path, model, (left, value), left, value)
+    rows = recorder.probe_indices
+    assert [o.kind for o in run.info.outputs] == ["values"] and run.probe().y is None
+    np.testing.assert_allclose(run.probe().targets[0], value[rows, 0])
+    last = run.epoch_snapshots()[-1]
+    assert last.array("pred/0/probs") is None  # one output: its predictions stay under pred/probs only
+    np.testing.assert_allclose(last.predictions(0), model.predict(left[rows], verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_journaled_capture_of_a_two_input_two_output_model_is_recovered(tmp_path):
+    """`python -m core recover` rebuilds the model and runs the probe pass on the journaled inputs and targets, lists
+    of them here, as the Recorder journals them (core/capture/recover.py builds the compiled loss first, as the Recorder
+    does)."""
+    from core.capture.graph import recorded_layers
+    from core.capture.probe_pass import model_variables
+    from core.capture.recover import recover
+    from core.store import RunWriter
+    from core.store.journal import Journal
+
+    left, right, classes, value = _data(n=40)
+    model = _two_in_two_out()
+    layers = recorded_layers(model)
+    variables = model_variables(model)
+    root = str(tmp_path)
+    RunWriter(root, "two", {"epochs_planned": 1}).update_meta(pid=2**22 + 12345)  # a process that is gone
+    journal = Journal(root, "two")
+    builder = {
+        "activations": [layer.activation for layer in layers],
+        "labels": classes,
+        "components": 2,
+        "seed": 0,
+        "kernel_layer": 0,
+        "logits": False,
+        "heads": [{"logits": False, "sigmoid": False}, {"logits": False, "sigmoid": False}],
+        "primary": 0,
+    }
+    setup = {
+        "x": [left, right],
+        "y": [classes, value],
+        "grid": None,
+        "builder": builder,
+        "layers": len(layers),
+        "variables": [[v.path, list(v.shape)] for v in variables],
+        "model": model.to_json(),
+        "compile": model.get_compile_config(),
+    }
+    journal.append("setup", setup)
+    capture = {"kind": "epoch", "epoch": 0, "step": 0, "batch": None, "logs": {}}
+    journal.append("capture", {**capture, "state": [np.asarray(v) for v in variables]})
+
+    result = recover(root, "two")
+    assert result.written == 1
+    snapshot = RunStore(root).run("two").snapshots()[0]
+    predicted_cls, predicted_reg = model.predict([left, right], verbose=0)
+    np.testing.assert_allclose(snapshot.predictions(0), predicted_cls, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(snapshot.predictions(1), predicted_reg, rtol=1e-5, atol=1e-5)
+    hidden = [layer.path for layer in layers].index("hidden")
+    assert snapshot.layer(hidden)["grad"]["kernel"]["norm"] > 0
+
+
+def test_the_primary_output_can_be_chosen_and_a_wrong_choice_is_refused_saying_why(tmp_path):
+    left, right, classes, value = _data()
+    other = (right[:, 2] > 0).astype("int64")  # a second classification target
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="left"), keras.Input((3,), name="right")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(keras.layers.Concatenate()([a, b]))
+    heads = [keras.layers.Dense(3, activation="softmax", name="cls")(hidden)]
+    heads += [
+        keras.layers.Dense(2, activation="softmax", name="side")(hidden),
+        keras.layers.Dense(1, name="reg")(hidden),
+    ]
+    model = keras.Model([a, b], heads)
+    model.compile("adam", ["sparse_categorical_crossentropy", "sparse_categorical_crossentropy", "mse"])
+    targets = [classes, other, value]
+    recorder, run = _record(tmp_path, model, ([left, right], targets), [left, right], targets, primary_output="side")
+    assert run.info.probe.primary_output == 1
+    np.testing.assert_array_equal(run.probe().y, other[recorder.probe_indices])
+    last = run.epoch_snapshots()[-1]
+    np.testing.assert_allclose(last.predictions(), last.predictions(1))
+    for choice, message in (("reg", "has no class targets"), ("tail", "is not an output"), (5, "is not an output")):
+        recorder = Recorder(str(tmp_path), probe=([left, right], targets), primary_output=choice, budget=None)
+        with pytest.raises(ValueError, match=message) as error:
+            model.fit([left, right], targets, epochs=1, callbacks=[recorder], verbose=0)
+        assert "cls (classes), side (classes), reg (values)" in str(error.value)
+    with pytest.raises(ValueError, match=r"Received: primary_output=\[0\]"):
+        Recorder(str(tmp_path), probe=left, primary_output=[0])
+
+
+def test_several_inputs_for_a_model_of_one_input_are_refused_naming_it(tmp_path):
+    left, right, classes, _ = _data(n=16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    recorder = Recorder(str(tmp_path), probe=({"x": left, "extra": right}, classes), budget=None)
+    with pytest.raises(ValueError, match=r"takes 1 input named x, the probe has a dict of 2 inputs \(x: .*extra: "):
+        model.fit(left, classes, epochs=1, callbacks=[recorder], verbose=0)
+
+
+def test_the_focus_frames_of_each_output_are_coloured_by_its_own_truth(two_io_run):
+    from dashboard import data
+
+    run = RunStore(two_io_run).run("two")
+    probe = run.probe()
+    labels, values, title = data.output_truth(run, None)  # the primary output: classes
+    np.testing.assert_array_equal(labels, probe.targets[0])
+    assert values is None
+    labels, values, title = data.output_truth(run, 1)
+    assert labels is None and title == "true value"
+    np.testing.assert_allclose(values, probe.targets[1])
+    frames, _ = data.focus_frames(run, 0, "label", None, output=1)
+    assert frames and all(not f.color.categorical and f.color.title == "true value" for f in frames)
+    np.testing.assert_allclose(frames[-1].color.values, probe.targets[1])
+    frames, _ = data.focus_frames(run, 0, "pred", None, output=0)
+    last = run.epoch_snapshots()[-1]
+    assert frames[-1].color.categorical
+    np.testing.assert_array_equal(frames[-1].color.values, last.predictions(0).argmax(axis=1))
+
+
+def test_core_show_names_each_output_and_the_primary_one(two_io_run):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def show(*extra):
+        command = [sys.executable, "-m", "core", "show", "two", "--runs", two_io_run, *extra]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
+
+    assert "outputs: cls (classes, primary), reg (values)" in show()
+    assert json.loads(show("--json"))["outputs"] == [
+        {"name": "cls", "kind": "classes", "primary": True},
+        {"name": "reg", "kind": "values", "primary": False},
+    ]
