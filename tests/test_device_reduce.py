@@ -234,3 +234,66 @@ def test_auto_reduces_on_the_host_of_a_machine_without_an_accelerator():
         if tf.config.list_logical_devices("GPU"):
             pytest.skip("this machine has a GPU")
     assert CPU_REDUCE == "host" and default_reduce() == "host"
+
+
+def _residual_cnn(blocks: int):
+    """A residual CNN of 4 * blocks + 3 recorded layers: a stem convolution, `blocks` blocks of two convolutions, an Add and
+    a ReLU, then pooling and a softmax head."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    for _ in range(blocks):
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        y = keras.layers.Conv2D(8, 3, padding="same")(y)
+        x = keras.layers.Activation("relu")(keras.layers.Add()([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_an_80_layer_residual_model_moves_at_most_twice_the_bytes_its_snapshot_stores():
+    """Issue 22's budget: what crosses from the device to the host for one snapshot (every array of the
+    ReducedCapture) is at most 2x what the snapshot stores (its arrays and JSON header), every layer recorded."""
+    import json
+
+    from core.capture.graph import recorded_layers, select_layers
+    from core.capture.probe_pass import backend_passes, model_variables
+    from core.capture.recorder import _roles, reducing_pass, run_capture_pass
+    from core.capture.snapshot import RawCapture, SnapshotBuilder
+
+    model = _residual_cnn(blocks=20)
+    layers = select_layers(recorded_layers(model), "all")
+    assert len(layers) >= 80
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 96).astype(np.int64)
+    settings = {
+        "activations": [layer.activation for layer in layers],
+        "labels": y,
+        "components": 10,
+        "seed": 0,
+        "kernel_layer": next((i for i, l in enumerate(layers) if "kernel" in _roles(l)), None),
+    }
+    passes = backend_passes()
+    variables = model_variables(model)
+    inputs = tuple(passes.constants([x, y, None]))
+    host = passes.ProbePass(model, layers, variables, True, False)
+    moved, stored = {}, {}
+    for reduce, capture_fn in (("host", host), ("device", reducing_pass(host, layers, settings, len(x)))):
+        state = passes.read_state(model, variables)
+        capture = run_capture_pass(
+            capture_fn, inputs, layers, state, kind="epoch", epoch=0, step=0, batch=None, logs={}
+        )
+        if isinstance(capture, RawCapture):
+            arrays = [*capture.outputs, capture.predictions, *(g for w in capture.weight_grads for g in w.values())]
+            moved[reduce] = sum(np.asarray(a).nbytes for a in arrays)
+        else:
+            moved[reduce] = capture.nbytes()
+        meta, snapshot_arrays = SnapshotBuilder(**settings).build(capture)
+        stored[reduce] = sum(a.nbytes for a in snapshot_arrays.values()) + len(json.dumps(meta))
+    assert stored["device"] == pytest.approx(stored["host"], rel=0.05)  # the same snapshot, either way
+    assert moved["device"] <= 2 * stored["device"], (moved, stored)
+    assert moved["host"] > 10 * stored["host"]  # what the budget saves: every layer's whole output on the probe

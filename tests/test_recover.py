@@ -63,6 +63,8 @@ def test_a_killed_fit_leaves_its_held_back_snapshots_in_the_journal(killed_runs,
 
 
 def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
+    # On a loaded machine training is slow enough that the budget lets a snapshot or two be written before the kill.
+    written_before = len(RunStore(killed_root).run("killed").snapshots())
     result = subprocess.run(
         [sys.executable, "-m", "core", "recover", "killed", "--runs", killed_root],
         cwd=REPO,
@@ -84,7 +86,7 @@ def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
     assert len(recovered) >= EPOCHS  # every epoch but the capture in progress at the kill
     assert run.history()["loss"] == pytest.approx(reference.history()["loss"][: len(run.history()["loss"])])
     assert run.meta["epochs_done"] == EPOCHS and run.probe().size == reference.probe().size
-    assert run.meta["recovered_snapshots"] == run.meta["snapshots"]
+    assert run.meta["recovered_snapshots"] == run.meta["snapshots"] - written_before
     assert not (Path(killed_root) / "killed" / JOURNAL_DIR).exists() and run.unwritten_captures() == 0
     assert cli.main(["recover", "killed", "--runs", killed_root]) == cli.EXIT_USAGE  # nothing left to do: a clear error
 
@@ -96,14 +98,16 @@ def test_an_interrupted_recovery_goes_on_where_it_stopped(killed_root):
         if done == 3:
             raise KeyboardInterrupt
 
+    store = RunStore(killed_root)
+    written_before = len(store.run("killed").snapshots())  # on a loaded machine, the budget may have let some through
     with pytest.raises(KeyboardInterrupt):
         recover(killed_root, "killed", stop_after_three)
-    store = RunStore(killed_root)
-    assert store.run("killed").status == "interrupted" and len(store.run("killed").snapshots()) == 3
+    assert store.run("killed").status == "interrupted"
+    assert len(store.run("killed").snapshots()) == written_before + 3
     # Resumed: its first snapshot's axes follow the third's stored coordinates, its update ratios the third's
     # journaled weights, which the journal kept until the fourth was written.
     result = recover(killed_root, "killed")
-    assert result.written == len(store.run("killed").snapshots()) - 3
+    assert result.written == len(store.run("killed").snapshots()) - written_before - 3
     recovered = store.run("killed").snapshots()
     _assert_same_snapshots(recovered, store.run("live").snapshots()[: len(recovered)])
 

@@ -68,6 +68,18 @@ def gradient_cases():
     return {"kernel": kernel, "broken": broken}
 
 
+def cka_layers(seed=6):
+    """Layers of 150 samples with known relations: widths 8, 8, 40 and 2,500 (projected, as it is wider than
+    `CKA_PROJECTION_THRESHOLD`), a copy rotated and scaled (CKA 1 with the first), noise, and a constant layer."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((150, 8)).astype(np.float32)
+    rotation = np.linalg.qr(rng.standard_normal((8, 8)))[0].astype(np.float32)
+    mixed = np.hstack([base, rng.standard_normal((150, 32))]).astype(np.float32)
+    wide = (np.tanh(mixed @ rng.standard_normal((40, 2500))) + 1.0).astype(np.float32)
+    noise = rng.standard_normal((150, 8)).astype(np.float32)
+    return [base, 3.0 * base @ rotation + 1.0, mixed, wide, noise, np.full((150, 8), 0.5, np.float32)]
+
+
 _WORKER = r"""
 import sys
 import numpy as np
@@ -75,7 +87,7 @@ import keras
 from keras import ops
 sys.path.insert(0, sys.argv[2])
 from core.capture import reductions
-from tests.test_reductions import flat_data, steep_data, low_rank_data, activation_cases, gradient_cases
+from tests.test_reductions import flat_data, steep_data, low_rank_data, activation_cases, gradient_cases, cka_layers
 
 backend = keras.backend.backend()
 if backend == "jax":
@@ -141,6 +153,11 @@ for name, width in [("narrow", 64), ("wide", 700)]:
     out[f"sketch_{name}/input"] = features
     out[f"sketch_{name}/rows"] = rows
     out[f"sketch_{name}/sketch"] = np.asarray(compiled(lambda f: reductions.cka_sketch(f, rows))(ops.convert_to_tensor(features)))
+for index, layer in enumerate(cka_layers()):
+    out[f"cka_layers/{index}"] = layer
+layers = [ops.convert_to_tensor(layer) for layer in cka_layers()]
+out["cka/blocks"] = np.asarray(compiled(lambda *ls: reductions.cka_matrix(list(ls), block=64))(*layers))
+out["cka/one_block"] = np.asarray(compiled(lambda *ls: reductions.cka_matrix(list(ls), block=1000))(*layers))
 np.savez(sys.argv[1], **out)
 print("ok", backend)
 """
@@ -301,3 +318,14 @@ def test_cka_sketch_equals_the_builders(computed, name):
     np.testing.assert_array_equal(builder._sketch_rows, computed[f"sketch_{name}/rows"])
     scale = np.abs(reference).max()
     np.testing.assert_allclose(computed[f"sketch_{name}/sketch"], reference, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("key", ["blocks", "one_block"])
+def test_cka_between_every_pair_of_layers_equals_the_numpy_reference(computed, key):
+    layers = [computed[f"cka_layers/{index}"] for index in range(len(cka_layers()))]
+    reference = measures.cka_matrix(layers)
+    found = computed[f"cka/{key}"]
+    np.testing.assert_allclose(found, reference, atol=1e-4)  # NaN where the reference is: the constant layer's pairs
+    assert found[0, 1] == pytest.approx(1.0, abs=1e-5)  # a rotated, scaled and shifted copy
+    assert np.isnan(found[5, :5]).all() and found[5, 5] == 1.0
+    assert np.isfinite(found[:5, :5]).all() and 0.0 <= found[0, 4] < 0.2  # noise is nearly unrelated

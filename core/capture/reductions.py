@@ -36,6 +36,8 @@ LATER_SHIFT = 1e-7
 TINY = 1e-30
 # Singular values below this share of the largest are round-off: such Gram-side directions get zero components.
 RESOLVED = 1e-3
+# Probe rows per block of the CKA's Gram products (`cka_matrix`): bounds its memory to L x block x n floats.
+CKA_ROW_BLOCK = 256
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -409,27 +411,39 @@ def tensor_stats(g) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def cka_matrix(features: list, projections: list | None = None):
+def cka_matrix(features: list, projections: list | None = None, block: int = CKA_ROW_BLOCK):
     """(L, L) linear CKA between the layers' features (each (n, d_i)), as `measures.cka_matrix` computes it: a layer
-    wider than `measures.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix, then each
-    is kept as its centred features or, when wider than n, their Gram matrix, and each pair costs one product on
-    the smaller side. Pairs with a constant layer are NaN. `projections`: per layer its matrix (`cka_projection`) or
-    None, which a compiled caller passes in."""
+    wider than `measures.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix and centred;
+    HSIC(X, Y) = <X X^T, Y Y^T>. Pairs with a constant layer are NaN, the diagonal is ones. `projections`: per
+    layer its matrix (`cka_projection`) or None, which a compiled caller passes in.
+
+    Every pair at once, in a number of operations that does not grow with the layer count: layers of the same
+    width are stacked, and for each block of `block` probe rows their Gram rows (layers, block, n) are flattened
+    and multiplied with each other, (L, block * n) x (block * n, L), summed over the blocks. The memory beyond
+    the features is one block's Gram rows of every layer."""
     projections = [cka_projection(int(f.shape[1])) for f in features] if projections is None else projections
-    layers = [_cka_representation(f, p) for f, p in zip(features, projections)]
-    norms = [ops.sqrt(_hsic(layer, layer)) for layer in layers]
-    rows = []
-    for i, first in enumerate(layers):
-        row = []
-        for j, second in enumerate(layers):
-            if i == j:
-                row.append(ops.ones(()))
-                continue
-            denominator = norms[i] * norms[j]
-            safe = ops.where(denominator > 0, denominator, 1.0)
-            row.append(ops.where(denominator > 0, _hsic(first, second) / safe, np.nan))
-        rows.append(ops.stack(row))
-    return ops.stack(rows)
+    centred = [_cka_centred(f, p) for f, p in zip(features, projections)]
+    widths: dict[int, list[int]] = {}
+    for index, x in enumerate(centred):
+        widths.setdefault(int(x.shape[1]), []).append(index)
+    stacks = [(members, ops.stack([centred[i] for i in members])) for members in widths.values()]  # (g, n, w)
+    order = [i for members, _ in stacks for i in members]
+    n = int(centred[0].shape[0])
+    hsic = None
+    for start in range(0, n, block):
+        rows = []
+        for members, stacked in stacks:
+            gram_rows = ops.matmul(stacked[:, start : start + block, :], ops.swapaxes(stacked, -1, -2))  # (g, b, n)
+            rows.append(ops.reshape(gram_rows, (len(members), -1)))
+        flat = ops.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
+        product = ops.matmul(flat, ops.transpose(flat))
+        hsic = product if hsic is None else hsic + product
+    inverse = np.argsort(np.asarray(order))  # back from the stacking order to the layers' order
+    hsic = ops.take(ops.take(hsic, inverse, axis=0), inverse, axis=1)
+    norms = ops.sqrt(ops.maximum(ops.diagonal(hsic), 0.0))
+    denominator = norms[:, None] * norms[None, :]
+    cka = ops.where(denominator > 0, hsic / ops.where(denominator > 0, denominator, 1.0), np.nan)
+    return ops.where(ops.eye(len(features), dtype="bool"), 1.0, cka)
 
 
 def cka_projection(d: int) -> np.ndarray | None:
@@ -439,21 +453,8 @@ def cka_projection(d: int) -> np.ndarray | None:
     return None
 
 
-def _cka_representation(features, projection):
+def _cka_centred(features, projection):
     x = ops.cast(features, "float32")
     if projection is not None:
         x = ops.matmul(x, ops.convert_to_tensor(projection))
-    x = x - ops.mean(x, axis=0, keepdims=True)
-    if int(x.shape[1]) > int(x.shape[0]):
-        return "gram", ops.matmul(x, ops.transpose(x))
-    return "features", x
-
-
-def _hsic(first, second):
-    (first_kind, a), (second_kind, b) = first, second
-    if first_kind == second_kind == "gram":
-        return ops.sum(a * b)
-    if first_kind == second_kind == "features":
-        return ops.sum(ops.square(ops.matmul(ops.transpose(b), a)))
-    gram, x = (a, b) if first_kind == "gram" else (b, a)
-    return ops.sum(x * ops.matmul(gram, x))
+    return x - ops.mean(x, axis=0, keepdims=True)
