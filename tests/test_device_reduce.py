@@ -256,7 +256,8 @@ def _residual_cnn(blocks: int):
 
 def test_an_80_layer_residual_model_moves_at_most_twice_the_bytes_its_snapshot_stores():
     """Issue 22's budget: what crosses from the device to the host for one snapshot (every array of the
-    ReducedCapture) is at most 2x what the snapshot stores (its arrays and JSON header), every layer recorded."""
+    ReducedCapture) is at most 2x what the snapshot stores (its arrays and JSON header), every layer recorded. Its
+    blocks' layers share shapes, so the device reduces them in groups: their values are the host's."""
     import json
 
     from core.capture.graph import recorded_layers, select_layers
@@ -281,7 +282,7 @@ def test_an_80_layer_residual_model_moves_at_most_twice_the_bytes_its_snapshot_s
     variables = model_variables(model)
     inputs = tuple(passes.constants([x, y, None]))
     host = passes.ProbePass(model, layers, variables, True, False)
-    moved, stored = {}, {}
+    moved, stored, metas = {}, {}, {}
     for reduce, capture_fn in (("host", host), ("device", reducing_pass(host, layers, settings, len(x)))):
         state = passes.read_state(model, variables)
         capture = run_capture_pass(
@@ -294,6 +295,16 @@ def test_an_80_layer_residual_model_moves_at_most_twice_the_bytes_its_snapshot_s
             moved[reduce] = capture.nbytes()
         meta, snapshot_arrays = SnapshotBuilder(**settings).build(capture)
         stored[reduce] = sum(a.nbytes for a in snapshot_arrays.values()) + len(json.dumps(meta))
+        metas[reduce] = meta
     assert stored["device"] == pytest.approx(stored["host"], rel=0.05)  # the same snapshot, either way
     assert moved["device"] <= 2 * stored["device"], (moved, stored)
     assert moved["host"] > 10 * stored["host"]  # what the budget saves: every layer's whole output on the probe
+    host, device = metas["host"]["layers"], metas["device"]["layers"]
+    for index, (h, d) in enumerate(zip(host, device)):
+        assert d["pca"]["explained_variance_ratio"] == pytest.approx(h["pca"]["explained_variance_ratio"], abs=1e-4)
+        assert d["activation"]["mean"] == pytest.approx(h["activation"]["mean"], rel=1e-4, abs=1e-6), index
+        assert d["activation"]["dead_fraction"] == h["activation"]["dead_fraction"], index
+        for role, stats in h.get("grad", {}).items():
+            assert d["grad"][role]["norm"] == pytest.approx(stats["norm"], rel=1e-3, abs=1e-9), (index, role)
+        assert d["weight_norm"] == pytest.approx(h["weight_norm"], rel=1e-5), index
+    np.testing.assert_allclose(metas["device"]["cka"], metas["host"]["cka"], atol=1e-4)

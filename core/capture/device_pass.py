@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from core.analysis import measures
 from core.analysis.measures import HIST_MAX_VALUES
 from core.capture import reductions
 from core.capture.graph import RecordedLayer
@@ -89,6 +90,7 @@ class ReducingPass:
         self.layers, self.roles, self.activations = layers, roles, activations
         self.components, self.seed, self.kernel_layer = components, seed, kernel_layer
         rng = np.random.default_rng(seed)  # SnapshotBuilder._sketch's draw
+        self._probe_count = probe_count
         self.sketch_rows = np.sort(rng.choice(probe_count, size=min(CKA_SKETCH_POINTS, probe_count), replace=False))
         self._previous: list = [None] * len(layers)  # per layer: None, {"components": c} or {"coords": coords}
         self._previous_weights: list | None = None
@@ -120,7 +122,12 @@ class ReducingPass:
             self._previous_weights,
             self._constants,
         )
-        reduced = _to_numpy(reduced)
+        reduced = _per_layer(
+            _to_numpy(reduced),
+            self._groups(result["outputs"], self._previous),
+            _gradient_groups(result["weight_grads"]) if measured else None,
+            [len(w) for w in result["weights"]],
+        )
         layers = []
         for index, layer in enumerate(reduced["layers"]):
             if int(layer["nonfinite_rows"]) == 0:  # a NaN layer keeps its last good axes as the reference
@@ -202,34 +209,82 @@ class ReducingPass:
         return constants
 
     def _reductions(self, outputs, weights, weight_grads, plane_outputs, previous, previous_weights, constants):
-        """Compiled: per layer, every reduction a snapshot stores, and the components for the next snapshot."""
-        reduced, components, features = [], [], []
-        for index, output in enumerate(outputs):
-            averaging = constants[index]["averaging"]
-            features.append(reductions.analysis_features(output, MAX_FEATURES, averaging)[0])  # (n, d)
-            layer, basis = self._layer_reductions(
-                index, output, features[-1], previous[index], plane_outputs, constants[index]
-            )
-            layer["weight_norms"] = [ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32")))) for w in weights[index]]
-            layer["update_norms"] = (
-                None
-                if previous_weights is None
-                else [
-                    ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32") - ops.cast(p, "float32"))))
-                    for w, p in zip(weights[index], previous_weights[index])
-                ]
-            )
-            if weight_grads is not None:
-                layer["grads"] = [reductions.tensor_stats(g) for g in weight_grads[index]]
-            reduced.append(layer)
-            components.append(basis)
-        projections = [c["projection"] for c in constants]
-        cka = reductions.cka_matrix(features, projections) if len(features) > 1 else ops.ones((1, 1))
-        return {"layers": reduced, "cka": cka}, components
+        """Compiled: every reduction a snapshot stores, and each layer's components for the next snapshot.
 
-    def _layer_reductions(
-        self, index: int, output, features, previous, plane_outputs, constants: dict
-    ) -> tuple[dict, object]:
+        Layers of the same output shape and activation (the blocks of a residual network) are reduced together,
+        as one batched computation (`_batched`), and so are gradients of the same shape: the operations, and a
+        GPU's kernels, grow with the number of distinct layer shapes rather than with the number of layers. Each
+        group's results come back stacked (`_per_layer` splits them on the host), with every weight's norm in one
+        vector."""
+        features = [
+            reductions.analysis_features(output, MAX_FEATURES, constants[index]["averaging"])[0]
+            for index, output in enumerate(outputs)
+        ]
+        groups, components = [], [None] * len(outputs)
+        planes: list = [None] * len(outputs)
+        for members in self._groups(outputs, previous):
+            first = members[0]
+            kind = None if previous[first] is None else next(iter(previous[first]))
+
+            def reduce_one(elements, first=first, kind=kind):
+                output, flat, *earlier = elements
+                return self._layer_reductions(
+                    first, output, flat, None if kind is None else {kind: earlier[0]}, constants[first]
+                )
+
+            elements = [[outputs[i] for i in members], [features[i] for i in members]]
+            if kind is not None:
+                elements.append([previous[i][kind] for i in members])
+            layer, basis, mean = _batched(reduce_one, elements)
+            groups.append(layer)
+            for position, index in enumerate(members):
+                components[index] = basis[position] if len(members) > 1 else basis
+                if plane_outputs is not None:  # small (2-D inputs): per layer
+                    planes[index] = self._plane(
+                        plane_outputs[index], components[index], mean[position] if len(members) > 1 else mean, index
+                    )
+        norms = [ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32")))) for group in weights for w in group]
+        reduced = {"groups": groups, "weight_norms": ops.stack(norms) if norms else ops.zeros((0,))}
+        if previous_weights is not None:
+            updates = [
+                ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32") - ops.cast(p, "float32"))))
+                for group, earlier in zip(weights, previous_weights)
+                for w, p in zip(group, earlier)
+            ]
+            reduced["update_norms"] = ops.stack(updates) if updates else ops.zeros((0,))
+        if weight_grads is not None:
+            reduced["gradient_groups"] = [
+                _batched(lambda e: reductions.tensor_stats(e[0]), [[weight_grads[i][p] for i, p in places]])
+                for places in _gradient_groups(weight_grads)
+            ]
+        if plane_outputs is not None:
+            reduced["planes"] = planes
+        projections = [c["projection"] for c in constants]
+        reduced["cka"] = reductions.cka_matrix(features, projections) if len(features) > 1 else ops.ones((1, 1))
+        return reduced, components
+
+    def _plane(self, plane_output, components, mean, index: int) -> dict:
+        """The input plane's grid through layer `index`: its points on the stored components, and its unit means."""
+        plane = reductions.analysis_features(plane_output, MAX_FEATURES)[0]  # small: its own constants
+        k = min(self.components, *(int(s) for s in plane.shape[1:]), self._probe_count)
+        return {
+            "plane_pca": ops.matmul(plane - mean, ops.transpose(components[:k])),
+            "plane_units": ops.cast(reductions.unit_means(plane_output), "float16"),
+        }
+
+    def _groups(self, outputs, previous) -> list[list[int]]:
+        """The layers' indices, grouped where every reduction of one applies to the others as it is: the same output
+        shape and activation, and the same kind of state from the snapshot before (none, components or
+        coordinates)."""
+        groups: dict[tuple, list[int]] = {}
+        for index, output in enumerate(outputs):
+            kind = None if previous[index] is None else next(iter(previous[index]))
+            key = (tuple(int(s) for s in output.shape), measures._activation_name(self.activations[index]), kind)
+            groups.setdefault(key, []).append(index)
+        return list(groups.values())
+
+    def _layer_reductions(self, index: int, output, features, previous, constants: dict) -> tuple[dict, object, object]:
+        """(the layer's reductions, its components, its mean feature), for layer `index` or any of its group."""
         n, d = (int(s) for s in features.shape)
         wanted = max(self.components, FEATURE_COMPONENTS)
         k = min(self.components, n, d)
@@ -265,12 +320,52 @@ class ReducingPass:
             layer["spectrum"] = fitted["spectrum"]
         if d <= FEATURE_COMPONENTS:  # narrow: the features themselves, no larger than their components
             layer["features"] = features
-        if plane_outputs is not None:
-            plane = reductions.analysis_features(plane_outputs[index], MAX_FEATURES)[0]  # small: its own constants
-            shown = fitted["components"][:k]
-            layer["plane_pca"] = ops.matmul(plane - fitted["mean"], ops.transpose(shown))
-            layer["plane_units"] = ops.cast(reductions.unit_means(plane_outputs[index]), "float16")
-        return layer, fitted["components"]
+        return layer, fitted["components"], fitted["mean"]
+
+
+def _gradient_groups(weight_grads: list[list]) -> list[list[tuple[int, int]]]:
+    """The (layer, weight) places of the gradients, grouped by shape, in a fixed order."""
+    shapes: dict[tuple, list[tuple[int, int]]] = {}
+    for index, grads in enumerate(weight_grads):
+        for position, grad in enumerate(grads):
+            shapes.setdefault(tuple(int(s) for s in grad.shape), []).append((index, position))
+    return list(shapes.values())
+
+
+def _batched(function, elements: list[list]):
+    """`function((a, b, ...))` on every member of a group at once, whose elements are `elements` ([a per member],
+    [b per member], ...): on the members' tensors stacked, with results stacked the same way; a group of one is
+    called as it is, with results unstacked."""
+    if len(elements[0]) == 1:
+        return function(tuple(column[0] for column in elements))
+    return ops.vectorized_map(function, tuple(ops.stack(column) for column in elements))
+
+
+def _per_layer(reduced: dict, groups: list[list[int]], gradient_groups: list | None, weight_counts: list[int]) -> dict:
+    """The compiled reductions' results (numpy), stacked by group, as `{"layers": [a dict per layer], "cka"}`: each
+    layer's dict of reductions, its `weight_norms` and `update_norms` (None on the first snapshot) and, with
+    gradients, its `grads` (a dict of statistics per weight)."""
+    layers: list = [None] * sum(len(members) for members in groups)
+    for members, stacked in zip(groups, reduced["groups"]):
+        for position, index in enumerate(members):
+            layers[index] = _member(stacked, position) if len(members) > 1 else dict(stacked)
+    starts = np.cumsum([0, *weight_counts])
+    for index, layer in enumerate(layers):
+        layer["weight_norms"] = list(reduced["weight_norms"][starts[index] : starts[index + 1]])
+        updates = reduced.get("update_norms")
+        layer["update_norms"] = None if updates is None else list(updates[starts[index] : starts[index + 1]])
+        if reduced.get("planes") is not None:
+            layer.update(reduced["planes"][index])
+        if gradient_groups is not None:
+            layer["grads"] = [None] * weight_counts[index]
+    for places, stacked in zip(gradient_groups or [], reduced.get("gradient_groups", [])):
+        for position, (index, weight) in enumerate(places):
+            layers[index]["grads"][weight] = _member(stacked, position) if len(places) > 1 else stacked
+    return {"layers": layers, "cka": reduced["cka"]}
+
+
+def _member(stacked: dict, position: int) -> dict:
+    return {key: value[position] for key, value in stacked.items()}
 
 
 _ACTIVATION_KEYS = (

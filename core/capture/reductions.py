@@ -183,16 +183,22 @@ def _gram_of_columns(matrix):
 
 def _oriented(components, previous):
     """(components, signs): each row's sign as `measures.pca` then `measures.align_pca` choose it."""
-    largest = ops.expand_dims(ops.argmax(ops.abs(components), axis=-1), -1)  # (..., k, 1)
+    largest = _largest_position(ops.abs(components))  # (..., k, 1)
     signs = _signs(ops.take_along_axis(components, largest, axis=-1)[..., 0])
     components = components * signs[..., None]
     if previous is not None:
         overlap = ops.matmul(components, ops.swapaxes(ops.cast(previous, "float32"), -1, -2))  # (..., k, k_prev)
         overlap = ops.where(ops.isfinite(overlap), overlap, 0.0)
-        closest = ops.take_along_axis(overlap, ops.expand_dims(ops.argmax(ops.abs(overlap), axis=-1), -1), axis=-1)
+        closest = ops.take_along_axis(overlap, _largest_position(ops.abs(overlap)), axis=-1)
         flips = ops.where(closest[..., 0] < 0, -1.0, 1.0)
         components, signs = components * flips[..., None], signs * flips
     return components, signs
+
+
+def _largest_position(values):
+    """(..., 1) the position of each row's largest value, the first of ties (np.argmax's), by top_k: TensorFlow's
+    argmax has no batched form (`ops.vectorized_map` would loop over the layers of a group)."""
+    return ops.top_k(values, 1, sorted=True)[1]
 
 
 def _signs(values):
