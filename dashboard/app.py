@@ -12,6 +12,7 @@ import pandas  # noqa: F401  (plotly imports it lazily: see below)
 import plotly.graph_objects  # noqa: F401
 import streamlit as st
 from starlette.middleware import Middleware
+from threadpoolctl import threadpool_limits
 
 from dashboard import download, sidebar  # noqa: F401
 from dashboard.preload import PreloadPlotly
@@ -31,3 +32,9 @@ app = st.App(
 # serves every session. What was imported above lives as long as the server, so it is moved out of the collector's
 # sight; what the sessions create is still collected.
 gc.freeze()
+
+# The server's numpy work is small products (the CKA sketches of 256 probe rows, ...), each in one session's thread.
+# OpenBLAS's own threads on top of those made each one 10-40 times slower on a busy 2-core machine (a 256 x 64 sketch:
+# 0.4 ms on one thread, 6-18 ms with its threads), and the first visitor of a run's Layers page waited for the CKA
+# over training accordingly. threadpoolctl comes with scikit-learn (requirements.txt).
+threadpool_limits(1, user_api="blas")
