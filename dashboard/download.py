@@ -6,7 +6,8 @@ store in worker threads, never on the event loop. Who may download is decided as
 (`context.permissions.access_of`, the rule in `access.py`): without sign-in, whoever may open the pages; with sign-in,
 a signed-in viewer or editor, known from Streamlit's signed sign-in cookie (`streamlit_internals`). Anyone else gets
 403, an invalid id 400, an unknown run 404, a run the store refuses to serve (a link to a folder elsewhere, a damaged
-run.json) 403, each with a plain-text reason and never a byte of the run.
+run.json) 403, each with a plain-text reason and never a byte of the run. A `HEAD` request is checked the same way
+and answered with the status and headers only: no archive is written for it.
 """
 
 from __future__ import annotations
@@ -57,21 +58,24 @@ async def download(request: Request) -> Response:
     if not is_valid_run_id(run_id):
         return _refuse(400, "Not a run id: ids use letters, digits, '.', '_' and '-' only (at most 128).")
     store = RunStore(runs_root())
+    head = request.method == "HEAD"
     try:
-        chunks = await run_in_threadpool(store.zip_chunks, run_id)
+        if head:
+            await run_in_threadpool(store.check_download, run_id)  # what zip_chunks checks before its first byte
+        else:
+            chunks = await run_in_threadpool(store.zip_chunks, run_id)
     except RunNotFound:
         return _refuse(404, f"There is no run {run_id} in this store.")
     except StoreError as error:
         return _refuse(403, str(error))
-    return _ClosingStream(
-        _in_threads(chunks),
-        media_type="application/zip",
-        headers={
-            "Content-Disposition": f'attachment; filename="{file_name(run_id)}"',
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="{file_name(run_id)}"',
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if head:
+        return _headers_only(media_type="application/zip", headers=headers)
+    return _ClosingStream(_in_threads(chunks), media_type="application/zip", headers=headers)
 
 
 def file_name(run_id: str) -> str:
@@ -112,6 +116,14 @@ class _ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+
+
+def _headers_only(media_type: str, headers: dict[str, str]) -> Response:
+    """The answer to a HEAD request: a GET's status and headers, no body. The GET streams its archive without a
+    length (its size is known only once it is written), so this one states none either, rather than a false 0."""
+    response = Response(media_type=media_type, headers=headers)
+    del response.headers["content-length"]
+    return response
 
 
 def _refuse(status: int, message: str) -> PlainTextResponse:

@@ -54,18 +54,24 @@ class Response:
 
 
 def get(
-    path: str, *, keep: bool = True, client: str = "127.0.0.1", leave_after: int | None = None, spec: str = "2.4"
+    path: str,
+    *,
+    keep: bool = True,
+    client: str = "127.0.0.1",
+    leave_after: int | None = None,
+    spec: str = "2.4",
+    method: str = "GET",
 ) -> Response:
-    """GET `path` from an app that has the download route only, as a local browser would; `keep=False` keeps no body
-    piece (for measuring memory); `leave_after`: the browser goes away after that many body pieces, which a server
-    of ASGI `spec` 2.4 reports as a failing send, an older one as a disconnect message."""
+    """GET (or `method`) `path` from an app that has the download route only, as a local browser would; `keep=False`
+    keeps no body piece (for measuring memory); `leave_after`: the browser goes away after that many body pieces,
+    which a server of ASGI `spec` 2.4 reports as a failing send, an older one as a disconnect message."""
     app = Starlette(routes=[download.route()])
     response = Response(keep)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": spec},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
@@ -225,6 +231,41 @@ def test_without_sign_in_a_read_only_visitor_may_download_too(store, monkeypatch
     assert get(f"/_strata/download/{ids['spiral']}", client="203.0.113.9").status == 200  # a viewer: may read
     monkeypatch.setenv("STRATA_VIEWER_MODE", "1")
     assert get(f"/_strata/download/{ids['spiral']}").status == 200
+
+
+def test_head_answers_with_the_headers_only_and_writes_no_archive(store, monkeypatch, tmp_path):
+    root, ids = store
+    run_id = ids["spiral"]
+    opened: list[str] = []
+    with monkeypatch.context() as patched:
+        patched.setattr(RunStore, "_open_regular", lambda self, path: opened.append(path))
+        response = get(f"/_strata/download/{run_id}", method="HEAD")
+    assert response.status == 200 and response.size == 0
+    assert opened == []  # not one file of the run was read
+    assert response.headers["content-type"] == "application/zip"
+    assert response.headers["content-disposition"] == f'attachment; filename="{run_id}.zip"'
+    assert response.headers["cache-control"] == "no-store"
+    assert "content-length" not in response.headers  # the GET streams without one: no false length here
+
+    assert get("/_strata/download/20991231-000000-no-such-run", method="HEAD").status == 404
+    assert get("/_strata/download/a%20b", method="HEAD").status == 400
+    shutil.copytree(Path(root) / ids["digits"], tmp_path / "linked-run")
+    os.symlink(tmp_path / "linked-run", Path(root) / "linked-run")
+    assert get("/_strata/download/linked-run", method="HEAD").status == 403
+    (Path(root) / run_id / "run.json").write_text("[1, 2]")
+    assert get(f"/_strata/download/{run_id}", method="HEAD").status == 403
+    assert get(f"/_strata/download/{ids['digits']}", method="HEAD", client="203.0.113.9").status == 200  # a viewer
+
+
+def test_head_is_refused_as_a_get_is_to_whoever_may_not_view(store, monkeypatch):
+    from dashboard.access import NONE, Access
+
+    _, ids = store
+    monkeypatch.setattr(download, "access_of", lambda user, ip, headers: Access(NONE, "Sign in to see the runs."))
+    for method in ("GET", "HEAD"):
+        refused = get(f"/_strata/download/{ids['spiral']}", method=method)
+        assert refused.status == 403 and refused.headers["content-type"].startswith("text/plain"), method
+        assert "content-disposition" not in refused.headers
 
 
 def test_the_route_lives_under_the_base_url_path(monkeypatch):

@@ -58,6 +58,21 @@ def test_written_run_reads_back(root):
     assert run.snapshot(1).array("missing") is None
 
 
+def test_history_is_read_again_only_once_its_file_is_replaced(root, monkeypatch):
+    writer = RunWriter(root, "run-h", _layer_meta())
+    writer.write_history({"epoch": [1], "loss": [0.9]})
+    run = RunStore(root).run("run-h")
+    reads = []
+    read_bytes = run.files.read_bytes
+    monkeypatch.setattr(run.files, "read_bytes", lambda path: reads.append(path) or read_bytes(path))
+    assert run.history() == {"epoch": [1], "loss": [0.9]}
+    assert run.history() == {"epoch": [1], "loss": [0.9]}
+    assert len(reads) == 1  # the second call found the same file: no read, no check
+    writer.write_history({"epoch": [1, 2], "loss": [0.9, 0.5]})  # a training run appends an epoch
+    assert run.history() == {"epoch": [1, 2], "loss": [0.9, 0.5]}
+    assert len(reads) == 2
+
+
 def test_poll_returns_only_new_snapshots(root):
     writer = RunWriter(root, "run-b", _layer_meta())
     run_reader = RunStore(root).run("run-b")

@@ -143,7 +143,7 @@ def test_strip_caps_points_per_panel_for_huge_probe_sets():
     assert all(len(rows) <= views.POINTS_PER_PANEL + 1 for rows in per_panel)
     assert all(np.array_equal(rows, per_panel[0]) for rows in per_panel)  # the same samples in every panel
     assert 99_999 in per_panel[0].tolist()
-    assert len(pio.to_json(views.SpecFigure(spec).to_dict(), validate=False)) < 200_000
+    assert len(pio.to_json(spec, validate=False)) < 200_000
 
 
 def test_degenerate_direction_stays_flat():
@@ -355,7 +355,7 @@ def test_plain_lists_round_to_four_significant_digits_and_keep_gaps():
 
 def test_specs_serialise_to_compact_plotly_json(spiral):
     frames, start = data.focus_frames(spiral, 0, "label", None)
-    text = pio.to_json(views.SpecFigure(views.focus_figure(frames, start)).to_dict(), validate=False)
+    text = pio.to_json(views.focus_figure(frames, start), validate=False)
     assert '"bdata"' in text
     assert json.loads(text)["layout"]["sliders"][0]["active"] == start
 

@@ -223,6 +223,7 @@ class Run:
         self._meta: dict | None = None
         self._probe_checked: tuple[Any, str | None] | None = None  # (probe.npz's stamp, what is wrong with it)
         self._info: tuple[dict, RunInfo] | None = None
+        self._history: tuple[Any, dict[str, list]] | None = None  # (history.json's stamp, what it held)
         self.meta  # noqa: B018  # read now: fail early with RunNotFound
 
     @property
@@ -409,15 +410,23 @@ class Run:
         return self._probe
 
     def history(self) -> dict[str, list]:
-        """Keras logs per epoch: {'epoch': [1, 2, ...], 'loss': [...], 'val_accuracy': [...], ...}."""
+        """Keras logs per epoch: {'epoch': [1, 2, ...], 'loss': [...], 'val_accuracy': [...], ...}.
+
+        Read and checked again only when history.json has been replaced since (its stamp): every page of every
+        session asks for it. The dict is shared: read it, never change it."""
+        path = self.files.join(self.id, "history.json")
+        stamp = self.files.stamp(path)  # before the read: a change in between shows at the next call
+        if stamp is not None and self._history is not None and self._history[0] == stamp:
+            return self._history[1]
         try:
-            history = run_format.history(json.loads(self.files.read_bytes(self.files.join(self.id, "history.json"))))
+            history = run_format.history(json.loads(self.files.read_bytes(path)))
         except FileNotFoundError:
             return {"epoch": []}
         except READ_ERRORS as error:  # a half-written file from an old, non-atomic copy reads as empty too
             self._damaged["history.json"] = reason(error)
             return {"epoch": []}
         self._damaged.pop("history.json", None)
+        self._history = (stamp, history)
         return history
 
     def batch_gradient_norms(self) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import context, data, sidebar
 from dashboard.jobs import DEMO
 from dashboard.views import embeddings as views
+from dashboard.views.spec import SpecFigure
 from dashboard.views.text import plain
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
@@ -130,7 +131,7 @@ def show(run, view, live: bool) -> None:
 
 def chart(spec: dict, key: str, **options) -> None:
     """A prebuilt figure spec, styled by the view module itself (see `views.figure` on why `theme=None`)."""
-    st.plotly_chart(views.SpecFigure(spec), key=key, config=CHART_CONFIG, theme=None, **options)
+    st.plotly_chart(SpecFigure(spec), key=key, config=CHART_CONFIG, theme=None, **options)
 
 
 def selected_samples(run, snapshot, rows, output: int | None = None) -> None:

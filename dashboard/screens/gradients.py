@@ -8,6 +8,7 @@ from core.analysis.diagnosis import diagnose
 from dashboard import context
 from dashboard.data import output_caption, snapshot_at
 from dashboard.views import gradients as views
+from dashboard.views.spec import frozen
 from dashboard.views.text import plain, plain_with_code
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
@@ -206,7 +207,8 @@ def finding_text(finding) -> str:
 
 # ------------------------------------------------------------------------------------------------------------
 # Cached figures and findings. Keys carry (run id, snapshot count), so a growing run rebuilds and a finished one
-# never does. cache_resource keeps the objects themselves (no pickling); Streamlit serialises them without mutation.
+# never does. cache_resource keeps the objects themselves (no pickling); each figure is kept as its finished spec
+# (`frozen`), so the sessions that show it share its serialisation too.
 
 
 def _run(run_id: str):
@@ -240,22 +242,22 @@ def findings_for(run_id: str, count: int):
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def flow(keys, role, epoch):
-    return views.gradient_flow_figure(_all_series(keys, epoch), role, epoch)
+    return frozen(views.gradient_flow_figure(_all_series(keys, epoch), role, epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def heatmap(key, role, epoch):
-    return views.gradient_heatmap_figure(_series(*key, epoch), role, epoch)
+    return frozen(views.gradient_heatmap_figure(_series(*key, epoch), role, epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def error_signal(keys, epoch):
-    return views.error_signal_figure(_all_series(keys, epoch), epoch)
+    return frozen(views.error_signal_figure(_all_series(keys, epoch), epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def updates(keys, epoch):
-    return views.update_ratio_figure(_all_series(keys, epoch), epoch)
+    return frozen(views.update_ratio_figure(_all_series(keys, epoch), epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -263,31 +265,33 @@ def histograms(key, layer, kind, role, epoch):
     run = _run(key[0])
     snapshots = views.bounded_snapshots(run, epoch)
     if kind == "gradient":
-        return views.histogram_heatmap_figure(
-            views.gradient_histograms(run, snapshots, layer, role), f"|∇ {role}| histogram", epoch
-        )
-    return views.histogram_heatmap_figure(views.activation_histograms(snapshots, layer), "activation histogram", epoch)
+        series, title = views.gradient_histograms(run, snapshots, layer, role), f"|∇ {role}| histogram"
+    else:
+        series, title = views.activation_histograms(snapshots, layer), "activation histogram"
+    return frozen(views.histogram_heatmap_figure(series, title, epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def percentiles(keys, epoch, layer):
-    return views.percentile_figure(_all_series(keys, epoch), epoch, chosen=layer)
+    return frozen(views.percentile_figure(_all_series(keys, epoch), epoch, chosen=layer))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_fractions(keys, epoch):
-    return views.unit_fraction_figure(_all_series(keys, epoch), epoch)
+    return frozen(views.unit_fraction_figure(_all_series(keys, epoch), epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_strip(key, epoch):
     run = _run(key[0])
     layers = [layer.get("name", f"layer {i}") for i, layer in enumerate(run.layers)]
-    return views.unit_strip_figure(views.unit_states(snapshot_at(run, epoch), layers), layers, epoch)
+    return frozen(views.unit_strip_figure(views.unit_states(snapshot_at(run, epoch), layers), layers, epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def batch_norms(keys, epoch):
-    return views.batch_norm_figure(
-        [norms for key in keys if (norms := views.batch_norms(_run(key[0]))) is not None], epoch
+    return frozen(
+        views.batch_norm_figure(
+            [norms for key in keys if (norms := views.batch_norms(_run(key[0]))) is not None], epoch
+        )
     )

@@ -10,6 +10,7 @@ from core.store.run_info import parse_layer_key
 from dashboard import context
 from dashboard.data import output_caption, snapshot_at
 from dashboard.views import layers as views
+from dashboard.views.spec import frozen
 from dashboard.views.text import plain
 
 CHART_CONFIG = {"displaylogo": False, "scrollZoom": False}
@@ -170,7 +171,8 @@ def unit_picker(count: int, layer_name: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Cached figures. Keys hold the number of snapshots, so a growing run rebuilds and a finished one never does.
+# Cached figures. Keys hold the number of snapshots, so a growing run rebuilds and a finished one never does. Each
+# figure is kept as its finished spec (`frozen`), so the sessions that show it share its serialisation too.
 
 
 def _run(run_id: str):
@@ -206,8 +208,16 @@ def held_out(run_id: str) -> tuple[int, int]:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def probe_heatmap(run_id, count, epoch):
     found = layer_metrics(run_id, count)
-    return views.probe_heatmap(
-        found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)), held_out(run_id)[0]
+    return frozen(
+        views.probe_heatmap(
+            found.epochs,
+            found.layers,
+            found.probe,
+            found.input_probe,
+            epoch,
+            _chance(_run(run_id)),
+            held_out(run_id)[0],
+        )
     )
 
 
@@ -216,16 +226,18 @@ def probe_depth(run_id, count, epoch, chosen):
     found = layer_metrics(run_id, count)
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
-    return views.probe_depth_figure(
-        found.layers,
-        found.probe[row],
-        found.input_probe,
-        found.epochs[row],
-        initial,
-        _chance(_run(run_id)),
-        chosen,
-        initial_epoch=found.epochs[0],
-        held_out=held_out(run_id)[0],
+    return frozen(
+        views.probe_depth_figure(
+            found.layers,
+            found.probe[row],
+            found.input_probe,
+            found.epochs[row],
+            initial,
+            _chance(_run(run_id)),
+            chosen,
+            initial_epoch=found.epochs[0],
+            held_out=held_out(run_id)[0],
+        )
     )
 
 
@@ -242,13 +254,13 @@ def probe_reliability(run_id, count, epoch, layer: int) -> str:
 def cka_heatmap(run_id, count, epoch):
     run = _run(run_id)
     found = layer_metrics(run_id, count)
-    return views.cka_heatmap(found.layers, _snapshot(run, epoch).meta.get("cka"), epoch)
+    return frozen(views.cka_heatmap(found.layers, _snapshot(run, epoch).meta.get("cka"), epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def cka_final(run_id, count, epoch):
     epochs, values = cka_series(run_id, count)
-    return views.cka_final_figure(epochs, layer_metrics(run_id, count).layers, values, epoch)
+    return frozen(views.cka_final_figure(epochs, layer_metrics(run_id, count).layers, values, epoch))
 
 
 def _measures(found: metrics.LayerMetrics, row=slice(None)) -> dict[str, np.ndarray]:
@@ -260,33 +272,37 @@ def depth_metrics(run_id, count, epoch, chosen):
     found = layer_metrics(run_id, count)
     row = found.at(epoch)
     initial = _measures(found, 0) if row > 0 else None
-    return views.depth_metrics_figure(
-        found.layers,
-        _measures(found, row),
-        found.epochs[row],
-        initial,
-        found.input_separation,
-        chosen,
-        initial_epoch=found.epochs[0],
+    return frozen(
+        views.depth_metrics_figure(
+            found.layers,
+            _measures(found, row),
+            found.epochs[row],
+            initial,
+            found.input_separation,
+            chosen,
+            initial_epoch=found.epochs[0],
+        )
     )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def time_metrics(run_id, count, epoch):
     found = layer_metrics(run_id, count)
-    return views.time_metrics_figure(found.epochs, found.layers, _measures(found), epoch)
+    return frozen(views.time_metrics_figure(found.epochs, found.layers, _measures(found), epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_grid(run_id, count, epoch, layer, unit):
     snapshot = _snapshot(_run(run_id), epoch)
     plane = _run(run_id).probe().plane
-    return views.unit_grid_figure(
-        snapshot.layer_array(layer, "plane_units"),
-        plane["xs"],
-        plane["ys"],
-        unit,
-        snapshot.layer_array(layer, "dead_units"),
+    return frozen(
+        views.unit_grid_figure(
+            snapshot.layer_array(layer, "plane_units"),
+            plane["xs"],
+            plane["ys"],
+            unit,
+            snapshot.layer_array(layer, "dead_units"),
+        )
     )
 
 
@@ -296,17 +312,19 @@ def unit_plane(run_id, count, epoch, layer, unit):
     snapshot, probe = _snapshot(run, epoch), run.probe()
     examples = unit_examples(snapshot, layer, unit)
     top, bottom = (examples.top, examples.bottom) if examples else ([], [])
-    return views.unit_plane_figure(
-        snapshot.layer_array(layer, "plane_units")[:, unit],
-        snapshot.array("pred/plane_probs"),
-        probe.plane["xs"],
-        probe.plane["ys"],
-        probe.x,
-        probe.y,
-        top,
-        bottom,
-        unit,
-        list(run.info.dataset.class_names),
+    return frozen(
+        views.unit_plane_figure(
+            snapshot.layer_array(layer, "plane_units")[:, unit],
+            snapshot.array("pred/plane_probs"),
+            probe.plane["xs"],
+            probe.plane["ys"],
+            probe.x,
+            probe.y,
+            top,
+            bottom,
+            unit,
+            list(run.info.dataset.class_names),
+        )
     )
 
 
@@ -325,12 +343,14 @@ def bent_plane(run_id, count, epoch, layer, components):
             ]
             panels.append((info.get("name", f"layer {index}"), np.stack(picked, axis=1)))
     chosen = run.layers[layer].get("name") if run.layers else None
-    return views.bent_plane_figure(
-        panels,
-        snapshot.array("pred/plane_probs"),
-        len(plane["xs"]),
-        chosen,
-        (f"PC{components[0]}", f"PC{components[1]}"),
+    return frozen(
+        views.bent_plane_figure(
+            panels,
+            snapshot.array("pred/plane_probs"),
+            len(plane["xs"]),
+            chosen,
+            (f"PC{components[0]}", f"PC{components[1]}"),
+        )
     )
 
 
@@ -338,15 +358,19 @@ def bent_plane(run_id, count, epoch, layer, components):
 def unit_features(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples = unit_examples(_snapshot(run, epoch), layer, unit)
-    return views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, list(run.info.dataset.feature_names))
+    return frozen(
+        views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, list(run.info.dataset.feature_names))
+    )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_images(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples, dataset = unit_examples(_snapshot(run, epoch), layer, unit), run.info.dataset
-    return views.unit_images_figure(
-        run.probe().x, examples.top, examples.bottom, dataset.image_shape, run.probe().y, list(dataset.class_names)
+    return frozen(
+        views.unit_images_figure(
+            run.probe().x, examples.top, examples.bottom, dataset.image_shape, run.probe().y, list(dataset.class_names)
+        )
     )
 
 
@@ -359,7 +383,7 @@ def prototypes(run_id, count, epoch, layer, unit):
         run.probe().x, snapshot.layer_array(layer, "unit_top"), run.info.dataset.image_shape, dead
     )
     titles = [f"{u}" + (" · dead" if dead is not None and dead[u] else "") for u in range(len(images))]
-    return views.image_grid_figure(images, titles, views.GRID_COLUMNS * 2, chosen=unit)
+    return frozen(views.image_grid_figure(images, titles, views.GRID_COLUMNS * 2, chosen=unit))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -374,11 +398,13 @@ def kernel_figure(run_id, count, epoch, layer, unit):
     images = views.kernel_images(snapshot.layer_array(kernel_layer, "kernel"), run.info.dataset.image_shape)
     if images is None:
         return None
-    return views.image_grid_figure(
-        images,
-        [str(u) for u in range(len(images))],
-        views.GRID_COLUMNS * 2,
-        scale=views.UNIT_SCALE,
-        symmetric=True,
-        chosen=unit if kernel_layer == layer else None,
+    return frozen(
+        views.image_grid_figure(
+            images,
+            [str(u) for u in range(len(images))],
+            views.GRID_COLUMNS * 2,
+            scale=views.UNIT_SCALE,
+            symmetric=True,
+            chosen=unit if kernel_layer == layer else None,
+        )
     )

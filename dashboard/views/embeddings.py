@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 POINTS_PER_PANEL = 500  # strip panels are ~250 px overviews: 8 panels x 500 SVG points draw in ~0.3 s
@@ -218,21 +217,6 @@ def _styled(layout: dict) -> dict:
         for axis_name in ("xaxis", "yaxis", "zaxis"):
             styled["scene"].get(axis_name, {}).pop("automargin", None)
     return styled
-
-
-class SpecFigure(go.Figure):
-    """Hands a prebuilt spec to `st.plotly_chart` as is.
-
-    Building `go.Figure` objects validates every property: about a second for an animation of 50 frames x
-    2,000 points, which the rerun budget (200 ms) cannot afford. The specs are built only in this module.
-    """
-
-    def __init__(self, spec: dict):
-        super().__init__()
-        self._spec = spec
-
-    def to_dict(self) -> dict:
-        return self._spec
 
 
 def typed(values) -> dict:
