@@ -8,10 +8,14 @@ TensorFlow: dashboard tests can then check that viewing does not import it eithe
     runs_copy      -> root             a private copy of both, for tests that rename or delete
     recorded       -> recorded(script) the folder a recording script wrote, recorded once per session
     killed_runs    -> root             a fit recorded live ("live") and SIGKILLed with snapshots held back ("killed")
+
+Under pytest-xdist each worker is a session of its own; `made_once` lets the workers share what one of them made
+(these recordings are read-only to the tests), instead of each training the same runs again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,11 +97,39 @@ def run_script(script: str, root: str) -> str:
     return last_line(run_python(script, root))
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], str], timeout: float = 600) -> tuple[Path, str]:
+    """(folder, what `make(folder)` returned): `make` fills the folder once for the whole test run, however many
+    xdist workers ask for it. The first to ask makes it, holding a lock that the others wait on (at most `timeout`
+    seconds), then read what it left. A failed `make` leaves nothing behind: the next to ask tries again, and fails
+    its own test as it did."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's temp dir, above each worker's own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{name} was not made by another worker within {timeout} s"
+                time.sleep(0.2)
+        try:
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                done.write_text(make(folder))  # only once `make` returned
+            return folder, done.read_text()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def recorded_runs(tmp_path_factory) -> tuple[str, dict[str, str]]:
-    """(root, {"spiral": id, "digits": id}): both runs in one store, trained once per session."""
-    root = str(tmp_path_factory.mktemp("strata-runs"))
-    return root, json.loads(run_script(_TRAIN, root))
+    """(root, {"spiral": id, "digits": id}): both runs in one store, trained once per test run."""
+    root, ids = made_once(tmp_path_factory, "strata-runs", lambda folder: run_script(_TRAIN, str(folder)))
+    return str(root), json.loads(ids)
 
 
 @pytest.fixture(scope="session")
@@ -187,8 +220,11 @@ def _record_killable(root: Path, mode: str) -> None:
 @pytest.fixture(scope="session")
 def killed_runs(tmp_path_factory) -> Path:
     """A store holding a deterministic fit recorded live ("live") and the same fit SIGKILLed as soon as `fit`
-    returned, its snapshots still held back for the budget ("killed"). Recorded once per session."""
-    root = tmp_path_factory.mktemp("recover")
-    _record_killable(root, "live")
-    _record_killable(root, "killed")
-    return root
+    returned, its snapshots still held back for the budget ("killed"). Recorded once per test run."""
+
+    def record(root: Path) -> str:
+        _record_killable(root, "live")
+        _record_killable(root, "killed")
+        return ""
+
+    return made_once(tmp_path_factory, "recover", record)[0]

@@ -1,8 +1,8 @@
-"""Real runs for the diagnosis and the Gradients page, trained once per test session in one subprocess.
+"""Real runs for the diagnosis and the Gradients page, trained once per test run in one subprocess.
 
 Healthy and pathological, few epochs each and a 300-sample probe, so the whole set trains in well under a minute.
-The runs go to a folder under pytest's session temp dir, so every test module that imports `gradient_runs` shares
-one training (pytest would otherwise build a session fixture once per importing module).
+The runs are made with conftest's `made_once`, so every test module that imports `gradient_runs` shares one training
+(pytest would otherwise build a session fixture once per importing module), and so do all xdist workers.
 
     vanishing   digits, 6 x 64 sigmoid, SGD lr 0.01          (Glorot & Bengio 2010: the classic vanishing case)
     relu_he     the same with ReLU + He initialization, and per-batch gradient norms every 5 batches
@@ -16,9 +16,10 @@ one training (pytest would otherwise build a session fixture once per importing 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import last_line, made_once, run_python
 
 # batch_size is given, not left to TrainingSpec's default: the step counts behind these runs' findings depend on it.
 SPECS = {
@@ -66,10 +67,8 @@ print(json.dumps(ids))
 @pytest.fixture(scope="session")
 def gradient_runs(tmp_path_factory) -> str:
     """The root of a store holding every run of SPECS, under its SPECS name as run id."""
-    root = tmp_path_factory.getbasetemp() / "gradient-runs"
-    done = root / "ids.json"
-    if not done.exists():
-        root.mkdir(exist_ok=True)
-        result = run_python(_TRAIN, str(root), json.dumps(SPECS), timeout=400)
-        done.write_text(result.stdout.strip().splitlines()[-1])
-    return str(root)
+    return str(made_once(tmp_path_factory, "gradient-runs", make)[0])
+
+
+def make(root: Path) -> str:
+    return last_line(run_python(_TRAIN, str(root), json.dumps(SPECS), timeout=400))

@@ -56,9 +56,13 @@ def build(name):
 
 
 for name, (x, y) in {"mlp": (plane_x, plane_y), "cnn": (image_x, image_y)}.items():
+    model = build(name)  # one model, its training step compiled once, fitted from the same start with each setting
+    start = model.get_weights()
     for reduce in ("host", "device"):
+        model.set_weights(start)
+        model.optimizer.iterations.assign(0)  # plain SGD keeps no other state
         recorder = Recorder(root, probe=(x, y), analysis="thread", budget=None, reduce=reduce, run_id=f"{name}-{reduce}")
-        build(name).fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[recorder])
+        model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[recorder])
         recorder.wait()
 print("ok")
 """
