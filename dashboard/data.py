@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.analysis.metrics import probed_outputs
 from core.store import Run, Snapshot, StoreError, variance_ratios
 from dashboard.views.embeddings import Frame, Panel, coloring, frame_subset
 
@@ -67,6 +68,37 @@ def output_caption(run: Run, output: int | None) -> str:
     index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
     words = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
     return f"“{outputs[index].name}” ({words.get(outputs[index].kind or '', 'no targets')})"
+
+
+def probed_output(run: Run, output: int | None) -> int | None:
+    """The model output whose linear probes and class separation the Layers page shows for the Output control's
+    `output`: that output when the run probed its classes (a model of several outputs records a probe per output of
+    classes), else None, the primary output's."""
+    outputs = run.info.outputs
+    if output is None or len(outputs) < 2 or output == run.info.probe.primary_output:
+        return None
+    return output if output in probed_outputs(run) else None
+
+
+def probe_labels(run: Run, output: int | None) -> np.ndarray | None:
+    """(n,) the class ids the linear probes of model output `output` (None: the primary output) are trained on."""
+    if output is None:
+        return labels(run)
+    try:
+        return run.probe().targets.get(output)
+    except Exception:  # a probe still being written reads as "no labels yet"
+        return None
+
+
+def chance_accuracy(run: Run, output: int | None) -> float | None:
+    """1 / classes of model output `output` (None: the primary output, from the data set's class count)."""
+    classes: int | None
+    if output is None:
+        classes = run.info.dataset.classes
+    else:
+        ids = probe_labels(run, output)
+        classes = int(ids.max()) + 1 if ids is not None and len(ids) else None
+    return 1.0 / classes if classes else None
 
 
 def input_panel(run: Run) -> Panel | None:

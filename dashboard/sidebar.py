@@ -350,8 +350,9 @@ def _view_controls(run, embeddings_page: bool) -> None:
                 bind="query-params",
                 format_func=lambda i: f"{facts.outputs[i]} ({KIND_WORDS.get(kinds[i] or '', 'no targets')})",
                 help="The model output whose targets and predictions colour the points and fill the sample table. "
-                "Linear probes and the diagnosis use the primary output (the first of classes, unless the Recorder named "
-                "another).",
+                "On the Layers page, the linear probes and class separation are of this output when its targets are "
+                "classes, else of the primary output (the first of classes, unless the Recorder named another), which "
+                "the diagnosis uses.",
             )
         colors = schema.COLORS if facts.has_truth else ("pred", "confidence")
         st.selectbox(

@@ -479,3 +479,122 @@ def test_core_show_names_each_output_and_the_primary_one(two_io_run):
         {"name": "cls", "kind": "classes", "primary": True},
         {"name": "reg", "kind": "values", "primary": False},
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A linear probe per output of classes, and a regression target of several columns
+
+
+def _readable_and_not(n=240, seed=0):
+    """Inputs (n, 4); `sign` classes are x0 > 0, read off the inputs by a line; `noise` classes are coin flips that no
+    layer can decode from held-out samples; `pos` a regression target of two columns."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    sign = (x[:, 0] > 0).astype("int64")
+    noise = rng.integers(0, 2, size=n).astype("int64")
+    pos = np.stack([x[:, 1] + x[:, 2], 2.0 * x[:, 3]], axis=1).astype("float32")
+    return x, sign, noise, pos
+
+
+def _three_heads(seed=0):
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    heads = [
+        keras.layers.Dense(2, activation="softmax", name="sign")(hidden),
+        keras.layers.Dense(2, activation="softmax", name="noise")(hidden),
+        keras.layers.Dense(2, name="pos")(hidden),
+    ]
+    model = keras.Model(x, heads)
+    model.compile("adam", ["sparse_categorical_crossentropy", "sparse_categorical_crossentropy", "mse"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def three_head_runs(tmp_path_factory):
+    """The same three-head model recorded with the numpy analysis on the host and with the device reductions."""
+    x, sign, noise, pos = _readable_and_not()
+    runs = {}
+    for reduce in ("host", "device"):
+        model = _three_heads()
+        recorder, run = _record(
+            tmp_path_factory.mktemp(reduce), model, (x, [sign, noise, pos]), x, [sign, noise, pos], reduce=reduce
+        )
+        runs[reduce] = (recorder, run, model)
+    return runs
+
+
+@pytest.mark.parametrize("reduce", ["host", "device"])
+def test_each_output_of_classes_gets_its_own_linear_probe_readable_or_not(three_head_runs, reduce):
+    """`sign` is decodable by a line from the hidden layer and the raw input, the coin-flip `noise` is not: each
+    output's probe says so, and the primary output's stays where it was (`linear_probe`)."""
+    from core.analysis import measures, metrics
+
+    x, sign, noise, _ = _readable_and_not()
+    recorder, run, model = three_head_runs[reduce]
+    rows = recorder.probe_indices
+    assert [o.kind for o in run.info.outputs] == ["classes", "classes", "values"]
+    assert run.info.probe.primary_output == 0
+    hidden = run.info.layer("hidden").index
+    last = run.epoch_snapshots()[-1]
+    record = last.layer(hidden)
+    assert set(record["linear_probes"]) == set(record["separations"]) == {"0", "1"}  # the regression has none
+    assert record["linear_probes"]["0"] == record["linear_probe"]
+    assert record["separations"]["0"] == record["separation"]
+    assert record["linear_probes"]["0"] >= 0.9
+    assert record["linear_probes"]["1"] <= 0.7  # coin flips: chance is 0.5 on the held-out half
+    assert record["separations"]["0"] > record["separations"]["1"]
+
+    # Against the probe computed here on the hidden layer's own output for those rows.
+    features = keras.Model(model.inputs, model.get_layer("hidden").output).predict(x[rows], verbose=0)
+    for output, labels in (("0", sign[rows]), ("1", noise[rows])):
+        assert record["linear_probes"][output] == pytest.approx(
+            measures.linear_probe_accuracy(features, labels), abs=0.03
+        )
+
+    baseline = run.meta["input"]  # the raw input's probe, per output too
+    assert baseline["linear_probes"]["0"] >= 0.9 and baseline["linear_probes"]["1"] <= 0.7
+    assert baseline["linear_probes"]["0"] == baseline["linear_probe"]
+
+    found = metrics.layer_metrics(run, output=1)  # what the Layers page charts for output 1
+    assert found.probe[-1, hidden] == record["linear_probes"]["1"] and found.input_probe <= 0.7
+    assert found.separation[-1, hidden] == record["separations"]["1"]
+    primary = metrics.layer_metrics(run)
+    assert primary.probe[-1, hidden] == record["linear_probe"]
+    assert metrics.probed_outputs(run) == [0, 1]
+
+
+def test_the_device_reductions_give_each_output_the_probes_the_host_gives(three_head_runs):
+    host, device = (three_head_runs[r][1] for r in ("host", "device"))
+    for index in range(len(host.layers)):
+        for a, b in zip(host.epoch_snapshots(), device.epoch_snapshots()):
+            expected, found = a.layer(index).get("linear_probes"), b.layer(index).get("linear_probes")
+            assert found.keys() == expected.keys()
+            for output in expected:
+                assert found[output] == pytest.approx(expected[output], abs=0.05), (index, output)
+
+
+def test_the_layers_page_shows_the_probes_of_the_output_of_classes_chosen(three_head_runs):
+    from apptest_pages import open_app, shown
+
+    recorder, run, _ = three_head_runs["host"]
+    at = open_app(recorder.log_dir, "layers", run=run.id, out="1")
+    assert not at.exception
+    captions = [shown(c.value) for c in at.caption]
+    assert any("decode the classes of output “noise” (classes) (the sidebar's Output)" in c for c in captions)
+    at = open_app(recorder.log_dir, "layers", run=run.id, out="2")  # a regression: the primary output's probes
+    assert not at.exception
+    captions = [shown(c.value) for c in at.caption]
+    assert any("the chosen output “pos” (regression) has no linear probes of its own" in c for c in captions)
+
+
+def test_a_layer_record_with_bad_per_output_probes_is_damaged():
+    from core.store import run_format
+
+    good = {"seq": 0, "epoch": 0, "layers": [{"linear_probes": {"0": 0.9, "2": None}, "separations": {"0": 0.1}}]}
+    run_format.snapshot_meta(good, 0)
+    for probes in ({"a": 0.9}, {"0": "high"}, [0.9]):
+        with pytest.raises(run_format.FormatProblem, match="linear_probes"):
+            run_format.snapshot_meta({"seq": 0, "epoch": 0, "layers": [{"linear_probes": probes}]}, 0)
+    with pytest.raises(run_format.FormatProblem, match="input"):
+        run_format.run_meta({"input": {"separations": {"0": []}}})

@@ -225,6 +225,7 @@ class Recorder(keras.callbacks.Callback):
         self._outputs: list[dict] = []  # per model output: name, kind of target, shape (set at the start of fit)
         self._targets: dict[int, np.ndarray] = {}  # per output with targets, (n,) the truth the views colour by
         self._primary = 0  # the output whose classes the linear probes, accuracy and diagnosis use
+        self._class_ids: list[np.ndarray | None] = []  # per output, (n,) class ids, None for targets of another kind
         self._extra_meta = {
             "dataset": {
                 "kind": "image" if self.image_shape else ("plane" if self._plane else "tabular"),
@@ -358,6 +359,10 @@ class Recorder(keras.callbacks.Callback):
             # Several outputs: how to read each one's predictions, and which one `labels` are of.
             "heads": [output["head"] for output in self._outputs] if len(self._outputs) > 1 else None,
             "primary": self._primary,
+            # Several outputs: each one's class ids (None: not classes), for a linear probe per output of classes.
+            "output_labels": self._class_ids
+            if len(self._outputs) > 1 and any(i is not None for i in self._class_ids)
+            else None,
         }
         if (default_reduce() if self.reduce == "auto" else self.reduce) == "device":
             self._capture_fn = reducing_pass(self._capture_fn, layers, builder, sample_count(self._x))
@@ -415,6 +420,7 @@ class Recorder(keras.callbacks.Callback):
                 self._targets[index] = _stored_target(target, ids)
         self._primary = self._chosen_output(model, class_ids)
         self.labels = class_ids[self._primary] if class_ids else None
+        self._class_ids = [None if ids is None else ids.astype(np.int64) for ids in class_ids]
 
     def _chosen_output(self, model: keras.Model, class_ids: list) -> int:
         """The primary output: `primary_output` when given (a ValueError, naming the outputs, for one that does

@@ -60,6 +60,14 @@ SCALAR: Check = (lambda value: value is None or isinstance(value, (str, int, flo
 NUMBERS: Check = (_numeric_tree, "numbers")
 NAMES = _list_of(SCALAR, "a list of names")
 SHAPE = _list_of(_optional(INT), "a list of whole numbers")
+# {output number as text: number or null}: a model of several outputs' linear probes or separations, per output.
+PER_OUTPUT: Check = (
+    lambda value: (
+        isinstance(value, dict)
+        and all(key.isdigit() and (item is None or _is_number(item)) for key, item in value.items())
+    ),
+    "an object of numbers by output number",
+)
 STATUS: Check = (
     lambda value: value in ("running", "finished", "failed", "interrupted"),
     "running, finished, failed or interrupted",
@@ -116,6 +124,8 @@ INPUT_FIELDS: dict[str, Check] = {
     "explained_variance_ratio": _optional(_list_of(_optional(NUMBER), "a list of numbers")),
     "linear_probe": _optional(NUMBER),
     "separation": _optional(NUMBER),
+    "linear_probes": _optional(PER_OUTPUT),
+    "separations": _optional(PER_OUTPUT),
 }
 MODEL_FIELDS: dict[str, Check] = {"name": _optional(TEXT), "params": _optional(INT)}
 LAYER_FIELDS: dict[str, Check] = {
@@ -162,6 +172,8 @@ RECORD_FIELDS: dict[str, Check] = {
     "grad": STATISTICS,
     "linear_probe": _optional(NUMBER),
     "separation": _optional(NUMBER),
+    "linear_probes": _optional(PER_OUTPUT),
+    "separations": _optional(PER_OUTPUT),
     "skipped": _optional(OBJECT),
 }
 PCA_FIELDS: dict[str, Check] = {

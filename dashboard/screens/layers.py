@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.analysis import measures, metrics
 from core.store.run_info import parse_layer_key
-from dashboard import context
+from dashboard import context, data
 from dashboard.data import output_caption, snapshot_at
 from dashboard.views import layers as views
 from dashboard.views.text import plain
@@ -44,12 +44,13 @@ def show(run, live: bool) -> None:
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
     labelled = run.meta.get("probe", {}).get("has_labels", True)
+    probed = data.probed_output(run, view.out)  # None: the primary output's classes
     if labelled:
         st.header("Linear probe accuracy")
         left, right = st.columns(2, gap="medium")
-        chart(left, "probe_heatmap", probe_heatmap(*key))
-        chart(right, "probe_depth", probe_depth(*key, layer_name))
-        st.caption(probe_reliability(*key, layer) + _probed_output(run))
+        chart(left, "probe_heatmap", probe_heatmap(*key, output=probed))
+        chart(right, "probe_depth", probe_depth(*key, layer_name, output=probed))
+        st.caption(probe_reliability(*key, layer, output=probed) + _probed_output(run, view.out, probed))
     else:
         st.info("This run was recorded without class labels, so it has no linear-probe accuracy or class separation.")
 
@@ -59,16 +60,27 @@ def show(run, live: bool) -> None:
     chart(right, "cka_final", cka_final(*key))
 
     st.header("Separation and dimensionality" if labelled else "Dimensionality")
-    chart(st, "depth", depth_metrics(*key, layer_name), labelled=labelled)
-    chart(st, "time", time_metrics(*key), labelled=labelled)
+    chart(st, "depth", depth_metrics(*key, layer_name, output=probed), labelled=labelled)
+    chart(st, "time", time_metrics(*key, output=probed), labelled=labelled)
 
     units(run, snapshot, layer, key, (view.pcx, view.pcy))
 
 
-def _probed_output(run) -> str:
-    """For a model of several outputs: which output's classes the linear probes decode (the primary output)."""
-    which = output_caption(run, None)
-    return f" The probes decode the classes of the primary output, {plain(which)}." if which else ""
+def _probed_output(run, chosen: int | None, probed: int | None) -> str:
+    """For a model of several outputs: which output's classes the linear probes and separation are of, and why
+    when it is not the output the sidebar's Output control chose (one without classes, or not probed)."""
+    which = output_caption(run, probed)
+    if not which:
+        return ""
+    if probed is not None:
+        return f" The probes and separation decode the classes of output {plain(which)} (the sidebar's Output)."
+    text = f" The probes and separation decode the classes of the primary output, {plain(which)}"
+    if chosen is not None and chosen != run.info.probe.primary_output:
+        other = output_caption(run, chosen)
+        return (
+            text + f": the chosen output {plain(other)} has no linear probes of its own (only outputs of classes do)."
+        )
+    return text + " (the sidebar's Output picks another output of classes)."
 
 
 def chart(where, name: str, figure, title: str | None = None, labelled: bool = True) -> None:
@@ -182,8 +194,8 @@ def _snapshot(run, epoch: int):
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def layer_metrics(run_id: str, count: int) -> metrics.LayerMetrics:
-    return metrics.layer_metrics(_run(run_id))
+def layer_metrics(run_id: str, count: int, output: int | None = None) -> metrics.LayerMetrics:
+    return metrics.layer_metrics(_run(run_id), output=output)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -191,29 +203,31 @@ def cka_series(run_id: str, count: int):
     return metrics.cka_to_final(_run(run_id))
 
 
-def _chance(run) -> float | None:
-    classes = run.info.dataset.classes
-    return 1.0 / classes if classes else None
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
-def held_out(run_id: str) -> tuple[int, int]:
-    """(samples each linear probe is scored on, probe size): the probe's labels fix both."""
-    probe = _run(run_id).probe()
-    return (measures.held_out_size(probe.y) if probe.y is not None else 0), probe.size
+def held_out(run_id: str, output: int | None = None) -> tuple[int, int]:
+    """(samples each linear probe is scored on, probe size): the probed output's labels fix both."""
+    run = _run(run_id)
+    ids = data.probe_labels(run, output)
+    return (measures.held_out_size(ids) if ids is not None else 0), run.probe().size
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def probe_heatmap(run_id, count, epoch):
-    found = layer_metrics(run_id, count)
+def probe_heatmap(run_id, count, epoch, output=None):
+    found = layer_metrics(run_id, count, output)
     return views.probe_heatmap(
-        found.epochs, found.layers, found.probe, found.input_probe, epoch, _chance(_run(run_id)), held_out(run_id)[0]
+        found.epochs,
+        found.layers,
+        found.probe,
+        found.input_probe,
+        epoch,
+        data.chance_accuracy(_run(run_id), output),
+        held_out(run_id, output)[0],
     )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def probe_depth(run_id, count, epoch, chosen):
-    found = layer_metrics(run_id, count)
+def probe_depth(run_id, count, epoch, chosen, output=None):
+    found = layer_metrics(run_id, count, output)
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
     return views.probe_depth_figure(
@@ -222,20 +236,20 @@ def probe_depth(run_id, count, epoch, chosen):
         found.input_probe,
         found.epochs[row],
         initial,
-        _chance(_run(run_id)),
+        data.chance_accuracy(_run(run_id), output),
         chosen,
         initial_epoch=found.epochs[0],
-        held_out=held_out(run_id)[0],
+        held_out=held_out(run_id, output)[0],
     )
 
 
-def probe_reliability(run_id, count, epoch, layer: int) -> str:
-    found = layer_metrics(run_id, count)
+def probe_reliability(run_id, count, epoch, layer: int, output=None) -> str:
+    found = layer_metrics(run_id, count, output)
     accuracy = found.probe[found.at(epoch)]
     chosen = float(accuracy[layer]) if 0 <= layer < len(accuracy) else None
     config = _run(run_id).meta.get("config")
     seed = config.get("seed") if isinstance(config, dict) and isinstance(config.get("seed"), int) else None
-    return views.probe_reliability(*held_out(run_id), chosen, seed)
+    return views.probe_reliability(*held_out(run_id, output), chosen, seed)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -256,8 +270,8 @@ def _measures(found: metrics.LayerMetrics, row=slice(None)) -> dict[str, np.ndar
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def depth_metrics(run_id, count, epoch, chosen):
-    found = layer_metrics(run_id, count)
+def depth_metrics(run_id, count, epoch, chosen, output=None):
+    found = layer_metrics(run_id, count, output)
     row = found.at(epoch)
     initial = _measures(found, 0) if row > 0 else None
     return views.depth_metrics_figure(
@@ -272,8 +286,8 @@ def depth_metrics(run_id, count, epoch, chosen):
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def time_metrics(run_id, count, epoch):
-    found = layer_metrics(run_id, count)
+def time_metrics(run_id, count, epoch, output=None):
+    found = layer_metrics(run_id, count, output)
     return views.time_metrics_figure(found.epochs, found.layers, _measures(found), epoch)
 
 
