@@ -574,6 +574,54 @@ def test_the_device_reductions_give_each_output_the_probes_the_host_gives(three_
                 assert found[output] == pytest.approx(expected[output], abs=0.05), (index, output)
 
 
+def test_a_regression_target_of_two_columns_is_stored_whole_and_coloured_by_a_column_or_its_norm(three_head_runs):
+    from dashboard import data
+
+    x, _, _, pos = _readable_and_not()
+    recorder, run, model = three_head_runs["host"]
+    rows = recorder.probe_indices
+    stored = run.probe().targets[2]
+    assert stored.shape == (len(rows), 2)
+    np.testing.assert_allclose(stored, pos[rows])
+
+    labels, values, title = data.output_truth(run, 2, "1")
+    assert labels is None and title == "true value, column 1 of 2"
+    np.testing.assert_allclose(values, pos[rows, 1])
+    _, values, title = data.output_truth(run, 2, "norm")
+    assert title == "true value, norm of 2 columns"
+    np.testing.assert_allclose(values, np.hypot(pos[rows, 0], pos[rows, 1]), rtol=1e-6)
+    assert data.output_truth(run, 2, "5")[2] == "true value, norm of 2 columns"  # a column it lacks: the norm
+
+    last = run.epoch_snapshots()[-1]
+    predicted = model.predict(x[rows], verbose=0)[2]  # (n, 2)
+    np.testing.assert_allclose(data.output_predictions(run, last, 2, "0"), predicted[:, :1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        data.output_predictions(run, last, 2, "norm")[:, 0], np.linalg.norm(predicted, axis=1), rtol=1e-4, atol=1e-5
+    )
+    assert data.output_predictions(run, last, 0, "0").shape == (len(rows), 2)  # classes: probabilities as stored
+
+    frames, _ = data.focus_frames(run, 0, "label", None, output=2, column="0")
+    assert not frames[-1].color.categorical and frames[-1].color.title == "true value, column 0 of 2"
+    np.testing.assert_allclose(frames[-1].color.values, pos[rows, 0])
+    frames, _ = data.focus_frames(run, 0, "correct", None, output=2, column="1")  # the error of that column
+    np.testing.assert_allclose(frames[-1].color.values, np.abs(predicted[:, 1] - pos[rows, 1]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_link_keeps_the_target_column_and_a_column_the_output_lacks_falls_back(three_head_runs):
+    from dashboard import state
+
+    run = three_head_runs["host"][1]
+    facts = state.RunFacts.of(run)
+    assert facts.target_columns(2) == 2 and facts.target_columns(0) == 0 and facts.target_columns(None) == 0
+    view, notices = state.parse_query({"out": "2", "tcol": "1"})
+    assert view.tcol == "1" and not notices and state.to_query(view)["tcol"] == "1"
+    assert state.validate(view, facts)[0].tcol == "1"
+    checked, notices = state.validate(state.parse_query({"out": "2", "tcol": "4"})[0], facts)
+    assert checked.tcol == "norm" and "no column 4" in notices[0]
+    _, notices = state.parse_query({"tcol": "x"})
+    assert "is not norm or a column number" in notices[0]
+
+
 def test_the_layers_page_shows_the_probes_of_the_output_of_classes_chosen(three_head_runs):
     from apptest_pages import open_app, shown
 
@@ -586,6 +634,20 @@ def test_the_layers_page_shows_the_probes_of_the_output_of_classes_chosen(three_
     assert not at.exception
     captions = [shown(c.value) for c in at.caption]
     assert any("the chosen output “pos” (regression) has no linear probes of its own" in c for c in captions)
+
+
+def test_the_embeddings_page_colours_by_the_target_column_chosen_and_says_which(three_head_runs):
+    from apptest_pages import open_app, shown
+
+    recorder, run, _ = three_head_runs["host"]
+    at = open_app(recorder.log_dir, "", run=run.id, out="2", tcol="1")
+    assert not at.exception and at.sidebar.selectbox(key="tcol").value == "1"
+    assert any("the colours show column 1 of 2, true and predicted alike" in shown(c.value) for c in at.caption)
+    at.sidebar.selectbox(key="tcol").set_value("norm").run()
+    assert not at.exception
+    assert any("the colours show the norm of 2 columns" in shown(c.value) for c in at.caption)
+    at.sidebar.selectbox(key="out").set_value(0).run()  # an output of classes: no column to choose
+    assert not at.exception and not [s for s in at.sidebar.selectbox if s.key == "tcol"]
 
 
 def test_a_layer_record_with_bad_per_output_probes_is_damaged():

@@ -916,12 +916,14 @@ def _target_kind(target: np.ndarray) -> str:
 
 
 def _stored_target(target: np.ndarray, class_ids: np.ndarray | None) -> np.ndarray:
-    """(n,) the truth the views colour an output by: class ids; the number of labels of a multi-label row; a
-    regression's value (its first column when it has several)."""
+    """The truth the views colour an output by: (n,) class ids; (n,) the number of labels of a multi-label row; a
+    regression's values, (n,) for one column and (n, c) for several (a target of more axes flattened to columns)."""
     if class_ids is not None:
         return class_ids.astype(np.int64)
     values = target.reshape(len(target), -1).astype(np.float32)
-    return values.sum(axis=1) if _target_kind(target) == "multilabel" else values[:, 0]
+    if _target_kind(target) == "multilabel":
+        return values.sum(axis=1)
+    return values if values.shape[1] > 1 else values[:, 0]
 
 
 def _input_matrix(x: Any) -> np.ndarray:

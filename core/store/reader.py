@@ -46,8 +46,9 @@ class Probe:
     x: np.ndarray | None  # (n, ...) inputs, stored when small enough (thumbnails, feature values)
     plane: dict[str, np.ndarray] = field(default_factory=dict)  # input-plane grid for 2-D data sets
     input_pca: np.ndarray | None = None  # (n, k) PCA of the raw inputs: the baseline every layer is compared with
-    # Per model output with targets, (n,) its truth: class ids, a regression's value, or a multi-label row's number
-    # of labels (what each is: `RunInfo.outputs`). Empty for runs written before December 2026.
+    # Per model output with targets, its truth: (n,) class ids, (n,) a regression's value or (n, c) its values of
+    # several columns, or (n,) a multi-label row's number of labels (what each is: `RunInfo.outputs`). Empty for runs
+    # written before December 2026.
     targets: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property

@@ -257,8 +257,8 @@ def history(value: Any) -> dict:
 
 
 def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `targets/<output>` (n,);
-    `plane/*` (G,)."""
+    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `targets/<output>` (n,)
+    or (n, c); `plane/*` (G,)."""
     indices = arrays.get("indices")
     if indices is None:
         raise FormatProblem("probe.npz has no `indices`")
@@ -267,22 +267,22 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
             f"probe.npz's `indices` is {indices.dtype} of shape {indices.shape}, not (n,) whole numbers"
         )
     n = len(indices)
-    expected = {"y": 1, "x": None, "input/pca": 2}
+    expected: dict[str, tuple[int, ...] | None] = {"y": (1,), "x": None, "input/pca": (2,)}
     for key in arrays:
         if key.startswith("targets/"):
             if not key.removeprefix("targets/").isdigit():
                 raise FormatProblem("probe.npz holds a target not named by its output's number")
-            expected[key] = 1
+            expected[key] = (1, 2)  # a regression of several columns: (n, c)
     for key, ndim in expected.items():
         array = arrays.get(key)
         if array is None:
             continue
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise FormatProblem(f"probe.npz's `{key}` holds {array.dtype}, not numbers")
-        if array.ndim == 0 or array.shape[0] != n or (ndim is not None and array.ndim != ndim):
+        if array.ndim == 0 or array.shape[0] != n or (ndim is not None and array.ndim not in ndim):
             raise FormatProblem(
                 f"probe.npz's `{key}` has shape {array.shape}, not {n} rows"
-                + (f" of {ndim} dimension(s)" if ndim else "")
+                + (f" of {' or '.join(map(str, ndim))} dimension(s)" if ndim else "")
             )
     for key in ("plane/xs", "plane/ys"):
         array = arrays.get(key)
