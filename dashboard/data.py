@@ -100,6 +100,31 @@ def output_caption(run: Run, output: int | None) -> str:
     return f"“{outputs[index].name}” ({words.get(outputs[index].kind or '', 'no targets')})"
 
 
+def probe_features(run: Run) -> tuple[np.ndarray | None, list[str]]:
+    """(n, d) the stored probe inputs flattened side by side, and a name per column, for the charts and tables of
+    feature values. One input: `x` and the data set's feature names. Several inputs: each one's columns in the order
+    of `model.inputs`, named by the data set's feature names for the first when they fit it, else `name 1`,
+    `name 2`, ... after the input's name. (None, []) when no input is stored."""
+    try:
+        inputs = run.probe().inputs
+    except (StoreError, OSError):
+        return None, []
+    given = list(run.info.dataset.feature_names)
+    input_names = run.info.probe.input_names
+    if len(input_names) < 2 or not inputs:  # one input (or a run that did not name its inputs)
+        return inputs.get(0), given
+    columns, names = [], []
+    for index, array in inputs.items():
+        flat = array.reshape(len(array), -1)
+        label = input_names[index] if index < len(input_names) and input_names[index] else f"input {index}"
+        own = (
+            given if index == 0 and len(given) == flat.shape[1] else [f"{label} {j + 1}" for j in range(flat.shape[1])]
+        )
+        columns.append(flat)
+        names += own
+    return np.hstack(columns), names
+
+
 def probed_output(run: Run, output: int | None) -> int | None:
     """The model output whose linear probes and class separation the Layers page shows for the Output control's
     `output`: that output when the run probed its classes (a model of several outputs records a probe per output of

@@ -650,6 +650,47 @@ def test_the_embeddings_page_colours_by_the_target_column_chosen_and_says_which(
     assert not at.exception and not [s for s in at.sidebar.selectbox if s.key == "tcol"]
 
 
+def test_every_input_is_stored_within_the_size_limit_and_shown_side_by_side(tmp_path, monkeypatch):
+    from core.capture import recorder as recorder_module
+    from dashboard import data
+
+    left, right, classes, value = _data()
+    model = _two_in_two_out()
+    recorder, run = _record(tmp_path / "all", model, ([left, right], [classes, value]), [left, right], [classes, value])
+    rows = recorder.probe_indices
+    probe = run.probe()
+    assert sorted(probe.inputs) == [0, 1] and run.info.probe.input_names == ("left", "right")
+    np.testing.assert_allclose(probe.inputs[0], left[rows])
+    np.testing.assert_allclose(probe.inputs[1], right[rows])
+    features, names = data.probe_features(run)
+    np.testing.assert_allclose(features, np.hstack([left[rows], right[rows]]))
+    assert names == ["left 1", "left 2", "left 3", "left 4", "right 1", "right 2", "right 3"]
+
+    # Room for the first input only: the second is left out, and the views show what is there.
+    monkeypatch.setattr(recorder_module, "MAX_STORED_INPUT_BYTES", 4 * left[rows].size)
+    model = _two_in_two_out()
+    _, run = _record(tmp_path / "first", model, ([left, right], [classes, value]), [left, right], [classes, value])
+    assert sorted(run.probe().inputs) == [0]
+    features, names = data.probe_features(run)
+    assert features.shape == (len(rows), 4) and names == ["left 1", "left 2", "left 3", "left 4"]
+
+
+def test_a_probe_file_with_a_badly_named_or_shaped_input_is_damaged():
+    from core.store import run_format
+
+    indices = np.arange(4)
+    run_format.probe_arrays({"indices": indices, "x": np.zeros((4, 2)), "inputs/1": np.zeros((4, 3))})
+    run_format.probe_arrays({"indices": indices, "targets/0": np.zeros((4, 2))})  # a regression of 2 columns
+    for arrays, reason in (
+        ({"inputs/0": np.zeros((4, 3))}, "input not named by its number from 1"),
+        ({"inputs/x": np.zeros((4, 3))}, "input not named by its number from 1"),
+        ({"inputs/1": np.zeros((3, 3))}, "not 4 rows"),
+        ({"targets/0": np.zeros((4, 2, 2))}, "of 1 or 2 dimension"),
+    ):
+        with pytest.raises(run_format.FormatProblem, match=reason):
+            run_format.probe_arrays({"indices": indices, **arrays})
+
+
 def test_a_layer_record_with_bad_per_output_probes_is_damaged():
     from core.store import run_format
 

@@ -591,9 +591,15 @@ class Recorder(keras.callbacks.Callback):
             arrays["y"] = self.labels.astype(np.int64)
         for index, target in self._targets.items():
             arrays[f"targets/{index}"] = target
-        first = keras.tree.flatten(self._x)[0]  # of several inputs, the first (in the order of `model.inputs`)
+        first, *others = keras.tree.flatten(self._x)  # in the order of `model.inputs`
+        stored = 0
         if first.nbytes <= MAX_STORED_INPUT_BYTES:
             arrays["x"] = first.astype(np.float32)
+            stored = arrays["x"].nbytes
+        for index, array in enumerate(others, start=1):  # the other inputs, as long as they fit beside it
+            if stored + 4 * array.size <= MAX_STORED_INPUT_BYTES:
+                arrays[f"inputs/{index}"] = array.astype(np.float32)
+                stored += 4 * array.size
         if self._plane:
             arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
         return arrays

@@ -257,8 +257,8 @@ def history(value: Any) -> dict:
 
 
 def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `targets/<output>` (n,)
-    or (n, c); `plane/*` (G,)."""
+    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `inputs/<k>` (n, ...) from k = 1; `input/pca`
+    (n, k); `targets/<output>` (n,) or (n, c); `plane/*` (G,)."""
     indices = arrays.get("indices")
     if indices is None:
         raise FormatProblem("probe.npz has no `indices`")
@@ -273,6 +273,11 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
             if not key.removeprefix("targets/").isdigit():
                 raise FormatProblem("probe.npz holds a target not named by its output's number")
             expected[key] = (1, 2)  # a regression of several columns: (n, c)
+        elif key.startswith("inputs/"):
+            number = key.removeprefix("inputs/")
+            if not (number.isascii() and number.isdigit() and int(number) >= 1):
+                raise FormatProblem("probe.npz holds an input not named by its number from 1")
+            expected[key] = None
     for key, ndim in expected.items():
         array = arrays.get(key)
         if array is None:

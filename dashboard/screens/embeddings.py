@@ -152,13 +152,14 @@ def selected_samples(run, snapshot, rows, output: int | None = None, column: str
     dataset = run.info.dataset
     probs = data.output_predictions(run, snapshot, output, column)
     truth, values, _ = data.output_truth(run, output, column)
+    features, feature_names = (None, []) if dataset.image_shape else data.probe_features(run)
     table = views.sample_table(
         rows,
         truth,
         probs,
         data.class_names(run, output),
-        features=None if dataset.image_shape else probe.x,
-        feature_names=list(dataset.feature_names),
+        features=features,
+        feature_names=feature_names,
         values=values,
     )
     correct = sum(1 for row in table if row.get("correct"))

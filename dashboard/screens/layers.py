@@ -129,19 +129,20 @@ def units(run, snapshot, layer: int, key: tuple[str, int, int], components: tupl
         chart(st, "unit_grid", unit_grid(*key, layer, unit), "Every unit over the input plane")
         chart(st, "unit_plane", unit_plane(*key, layer, unit), f"Unit {unit} and the decision boundary")
         chart(st, "bent_plane", bent_plane(*key, layer, components), "How each layer bends the input plane")
-    elif examples is not None and probe.x is not None:
+    elif examples is not None and data.probe_features(run)[0] is not None:
         chart(
             st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples"
         )
     if examples is not None:
+        features, feature_names = (None, []) if dataset.image_shape else data.probe_features(run)
         table = views.unit_examples_table(
-            None if dataset.image_shape else probe.x,
+            features,
             probe.y,
             snapshot.array("pred/probs"),
             examples.top,
             examples.bottom,
             list(dataset.class_names),
-            list(dataset.feature_names),
+            feature_names,
         )
         with st.expander(f"The {len(examples.top)} most and least activating probe samples of unit {unit}"):
             st.dataframe(table, hide_index=True)
@@ -352,7 +353,8 @@ def bent_plane(run_id, count, epoch, layer, components):
 def unit_features(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples = unit_examples(_snapshot(run, epoch), layer, unit)
-    return views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, list(run.info.dataset.feature_names))
+    features, names = data.probe_features(run)  # every stored input, side by side
+    return views.unit_feature_figure(features, examples.top, examples.bottom, names)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
