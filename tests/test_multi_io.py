@@ -629,7 +629,7 @@ def test_the_layers_page_shows_the_probes_of_the_output_of_classes_chosen(three_
     at = open_app(recorder.log_dir, "layers", run=run.id, out="1")
     assert not at.exception
     captions = [shown(c.value) for c in at.caption]
-    assert any("decode the classes of output “noise” (classes) (the sidebar's Output)" in c for c in captions)
+    assert any("decode the classes of the output the sidebar's Output chose, “noise” (classes)." in c for c in captions)
     at = open_app(recorder.log_dir, "layers", run=run.id, out="2")  # a regression: the primary output's probes
     assert not at.exception
     captions = [shown(c.value) for c in at.caption]

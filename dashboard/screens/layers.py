@@ -73,7 +73,9 @@ def _probed_output(run, chosen: int | None, probed: int | None) -> str:
     if not which:
         return ""
     if probed is not None:
-        return f" The probes and separation decode the classes of output {plain(which)} (the sidebar's Output)."
+        return (
+            f" The probes and separation decode the classes of the output the sidebar's Output chose, {plain(which)}."
+        )
     text = f" The probes and separation decode the classes of the primary output, {plain(which)}"
     if chosen is not None and chosen != run.info.probe.primary_output:
         other = output_caption(run, chosen)
