@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.analysis.metrics import probed_outputs
 from core.store import Run, Snapshot, StoreError, variance_ratios
 from dashboard.views.embeddings import Frame, Panel, coloring, frame_subset
 
@@ -38,10 +39,14 @@ def class_names(run: Run, output: int | None = None) -> list[str]:
 TRUTH_TITLES = {"values": "true value", "multilabel": "labels per sample"}
 
 
-def output_truth(run: Run, output: int | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def output_truth(
+    run: Run, output: int | None, column: str = "norm"
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """(class labels, values, what the values are) of model output `output` (None: the primary output): class ids
-    for an output of classes, else the (n,) true value of a regression or a multi-label row's number of labels. A run
-    that stored no outputs (one output, written before December 2026) has its labels only."""
+    for an output of classes, else the (n,) true value of a regression or a multi-label row's number of labels. A
+    regression target of several columns gives the one `column` names ("0", "1", ...) or, for "norm" or a column it
+    does not have, each row's norm, and says which in the title. A run that stored no outputs (one output, written
+    before December 2026) has its labels only."""
     outputs = run.info.outputs
     if not outputs:
         return labels(run), None, ""
@@ -55,7 +60,33 @@ def output_truth(run: Run, output: int | None) -> tuple[np.ndarray | None, np.nd
         return (target if target is not None else labels(run)), None, ""
     if target is None or kind is None:
         return None, None, ""
-    return None, target, TRUTH_TITLES.get(kind, "true value")
+    title = TRUTH_TITLES.get(kind, "true value")
+    if target.ndim == 2:
+        target, which = target_column(target, column)
+        title = f"{title}, {which}"
+    return None, target, title
+
+
+def target_column(values: np.ndarray, column: str) -> tuple[np.ndarray, str]:
+    """((n,) one column of (n, c) regression `values`, or each row's Euclidean norm, what it is in words): the
+    column `column` names ("0", "1", ...), else (for "norm", or a column the values do not have) the norm."""
+    columns = values.shape[1]
+    if column.isdigit() and int(column) < columns:
+        return values[:, int(column)], f"column {column} of {columns}"
+    return np.linalg.norm(values.astype(np.float64), axis=1).astype(np.float32), f"norm of {columns} columns"
+
+
+def output_predictions(run: Run, snapshot: Snapshot, output: int | None, column: str = "norm") -> np.ndarray | None:
+    """The predictions of model output `output` (None: the primary one) at `snapshot`; of a regression of several
+    columns, the (n, 1) column or norm `output_truth` colours by, so that they are read as one predicted value."""
+    predictions = snapshot.predictions(output)
+    outputs = run.info.outputs
+    index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
+    if predictions is None or not outputs or outputs[index].kind != "values" or predictions.ndim != 2:
+        return predictions
+    if predictions.shape[1] < 2:
+        return predictions
+    return target_column(predictions, column)[0][:, None]
 
 
 def output_caption(run: Run, output: int | None) -> str:
@@ -67,6 +98,62 @@ def output_caption(run: Run, output: int | None) -> str:
     index = run.info.probe.primary_output if output is None or not 0 <= output < len(outputs) else output
     words = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
     return f"“{outputs[index].name}” ({words.get(outputs[index].kind or '', 'no targets')})"
+
+
+def probe_features(run: Run) -> tuple[np.ndarray | None, list[str]]:
+    """(n, d) the stored probe inputs flattened side by side, and a name per column, for the charts and tables of
+    feature values. One input: `x` and the data set's feature names. Several inputs: each one's columns in the order
+    of `model.inputs`, named by the data set's feature names for the first when they fit it, else `name 1`,
+    `name 2`, ... after the input's name. (None, []) when no input is stored."""
+    try:
+        inputs = run.probe().inputs
+    except (StoreError, OSError):
+        return None, []
+    given = list(run.info.dataset.feature_names)
+    input_names = run.info.probe.input_names
+    if len(input_names) < 2 or not inputs:  # one input (or a run that did not name its inputs)
+        return inputs.get(0), given
+    columns, names = [], []
+    for index, array in inputs.items():
+        flat = array.reshape(len(array), -1)
+        label = input_names[index] if index < len(input_names) and input_names[index] else f"input {index}"
+        own = (
+            given if index == 0 and len(given) == flat.shape[1] else [f"{label} {j + 1}" for j in range(flat.shape[1])]
+        )
+        columns.append(flat)
+        names += own
+    return np.hstack(columns), names
+
+
+def probed_output(run: Run, output: int | None) -> int | None:
+    """The model output whose linear probes and class separation the Layers page shows for the Output control's
+    `output`: that output when the run probed its classes (a model of several outputs records a probe per output of
+    classes), else None, the primary output's."""
+    outputs = run.info.outputs
+    if output is None or len(outputs) < 2 or output == run.info.probe.primary_output:
+        return None
+    return output if output in probed_outputs(run) else None
+
+
+def probe_labels(run: Run, output: int | None) -> np.ndarray | None:
+    """(n,) the class ids the linear probes of model output `output` (None: the primary output) are trained on."""
+    if output is None:
+        return labels(run)
+    try:
+        return run.probe().targets.get(output)
+    except Exception:  # a probe still being written reads as "no labels yet"
+        return None
+
+
+def chance_accuracy(run: Run, output: int | None) -> float | None:
+    """1 / classes of model output `output` (None: the primary output, from the data set's class count)."""
+    classes: int | None
+    if output is None:
+        classes = run.info.dataset.classes
+    else:
+        ids = probe_labels(run, output)
+        classes = int(ids.max()) + 1 if ids is not None and len(ids) else None
+    return 1.0 / classes if classes else None
 
 
 def input_panel(run: Run) -> Panel | None:
@@ -108,22 +195,23 @@ def strip_panels(run: Run, snapshot: Snapshot) -> list[Panel]:
 
 
 def focus_frames(
-    run: Run, layer: int, color_mode: str, chosen_epoch: int | None, output: int | None = None
+    run: Run, layer: int, color_mode: str, chosen_epoch: int | None, output: int | None = None, column: str = "norm"
 ) -> tuple[list[Frame], int]:
     """The animation frames of one layer (at most `MAX_FRAMES`) and the position of `chosen_epoch`'s frame, coloured
-    by model output `output` (None: the primary one). A run recorded with `batch_every` also has frames within
-    epochs, labelled by fractional epoch ("0.33")."""
+    by model output `output` (None: the primary one; of a regression of several columns, by `column` or the norm).
+    A run recorded with `batch_every` also has frames within epochs, labelled by fractional epoch ("0.33")."""
     snapshots, times = timeline(run)
     ends = [int(s.epoch) for s in snapshots if s.meta.get("kind", "epoch") == "epoch"]
     chosen = ends[-1] if chosen_epoch is None and ends else chosen_epoch
-    (truth, values, title), names = output_truth(run, output), class_names(run, output)
+    (truth, values, title), names = output_truth(run, output, column), class_names(run, output)
     frames = []
     for position in frame_subset(times, chosen):
         snapshot = snapshots[position]
         projection = snapshot.projection(layer)
         if projection is None:
             continue
-        color = coloring(color_mode, truth, snapshot.predictions(output), names, values, title)
+        predictions = output_predictions(run, snapshot, output, column)
+        color = coloring(color_mode, truth, predictions, names, values, title)
         label = "" if snapshot.meta.get("kind", "epoch") == "epoch" else f"{times[position]:.2f}"
         frames.append(Frame(int(snapshot.epoch), projection.coords, projection.variance_ratio, color, label))
     start = next((i for i, f in enumerate(frames) if not f.label and f.epoch == chosen), len(frames) - 1)

@@ -71,6 +71,7 @@ def view_state(run) -> schema.ViewState:
         sel=selection,
         compare=tuple(state.get("compare") or ()),
         out=int(state["out"]) if len(facts.outputs) > 1 and state.get("out") is not None else None,
+        tcol=str(state.get("tcol", defaults.tcol)),
     )
 
 
@@ -299,6 +300,24 @@ def _pending_run() -> None:
 # View controls
 
 
+def _target_column(facts: schema.RunFacts) -> None:
+    """The Target column control, for an output whose regression target has several columns: the column that colours
+    the points, or each row's norm."""
+    out = st.session_state.get("out") if len(facts.outputs) > 1 else None
+    columns = facts.target_columns(out if isinstance(out, int) else None)
+    if columns < 2:
+        return
+    st.selectbox(
+        "Target column",
+        ["norm", *map(str, range(min(columns, schema.MAX_OUTPUT + 1)))],
+        key="tcol",
+        bind="query-params",
+        format_func=lambda c: f"norm of all {columns}" if c == "norm" else f"column {c}",
+        help="This output's regression target has several columns: colour the points by one column (true and "
+        "predicted values, and their error) or by each row's norm, the length of its vector of values.",
+    )
+
+
 KIND_WORDS = {"classes": "classes", "values": "regression", "multilabel": "multi-label"}
 
 
@@ -350,9 +369,11 @@ def _view_controls(run, embeddings_page: bool) -> None:
                 bind="query-params",
                 format_func=lambda i: f"{facts.outputs[i]} ({KIND_WORDS.get(kinds[i] or '', 'no targets')})",
                 help="The model output whose targets and predictions colour the points and fill the sample table. "
-                "Linear probes and the diagnosis use the primary output (the first of classes, unless the Recorder named "
-                "another).",
+                "On the Layers page, the linear probes and class separation are of this output when its targets are "
+                "classes, else of the primary output (the first of classes, unless the Recorder named another), which "
+                "the diagnosis uses.",
             )
+        _target_column(facts)
         colors = schema.COLORS if facts.has_truth else ("pred", "confidence")
         st.selectbox(
             "Colour by",

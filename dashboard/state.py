@@ -43,6 +43,9 @@ class ViewState:
     sel: tuple[int, ...] = ()  # selected probe rows (positions in probe.npz), highlighted in every panel
     compare: tuple[str, ...] = ()  # run ids overlaid on the comparison charts
     out: int | None = None  # the model output colours and predictions are of; None: the primary output
+    # Of a regression target of several columns: the column ("0", "1", ...) that colours the points, or "norm", the
+    # length of each row's vector of values.
+    tcol: str = "norm"
 
 
 class BadValue(ValueError):
@@ -95,6 +98,12 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
         return text
 
     return convert
+
+
+def _column(text: str) -> str:
+    if text != "norm" and not (text.isascii() and text.isdigit() and int(text) <= MAX_OUTPUT):
+        raise BadValue("is not norm or a column number")
+    return text if text == "norm" else str(int(text))
 
 
 def _run_id(text: str) -> str:
@@ -160,6 +169,7 @@ FIELDS: tuple[Field, ...] = (
         list,
     ),
     Field("out", _single(_integer(0, MAX_OUTPUT)), "the primary output"),
+    Field("tcol", _single(_column), "the norm of the target's columns"),
 )
 DEFAULTS = ViewState()
 assert [f.name for f in FIELDS] == [f.name for f in fields(ViewState)], "FIELDS and ViewState must list the same fields"
@@ -217,6 +227,14 @@ class RunFacts:
     outputs: tuple[str, ...] = ()  # model output names (empty: one output, or a run from before they were stored)
     output_kinds: tuple[str | None, ...] = ()  # per output: classes, values, multilabel or None (no targets)
     primary_output: int = 0
+    output_columns: tuple[int, ...] = ()  # per output: its width (the last axis of its shape; 1 when unknown)
+
+    def target_columns(self, out: int | None) -> int:
+        """Columns of the regression target of output `out` (None: the primary output); 0 for other targets."""
+        index = self.primary_output if out is None else out
+        if not 0 <= index < len(self.output_kinds) or self.output_kinds[index] != "values":
+            return 0
+        return self.output_columns[index] if index < len(self.output_columns) else 1
 
     @property
     def has_truth(self) -> bool:
@@ -237,7 +255,14 @@ class RunFacts:
             outputs=tuple(output.name for output in run.info.outputs),
             output_kinds=tuple(output.kind for output in run.info.outputs),
             primary_output=run.info.probe.primary_output,
+            output_columns=tuple(_width(output.shape) for output in run.info.outputs),
         )
+
+
+def _width(shape: tuple[int | None, ...] | None) -> int:
+    """Columns of an output of shape `shape` (without the batch axis): its values per sample, 1 when unknown."""
+    sizes = [1 if size is None else size for size in shape or ()]
+    return max(1, math.prod(sizes))
 
 
 def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] = ()) -> tuple[ViewState, list[str]]:
@@ -281,6 +306,13 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
             first = facts.outputs[facts.primary_output]
             notices.append(f"Run {facts.id} has no output {state.out}; showing output `{first}`.")
         changes["out"] = None
+    columns = facts.target_columns(changes.get("out", state.out))
+    if state.tcol != "norm" and int(state.tcol) >= columns:
+        if columns > 1:  # a target of one column has nothing to choose: no news
+            notices.append(
+                f"The chosen output's target has {columns} columns, no column {state.tcol}; colouring by their norm."
+            )
+        changes["tcol"] = "norm"
     if not facts.has_truth and state.color in ("label", "correct"):
         if state.color != DEFAULTS.color:  # the default colouring switching over is not something a link asked for
             notices.append(f"Run {facts.id} was recorded without labels, so points are coloured by prediction.")

@@ -479,3 +479,225 @@ def test_core_show_names_each_output_and_the_primary_one(two_io_run):
         {"name": "cls", "kind": "classes", "primary": True},
         {"name": "reg", "kind": "values", "primary": False},
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A linear probe per output of classes, and a regression target of several columns
+
+
+def _readable_and_not(n=240, seed=0):
+    """Inputs (n, 4); `sign` classes are x0 > 0, read off the inputs by a line; `noise` classes are coin flips that no
+    layer can decode from held-out samples; `pos` a regression target of two columns."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    sign = (x[:, 0] > 0).astype("int64")
+    noise = rng.integers(0, 2, size=n).astype("int64")
+    pos = np.stack([x[:, 1] + x[:, 2], 2.0 * x[:, 3]], axis=1).astype("float32")
+    return x, sign, noise, pos
+
+
+def _three_heads(seed=0):
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    heads = [
+        keras.layers.Dense(2, activation="softmax", name="sign")(hidden),
+        keras.layers.Dense(2, activation="softmax", name="noise")(hidden),
+        keras.layers.Dense(2, name="pos")(hidden),
+    ]
+    model = keras.Model(x, heads)
+    model.compile("adam", ["sparse_categorical_crossentropy", "sparse_categorical_crossentropy", "mse"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def three_head_runs(tmp_path_factory):
+    """The same three-head model recorded with the numpy analysis on the host and with the device reductions."""
+    x, sign, noise, pos = _readable_and_not()
+    runs = {}
+    for reduce in ("host", "device"):
+        model = _three_heads()
+        recorder, run = _record(
+            tmp_path_factory.mktemp(reduce), model, (x, [sign, noise, pos]), x, [sign, noise, pos], reduce=reduce
+        )
+        runs[reduce] = (recorder, run, model)
+    return runs
+
+
+@pytest.mark.parametrize("reduce", ["host", "device"])
+def test_each_output_of_classes_gets_its_own_linear_probe_readable_or_not(three_head_runs, reduce):
+    """`sign` is decodable by a line from the hidden layer and the raw input, the coin-flip `noise` is not: each
+    output's probe says so, and the primary output's stays where it was (`linear_probe`)."""
+    from core.analysis import measures, metrics
+
+    x, sign, noise, _ = _readable_and_not()
+    recorder, run, model = three_head_runs[reduce]
+    rows = recorder.probe_indices
+    assert [o.kind for o in run.info.outputs] == ["classes", "classes", "values"]
+    assert run.info.probe.primary_output == 0
+    hidden = run.info.layer("hidden").index
+    last = run.epoch_snapshots()[-1]
+    record = last.layer(hidden)
+    assert set(record["linear_probes"]) == set(record["separations"]) == {"0", "1"}  # the regression has none
+    assert record["linear_probes"]["0"] == record["linear_probe"]
+    assert record["separations"]["0"] == record["separation"]
+    assert record["linear_probes"]["0"] >= 0.9
+    assert record["linear_probes"]["1"] <= 0.7  # coin flips: chance is 0.5 on the held-out half
+    assert record["separations"]["0"] > record["separations"]["1"]
+
+    # Against the probe computed here on the hidden layer's own output for those rows.
+    features = keras.Model(model.inputs, model.get_layer("hidden").output).predict(x[rows], verbose=0)
+    for output, labels in (("0", sign[rows]), ("1", noise[rows])):
+        assert record["linear_probes"][output] == pytest.approx(
+            measures.linear_probe_accuracy(features, labels), abs=0.03
+        )
+
+    baseline = run.meta["input"]  # the raw input's probe, per output too
+    assert baseline["linear_probes"]["0"] >= 0.9 and baseline["linear_probes"]["1"] <= 0.7
+    assert baseline["linear_probes"]["0"] == baseline["linear_probe"]
+
+    found = metrics.layer_metrics(run, output=1)  # what the Layers page charts for output 1
+    assert found.probe[-1, hidden] == record["linear_probes"]["1"] and found.input_probe <= 0.7
+    assert found.separation[-1, hidden] == record["separations"]["1"]
+    primary = metrics.layer_metrics(run)
+    assert primary.probe[-1, hidden] == record["linear_probe"]
+    assert metrics.probed_outputs(run) == [0, 1]
+
+
+def test_the_device_reductions_give_each_output_the_probes_the_host_gives(three_head_runs):
+    host, device = (three_head_runs[r][1] for r in ("host", "device"))
+    for index in range(len(host.layers)):
+        for a, b in zip(host.epoch_snapshots(), device.epoch_snapshots()):
+            expected, found = a.layer(index).get("linear_probes"), b.layer(index).get("linear_probes")
+            assert found.keys() == expected.keys()
+            for output in expected:
+                assert found[output] == pytest.approx(expected[output], abs=0.05), (index, output)
+
+
+def test_a_regression_target_of_two_columns_is_stored_whole_and_coloured_by_a_column_or_its_norm(three_head_runs):
+    from dashboard import data
+
+    x, _, _, pos = _readable_and_not()
+    recorder, run, model = three_head_runs["host"]
+    rows = recorder.probe_indices
+    stored = run.probe().targets[2]
+    assert stored.shape == (len(rows), 2)
+    np.testing.assert_allclose(stored, pos[rows])
+
+    labels, values, title = data.output_truth(run, 2, "1")
+    assert labels is None and title == "true value, column 1 of 2"
+    np.testing.assert_allclose(values, pos[rows, 1])
+    _, values, title = data.output_truth(run, 2, "norm")
+    assert title == "true value, norm of 2 columns"
+    np.testing.assert_allclose(values, np.hypot(pos[rows, 0], pos[rows, 1]), rtol=1e-6)
+    assert data.output_truth(run, 2, "5")[2] == "true value, norm of 2 columns"  # a column it lacks: the norm
+
+    last = run.epoch_snapshots()[-1]
+    predicted = model.predict(x[rows], verbose=0)[2]  # (n, 2)
+    np.testing.assert_allclose(data.output_predictions(run, last, 2, "0"), predicted[:, :1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        data.output_predictions(run, last, 2, "norm")[:, 0], np.linalg.norm(predicted, axis=1), rtol=1e-4, atol=1e-5
+    )
+    assert data.output_predictions(run, last, 0, "0").shape == (len(rows), 2)  # classes: probabilities as stored
+
+    frames, _ = data.focus_frames(run, 0, "label", None, output=2, column="0")
+    assert not frames[-1].color.categorical and frames[-1].color.title == "true value, column 0 of 2"
+    np.testing.assert_allclose(frames[-1].color.values, pos[rows, 0])
+    frames, _ = data.focus_frames(run, 0, "correct", None, output=2, column="1")  # the error of that column
+    np.testing.assert_allclose(frames[-1].color.values, np.abs(predicted[:, 1] - pos[rows, 1]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_link_keeps_the_target_column_and_a_column_the_output_lacks_falls_back(three_head_runs):
+    from dashboard import state
+
+    run = three_head_runs["host"][1]
+    facts = state.RunFacts.of(run)
+    assert facts.target_columns(2) == 2 and facts.target_columns(0) == 0 and facts.target_columns(None) == 0
+    view, notices = state.parse_query({"out": "2", "tcol": "1"})
+    assert view.tcol == "1" and not notices and state.to_query(view)["tcol"] == "1"
+    assert state.validate(view, facts)[0].tcol == "1"
+    checked, notices = state.validate(state.parse_query({"out": "2", "tcol": "4"})[0], facts)
+    assert checked.tcol == "norm" and "no column 4" in notices[0]
+    _, notices = state.parse_query({"tcol": "x"})
+    assert "is not norm or a column number" in notices[0]
+
+
+def test_the_layers_page_shows_the_probes_of_the_output_of_classes_chosen(three_head_runs):
+    from apptest_pages import open_app, shown
+
+    recorder, run, _ = three_head_runs["host"]
+    at = open_app(recorder.log_dir, "layers", run=run.id, out="1")
+    assert not at.exception
+    captions = [shown(c.value) for c in at.caption]
+    assert any("decode the classes of the output the sidebar's Output chose, “noise” (classes)." in c for c in captions)
+    at = open_app(recorder.log_dir, "layers", run=run.id, out="2")  # a regression: the primary output's probes
+    assert not at.exception
+    captions = [shown(c.value) for c in at.caption]
+    assert any("the chosen output “pos” (regression) has no linear probes of its own" in c for c in captions)
+
+
+def test_the_embeddings_page_colours_by_the_target_column_chosen_and_says_which(three_head_runs):
+    from apptest_pages import open_app, shown
+
+    recorder, run, _ = three_head_runs["host"]
+    at = open_app(recorder.log_dir, "", run=run.id, out="2", tcol="1")
+    assert not at.exception and at.sidebar.selectbox(key="tcol").value == "1"
+    assert any("the colours show column 1 of 2, true and predicted alike" in shown(c.value) for c in at.caption)
+    at.sidebar.selectbox(key="tcol").set_value("norm").run()
+    assert not at.exception
+    assert any("the colours show the norm of 2 columns" in shown(c.value) for c in at.caption)
+    at.sidebar.selectbox(key="out").set_value(0).run()  # an output of classes: no column to choose
+    assert not at.exception and not [s for s in at.sidebar.selectbox if s.key == "tcol"]
+
+
+def test_every_input_is_stored_within_the_size_limit_and_shown_side_by_side(tmp_path, monkeypatch):
+    from core.capture import recorder as recorder_module
+    from dashboard import data
+
+    left, right, classes, value = _data()
+    model = _two_in_two_out()
+    recorder, run = _record(tmp_path / "all", model, ([left, right], [classes, value]), [left, right], [classes, value])
+    rows = recorder.probe_indices
+    probe = run.probe()
+    assert sorted(probe.inputs) == [0, 1] and run.info.probe.input_names == ("left", "right")
+    np.testing.assert_allclose(probe.inputs[0], left[rows])
+    np.testing.assert_allclose(probe.inputs[1], right[rows])
+    features, names = data.probe_features(run)
+    np.testing.assert_allclose(features, np.hstack([left[rows], right[rows]]))
+    assert names == ["left 1", "left 2", "left 3", "left 4", "right 1", "right 2", "right 3"]
+
+    # Room for the first input only: the second is left out, and the views show what is there.
+    monkeypatch.setattr(recorder_module, "MAX_STORED_INPUT_BYTES", 4 * left[rows].size)
+    model = _two_in_two_out()
+    _, run = _record(tmp_path / "first", model, ([left, right], [classes, value]), [left, right], [classes, value])
+    assert sorted(run.probe().inputs) == [0]
+    features, names = data.probe_features(run)
+    assert features.shape == (len(rows), 4) and names == ["left 1", "left 2", "left 3", "left 4"]
+
+
+def test_a_probe_file_with_a_badly_named_or_shaped_input_is_damaged():
+    from core.store import run_format
+
+    indices = np.arange(4)
+    run_format.probe_arrays({"indices": indices, "x": np.zeros((4, 2)), "inputs/1": np.zeros((4, 3))})
+    run_format.probe_arrays({"indices": indices, "targets/0": np.zeros((4, 2))})  # a regression of 2 columns
+    for arrays, reason in (
+        ({"inputs/0": np.zeros((4, 3))}, "input not named by its number from 1"),
+        ({"inputs/x": np.zeros((4, 3))}, "input not named by its number from 1"),
+        ({"inputs/1": np.zeros((3, 3))}, "not 4 rows"),
+        ({"targets/0": np.zeros((4, 2, 2))}, "of 1 or 2 dimension"),
+    ):
+        with pytest.raises(run_format.FormatProblem, match=reason):
+            run_format.probe_arrays({"indices": indices, **arrays})
+
+
+def test_a_layer_record_with_bad_per_output_probes_is_damaged():
+    from core.store import run_format
+
+    good = {"seq": 0, "epoch": 0, "layers": [{"linear_probes": {"0": 0.9, "2": None}, "separations": {"0": 0.1}}]}
+    run_format.snapshot_meta(good, 0)
+    for probes in ({"a": 0.9}, {"0": "high"}, [0.9]):
+        with pytest.raises(run_format.FormatProblem, match="linear_probes"):
+            run_format.snapshot_meta({"seq": 0, "epoch": 0, "layers": [{"linear_probes": probes}]}, 0)
+    with pytest.raises(run_format.FormatProblem, match="input"):
+        run_format.run_meta({"input": {"separations": {"0": []}}})

@@ -621,7 +621,10 @@ def linear_probe(features, labels, seed=0, start=None) -> tuple[float, np.ndarra
     return float(np.mean(predictions == classes[test])), weights
 
 
-_halves_cache: dict = {}  # the last split: a recording probes every layer of every snapshot on the same labels
+# The last few splits: a recording probes every layer of every snapshot on the same labels, one set per output of
+# classes for a model of several outputs.
+_halves_cache: dict = {}
+HALVES_CACHED = 8
 
 
 def _cached_halves(classes, seed):
@@ -629,7 +632,8 @@ def _cached_halves(classes, seed):
     halves = _halves_cache.get(key)
     if halves is None:  # recorders in threads may interleave here: each keeps the split it computed
         halves = stratified_halves(classes, seed)
-        _halves_cache.clear()
+        if len(_halves_cache) >= HALVES_CACHED:
+            _halves_cache.clear()
         _halves_cache[key] = halves
     return halves
 

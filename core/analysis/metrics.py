@@ -17,6 +17,7 @@ __all__ = [
     "cka_to_final",
     "layer_metrics",
     "layer_width",
+    "probed_outputs",
     "sketch_cka",
     "unit_examples",
 ]
@@ -113,19 +114,43 @@ class LayerMetrics:
         return min(range(len(self.epochs)), key=lambda row: (abs(self.epochs[row] - epoch), self.epochs[row]))
 
 
-def layer_metrics(run: Run, snapshots: list[Snapshot] | None = None) -> LayerMetrics:
+def layer_metrics(run: Run, snapshots: list[Snapshot] | None = None, output: int | None = None) -> LayerMetrics:
+    """Every layer's probe accuracy, separation and dimensionality over the captured epochs. The probes and
+    separation are of the classes of model output `output` (None, or the primary output: `linear_probe` and
+    `separation`); another output's are those a model of several outputs records per output of classes
+    (`linear_probes`, `separations`), NaN where the run holds none."""
     snapshots = run.epoch_snapshots() if snapshots is None else snapshots
     baseline = run.meta.get("input") or {}
+    probe: tuple[str, ...]
+    separation: tuple[str, ...]
+    if output is None or output == run.info.probe.primary_output:
+        probe, separation = ("linear_probe",), ("separation",)
+        input_probe, input_separation = baseline.get("linear_probe"), baseline.get("separation")
+    else:
+        probe, separation = ("linear_probes", str(output)), ("separations", str(output))
+        input_probe = (baseline.get("linear_probes") or {}).get(str(output))
+        input_separation = (baseline.get("separations") or {}).get(str(output))
     return LayerMetrics(
         epochs=[int(s.epoch) for s in snapshots],
         layers=[str(layer.get("name", f"layer {i}")) for i, layer in enumerate(run.layers)],
-        probe=run.layer_series("linear_probe", snapshots=snapshots),
-        separation=run.layer_series("separation", snapshots=snapshots),
+        probe=run.layer_series(*probe, snapshots=snapshots),
+        separation=run.layer_series(*separation, snapshots=snapshots),
         n90=run.layer_series("dimensionality", "n90", snapshots=snapshots),
         participation=run.layer_series("dimensionality", "participation_ratio", snapshots=snapshots),
-        input_probe=_number(baseline.get("linear_probe")),
-        input_separation=_number(baseline.get("separation")),
+        input_probe=_number(input_probe),
+        input_separation=_number(input_separation),
     )
+
+
+def probed_outputs(run: Run, snapshot: Snapshot | None = None) -> list[int]:
+    """The model outputs whose classes each layer has a linear probe of at `snapshot` (None: the latest): the
+    primary output when the run has labels, and each output of classes a model of several outputs records."""
+    snapshots = run.epoch_snapshots() if snapshot is None else [snapshot]
+    found = {run.info.probe.primary_output} if run.info.probe.has_labels else set()
+    for record in (snapshots[-1].meta.get("layers") or []) if snapshots else []:
+        probes = record.get("linear_probes") if isinstance(record, dict) else None
+        found.update(int(key) for key in probes or {})
+    return sorted(found)
 
 
 def _number(value) -> float | None:

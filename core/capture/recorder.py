@@ -225,6 +225,7 @@ class Recorder(keras.callbacks.Callback):
         self._outputs: list[dict] = []  # per model output: name, kind of target, shape (set at the start of fit)
         self._targets: dict[int, np.ndarray] = {}  # per output with targets, (n,) the truth the views colour by
         self._primary = 0  # the output whose classes the linear probes, accuracy and diagnosis use
+        self._class_ids: list[np.ndarray | None] = []  # per output, (n,) class ids, None for targets of another kind
         self._extra_meta = {
             "dataset": {
                 "kind": "image" if self.image_shape else ("plane" if self._plane else "tabular"),
@@ -358,6 +359,10 @@ class Recorder(keras.callbacks.Callback):
             # Several outputs: how to read each one's predictions, and which one `labels` are of.
             "heads": [output["head"] for output in self._outputs] if len(self._outputs) > 1 else None,
             "primary": self._primary,
+            # Several outputs: each one's class ids (None: not classes), for a linear probe per output of classes.
+            "output_labels": self._class_ids
+            if len(self._outputs) > 1 and any(i is not None for i in self._class_ids)
+            else None,
         }
         if (default_reduce() if self.reduce == "auto" else self.reduce) == "device":
             self._capture_fn = reducing_pass(self._capture_fn, layers, builder, sample_count(self._x))
@@ -415,6 +420,7 @@ class Recorder(keras.callbacks.Callback):
                 self._targets[index] = _stored_target(target, ids)
         self._primary = self._chosen_output(model, class_ids)
         self.labels = class_ids[self._primary] if class_ids else None
+        self._class_ids = [None if ids is None else ids.astype(np.int64) for ids in class_ids]
 
     def _chosen_output(self, model: keras.Model, class_ids: list) -> int:
         """The primary output: `primary_output` when given (a ValueError, naming the outputs, for one that does
@@ -585,9 +591,15 @@ class Recorder(keras.callbacks.Callback):
             arrays["y"] = self.labels.astype(np.int64)
         for index, target in self._targets.items():
             arrays[f"targets/{index}"] = target
-        first = keras.tree.flatten(self._x)[0]  # of several inputs, the first (in the order of `model.inputs`)
+        first, *others = keras.tree.flatten(self._x)  # in the order of `model.inputs`
+        stored = 0
         if first.nbytes <= MAX_STORED_INPUT_BYTES:
             arrays["x"] = first.astype(np.float32)
+            stored = arrays["x"].nbytes
+        for index, array in enumerate(others, start=1):  # the other inputs, as long as they fit beside it
+            if stored + 4 * array.size <= MAX_STORED_INPUT_BYTES:
+                arrays[f"inputs/{index}"] = array.astype(np.float32)
+                stored += 4 * array.size
         if self._plane:
             arrays["plane/xs"], arrays["plane/ys"] = (a.astype(np.float32) for a in self._plane_axes)
         return arrays
@@ -910,12 +922,14 @@ def _target_kind(target: np.ndarray) -> str:
 
 
 def _stored_target(target: np.ndarray, class_ids: np.ndarray | None) -> np.ndarray:
-    """(n,) the truth the views colour an output by: class ids; the number of labels of a multi-label row; a
-    regression's value (its first column when it has several)."""
+    """The truth the views colour an output by: (n,) class ids; (n,) the number of labels of a multi-label row; a
+    regression's values, (n,) for one column and (n, c) for several (a target of more axes flattened to columns)."""
     if class_ids is not None:
         return class_ids.astype(np.int64)
     values = target.reshape(len(target), -1).astype(np.float32)
-    return values.sum(axis=1) if _target_kind(target) == "multilabel" else values[:, 0]
+    if _target_kind(target) == "multilabel":
+        return values.sum(axis=1)
+    return values if values.shape[1] > 1 else values[:, 0]
 
 
 def _input_matrix(x: Any) -> np.ndarray:

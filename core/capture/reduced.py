@@ -156,19 +156,11 @@ def _projection(builder: SnapshotBuilder, index: int, layer: ReducedLayer, array
     }
     if layer.grid is not None:
         record["pca"]["pooled"] = layer.grid
-    if builder.labels is not None:
+    if builder.labels is not None or builder.output_labels:
         features = layer.probe_features
         if features is None:
             features = np.hstack([layer.coords, layer.extra_coords.astype(np.float32)])
-        accuracy, weights = measures.linear_probe(
-            features, builder.labels, seed=builder.seed, start=builder._previous_probes.get(index)
-        )
-        record["linear_probe"] = accuracy
-        if weights is not None:
-            builder._previous_probes[index] = weights
-        record["separation"] = measures.class_separation(
-            layer.coords, builder.labels, max_points=_separation_points(), seed=builder.seed
-        )
+        record.update(builder.class_probes(index, features, layer.coords))
     return record
 
 
@@ -210,12 +202,6 @@ def _gradients(builder: SnapshotBuilder, index: int, layer: ReducedLayer, arrays
         if layer.output_grad_norm is not None:
             record["grad"]["output"] = {"norm": float(layer.output_grad_norm)}
     return record
-
-
-def _separation_points() -> int:
-    from core.capture.snapshot import SEPARATION_POINTS
-
-    return SEPARATION_POINTS
 
 
 def _numeric_logs(logs: dict) -> dict[str, float]:

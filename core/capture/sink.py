@@ -81,6 +81,14 @@ class RunSink:
         if labels is not None:
             summary["linear_probe"] = measures.linear_probe_accuracy(flat, labels, seed=seed)
             summary["separation"] = measures.class_separation(baseline.coords, labels, seed=seed)
+        outputs = {k: ids for k, ids in enumerate(self._builder.output_labels or []) if ids is not None}
+        if outputs:  # several outputs: the same baseline for each output of classes
+            summary["linear_probes"] = {
+                str(k): measures.linear_probe_accuracy(flat, ids, seed=seed) for k, ids in outputs.items()
+            }
+            summary["separations"] = {
+                str(k): measures.class_separation(baseline.coords, ids, seed=seed) for k, ids in outputs.items()
+            }
         self._writer.update_meta(input=summary)
 
     def _on_snapshot(self, seq: int, raw: RawCapture) -> None:

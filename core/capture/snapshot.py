@@ -59,9 +59,13 @@ class SnapshotBuilder:
     # read by `logits` and the last layer's activation); `labels` are of output `primary`, stored as `pred/probs`.
     heads: list[dict] | None = None
     primary: int = 0
+    # A model with several outputs: per output its (n,) class ids, None for one whose targets are not classes. Each
+    # output of classes gets its own linear probe and separation per layer (`linear_probes`, `separations`).
+    output_labels: list[np.ndarray | None] | None = None
     _previous_components: dict[int, np.ndarray] = field(default_factory=dict)
     _previous_weights: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    _previous_probes: dict[int, np.ndarray] = field(default_factory=dict)  # warm starts for each layer's probe
+    # Warm starts for each probe: by layer for the primary output's, by (output, layer) for another output's.
+    _previous_probes: dict[Any, np.ndarray] = field(default_factory=dict)
     _sketch_rows: np.ndarray | None = None
     _previous_coords: dict[int, np.ndarray] = field(default_factory=dict)  # see `resume`
 
@@ -242,17 +246,39 @@ class SnapshotBuilder:
             },
             "dimensionality": measures.effective_dimensionality(fitted),
         }
-        if self.labels is not None:
-            accuracy, weights = measures.linear_probe(
-                flat, self.labels, seed=self.seed, start=self._previous_probes.get(index)
-            )
-            record["linear_probe"] = accuracy
-            if weights is not None:
-                self._previous_probes[index] = weights
-            record["separation"] = measures.class_separation(
-                aligned.coords, self.labels, max_points=SEPARATION_POINTS, seed=self.seed
-            )
+        record.update(self.class_probes(index, flat, aligned.coords))
         return record
+
+    def class_probes(self, index: int, features: np.ndarray, coords: np.ndarray) -> dict:
+        """Layer `index`'s linear probe on `features` (n, d) and class separation in its PCA `coords` (n, k), of the
+        primary output's classes (`linear_probe`, `separation`) and, for a model of several outputs, of each output
+        of classes (`linear_probes`, `separations`: {output number as text: value}); {} without labels."""
+        record: dict[str, Any] = {}
+        if self.labels is not None:
+            record["linear_probe"], record["separation"] = self._class_probe(
+                index, index, features, coords, self.labels
+            )
+        outputs = {k: ids for k, ids in enumerate(self.output_labels or []) if ids is not None}
+        if outputs:
+            record["linear_probes"], record["separations"] = {}, {}
+            for output, ids in outputs.items():
+                if output == self.primary and self.labels is not None:
+                    accuracy, separation = record["linear_probe"], record["separation"]
+                else:
+                    accuracy, separation = self._class_probe((output, index), index, features, coords, ids)
+                record["linear_probes"][str(output)], record["separations"][str(output)] = accuracy, separation
+        return record
+
+    def _class_probe(self, key: Any, index: int, features, coords, labels: np.ndarray) -> tuple[float, float]:
+        """(held-out linear probe accuracy, silhouette) of `labels` on one layer, the probe warm-started from the
+        fit kept under `key`."""
+        accuracy, weights = measures.linear_probe(
+            features, labels, seed=self.seed, start=self._previous_probes.get(key)
+        )
+        if weights is not None:
+            self._previous_probes[key] = weights
+        separation = measures.class_separation(coords, labels, max_points=SEPARATION_POINTS, seed=self.seed)
+        return accuracy, separation
 
     def _sketch(self, flat: np.ndarray) -> np.ndarray:
         """A fixed subsample of centred features (or their Gram matrix when wider) for CKA across snapshots."""

@@ -46,13 +46,24 @@ class Probe:
     x: np.ndarray | None  # (n, ...) inputs, stored when small enough (thumbnails, feature values)
     plane: dict[str, np.ndarray] = field(default_factory=dict)  # input-plane grid for 2-D data sets
     input_pca: np.ndarray | None = None  # (n, k) PCA of the raw inputs: the baseline every layer is compared with
-    # Per model output with targets, (n,) its truth: class ids, a regression's value, or a multi-label row's number
-    # of labels (what each is: `RunInfo.outputs`). Empty for runs written before December 2026.
+    # Per model output with targets, its truth: (n,) class ids, (n,) a regression's value or (n, c) its values of
+    # several columns, or (n,) a multi-label row's number of labels (what each is: `RunInfo.outputs`). Empty for runs
+    # written before December 2026.
     targets: dict[int, np.ndarray] = field(default_factory=dict)
+    # Of a model with several inputs, each other stored input by its position in `model.inputs` (from 1; `x` is the
+    # first). Read them all with `inputs`.
+    other_inputs: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return int(self.indices.shape[0])
+
+    @property
+    def inputs(self) -> dict[int, np.ndarray]:
+        """Every stored input by its position in `model.inputs`: {0: x, 1: ..., ...}; an input too large to store
+        (`x` above 64 MB, or the others beyond it) is absent."""
+        first = {} if self.x is None else {0: self.x}
+        return {**first, **dict(sorted(self.other_inputs.items()))}
 
 
 @dataclass(frozen=True)
@@ -406,6 +417,7 @@ class Run:
                 plane=plane,
                 input_pca=arrays.get("input/pca"),
                 targets={int(k.split("/", 1)[1]): v for k, v in arrays.items() if k.startswith("targets/")},
+                other_inputs={int(k.split("/", 1)[1]): v for k, v in arrays.items() if k.startswith("inputs/")},
             )
         return self._probe
 

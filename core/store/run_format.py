@@ -60,6 +60,14 @@ SCALAR: Check = (lambda value: value is None or isinstance(value, (str, int, flo
 NUMBERS: Check = (_numeric_tree, "numbers")
 NAMES = _list_of(SCALAR, "a list of names")
 SHAPE = _list_of(_optional(INT), "a list of whole numbers")
+# {output number as text: number or null}: a model of several outputs' linear probes or separations, per output.
+PER_OUTPUT: Check = (
+    lambda value: (
+        isinstance(value, dict)
+        and all(key.isdigit() and (item is None or _is_number(item)) for key, item in value.items())
+    ),
+    "an object of numbers by output number",
+)
 STATUS: Check = (
     lambda value: value in ("running", "finished", "failed", "interrupted"),
     "running, finished, failed or interrupted",
@@ -116,6 +124,8 @@ INPUT_FIELDS: dict[str, Check] = {
     "explained_variance_ratio": _optional(_list_of(_optional(NUMBER), "a list of numbers")),
     "linear_probe": _optional(NUMBER),
     "separation": _optional(NUMBER),
+    "linear_probes": _optional(PER_OUTPUT),
+    "separations": _optional(PER_OUTPUT),
 }
 MODEL_FIELDS: dict[str, Check] = {"name": _optional(TEXT), "params": _optional(INT)}
 LAYER_FIELDS: dict[str, Check] = {
@@ -162,6 +172,8 @@ RECORD_FIELDS: dict[str, Check] = {
     "grad": STATISTICS,
     "linear_probe": _optional(NUMBER),
     "separation": _optional(NUMBER),
+    "linear_probes": _optional(PER_OUTPUT),
+    "separations": _optional(PER_OUTPUT),
     "skipped": _optional(OBJECT),
 }
 PCA_FIELDS: dict[str, Check] = {
@@ -245,8 +257,8 @@ def history(value: Any) -> dict:
 
 
 def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `input/pca` (n, k); `targets/<output>` (n,);
-    `plane/*` (G,)."""
+    """probe.npz: `indices` (n,) whole numbers; `y` (n,); `x` (n, ...); `inputs/<k>` (n, ...) from k = 1; `input/pca`
+    (n, k); `targets/<output>` (n,) or (n, c); `plane/*` (G,)."""
     indices = arrays.get("indices")
     if indices is None:
         raise FormatProblem("probe.npz has no `indices`")
@@ -255,22 +267,27 @@ def probe_arrays(arrays: dict[str, np.ndarray]) -> None:
             f"probe.npz's `indices` is {indices.dtype} of shape {indices.shape}, not (n,) whole numbers"
         )
     n = len(indices)
-    expected = {"y": 1, "x": None, "input/pca": 2}
+    expected: dict[str, tuple[int, ...] | None] = {"y": (1,), "x": None, "input/pca": (2,)}
     for key in arrays:
         if key.startswith("targets/"):
             if not key.removeprefix("targets/").isdigit():
                 raise FormatProblem("probe.npz holds a target not named by its output's number")
-            expected[key] = 1
+            expected[key] = (1, 2)  # a regression of several columns: (n, c)
+        elif key.startswith("inputs/"):
+            number = key.removeprefix("inputs/")
+            if not (number.isascii() and number.isdigit() and int(number) >= 1):
+                raise FormatProblem("probe.npz holds an input not named by its number from 1")
+            expected[key] = None
     for key, ndim in expected.items():
         array = arrays.get(key)
         if array is None:
             continue
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise FormatProblem(f"probe.npz's `{key}` holds {array.dtype}, not numbers")
-        if array.ndim == 0 or array.shape[0] != n or (ndim is not None and array.ndim != ndim):
+        if array.ndim == 0 or array.shape[0] != n or (ndim is not None and array.ndim not in ndim):
             raise FormatProblem(
                 f"probe.npz's `{key}` has shape {array.shape}, not {n} rows"
-                + (f" of {ndim} dimension(s)" if ndim else "")
+                + (f" of {' or '.join(map(str, ndim))} dimension(s)" if ndim else "")
             )
     for key in ("plane/xs", "plane/ys"):
         array = arrays.get(key)

@@ -120,11 +120,15 @@ class ProbeInfo:
     input_shape: tuple[int | None, ...] | None = None
     plane: bool = False  # 2-D inputs: the dashboard can draw the input plane and its bending
     primary_output: int = 0  # the output whose classes `y`, the linear probes and the diagnosis are of
+    input_names: tuple[str, ...] = ()  # per model input, in order (empty: runs written before December 2026)
 
     @classmethod
     def from_meta(cls, record: dict | None) -> ProbeInfo:
         record = record or {}
+        inputs = record.get("inputs")
+        inputs = inputs if isinstance(inputs, list) else []
         return cls(
+            input_names=tuple(str(item.get("name")) if isinstance(item, dict) else "" for item in inputs),
             size=_int(record.get("size")),
             has_labels=record.get("has_labels") is True,
             input_shape=_shape(record.get("input_shape")),

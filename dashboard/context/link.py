@@ -24,7 +24,7 @@ _LATEST = "_strata_latest_epoch"  # the newest epoch at the last full rerun: "fo
 _SYNC = "_strata_sync_url"  # widget keys set in code whose values the address bar does not show yet
 _FULL_RUN = "_strata_full_run"  # true while the whole app script runs (not a fragment rerun)
 _FOLLOW = "_strata_follow_run"  # a run to select at the start of the next run, before the run picker exists
-WIDGET_KEYS = ("run", "layer", "epoch", "pcx", "pcy", "pcz", "dims", "color", "size", "opacity", "out")
+WIDGET_KEYS = ("run", "layer", "epoch", "pcx", "pcy", "pcz", "dims", "color", "size", "opacity", "out", "tcol")
 
 
 def prepare() -> None:
@@ -123,6 +123,7 @@ def _seed_widgets(view: schema.ViewState, run: Run | None) -> None:
         "color": view.color,
         "size": view.size,
         "opacity": view.opacity,
+        "tcol": view.tcol,
     }
     if facts and facts.layers:
         values["layer"] = view.layer or facts.layers[0]
@@ -159,8 +160,17 @@ def _conform_widgets(run: Run | None) -> None:
             st.session_state[key] = getattr(schema.DEFAULTS, key)
     if len(facts.outputs) > 1 and st.session_state.get("out") not in range(len(facts.outputs)):
         st.session_state["out"] = facts.primary_output
+    column = st.session_state.get("tcol", "norm")
+    if column != "norm" and int(column) >= facts.target_columns(_chosen_output(facts)):
+        st.session_state["tcol"] = "norm"  # another output (or run) than the column was chosen for
     if not facts.has_truth and st.session_state.get("color") in ("label", "correct"):
         st.session_state["color"] = "pred"
+
+
+def _chosen_output(facts: schema.RunFacts) -> int | None:
+    """The output the Output control names (None: the primary output, or a run of one output)."""
+    out = st.session_state.get("out")
+    return out if len(facts.outputs) > 1 and isinstance(out, int) else None
 
 
 def _set_selection(rows: tuple[int, ...]) -> None:

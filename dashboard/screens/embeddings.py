@@ -49,7 +49,7 @@ def show(run, view, live: bool) -> None:
         context.live_caption(run, epoch)
     context.lost_notice(run)
     context.skipped_notice(run, snapshot)
-    key = (run.id, count, view.color, view.size, view.opacity, view.sel, view.out)
+    key = (run.id, count, view.color, view.size, view.opacity, view.sel, view.out, view.tcol)
 
     st.subheader(f"Every layer at epoch {epoch}")
     pcs = (view.pcx, view.pcy)
@@ -70,16 +70,23 @@ def show(run, view, live: bool) -> None:
         else ""
     )
     labelled = run.meta.get("probe", {}).get("has_labels", True)
-    truth_values = data.output_truth(run, view.out)[1] is not None
+    _, truth_values, truth_title = data.output_truth(run, view.out, view.tcol)
     reading = (
         "the true value's colour scale shows which layer first orders the points by it"
-        if truth_values
+        if truth_values is not None
         else "classes that overlap in early layers come apart in later ones"
         if labelled
         else "this run has no class labels, so colour by the prediction to see which layer first orders the points by it"
     )
     which = data.output_caption(run, view.out)
     which = f" The output {plain(which)} colours the points (the sidebar's Output picks another)." if which else ""
+    if truth_values is not None and "column" in truth_title:  # a regression target of several columns
+        detail = truth_title.split(", ", 1)[1]
+        detail = f"the {detail}" if detail.startswith("norm") else detail
+        which += (
+            f" Its target has several columns: the colours show {plain(detail)}, true and predicted alike "
+            "(the sidebar's Target column picks another)."
+        )
     st.caption(
         f"Read left to right, input to output: {reading}. Axis titles give each component's share of that "
         f"layer's variance. Drag a box or lasso to select samples.{sampled}{which}"
@@ -109,7 +116,7 @@ def show(run, view, live: bool) -> None:
             f"{within}"
         )
     with samples_col:
-        selected_samples(run, snapshot, view.sel, view.out)
+        selected_samples(run, snapshot, view.sel, view.out, view.tcol)
 
     scree_col, curves_col = st.columns(2, gap="medium")
     with scree_col:
@@ -134,7 +141,7 @@ def chart(spec: dict, key: str, **options) -> None:
     st.plotly_chart(SpecFigure(spec), key=key, config=CHART_CONFIG, theme=None, **options)
 
 
-def selected_samples(run, snapshot, rows, output: int | None = None) -> None:
+def selected_samples(run, snapshot, rows, output: int | None = None, column: str = "norm") -> None:
     st.subheader("Selected samples")
     if not rows:
         st.caption(
@@ -144,15 +151,16 @@ def selected_samples(run, snapshot, rows, output: int | None = None) -> None:
         return
     probe = run.probe()
     dataset = run.info.dataset
-    probs = snapshot.predictions(output)
-    truth, values, _ = data.output_truth(run, output)
+    probs = data.output_predictions(run, snapshot, output, column)
+    truth, values, _ = data.output_truth(run, output, column)
+    features, feature_names = (None, []) if dataset.image_shape else data.probe_features(run)
     table = views.sample_table(
         rows,
         truth,
         probs,
         data.class_names(run, output),
-        features=None if dataset.image_shape else probe.x,
-        feature_names=list(dataset.feature_names),
+        features=features,
+        feature_names=feature_names,
         values=values,
     )
     correct = sum(1 for row in table if row.get("correct"))
@@ -194,19 +202,20 @@ def _run(run_id: str):
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
-def strip(run_id, count, color, size, opacity, sel, out, epoch, pcs):
+def strip(run_id, count, color, size, opacity, sel, out, tcol, epoch, pcs):
     run = _run(run_id)
     snapshot = data.snapshot_at(run, epoch)
-    labels, values, title = data.output_truth(run, out)
+    labels, values, title = data.output_truth(run, out, tcol)
     names = data.class_names(run, out)
-    coloring = views.coloring(color, labels, snapshot.predictions(out), names, values, title)
+    predictions = data.output_predictions(run, snapshot, out, tcol)
+    coloring = views.coloring(color, labels, predictions, names, values, title)
     return views.strip_figure(data.strip_panels(run, snapshot), coloring, pcs, sel, size, opacity)
 
 
 @st.cache_resource(max_entries=12, show_spinner=False)
-def focus(run_id, count, color, size, opacity, sel, out, layer, epoch, dims, pcs):
+def focus(run_id, count, color, size, opacity, sel, out, tcol, layer, epoch, dims, pcs):
     run = _run(run_id)
-    frames, start = data.focus_frames(run, layer, color, epoch, out)
+    frames, start = data.focus_frames(run, layer, color, epoch, out, tcol)
     return views.focus_figure(frames, start, dims, pcs, sel, size, opacity)
 
 

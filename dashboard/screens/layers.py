@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.analysis import measures, metrics
 from core.store.run_info import parse_layer_key
-from dashboard import context
+from dashboard import context, data
 from dashboard.data import output_caption, snapshot_at
 from dashboard.views import layers as views
 from dashboard.views.spec import frozen
@@ -45,12 +45,13 @@ def show(run, live: bool) -> None:
     key = (run.id, count, epoch)
     layer_name = run.layers[layer]["name"] if run.layers else None
     labelled = run.meta.get("probe", {}).get("has_labels", True)
+    probed = data.probed_output(run, view.out)  # None: the primary output's classes
     if labelled:
         st.header("Linear probe accuracy")
         left, right = st.columns(2, gap="medium")
-        chart(left, "probe_heatmap", probe_heatmap(*key))
-        chart(right, "probe_depth", probe_depth(*key, layer_name))
-        st.caption(probe_reliability(*key, layer) + _probed_output(run))
+        chart(left, "probe_heatmap", probe_heatmap(*key, output=probed))
+        chart(right, "probe_depth", probe_depth(*key, layer_name, output=probed))
+        st.caption(probe_reliability(*key, layer, output=probed) + _probed_output(run, view.out, probed))
     else:
         st.info("This run was recorded without class labels, so it has no linear-probe accuracy or class separation.")
 
@@ -60,16 +61,29 @@ def show(run, live: bool) -> None:
     chart(right, "cka_final", cka_final(*key))
 
     st.header("Separation and dimensionality" if labelled else "Dimensionality")
-    chart(st, "depth", depth_metrics(*key, layer_name), labelled=labelled)
-    chart(st, "time", time_metrics(*key), labelled=labelled)
+    chart(st, "depth", depth_metrics(*key, layer_name, output=probed), labelled=labelled)
+    chart(st, "time", time_metrics(*key, output=probed), labelled=labelled)
 
     units(run, snapshot, layer, key, (view.pcx, view.pcy))
 
 
-def _probed_output(run) -> str:
-    """For a model of several outputs: which output's classes the linear probes decode (the primary output)."""
-    which = output_caption(run, None)
-    return f" The probes decode the classes of the primary output, {plain(which)}." if which else ""
+def _probed_output(run, chosen: int | None, probed: int | None) -> str:
+    """For a model of several outputs: which output's classes the linear probes and separation are of, and why
+    when it is not the output the sidebar's Output control chose (one without classes, or not probed)."""
+    which = output_caption(run, probed)
+    if not which:
+        return ""
+    if probed is not None:
+        return (
+            f" The probes and separation decode the classes of the output the sidebar's Output chose, {plain(which)}."
+        )
+    text = f" The probes and separation decode the classes of the primary output, {plain(which)}"
+    if chosen is not None and chosen != run.info.probe.primary_output:
+        other = output_caption(run, chosen)
+        return (
+            text + f": the chosen output {plain(other)} has no linear probes of its own (only outputs of classes do)."
+        )
+    return text + " (the sidebar's Output picks another output of classes)."
 
 
 def chart(where, name: str, figure, title: str | None = None, labelled: bool = True) -> None:
@@ -118,19 +132,20 @@ def units(run, snapshot, layer: int, key: tuple[str, int, int], components: tupl
         chart(st, "unit_grid", unit_grid(*key, layer, unit), "Every unit over the input plane")
         chart(st, "unit_plane", unit_plane(*key, layer, unit), f"Unit {unit} and the decision boundary")
         chart(st, "bent_plane", bent_plane(*key, layer, components), "How each layer bends the input plane")
-    elif examples is not None and probe.x is not None:
+    elif examples is not None and data.probe_features(run)[0] is not None:
         chart(
             st, "unit_features", unit_features(*key, layer, unit), f"Unit {unit}: its most and least activating samples"
         )
     if examples is not None:
+        features, feature_names = (None, []) if dataset.image_shape else data.probe_features(run)
         table = views.unit_examples_table(
-            None if dataset.image_shape else probe.x,
+            features,
             probe.y,
             snapshot.array("pred/probs"),
             examples.top,
             examples.bottom,
             list(dataset.class_names),
-            list(dataset.feature_names),
+            feature_names,
         )
         with st.expander(f"The {len(examples.top)} most and least activating probe samples of unit {unit}"):
             st.dataframe(table, hide_index=True)
@@ -184,8 +199,8 @@ def _snapshot(run, epoch: int):
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def layer_metrics(run_id: str, count: int) -> metrics.LayerMetrics:
-    return metrics.layer_metrics(_run(run_id))
+def layer_metrics(run_id: str, count: int, output: int | None = None) -> metrics.LayerMetrics:
+    return metrics.layer_metrics(_run(run_id), output=output)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -193,21 +208,17 @@ def cka_series(run_id: str, count: int):
     return metrics.cka_to_final(_run(run_id))
 
 
-def _chance(run) -> float | None:
-    classes = run.info.dataset.classes
-    return 1.0 / classes if classes else None
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
-def held_out(run_id: str) -> tuple[int, int]:
-    """(samples each linear probe is scored on, probe size): the probe's labels fix both."""
-    probe = _run(run_id).probe()
-    return (measures.held_out_size(probe.y) if probe.y is not None else 0), probe.size
+def held_out(run_id: str, output: int | None = None) -> tuple[int, int]:
+    """(samples each linear probe is scored on, probe size): the probed output's labels fix both."""
+    run = _run(run_id)
+    ids = data.probe_labels(run, output)
+    return (measures.held_out_size(ids) if ids is not None else 0), run.probe().size
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def probe_heatmap(run_id, count, epoch):
-    found = layer_metrics(run_id, count)
+def probe_heatmap(run_id, count, epoch, output=None):
+    found = layer_metrics(run_id, count, output)
     return frozen(
         views.probe_heatmap(
             found.epochs,
@@ -215,15 +226,15 @@ def probe_heatmap(run_id, count, epoch):
             found.probe,
             found.input_probe,
             epoch,
-            _chance(_run(run_id)),
-            held_out(run_id)[0],
+            data.chance_accuracy(_run(run_id), output),
+            held_out(run_id, output)[0],
         )
     )
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def probe_depth(run_id, count, epoch, chosen):
-    found = layer_metrics(run_id, count)
+def probe_depth(run_id, count, epoch, chosen, output=None):
+    found = layer_metrics(run_id, count, output)
     row = found.at(epoch)
     initial = found.probe[0] if row > 0 else None
     return frozen(
@@ -233,21 +244,21 @@ def probe_depth(run_id, count, epoch, chosen):
             found.input_probe,
             found.epochs[row],
             initial,
-            _chance(_run(run_id)),
+            data.chance_accuracy(_run(run_id), output),
             chosen,
             initial_epoch=found.epochs[0],
-            held_out=held_out(run_id)[0],
+            held_out=held_out(run_id, output)[0],
         )
     )
 
 
-def probe_reliability(run_id, count, epoch, layer: int) -> str:
-    found = layer_metrics(run_id, count)
+def probe_reliability(run_id, count, epoch, layer: int, output=None) -> str:
+    found = layer_metrics(run_id, count, output)
     accuracy = found.probe[found.at(epoch)]
     chosen = float(accuracy[layer]) if 0 <= layer < len(accuracy) else None
     config = _run(run_id).meta.get("config")
     seed = config.get("seed") if isinstance(config, dict) and isinstance(config.get("seed"), int) else None
-    return views.probe_reliability(*held_out(run_id), chosen, seed)
+    return views.probe_reliability(*held_out(run_id, output), chosen, seed)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
@@ -268,8 +279,8 @@ def _measures(found: metrics.LayerMetrics, row=slice(None)) -> dict[str, np.ndar
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def depth_metrics(run_id, count, epoch, chosen):
-    found = layer_metrics(run_id, count)
+def depth_metrics(run_id, count, epoch, chosen, output=None):
+    found = layer_metrics(run_id, count, output)
     row = found.at(epoch)
     initial = _measures(found, 0) if row > 0 else None
     return frozen(
@@ -286,8 +297,8 @@ def depth_metrics(run_id, count, epoch, chosen):
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def time_metrics(run_id, count, epoch):
-    found = layer_metrics(run_id, count)
+def time_metrics(run_id, count, epoch, output=None):
+    found = layer_metrics(run_id, count, output)
     return frozen(views.time_metrics_figure(found.epochs, found.layers, _measures(found), epoch))
 
 
@@ -358,9 +369,8 @@ def bent_plane(run_id, count, epoch, layer, components):
 def unit_features(run_id, count, epoch, layer, unit):
     run = _run(run_id)
     examples = unit_examples(_snapshot(run, epoch), layer, unit)
-    return frozen(
-        views.unit_feature_figure(run.probe().x, examples.top, examples.bottom, list(run.info.dataset.feature_names))
-    )
+    features, names = data.probe_features(run)  # every stored input, side by side
+    return frozen(views.unit_feature_figure(features, examples.top, examples.bottom, names))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
