@@ -3,7 +3,7 @@ on the host (`Recorder(reduce="host")`: the probe pass returns every recorded la
 and the numpy analysis reduces them) and on the device (`reduce="device"`: `core/capture/device_pass.py`), side by side in one
 run (issue 22).
 
-Models: a small MLP, a small CNN and keras.applications MobileNetV2 (weights=None, 96x96x3, 10 classes; the
+Models: a small MLP, a small CNN, an 83-layer residual CNN (every layer recorded) and keras.applications MobileNetV2 (weights=None, 96x96x3, 10 classes; the
 Recorder's default layer selection: its block outputs), on random data with labels. For each model and setting:
 
 - moved: the bytes of every array the probe pass hands to the host (a RawCapture's outputs, predictions, weights and
@@ -19,7 +19,7 @@ Recorder's default layer selection: its block outputs), on random data with labe
 It imports only the capture path (Keras, the backend's probe pass, `core.capture.snapshot`), never the dashboard, and on
 JAX never TensorFlow, so it runs where only JAX is installed:
 
-    KERAS_BACKEND=jax python bench/bench_capture_bytes.py [--models mlp,cnn,mobilenetv2] [--repeats 3]
+    KERAS_BACKEND=jax python bench/bench_capture_bytes.py [--models mlp,cnn,residual80,mobilenetv2] [--repeats 3]
         [--probe mlp=1000,cnn=500,mobilenetv2=256]
 """
 
@@ -40,7 +40,7 @@ from core.capture.probe_pass import backend_passes, model_variables  # noqa: E40
 from core.capture.recorder import _roles, reducing_pass, run_capture_pass  # noqa: E402
 from core.capture.snapshot import RawCapture, SnapshotBuilder  # noqa: E402
 
-PROBE = {"mlp": 1000, "cnn": 500, "mobilenetv2": 256}
+PROBE = {"mlp": 1000, "cnn": 500, "residual80": 500, "mobilenetv2": 256}
 
 
 def build(name: str) -> tuple[keras.Model, tuple]:
@@ -69,6 +69,15 @@ def build(name: str) -> tuple[keras.Model, tuple]:
                 keras.layers.Dense(10, activation="softmax"),
             ]
         )
+    elif name == "residual80":  # 83 layers, every one recorded: 20 blocks whose layers share shapes
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        for _ in range(20):
+            y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+            y = keras.layers.Conv2D(8, 3, padding="same")(y)
+            x = keras.layers.Activation("relu")(keras.layers.Add()([x, y]))
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
     else:
         model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), classes=10)
     model.compile("adam", "sparse_categorical_crossentropy")
@@ -83,13 +92,22 @@ def raw_bytes(raw: RawCapture) -> int:
     return int(sum(np.asarray(a).nbytes for a in arrays))
 
 
+def graph_ops(capture) -> int | None:
+    """Operations in the compiled reductions' graph (TensorFlow only; the first trace): what tracing costs, and
+    about the kernels a GPU launches for them."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    functions = capture._reduce._list_all_concrete_functions()
+    return len(functions[0].graph.get_operations()) if functions else None
+
+
 def stored_bytes(meta: dict, arrays: dict) -> int:
     return int(sum(a.nbytes for a in arrays.values()) + len(json.dumps(meta)))
 
 
 def measure(name: str, probe: int, repeats: int) -> dict:
     model, shape = build(name)
-    layers = select_layers(recorded_layers(model), None)
+    layers = select_layers(recorded_layers(model), "all" if name == "residual80" else None)
     variables = model_variables(model)
     passes = backend_passes()
     rng = np.random.default_rng(0)
@@ -134,13 +152,14 @@ def measure(name: str, probe: int, repeats: int) -> dict:
             "pass_s": statistics.median(pass_times),
             "handover_s": statistics.median(handover_times),
             "host_analysis_s": statistics.median(analysis_times),
+            "graph_ops": graph_ops(capture) if reduce == "device" else None,
         }
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlp,cnn,mobilenetv2")
+    parser.add_argument("--models", default="mlp,cnn,residual80,mobilenetv2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--probe", default="", help="probe samples per model, e.g. mlp=1000,mobilenetv2=512")
     args = parser.parse_args(argv)
@@ -152,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'model':<12} {'layers':>6} {'probe':>5} {'reduce':<6} {'moved MB':>9} {'stored MB':>9} {'moved/stored':>12} "
     )
-    print(header + f"{'snapshot s':>10} {'pass s':>8} {'handover s':>10} {'host analysis s':>15}")
+    print(header + f"{'snapshot s':>10} {'pass s':>8} {'handover s':>10} {'host analysis s':>15} {'graph ops':>9}")
     for name in args.models.split(","):
         result = measure(name, probes[name], args.repeats)
         for reduce in ("host", "device"):
@@ -160,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:<12} {result['layers']:>6} {result['probe']:>5} {reduce:<6} {r['moved'] / 1e6:>9.2f} "
                 f"{r['stored'] / 1e6:>9.2f} {r['moved'] / r['stored']:>12.2f} {r['snapshot_s']:>10.3f} "
-                f"{r['pass_s']:>8.3f} {r['handover_s']:>10.3f} {r['host_analysis_s']:>15.3f}",
+                f"{r['pass_s']:>8.3f} {r['handover_s']:>10.3f} {r['host_analysis_s']:>15.3f} "
+                f"{'' if r['graph_ops'] is None else r['graph_ops']:>9}",
                 flush=True,
             )
     print(f"tensorflow imported: {'tensorflow' in sys.modules}; dashboard imported: {'dashboard' in sys.modules}")
