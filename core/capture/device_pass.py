@@ -22,8 +22,9 @@ from core.capture.snapshot import CKA_SKETCH_POINTS, MAX_FEATURES, MAX_UNITS_RAN
 
 REDUCE_CHOICES = ("auto", "host", "device")
 # Where `reduce="auto"` reduces on a machine without an accelerator. Measured with bench/bench_capture_bytes.py
-# (bench/README.md): on CPU the compiled reductions took MobileNetV2's snapshot from 11.5 s to 25.3 s (TensorFlow)
-# and 30 s to 68 s (JAX), while the numpy analysis in the recording process runs beside training.
+# (bench/README.md, TensorFlow on 2 CPUs): MobileNetV2's snapshot blocks training 5.5 s reduced in the probe pass,
+# against 3.5 s for the pass alone when the numpy analysis (1.5 s) runs in the recording process beside training;
+# the smaller models' snapshots are cheaper on the device in total CPU, but that work is in training's way.
 CPU_REDUCE = "host"
 
 
