@@ -84,20 +84,7 @@ def build_reduced(builder: SnapshotBuilder, reduced: ReducedCapture) -> tuple[di
     """(meta, arrays) for `RunWriter.write_snapshot`, as `SnapshotBuilder.build` makes them from a raw capture."""
     arrays: dict[str, np.ndarray] = {}
     layers = [_layer_record(builder, index, layer, arrays) for index, layer in enumerate(reduced.layers)]
-    predictions = builder.prediction_arrays(reduced.predictions, reduced.plane_predictions, arrays)
-    meta = {
-        "kind": reduced.kind,
-        "epoch": reduced.epoch,
-        "step": reduced.step,
-        "batch": reduced.batch,
-        "logs": _numeric_logs(reduced.logs),
-        "probe_loss": reduced.loss,
-        "probe_model_accuracy": builder._model_accuracy(predictions),
-        "layers": layers,
-        "nonfinite": bool(
-            not np.isfinite(predictions).all() or (reduced.loss is not None and not np.isfinite(reduced.loss))
-        ),
-    }
+    meta = builder.snapshot_meta(reduced, layers, arrays)
     meta["cka"] = np.asarray(reduced.cka, np.float64).tolist()
     return meta, arrays
 
@@ -202,9 +189,3 @@ def _gradients(builder: SnapshotBuilder, index: int, layer: ReducedLayer, arrays
         if layer.output_grad_norm is not None:
             record["grad"]["output"] = {"norm": float(layer.output_grad_norm)}
     return record
-
-
-def _numeric_logs(logs: dict) -> dict[str, float]:
-    from core.capture.snapshot import _numeric_logs as numeric
-
-    return numeric(logs)

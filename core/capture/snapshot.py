@@ -90,20 +90,7 @@ class SnapshotBuilder:
             layers.append(self._layer_record(index, raw, flat, arrays))
             if grid is not None and "pca" in layers[-1]:
                 layers[-1]["pca"]["pooled"] = grid
-        predictions = self.prediction_arrays(raw.predictions, raw.plane_predictions, arrays)
-        meta = {
-            "kind": raw.kind,
-            "epoch": raw.epoch,
-            "step": raw.step,
-            "batch": raw.batch,
-            "logs": _numeric_logs(raw.logs),
-            "probe_loss": raw.loss,
-            "probe_model_accuracy": self._model_accuracy(predictions),
-            "layers": layers,
-            "nonfinite": bool(
-                not np.isfinite(predictions).all() or (raw.loss is not None and not np.isfinite(raw.loss))
-            ),
-        }
+        meta = self.snapshot_meta(raw, layers, arrays)
         skipped: dict[str, str] = {}
         self._guarded(
             meta,
@@ -115,6 +102,24 @@ class SnapshotBuilder:
         if skipped:
             meta["skipped"] = skipped
         return meta, arrays
+
+    def snapshot_meta(self, capture: RawCapture | ReducedCapture, layers: list[dict], arrays: dict) -> dict:
+        """The snapshot's meta from a capture of either kind and its layer records; stores the predictions into
+        `arrays` (`prediction_arrays`)."""
+        predictions = self.prediction_arrays(capture.predictions, capture.plane_predictions, arrays)
+        return {
+            "kind": capture.kind,
+            "epoch": capture.epoch,
+            "step": capture.step,
+            "batch": capture.batch,
+            "logs": _numeric_logs(capture.logs),
+            "probe_loss": capture.loss,
+            "probe_model_accuracy": self._model_accuracy(predictions),
+            "layers": layers,
+            "nonfinite": bool(
+                not np.isfinite(predictions).all() or (capture.loss is not None and not np.isfinite(capture.loss))
+            ),
+        }
 
     def prediction_arrays(self, predictions: Any, plane_predictions: Any, arrays: dict) -> np.ndarray:
         """Stores the model's predictions on the probe (`pred/probs`, and `pred/<k>/probs` per output of several)
