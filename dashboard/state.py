@@ -195,7 +195,7 @@ def parse_query(params: Mapping[str, str | list[str]]) -> tuple[ViewState, list[
             shown = ",".join(raw)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             reason = str(error) if isinstance(error, BadValue) else "is not valid"
-            notices.append(f"`{field.name}={shown}` {reason}: showing {field.fallback}.")
+            notices.append(f"“{field.name}={shown}” {reason}: showing {field.fallback}.")
     return replace(DEFAULTS, **values), notices
 
 
@@ -283,7 +283,7 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
         return replace(state, **changes, layer=None, epoch=None, sel=()), notices
     if state.layer is not None and state.layer not in facts.layers:
         first = facts.layers[0] if facts.layers else "none"
-        notices.append(f"Run {facts.id} has no layer `{state.layer}`; showing `{first}` instead.")
+        notices.append(f"Run {facts.id} has no layer “{state.layer}”; showing “{first}” instead.")
         changes["layer"] = None
     if state.epoch is not None and facts.epochs and state.epoch not in facts.epochs:
         wanted = state.epoch
@@ -298,13 +298,13 @@ def validate(state: ViewState, facts: RunFacts | None, run_ids: tuple[str, ...] 
             default = min(getattr(DEFAULTS, name), max(1, facts.components))
             if getattr(state, name) != getattr(DEFAULTS, name):  # a link asked for it; a default is not news
                 notices.append(
-                    f"Run {facts.id} stores {facts.components} components, so `{name}` is back to PC{default}."
+                    f"Run {facts.id} stores {facts.components} components, so “{name}” is back to PC{default}."
                 )
             changes[name] = default
     if state.out is not None and (len(facts.outputs) < 2 or state.out >= len(facts.outputs)):
         if len(facts.outputs) > 1:  # a one-output run has nothing to choose: no news
             first = facts.outputs[facts.primary_output]
-            notices.append(f"Run {facts.id} has no output {state.out}; showing output `{first}`.")
+            notices.append(f"Run {facts.id} has no output {state.out}; showing output “{first}”.")
         changes["out"] = None
     columns = facts.target_columns(changes.get("out", state.out))
     if state.tcol != "norm" and int(state.tcol) >= columns:
@@ -338,15 +338,15 @@ def open_run(store, run_id: str | None, run_ids: list[str]) -> tuple[Run | None,
         try:
             return store.run(run_id), notices
         except RunNotFound:
-            notices.append(f"There is no run `{run_id}` in this store (deleted, or a link from another host).")
+            notices.append(f"There is no run “{run_id}” in this store (deleted, or a link from another host).")
         except StoreError as error:
-            notices.append(f"Run `{run_id}` cannot be opened: {error}")
+            notices.append(f"Run “{run_id}” cannot be opened: {error}")
     for candidate in run_ids:
         try:
             run = store.run(candidate)
         except StoreError:
             continue
         if notices:
-            notices[-1] += f" Showing the newest run, `{run.name}`, instead."
+            notices[-1] += f" Showing the newest run, “{run.name}”, instead."
         return run, notices
     return None, notices

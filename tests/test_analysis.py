@@ -497,9 +497,10 @@ def test_cka_projects_very_wide_layers_approximately():
     assert linear_cka(x, wide) == pytest.approx(naive_cka(x, wide), abs=0.05)
 
 
-def test_cka_with_a_constant_layer_is_nan_off_diagonal():
+def test_cka_with_a_constant_layer_is_nan_even_with_itself():
+    """0/0: a constant layer's Gram matrix is zero, so no similarity is defined; a heatmap must not show 1.00."""
     matrix = cka_matrix([np.ones((10, 3)), np.random.default_rng(13).standard_normal((10, 3))])
-    assert np.isnan(matrix[0, 1]) and matrix[0, 0] == 1.0
+    assert np.isnan(matrix[0, 1]) and np.isnan(matrix[0, 0]) and matrix[1, 1] == 1.0
 
 
 def test_cka_rejects_different_samples():

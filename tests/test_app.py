@@ -85,13 +85,13 @@ def test_selection_can_be_cleared(spiral_run_dir):
 @pytest.mark.parametrize(
     "params, expected",
     [
-        ({"run": "no-such-run"}, "There is no run `no-such-run`"),
+        ({"run": "no-such-run"}, "There is no run “no-such-run”"),
         ({"run": "../../etc/passwd"}, "is not a run id"),
         ({"epoch": "9999"}, "no snapshot at epoch 9999"),
-        ({"epoch": "yesterday"}, "`epoch=yesterday` is not a whole number"),
-        ({"layer": "conv_7"}, "has no layer `conv_7`"),
-        ({"color": "rainbow", "dims": "5d"}, "`color=rainbow`"),
-        ({"sel": "1-x"}, "`sel=1-x`"),
+        ({"epoch": "yesterday"}, "“epoch=yesterday” is not a whole number"),
+        ({"layer": "conv_7"}, "has no layer “conv_7”"),
+        ({"color": "rainbow", "dims": "5d"}, "“color=rainbow”"),
+        ({"sel": "1-x"}, "“sel=1-x”"),
         ({"pcx": "40"}, "stores 10 components"),
     ],
 )

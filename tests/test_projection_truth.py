@@ -144,6 +144,36 @@ def test_the_views_axis_titles_and_the_scree_chart_say_the_same_shares(planted_r
     np.testing.assert_allclose(np.cumsum(variances[names.index("hidden")]), np.cumsum(shares[:5]), atol=1e-4)
 
 
+def test_a_one_unit_layer_has_one_component_and_its_flat_axis_says_so(tmp_path):
+    """A 1-unit layer has one direction, holding all of its variance; the scatter's second axis is drawn flat at 0,
+    and its title must not call that a PC2."""
+    writer = RunWriter(str(tmp_path), "narrow", {"layers": [{"index": 0, "name": "unit", "type": "Dense"}]})
+    writer.write_probe({"indices": np.arange(SAMPLES)})
+    output = np.random.default_rng(1).standard_normal((SAMPLES, 1)).astype(np.float32)
+    meta, arrays = SnapshotBuilder(activations=["linear"], labels=None, components=5).build(capture(0, output))
+    writer.write_snapshot(0, meta, arrays)
+    writer.set_status("finished")
+    run = RunStore(str(tmp_path)).run("narrow")
+    [snapshot] = run.epoch_snapshots()
+    [panel] = data.strip_panels(run, snapshot)
+    strip = views.strip_figure([panel], views.coloring("prediction", None, snapshot.array("pred/probs"), []))
+    assert strip["layout"]["xaxis"]["title"]["text"] == "PC1 · 100%"
+    assert strip["layout"]["yaxis"]["title"]["text"] == "no PC2 (the layer has 1): 0"
+    assert set(np.asarray(strip["data"][0]["y"]).tolist()) == {0.0}
+
+
+def test_a_constant_layer_is_said_to_have_no_variance_not_0_percent(tmp_path):
+    writer = RunWriter(str(tmp_path), "dead", {"layers": [{"index": 0, "name": "dead", "type": "Dense"}]})
+    writer.write_probe({"indices": np.arange(SAMPLES)})
+    output = np.zeros((SAMPLES, 4), np.float32)  # a ReLU layer that died: every unit outputs 0
+    meta, arrays = SnapshotBuilder(activations=["relu"], labels=None, components=5).build(capture(0, output))
+    writer.write_snapshot(0, meta, arrays)
+    run = RunStore(str(tmp_path)).run("dead")
+    [snapshot] = run.epoch_snapshots()
+    [panel] = data.strip_panels(run, snapshot)
+    assert views.axis_title(1, panel.variance) == "PC1 · no variance"
+
+
 def test_older_runs_with_permuted_columns_read_back_in_variance_order(tmp_path):
     """Runs recorded before this change stored columns permuted to follow the previous snapshot, with `order`
     giving each column's rank: the reader puts PC1 first again, for the scatter, the plane and the ratios."""

@@ -75,7 +75,7 @@ def test_the_schema_lists_every_field_once():
 def test_garbage_falls_back_to_the_default_with_a_notice(name, value):
     view, notices = parse_query({name: value, "run": "ok-run"} if name != "run" else {name: value})
     assert getattr(view, name) == getattr(DEFAULTS, name)
-    assert len(notices) == 1 and f"`{name}=" in notices[0]
+    assert len(notices) == 1 and f"“{name}=" in notices[0]
 
 
 def test_unknown_parameters_are_ignored_silently():

@@ -110,10 +110,10 @@ def test_an_unknown_run_in_the_link_falls_back_to_the_newest_with_a_notice(store
     assert not at.exception
     notices = _notices(at)
     assert notices[0] == (
-        "There is no run `no-such-run` in this store (deleted, or a link from another host). "
-        "Showing the newest run, `synthetic 2x3x60`, instead."
+        "There is no run “no-such-run” in this store (deleted, or a link from another host). "
+        "Showing the newest run, “synthetic 2x3x60”, instead."
     )
-    assert "Run beta has no layer `dense_1`; showing `dense_0` instead." in notices
+    assert "Run beta has no layer “dense_1”; showing “dense_0” instead." in notices
     assert printed_view(at).run == "beta" and printed_view(at).layer == "dense_0"
 
 
@@ -121,7 +121,7 @@ def test_a_run_id_that_is_a_path_is_never_opened(store_root):
     at = open_context(store_root, run="../alpha")
     assert not at.exception and printed_view(at).run == "beta"
     assert _notices(at) == [
-        "`run=../alpha` is not a run id (letters, digits, '.', '_' and '-' only): showing the newest run."
+        "“run=../alpha” is not a run id (letters, digits, '.', '_' and '-' only): showing the newest run."
     ]
 
 
@@ -129,9 +129,9 @@ def test_values_the_run_does_not_have_fall_back_with_notices(store_root):
     at = open_context(store_root, run="alpha", layer="nope", epoch="99", pcx="9", color="sideways", size="500")
     assert not at.exception
     notices = " ".join(_notices(at))
-    assert "Run alpha has no layer `nope`; showing `dense_0` instead." in notices
+    assert "Run alpha has no layer “nope”; showing “dense_0” instead." in notices
     assert "Run alpha has no snapshot at epoch 99 (it has 0–4); showing epoch 4." in notices
-    assert "Run alpha stores 8 components, so `pcx` is back to PC1." in notices
+    assert "Run alpha stores 8 components, so “pcx” is back to PC1." in notices
     assert "color" in notices and "size" in notices
     view = printed_view(at)
     assert (view.layer, view.epoch, view.pcx, view.color, view.size) == ("dense_0", 4, 1, "label", schema.DEFAULTS.size)
@@ -224,4 +224,4 @@ def test_run_facts_of_a_run_and_of_none(store_root):
 def test_notices_quote_the_link_as_given(store_root):
     """A notice repeats the link's value; the page puts it into Markdown only through `plain()` (main.py)."""
     at = open_context(store_root, run="alpha", layer="**bold**")
-    assert any(re.search(r"no layer `\*\*bold\*\*`", notice) for notice in _notices(at))
+    assert any(re.search(r"no layer “\*\*bold\*\*”", notice) for notice in _notices(at))

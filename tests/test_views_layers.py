@@ -212,6 +212,10 @@ def test_bent_plane_has_a_mesh_and_points_per_panel():
     assert figure.layout.xaxis.title.text == "x1" and figure.layout.xaxis2.title.text == "PC1"
     assert len(figure.layout.shapes) == 1
     assert views.bent_plane_figure([], None, side).layout.annotations
+    own = views.bent_plane_figure(  # each panel's own titles: a 1-unit layer has no PC2
+        [("input", grid), ("unit", grid * [1, 0])], None, side, axis_titles=[("x1", "x2"), ("PC1", "no PC2: 0")]
+    )
+    assert own.layout.yaxis2.title.text == "no PC2: 0" and own.layout.yaxis.title.text == "x2"
 
 
 def test_thumbnails_of_a_units_top_and_bottom_images():

@@ -783,11 +783,11 @@ def linear_cka(x, y) -> float:
 
 
 def cka_matrix(features: list) -> np.ndarray:
-    """(L, L) symmetric linear CKA between every pair of layers, ones on the diagonal.
+    """(L, L) symmetric linear CKA between every pair of layers, ones on the diagonal but for constant layers.
 
     Each layer is centred once and kept as its centred Gram matrix K = X_c X_c^T when it is wider than the
     number of samples, else as its centred features X_c; every pair then costs one product on the
-    smaller side. Pairs involving a constant layer are nan.
+    smaller side. Pairs involving a constant layer are nan, its pair with itself included.
     """
     layers = [_cka_representation(f) for f in features]
     if len({len(matrix) for _, matrix in layers}) > 1:
@@ -795,7 +795,7 @@ def cka_matrix(features: list) -> np.ndarray:
         raise ValueError(f"cka_matrix needs the same samples for every layer. Received shapes: {shapes}")
     norms = [np.sqrt(_hsic(layer, layer)) for layer in layers]
     size = len(layers)
-    similarity = np.eye(size)
+    similarity = np.diag([1.0 if norm > 0 else np.nan for norm in norms])  # a constant layer is like nothing
     for i in range(size):
         for j in range(i + 1, size):
             denominator = norms[i] * norms[j]

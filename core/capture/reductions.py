@@ -420,7 +420,7 @@ def tensor_stats(g) -> dict:
 def cka_matrix(features: list, projections: list | None = None, block: int = CKA_ROW_BLOCK):
     """(L, L) linear CKA between the layers' features (each (n, d_i)), as `measures.cka_matrix` computes it: a layer
     wider than `measures.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix and centred;
-    HSIC(X, Y) = <X X^T, Y Y^T>. Pairs with a constant layer are NaN, the diagonal is ones. `projections`: per
+    HSIC(X, Y) = <X X^T, Y Y^T>. Pairs with a constant layer are NaN, itself included; the other diagonal entries are ones. `projections`: per
     layer its matrix (`cka_projection`) or None, which a compiled caller passes in.
 
     Every pair at once, in a number of operations that does not grow with the layer count: layers of the same
@@ -449,7 +449,7 @@ def cka_matrix(features: list, projections: list | None = None, block: int = CKA
     norms = ops.sqrt(ops.maximum(ops.diagonal(hsic), 0.0))
     denominator = norms[:, None] * norms[None, :]
     cka = ops.where(denominator > 0, hsic / ops.where(denominator > 0, denominator, 1.0), np.nan)
-    return ops.where(ops.eye(len(features), dtype="bool"), 1.0, cka)
+    return ops.where(ops.eye(len(features), dtype="bool"), ops.where(denominator > 0, 1.0, np.nan), cka)
 
 
 def cka_projection(d: int) -> np.ndarray | None:

@@ -345,6 +345,7 @@ def bent_plane(run_id, count, epoch, layer, components):
     snapshot, plane = _snapshot(run, epoch), run.probe().plane
     grid_x, grid_y = np.meshgrid(plane["xs"], plane["ys"])  # grid point r*G + c is (xs[c], ys[r])
     panels = [("input", np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))]
+    titles = [("x1", "x2")]
     for index, info in enumerate(run.layers):
         projection = snapshot.projection(index, "plane_pca")
         if projection is not None:  # a layer with fewer components than asked for is flat along the missing ones
@@ -353,6 +354,7 @@ def bent_plane(run_id, count, epoch, layer, components):
                 coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components
             ]
             panels.append((info.get("name", f"layer {index}"), np.stack(picked, axis=1)))
+            titles.append(tuple(f"PC{c}" if c <= coords.shape[1] else f"no PC{c}: 0" for c in components[:2]))
     chosen = run.layers[layer].get("name") if run.layers else None
     return frozen(
         views.bent_plane_figure(
@@ -360,7 +362,7 @@ def bent_plane(run_id, count, epoch, layer, components):
             snapshot.array("pred/plane_probs"),
             len(plane["xs"]),
             chosen,
-            (f"PC{components[0]}", f"PC{components[1]}"),
+            titles,
         )
     )
 

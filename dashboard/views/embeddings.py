@@ -147,9 +147,14 @@ def _groups(color: Coloring, rows: np.ndarray) -> list[tuple[int | None, np.ndar
 
 
 def axis_title(component: int, variance: np.ndarray | None) -> str:
-    """ "PC2 · 18%": the component (counted from 1) and the share of the layer's variance it explains."""
-    if variance is None or component > len(variance) or variance[component - 1] is None:
+    """ "PC2 · 18%": the component (counted from 1) and the share of the layer's variance it explains. A component
+    the layer does not have (a 1-unit layer has one) is drawn flat at 0, and says so."""
+    if variance is not None and component > len(variance):
+        return f"no PC{component} (the layer has {len(variance)}): 0"
+    if variance is None or variance[component - 1] is None:
         return f"PC{component}"
+    if not np.any(np.asarray(variance, np.float64) > 0):  # a constant layer: shares of nothing are not "0%"
+        return f"PC{component} · no variance"
     share = float(variance[component - 1])
     return f"PC{component} · {share:.0%}" if math.isfinite(share) else f"PC{component}"
 

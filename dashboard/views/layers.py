@@ -38,7 +38,7 @@ CAPTIONS = {
     "probe_depth": "Linear-probe accuracy from input to output at the chosen epoch (grey: before training), with its "
     "95% interval. A rise with depth means later layers make the classes linearly separable.",
     "cka_heatmap": "Linear CKA between every pair of layers at the chosen epoch: 1 means two layers represent the "
-    "probe set the same way up to rotation and scale; blocks of high values are stages.",
+    "probe set the same way up to rotation and scale; blocks of high values are stages. Blank: a constant layer, no CKA.",
     "cka_final": "Each layer's CKA with itself at the last epoch, on a fixed subsample of at most "
     f"{CKA_SKETCH_POINTS} probe samples. A line reaching 1 early means that layer stopped changing; layers "
     "near the input usually settle first.",
@@ -657,12 +657,13 @@ def bent_plane_figure(
     plane_probs: np.ndarray | None,
     side: int,
     chosen: str | None = None,
-    axis_titles: tuple[str, str] = ("PC1", "PC2"),
+    axis_titles: tuple[str, str] | list[tuple[str, str]] = ("PC1", "PC2"),
     raw_first: bool = True,
 ) -> go.Figure:
     """The input-plane grid in each layer's PCA space (one panel per layer): `panels` are (name, (G², 2) coords).
 
-    With `raw_first`, the first panel is the grid itself in input coordinates (axes x1, x2).
+    `axis_titles` names the axes of every panel, or is a list with each panel's own. With `raw_first`, the first
+    panel is the grid itself in input coordinates (axes x1, x2).
     """
     if not panels:
         return _no_data("This run has no input-plane grid.")
@@ -710,7 +711,8 @@ def bent_plane_figure(
             row=row,
             col=col,
         )
-        names = ("x1", "x2") if raw_first and index == 0 else axis_titles
+        names = axis_titles[index] if isinstance(axis_titles, list) else axis_titles
+        names = ("x1", "x2") if raw_first and index == 0 else names
         figure.update_xaxes(
             visible=True, showticklabels=False, title_text=names[0], title_font_size=10, row=row, col=col
         )
