@@ -147,7 +147,6 @@ class ReducingPass:
 
     def _layer(self, index: int, layer: dict, result: dict, measured: bool) -> ReducedLayer:
         features_shape, grid = _features_shape(result["outputs"][index].shape)
-        k = min(self.components, *features_shape)
         roles = self.roles[index]
         arrays = {
             "cka_sketch": layer["cka_sketch"],
@@ -167,8 +166,8 @@ class ReducingPass:
             for role, stats in zip(roles, layer["grads"]):
                 grad[role] = {key: stats[key] for key in _GRADIENT_KEYS}
         return ReducedLayer(
-            coords=layer["coords"][:, :k],
-            extra_coords=layer["coords"][:, k if "features" not in layer else 0 : k].astype(np.float16),
+            coords=layer["coords"],
+            extra_coords=layer.get("extra_coords", np.zeros((len(layer["coords"]), 0), np.float16)),
             probe_features=layer.get("features"),
             variance=layer["variance"],
             total_variance=float(layer["total_variance"]),
@@ -308,7 +307,7 @@ class ReducingPass:
         units = ops.transpose(reductions.unit_means(output)[:, :MAX_UNITS_RANKED])  # (units, n)
         top, bottom = reductions.extreme_rows(units, TOP_SAMPLES)
         layer = {
-            "coords": fitted["coords"],
+            "coords": fitted["coords"][..., :k],  # stored
             "variance": fitted["variance"],
             "total_variance": fitted["total_variance"],
             "nonfinite_rows": nonfinite_rows,
@@ -321,6 +320,8 @@ class ReducingPass:
             layer["spectrum"] = fitted["spectrum"]
         if d <= FEATURE_COMPONENTS:  # narrow: the features themselves, no larger than their components
             layer["features"] = features
+        else:  # wide: the components after the stored k, for the host's linear probe, at half the bytes
+            layer["extra_coords"] = ops.cast(fitted["coords"][..., k:], "float16")
         return layer, fitted["components"], fitted["mean"]
 
 

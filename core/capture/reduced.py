@@ -145,8 +145,9 @@ def _projection(builder: SnapshotBuilder, index: int, layer: ReducedLayer, array
         record["pca"]["pooled"] = layer.grid
     if builder.labels is not None or builder.output_labels:
         features = layer.probe_features
-        if features is None:
+        if features is None:  # a wide layer: its top principal coordinates are all of it that reached the host
             features = np.hstack([layer.coords, layer.extra_coords.astype(np.float32)])
+            record["probe_components"] = int(features.shape[1])
         record.update(builder.class_probes(index, features, layer.coords))
     return record
 

@@ -174,6 +174,7 @@ RECORD_FIELDS: dict[str, Check] = {
     "separation": _optional(NUMBER),
     "linear_probes": _optional(PER_OUTPUT),
     "separations": _optional(PER_OUTPUT),
+    "probe_components": _optional(INT),
     "skipped": _optional(OBJECT),
 }
 PCA_FIELDS: dict[str, Check] = {

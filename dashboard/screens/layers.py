@@ -256,9 +256,12 @@ def probe_reliability(run_id, count, epoch, layer: int, output=None) -> str:
     found = layer_metrics(run_id, count, output)
     accuracy = found.probe[found.at(epoch)]
     chosen = float(accuracy[layer]) if 0 <= layer < len(accuracy) else None
-    config = _run(run_id).meta.get("config")
+    run = _run(run_id)
+    config = run.meta.get("config")
     seed = config.get("seed") if isinstance(config, dict) and isinstance(config.get("seed"), int) else None
-    return views.probe_reliability(*held_out(run_id, output), chosen, seed)
+    snapshot = _snapshot(run, epoch)
+    components = snapshot.layer(layer).get("probe_components") if snapshot is not None else None
+    return views.probe_reliability(*held_out(run_id, output), chosen, seed, components)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

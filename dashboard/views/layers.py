@@ -296,13 +296,21 @@ def probe_depth_figure(
     return _style(figure, 320)
 
 
-def probe_reliability(held_out: int, probe_size: int, accuracy: float | None, seed: int | None) -> str:
+def probe_reliability(
+    held_out: int, probe_size: int, accuracy: float | None, seed: int | None, components: int | None = None
+) -> str:
     """What the probe accuracies rest on, in words: how many held-out samples, how wide a 95% interval that gives
-    at `accuracy` (the chosen layer's, say), and that the run is one training seed."""
+    at `accuracy` (the chosen layer's, say), that the run is one training seed, and, when the chosen layer was
+    probed on its top `components` principal coordinates (a run reduced on the device), what that leaves out."""
     trained = max(probe_size - held_out, 0)
     text = (
         f"Each probe is trained on {trained:,} probe samples and scored on the other {held_out:,}, which it never saw. "
     )
+    if components:
+        text += (
+            f"This layer's probe reads its top {components} principal components, all of it that the device-reduced "
+            "capture kept: class information in its lower-variance directions is not counted. "
+        )
     if held_out and accuracy is not None and math.isfinite(accuracy):
         low, high = accuracy_interval(accuracy, held_out)
         text += (
