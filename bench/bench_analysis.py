@@ -112,8 +112,8 @@ def main() -> None:
         replay(messages, spent)
     total = sum(seconds for label, seconds in spent.items() if label.startswith("all "))
     print(
-        f"digits MLP 64-128-64-32-10, {args.epochs} epochs, probe 1000: {len(messages)} messages, {snapshots} snapshots, "
-        f"replayed {args.repeats} times in one thread"
+        f"digits MLP 64-128-64-32-10, {args.epochs} epochs, probe 1000: {len(messages)} messages, {snapshots} "
+        f"snapshots, replayed {args.repeats} times in one thread"
     )
     print(f"{'part':<32} {'ms per snapshot':>15} {'share':>6}")
     for label, seconds in sorted(spent.items(), key=lambda item: (item[0].startswith("all "), -item[1])):

@@ -1,10 +1,11 @@
 """What one snapshot moves from the device to the host, against what it stores, and what it costs, with the reductions
 on the host (`Recorder(reduce="host")`: the probe pass returns every recorded layer's output, weights and gradients,
-and the numpy analysis reduces them) and on the device (`reduce="device"`: `core/capture/device_pass.py`), side by side in one
-run (issue 22).
+and the numpy analysis reduces them) and on the device (`reduce="device"`: `core/capture/device_pass.py`), side by side
+in one run (issue 22).
 
-Models: a small MLP, a small CNN, an 83-layer residual CNN (every layer recorded) and keras.applications MobileNetV2 (weights=None, 96x96x3, 10 classes; the
-Recorder's default layer selection: its block outputs), on random data with labels. For each model and setting:
+Models: a small MLP, a small CNN, an 83-layer residual CNN (every layer recorded) and keras.applications MobileNetV2
+(weights=None, 96x96x3, 10 classes; the Recorder's default layer selection: its block outputs), on random data with
+labels. For each model and setting:
 
 - moved: the bytes of every array the probe pass hands to the host (a RawCapture's outputs, predictions, weights and
   gradients; a ReducedCapture's arrays), the transfer a GPU pays for;

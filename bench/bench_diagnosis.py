@@ -1,4 +1,5 @@
-"""Labelled training scenarios for `core.analysis.diagnosis`: trains each one, diagnoses it, and counts hits, misses and false alarms.
+"""Labelled training scenarios for `core.analysis.diagnosis`: trains each one, diagnoses it, and counts hits, misses and
+false alarms.
 
 Run from the repository root:
 

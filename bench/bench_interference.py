@@ -85,7 +85,8 @@ def main() -> None:
         f"in {PERIOD * 1000:.0f} ms cycles"
     )
     print(
-        f"{'spinner busy':<13} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'fastest':>8} {'own CPU':>8}"
+        f"{'spinner busy':<13} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} "
+        f"{'fastest':>8} {'own CPU':>8}"
     )
     alone = results[0]
     for duty in duties:
@@ -95,7 +96,8 @@ def main() -> None:
         cpu = statistics.median(c / a for (_, c), (_, a) in zip(rows, alone))
         label = "alone" if duty == 0 else f"{duty}%"
         print(
-            f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {ratio_columns(ratios)} {fastest:>7.2f}x {cpu:>7.2f}x"
+            f"{label:<13} {statistics.median(w for w, _ in rows):>9.2f}s {ratio_columns(ratios)} {fastest:>7.2f}x "
+            f"{cpu:>7.2f}x"
         )
 
 

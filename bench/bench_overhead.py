@@ -3,24 +3,25 @@
 Workload (issue 2): digits, MLP 64-128-64-32-10 ReLU, Adam, 30 epochs, batch 32, a probe of 1,000 samples,
 a capture every epoch. `recorder` is the default `Recorder` (recording work beside training paced to 3% of its
 wall time, the rest analysed after `fit` returns); `recorder-live` is `Recorder(budget=None)`, which analyses
-every snapshot while training runs. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and a
-naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
+every snapshot while training runs. References measured in the same rounds: Keras's `TensorBoard(histogram_freq=1)` and
+a naive capture that rebuilds an extractor model, calls `predict` and runs scikit-learn's PCA every epoch.
 `recorder+grad` adds per-batch gradient norms (`grad_every`, default every 10 batches) to the recorder;
-`recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates
-what the training process pays from what the analysis running beside it costs; `recorder-nojournal` (a
-diagnostic) is the default `Recorder` without its recovery journal, which shows what journaling costs. `plain-pinned` and
-`recorder-pinned` confine every thread of the training process to CPU 0, and the recording process to CPU 1:
-what recording costs when the analysis has a core training does not use (`recorder-pinned` is compared with
-`plain-pinned`). Unpinned, plain `fit` here uses the second core too.
-Variants are interleaved round by round, in forward then reverse order on alternate rounds, so machine noise
-and drift hit them alike; the wall-time ratios are medians over rounds of each round's time over that round's
-plain `fit`, shown with their interquartile range and beside the mean ratio's 95% interval. Beside them: the
-training process's own CPU time during `fit` and the CPU time of the recording child process, how busy the machine's cores
-were, how long after `fit` returned the run was completely written ("written +": the snapshots held back
-for the budget; the next fit starts only then), the wall time spent inside the Recorder's hooks on the training thread (its direct cost, as a share of
-plain `fit`), and the time the probe passes took on the recorder's worker thread, beside training.
+`recorder-discard` (a diagnostic) records with a child process that discards what it is sent, which separates what the
+training process pays from what the analysis running beside it costs; `recorder-nojournal` (a diagnostic) is the default
+`Recorder` without its recovery journal, which shows what journaling costs. `plain-pinned` and `recorder-pinned` confine
+every thread of the training process to CPU 0, and the recording process to CPU 1: what recording costs when the
+analysis has a core training does not use (`recorder-pinned` is compared with `plain-pinned`). Unpinned, plain `fit`
+here uses the second core too. Variants are interleaved round by round, in forward then reverse order on alternate
+rounds, so machine noise and drift hit them alike; the wall-time ratios are medians over rounds of each round's time
+over that round's plain `fit`, shown with their interquartile range and beside the mean ratio's 95% interval. Beside
+them: the training process's own CPU time during `fit` and the CPU time of the recording child process, how busy the
+machine's cores were, how long after `fit` returned the run was completely written ("written +": the snapshots held back
+for the budget; the next fit starts only then), the wall time spent inside the Recorder's hooks on the training thread
+(its direct cost, as a share of plain `fit`), and the time the probe passes took on the recorder's worker thread, beside
+training.
 
-    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N] [--backend jax] [--strategy mirrored]
+    python bench/bench_overhead.py [--rounds 5] [--epochs 30] [--batch-every N] [--grad-every N] [--backend jax]
+    [--strategy mirrored]
 
 `--backend` (default: `KERAS_BACKEND`, else TensorFlow) runs everything on that Keras backend; `tensorboard` needs
 TensorFlow. `--strategy mirrored` trains every variant under MirroredStrategy on two logical CPU devices.
@@ -285,14 +286,16 @@ def main() -> None:
         runs = RunStore(root).list_runs()
         snapshots = len(RunStore(root).run(runs[0].id).snapshots()) if runs else 0
     print(
-        f"\n{keras.backend.backend()}{' MirroredStrategy(2 CPU devices)' if STRATEGY else ''}: digits MLP 64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
+        f"\n{keras.backend.backend()}{' MirroredStrategy(2 CPU devices)' if STRATEGY else ''}: digits MLP "
+        f"64-128-64-32-10, {args.epochs} epochs, batch 32, probe 1000, capture every epoch"
         + (f", every {args.batch_every} batches" if args.batch_every else "")
         + f" ({snapshots} snapshots per run)"
     )
     if any(v.endswith("-pinned") for v in variants):
         print("(-pinned variants: training on CPU 0 and the recording process on CPU 1; ratios against plain-pinned)")
     print(
-        f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} {'own CPU ratio':>13}"
+        f"{'variant':<16} {'median fit':>10} {'wall ratio':>10} {'(IQR)':>13} {'mean (95% CI)':>19} "
+        f"{'own CPU ratio':>13}"
         f" {'child CPU':>9} {'busy':>5} {'written +':>9}"
         f" {'in hooks':>14} {'probe passes':>12}"
     )

@@ -186,13 +186,15 @@ def main() -> None:
                 playwright = sync_playwright().start()
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print(
-                f"page {args.page}, {args.servers} server(s) a build, client {args.client}, {args.rounds} round(s) a level"
+                f"page {args.page}, {args.servers} server(s) a build, client {args.client}, {args.rounds} round(s) a "
+                "level"
             )
             for build in builds:  # the first visitor computes what every later one shares (CKA over training, ...)
                 start = time.perf_counter()
                 full_render(build.bases[0], query, page)
                 print(
-                    f"{build.label}: first whole page on a fresh server {time.perf_counter() - start:.1f} s (not counted)"
+                    f"{build.label}: first whole page on a fresh server {time.perf_counter() - start:.1f} s (not "
+                    "counted)"
                 )
             for level_number, sessions in enumerate(levels):
                 for build in builds:
@@ -224,7 +226,8 @@ def main() -> None:
                         f"{build.cpu[sessions]:.1f} | {1000 * build.cpu[sessions] / (sessions * args.rounds):.0f} |"
                     )
             print(
-                f"\nserver CPU for one whole {args.page} page render, one session at a time, warm ({args.renders} each):"
+                f"\nserver CPU for one whole {args.page} page render, one session at a time, warm ({args.renders} "
+                "each):"
             )
             for build in builds:
                 print(

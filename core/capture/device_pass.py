@@ -1,7 +1,8 @@
 """The probe pass that reduces on the device (`Recorder(reduce="device")`): the backend's probe pass runs as ever,
 its outputs, weights and gradients stay where they are (an accelerator's memory, or TensorFlow's and XLA's buffers
-on a CPU), and one compiled function of `core.capture.reductions` turns them into what a snapshot stores. Only that crosses
-to the host, as a `core.capture.reduced.ReducedCapture`, plus the first kernel layer's weights, which the dashboard draws.
+on a CPU), and one compiled function of `core.capture.reductions` turns them into what a snapshot stores. Only that
+crosses to the host, as a `core.capture.reduced.ReducedCapture`, plus the first kernel layer's weights, which the
+dashboard draws.
 
 The state that carries from one snapshot to the next lives here too, on the device: each layer's components (the
 next PCA's warm start and sign reference) and the weights (for update ratios).
@@ -186,7 +187,8 @@ class ReducingPass:
 
     def _layer_constants(self, shape) -> dict:
         """The fixed arrays a layer's reductions use, as tensors made once: passed to the compiled function as
-        arguments, since constants of a few megabytes inside it (a CKA projection) cost it tens of seconds to compile."""
+        arguments, since constants of a few megabytes inside it (a CKA projection) cost it tens of seconds to
+        compile."""
         shape = tuple(int(s) for s in shape)
         (n, d), _ = _features_shape(shape)
         values = int(np.prod(shape)) if len(shape) <= 2 else n * int(np.prod(shape[1:-1])) * shape[-1]

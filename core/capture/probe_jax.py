@@ -114,7 +114,8 @@ def read_state(model: keras.Model | None, variables: list) -> list:
 
 
 def constants(arrays: list) -> list:
-    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as JAX arrays, on the default device once rather than at every capture."""
+    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as JAX arrays, on the default
+    device once rather than at every capture."""
     return [None if a is None else jax.tree_util.tree_map(jnp.asarray, a) for a in arrays]
 
 

@@ -40,8 +40,8 @@ def check_backend(name: str | None = None) -> str:
 
 
 def backend_passes() -> ModuleType:
-    """The module of the current backend's compiled passes: `core.capture.probe_tf` or `core.capture.probe_jax`. Each has
-    `ProbePass`, `gradient_norm_function`, `read_state`, `constants`, `dtype_size` and `writes_the_run`."""
+    """The module of the current backend's compiled passes: `core.capture.probe_tf` or `core.capture.probe_jax`. Each
+    has `ProbePass`, `gradient_norm_function`, `read_state`, `constants`, `dtype_size` and `writes_the_run`."""
     if check_backend() == "jax":
         from core.capture import probe_jax
 

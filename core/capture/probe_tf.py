@@ -1,5 +1,6 @@
 """The probe pass on TensorFlow: tf.functions that run the model on read weights under Keras's StatelessScope, and
-take gradients with GradientTape. Imported only when Keras runs on TensorFlow (`core.capture.probe_pass.backend_passes`)."""
+take gradients with GradientTape. Imported only when Keras runs on TensorFlow
+(`core.capture.probe_pass.backend_passes`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ logging.getLogger("tensorflow").addFilter(_OwnTracesAreExpected())
 
 
 class ProbePass(_SharedProbePass):
-    """The probe pass (`core.capture.probe_pass.ProbePass`) as tf.functions: gradients by GradientTape, in a StatelessScope."""
+    """The probe pass (`core.capture.probe_pass.ProbePass`) as tf.functions: gradients by GradientTape, in a
+    StatelessScope."""
 
     def _compile(self, model: keras.Model, layers: list[RecordedLayer], variables: list) -> tuple:
         training = self.training
@@ -124,8 +126,8 @@ def read_state(model: keras.Model, variables: list) -> list:
 
 
 def constants(arrays: list) -> list:
-    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as tensors, converted once: passing numpy each time would copy the probe into
-    TensorFlow at every capture."""
+    """Numpy arrays (or None, or lists or dicts of arrays: several inputs or outputs) as tensors, converted once:
+    passing numpy each time would copy the probe into TensorFlow at every capture."""
     return [None if a is None else tf.nest.map_structure(tf.constant, a) for a in arrays]
 
 

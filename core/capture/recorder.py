@@ -105,9 +105,9 @@ class Recorder(keras.callbacks.Callback):
             classes. One whose targets are not classes fails at the start of `fit`.
         reduce: where each snapshot is reduced. "host": the probe pass hands every recorded layer's output,
             weights and gradients to the recording process, which reduces them in numpy. "device": the reductions
-            run inside the compiled probe pass (`core.capture.device_pass`), and only what the snapshot stores crosses to
-            the host. "auto" (default): "device" when Keras computes on a GPU or TPU, else "host" (measured faster
-            on CPU: bench/README.md).
+            run inside the compiled probe pass (`core.capture.device_pass`), and only what the snapshot stores crosses
+            to the host. "auto" (default): "device" when Keras computes on a GPU or TPU, else "host" (measured faster on
+            CPU: bench/README.md).
 
     Example:
 
@@ -492,9 +492,9 @@ class Recorder(keras.callbacks.Callback):
             return
         rows = _probe_rows(count, self.labels, keep, self.seed)
         warnings.warn(
-            f"The {len(layers)} recorded layers' outputs take {per_sample / 2**20:.1f} MB a probe sample, so Strata observes "
-            f"them on {len(rows)} of the {count} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB a "
-            "snapshot). Record fewer or narrower layers (`layers=`) to keep more.",
+            f"The {len(layers)} recorded layers' outputs take {per_sample / 2**20:.1f} MB a probe sample, so Strata "
+            f"observes them on {len(rows)} of the {count} probe samples (at most {PROBE_OUTPUT_BYTES // 2**20} MB "
+            "a snapshot). Record fewer or narrower layers (`layers=`) to keep more.",
             UserWarning,
             stacklevel=4,
         )
@@ -792,7 +792,8 @@ def _selection_text(selection) -> str:
 PROBE_OUTPUT_BYTES = 512 * 2**20
 MIN_PROBE = 100
 
-# The backend's own pieces (`core.capture.probe_tf` or `core.capture.probe_jax`), through these: `core.capture.recover` runs the same pass.
+# The backend's own pieces (`core.capture.probe_tf` or `core.capture.probe_jax`), through these: `core.capture.recover`
+# runs the same pass.
 
 
 def _capture_function(model: keras.Model, layers: list[RecordedLayer], variables: list, with_loss: bool, plane: bool):

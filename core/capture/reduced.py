@@ -1,10 +1,11 @@
-"""A capture reduced on the device (`core.capture.device_pass`), and the snapshot record written from it: the same keys and
-meta as `SnapshotBuilder.build` writes from a raw capture (core/FORMAT.md). Numpy only: the recording process
+"""A capture reduced on the device (`core.capture.device_pass`), and the snapshot record written from it: the same keys
+and meta as `SnapshotBuilder.build` writes from a raw capture (core/FORMAT.md). Numpy only: the recording process
 imports it to unpickle what the training process sends.
 
 What the host still computes: the linear probe, from the features of a layer at most `FEATURE_COMPONENTS` wide
-and from the top `FEATURE_COMPONENTS` principal coordinates of a wider one, shipped instead of its output, and the class separation (on the stored ten, as from a raw capture). CKA between
-layers comes from the device, computed as `measures.cka_matrix` computes it on the layers' features.
+and from the top `FEATURE_COMPONENTS` principal coordinates of a wider one, shipped instead of its output, and the class
+separation (on the stored ten, as from a raw capture). CKA between layers comes from the device, computed as
+`measures.cka_matrix` computes it on the layers' features.
 """
 
 from __future__ import annotations

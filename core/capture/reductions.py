@@ -3,10 +3,10 @@ TensorFlow and on JAX, on the device that trains: PCA by warm-started subspace i
 statistics, unit rankings, the pooling of wide outputs and the CKA sketch. Only their small results need to
 cross to the host.
 
-`core.analysis.measures` and `core.capture.snapshot` hold the numpy reference of each reduction; `tests/test_reductions.py` checks
-that both agree on known data under both backends. Shapes that these functions derive at trace time (sample
-positions, pooling matrices, random starting blocks) are numpy constants computed exactly as the numpy
-reference computes them.
+`core.analysis.measures` and `core.capture.snapshot` hold the numpy reference of each reduction;
+`tests/test_reductions.py` checks that both agree on known data under both backends. Shapes that these functions derive
+at trace time (sample positions, pooling matrices, random starting blocks) are numpy constants computed exactly as the
+numpy reference computes them.
 """
 
 from __future__ import annotations
@@ -219,7 +219,8 @@ def gaussian_start(d: int, columns: int, seed: int) -> np.ndarray:
 
 def directions_along(centred, coords):
     """(k, d) unit directions that place the probe samples as `coords` (n, k), an earlier snapshot's stored
-    coordinates, did (`core.capture.snapshot._components_along`): the alignment's previous components after a recovery."""
+    coordinates, did (`core.capture.snapshot._components_along`): the alignment's previous components after a
+    recovery."""
     directions = ops.matmul(ops.swapaxes(ops.cast(coords, "float32"), -1, -2), centred)  # (k, d)
     norms = ops.sqrt(ops.sum(ops.square(directions), axis=-1, keepdims=True))
     return directions / ops.where(norms > 0, norms, 1.0)
@@ -420,8 +421,8 @@ def tensor_stats(g) -> dict:
 def cka_matrix(features: list, projections: list | None = None, block: int = CKA_ROW_BLOCK):
     """(L, L) linear CKA between the layers' features (each (n, d_i)), as `measures.cka_matrix` computes it: a layer
     wider than `measures.CKA_PROJECTION_THRESHOLD` is first projected by the same fixed Gaussian matrix and centred;
-    HSIC(X, Y) = <X X^T, Y Y^T>. Pairs with a constant layer are NaN, itself included; the other diagonal entries are ones. `projections`: per
-    layer its matrix (`cka_projection`) or None, which a compiled caller passes in.
+    HSIC(X, Y) = <X X^T, Y Y^T>. Pairs with a constant layer are NaN, itself included; the other diagonal entries are
+    ones. `projections`: per layer its matrix (`cka_projection`) or None, which a compiled caller passes in.
 
     Every pair at once, in a number of operations that does not grow with the layer count: layers of the same
     width are stacked, and for each block of `block` probe rows their Gram rows (layers, block, n) are flattened

@@ -199,7 +199,8 @@ class RunStore:
     def import_zip(self, archive, name: str | None = None, limits=None) -> str:
         """Unpack a run zip (a seekable binary file, such as `zip_file` serves) into this store under a new run id,
         and return the id. StoreError, leaving nothing behind, for an archive that is not a valid run or could harm
-        the store (paths out of the run, links, zip bombs, files that are not the run format's): see `core.store.archive`."""
+        the store (paths out of the run, links, zip bombs, files that are not the run format's): see
+        `core.store.archive`."""
 
         return import_run(self.files, archive, name, limits or ImportLimits())
 

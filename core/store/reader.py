@@ -304,7 +304,8 @@ class Run:
 
     def unwritten_captures(self) -> int:
         """Snapshots this run's training captured but never wrote: held back for its budget when its process was
-        killed. `python -m core recover RUN` writes them (`core.capture.recover`); 0 while the run is still recording."""
+        killed. `python -m core recover RUN` writes them (`core.capture.recover`); 0 while the run is still
+        recording."""
         if self.status == "running" or not self.files.isdir(self.files.join(self.id, "journal")):
             return 0
         return pending_captures(self.files, self.id, {capture_key(s.meta) for s in self.snapshots()})

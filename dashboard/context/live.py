@@ -67,7 +67,10 @@ def no_snapshot_yet(run: Run) -> None:
     """What a page shows for a run without a snapshot: why there is none, and whether one is coming."""
     unwritten = 0 if is_live(run) else run.unwritten_captures()
     if unwritten:
-        text = f"Training was killed before this run's snapshots were written: {unwritten} of them can still be written (sidebar)."
+        text = (
+            f"Training was killed before this run's snapshots were written: {unwritten} of them can still be "
+            "written (sidebar)."
+        )
     elif not is_live(run):
         text = f"This run has no snapshot: it ended ({run.status}) before its first one was written."
     elif training_progress(run)[2]:

@@ -76,7 +76,8 @@ def show(run, view, live: bool) -> None:
         if truth_values is not None
         else "classes that overlap in early layers come apart in later ones"
         if labelled
-        else "this run has no class labels, so colour by the prediction to see which layer first orders the points by it"
+        else "this run has no class labels, so colour by the prediction to see which layer first orders the points by "
+        "it"
     )
     which = data.output_caption(run, view.out)
     which = f" The output {plain(which)} colours the points (the sidebar's Output picks another)." if which else ""

@@ -106,8 +106,8 @@ def show(run, others, role: str, live: bool) -> None:
         with grad_col:
             if run.layers and views.histogram_weight(run.layers[layer], role) is None:
                 st.info(
-                    f"{plain(name)} ({plain(run.layers[layer].get('type') or 'layer')}) has no {role} weights, so no gradient "
-                    "histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar."
+                    f"{plain(name)} ({plain(run.layers[layer].get('type') or 'layer')}) has no {role} weights, so no "
+                    "gradient histogram. Pick a layer with weights, such as a Dense or Conv layer, in the sidebar."
                 )
             else:
                 st.plotly_chart(

@@ -510,7 +510,8 @@ def focus_figure(
 
     Each frame shows its own snapshot's top components in variance order (the recorder only matches their signs
     to the frame before), and the axis ranges cover every frame, so the cloud moves only as much as the
-    representation does; each frame's axis titles give its own shares of variance. `start` is the position of the frame shown first.
+    representation does; each frame's axis titles give its own shares of variance. `start` is the position of the frame
+    shown first.
     """
     three = dims == "3d"
     count = len(frames[0].coords)

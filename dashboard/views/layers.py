@@ -1,4 +1,5 @@
-"""Pure view functions of the Layers page: metric arrays and probe samples in, plotly figures and tables out (no Streamlit).
+"""Pure view functions of the Layers page: metric arrays and probe samples in, plotly figures and tables out (no
+Streamlit).
 
 Layers keep one colour everywhere, from light (near the input) to dark (near the output), so depth reads the
 same in every line chart. Grids of units and images are heatmap small multiples in one figure (no WebGL).
@@ -38,7 +39,8 @@ CAPTIONS = {
     "probe_depth": "Linear-probe accuracy from input to output at the chosen epoch (grey: before training), with its "
     "95% interval. A rise with depth means later layers make the classes linearly separable.",
     "cka_heatmap": "Linear CKA between every pair of layers at the chosen epoch: 1 means two layers represent the "
-    "probe set the same way up to rotation and scale; blocks of high values are stages. Blank: a constant layer, no CKA.",
+    "probe set the same way up to rotation and scale; blocks of high values are stages. Blank: a constant layer, no "
+    "CKA.",
     "cka_final": "Each layer's CKA with itself at the last epoch, on a fixed subsample of at most "
     f"{CKA_SKETCH_POINTS} probe samples. A line reaching 1 early means that layer stopped changing; layers "
     "near the input usually settle first.",
@@ -524,7 +526,8 @@ def unit_grid_figure(
                 x=xs,
                 y=ys,
                 coloraxis="coloraxis",
-                hovertemplate=f"unit {unit}<br>x1 %{{x:.2f}}, x2 %{{y:.2f}}<br>response %{{z:.2f}} of its max<extra></extra>",
+                hovertemplate=f"unit {unit}<br>x1 %{{x:.2f}}, x2 %{{y:.2f}}<br>response %{{z:.2f}} of its "
+                "max<extra></extra>",
             ),
             row=unit // width + 1,
             col=unit % width + 1,
