@@ -864,3 +864,12 @@ def test_core_diagnose_names_the_output_of_a_finding(class_and_flag_run, capsys)
     [finding] = json.loads(capsys.readouterr().out)["findings"]
     assert (finding["kind"], finding["output"], finding["layer"]) == ("not_learning", "noise", "noise")
     assert main(["diagnose", "heads", "--runs", class_and_flag_run[0]]) == 0
+
+
+def test_the_gradients_charts_leave_every_output_layer_out_as_the_diagnosis_does(class_and_flag_run):
+    from dashboard.views import gradients as views
+
+    series = views.layer_series(RunStore(class_and_flag_run[0]).run("heads"))
+    assert series.hidden == [series.layers.index("hidden")]
+    for figure in (views.unit_fraction_figure([series]), views.error_signal_figure([series])):
+        assert {trace.name for trace in figure.data if trace.name in series.layers} == {"hidden"}
