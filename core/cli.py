@@ -266,5 +266,8 @@ def _diagnose(args: argparse.Namespace) -> int:
     else:
         print(f"{run.name} ({run.id}): {len(findings)} problem(s)")
         for finding in findings:
-            print(f"\n[{finding.kind}] {finding.layer or 'model'}, from epoch {finding.epoch}\n  {finding.message}")
+            where = finding.layer or "model"
+            if finding.output is not None and finding.output != finding.layer:
+                where = f"{where} (output {finding.output})"
+            print(f"\n[{finding.kind}] {where}, from epoch {finding.epoch}\n  {finding.message}")
     return EXIT_FINDINGS if findings else 0

@@ -370,8 +370,8 @@ def _view_controls(run, embeddings_page: bool) -> None:
                 format_func=lambda i: f"{facts.outputs[i]} ({KIND_WORDS.get(kinds[i] or '', 'no targets')})",
                 help="The model output whose targets and predictions colour the points and fill the sample table. "
                 "On the Layers page, the linear probes and class separation are of this output when its targets are "
-                "classes, else of the primary output (the first of classes, unless the Recorder named another), which "
-                "the diagnosis uses.",
+                "classes, else of the primary output (the first of classes, unless the Recorder named another). The "
+                "diagnosis reads every output.",
             )
         _target_column(facts)
         colors = schema.COLORS if facts.has_truth else ("pred", "confidence")

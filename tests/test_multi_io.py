@@ -336,6 +336,8 @@ def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_
     assert not at.exception and at.get("plotly_chart"), page
     if page == "layers":
         assert any("primary output, “cls” (classes)" in shown(c.value) for c in at.caption)
+    if page == "gradients":
+        assert any("the diagnosis reads each output of classes' own accuracy" in shown(c.value) for c in at.caption)
 
 
 def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
@@ -475,9 +477,10 @@ def test_core_show_names_each_output_and_the_primary_one(two_io_run):
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
 
     assert "outputs: cls (classes, primary), reg (values)" in show()
-    assert json.loads(show("--json"))["outputs"] == [
-        {"name": "cls", "kind": "classes", "primary": True},
-        {"name": "reg", "kind": "values", "primary": False},
+    outputs = json.loads(show("--json"))["outputs"]
+    assert [{key: o[key] for key in ("name", "kind", "primary", "layer")} for o in outputs] == [
+        {"name": "cls", "kind": "classes", "primary": True, "layer": "cls"},
+        {"name": "reg", "kind": "values", "primary": False, "layer": "reg"},
     ]
 
 
@@ -701,3 +704,172 @@ def test_a_layer_record_with_bad_per_output_probes_is_damaged():
             run_format.snapshot_meta({"seq": 0, "epoch": 0, "layers": [{"linear_probes": probes}]}, 0)
     with pytest.raises(run_format.FormatProblem, match="input"):
         run_format.run_meta({"input": {"separations": {"0": []}}})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The diagnosis and `core show --json` read every output
+
+
+def _class_and_flag(seed=0):
+    """A softmax head `cls` over 2 classes through a ReLU layer; a sigmoid head `flag` read straight off the input,
+    whose kernel of 1000 on x0 makes it answer x0 > 0 saturated, within 2% of 0 or 1 on ~99.7% of the samples, from
+    before training on (as a confident output should be); a softmax head `noise` of coin flips, which no layer can
+    learn; and a linear regression head `reg`, the last layer."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((4,), name="x")
+    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    cls = keras.layers.Dense(2, activation="softmax", name="cls")(hidden)
+    flag = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        name="flag",
+        kernel_initializer=keras.initializers.Constant(np.array([[1000.0], [0.0], [0.0], [0.0]])),
+    )(x)
+    noise = keras.layers.Dense(2, activation="softmax", name="noise")(hidden)
+    reg = keras.layers.Dense(1, name="reg")(hidden)
+    model = keras.Model(x, [cls, flag, noise, reg])
+    model.compile(
+        keras.optimizers.Adam(0.01),
+        ["sparse_categorical_crossentropy", "binary_crossentropy", "sparse_categorical_crossentropy", "mse"],
+        metrics=[["accuracy"], ["accuracy"], ["accuracy"], []],
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def class_and_flag_run(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(160, 4)).astype("float32")
+    classes = (x[:, 1] + x[:, 2] > 0).astype("int64")
+    flag = (x[:, 0] > 0).astype("float32")
+    value = (x[:, 3] - x[:, 1]).astype("float32")
+    noise = rng.integers(0, 2, size=len(x)).astype("int64")
+    model = _class_and_flag()
+    root = tmp_path_factory.mktemp("class_and_flag")
+    targets = [classes, flag, noise, value]
+    recorder = Recorder(str(root), probe=(x, targets), budget=None, analysis="thread", run_id="heads")
+    model.fit(x, targets, epochs=3, batch_size=16, callbacks=[recorder], verbose=0)
+    recorder.wait()
+    rows = recorder.probe_indices
+    return str(root), model, x[rows], classes[rows], flag[rows], noise[rows], value[rows]
+
+
+def test_the_diagnosis_leaves_every_output_layer_out_of_the_unit_findings(class_and_flag_run):
+    from core.analysis.diagnosis import diagnose
+
+    root = class_and_flag_run[0]
+    run = RunStore(root).run("heads")
+    flag = run.info.layer("flag").index
+    assert [(o.name, o.kind, o.layer) for o in run.info.outputs] == [
+        ("cls", "classes", "cls"),
+        ("flag", "classes", "flag"),
+        ("noise", "classes", "noise"),
+        ("reg", "values", "reg"),
+    ]
+    assert run.info.output_layers() == [run.info.layer(name).index for name in ("cls", "flag", "noise", "reg")]
+    assert flag < len(run.layers) - 1  # not the last recorded layer, which alone used to count as the output
+    saturated = run.layer_series("activation", "saturated_fraction")[:, flag]
+    assert len(saturated) == 4 and np.all(saturated >= 0.5)  # a hidden sigmoid layer this saturated is a finding
+    assert diagnose(run) == []
+
+
+def test_core_show_json_summarises_every_output(class_and_flag_run):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    root, model, x, classes, flag, noise, value = class_and_flag_run
+    command = [sys.executable, "-m", "core", "show", "heads", "--runs", root, "--json"]
+    summary = json.loads(
+        subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
+    )
+    cls, flagged, coins, reg = summary["outputs"]
+    described = [(o["name"], o["kind"], o["primary"], o["layer"]) for o in summary["outputs"]]
+    assert described == [
+        ("cls", "classes", True, "cls"),
+        ("flag", "classes", False, "flag"),
+        ("noise", "classes", False, "noise"),
+        ("reg", "values", False, "reg"),
+    ]
+
+    # The trained model holds the last snapshot's state.
+    predicted_cls, predicted_flag, predicted_noise, predicted_reg = model.predict(x, verbose=0)
+    assert len(cls["accuracy"]) == len(summary["epochs"]) == 4
+    assert cls["accuracy"][-1] == pytest.approx(np.mean(predicted_cls.argmax(axis=1) == classes))
+    assert flagged["accuracy"][-1] == pytest.approx(np.mean((predicted_flag[:, 0] > 0.5) == flag))
+    assert flagged["accuracy"][-1] >= 0.95
+    assert coins["accuracy"][-1] == pytest.approx(np.mean(predicted_noise.argmax(axis=1) == noise))
+    p_true = np.clip(np.where(flag == 1, predicted_flag[:, 0], 1 - predicted_flag[:, 0]), 1e-7, 1)
+    assert flagged["crossentropy"][-1] == pytest.approx(-np.mean(np.log(p_true)), rel=1e-3, abs=1e-4)
+    assert cls["chance_accuracy"] == pytest.approx(np.bincount(classes).max() / len(classes))
+    assert flagged["chance_accuracy"] == pytest.approx(max(flag.mean(), 1 - flag.mean()))
+    assert cls["squared_error"] is None and flagged["squared_error"] is None
+    assert (reg["kind"], reg["layer"], reg["accuracy"], reg["probe_accuracy"]) == ("values", "reg", None, None)
+    assert reg["squared_error"][-1] == pytest.approx(np.mean((predicted_reg[:, 0] - value) ** 2), rel=1e-3)
+
+    # The primary output's linear probes are the top-level `probe_accuracy`; the other output's are its own.
+    assert cls["probe_accuracy"] == summary["probe_accuracy"]
+    run = RunStore(root).run("heads")
+    hidden = run.info.layer("hidden").index
+    last = run.epoch_snapshots()[-1]
+    assert flagged["probe_accuracy"]["layers"]["hidden"][-1] == last.layer(hidden)["linear_probes"]["1"]
+    assert flagged["probe_accuracy"]["input"] == run.meta["input"]["linear_probes"]["1"]
+    history = run.history()
+    assert cls["metrics"]["loss"] == history["cls_loss"] and flagged["metrics"]["accuracy"] == history["flag_accuracy"]
+    assert reg["metrics"] == {"loss": history["reg_loss"]}
+
+
+def test_a_regression_outputs_summary_is_its_squared_error(three_head_runs):
+    from core.analysis.summary import run_summary
+
+    x, _, _, pos = _readable_and_not()
+    recorder, run, model = three_head_runs["host"]
+    outputs = run_summary(run)["outputs"]
+    assert [(o["name"], o["layer"]) for o in outputs] == [("sign", "sign"), ("noise", "noise"), ("pos", "pos")]
+    rows = recorder.probe_indices
+    predicted = model.predict(x[rows], verbose=0)[2]
+    regression = outputs[2]
+    assert regression["accuracy"] is None and regression["probe_accuracy"] is None
+    assert regression["squared_error"][-1] == pytest.approx(np.mean((predicted - pos[rows]) ** 2), rel=1e-3)
+    assert outputs[1]["probe_accuracy"]["layers"]["hidden"] == [
+        s.layer(run.info.layer("hidden").index)["linear_probes"]["1"] for s in run.epoch_snapshots()
+    ]
+
+
+def test_an_output_that_does_not_learn_is_named_by_the_diagnosis(class_and_flag_run):
+    """`noise` is coin flips: its accuracy stays near chance and its loss near where it started, while `cls` learns.
+    The run is short (30 steps), so the persistence and the steps the diagnosis waits for are lowered."""
+    from core.analysis.diagnosis import Thresholds, diagnose
+
+    run = RunStore(class_and_flag_run[0]).run("heads")
+    findings = diagnose(run, Thresholds(persistence=2, learning_steps=0))
+    assert [(f.kind, f.output, f.layer) for f in findings] == [("not_learning", "noise", "noise")]
+    [stuck] = findings
+    assert "of output `noise`" in stuck.message and "`cls`" not in stuck.message
+    assert stuck.evidence["output"] == "noise" and stuck.evidence["probe_accuracy"] < 0.7
+    assert stuck.brief()["output"] == "noise"
+
+
+def test_core_diagnose_names_the_output_of_a_finding(class_and_flag_run, capsys):
+    import json
+
+    from core.cli import main
+
+    lowered = ["--threshold", "persistence=2", "--threshold", "learning_steps=0"]
+    assert main(["diagnose", "heads", "--runs", class_and_flag_run[0], *lowered]) == 1
+    assert "[not_learning] noise, from epoch 1" in capsys.readouterr().out
+    assert main(["diagnose", "heads", "--runs", class_and_flag_run[0], "--json", *lowered]) == 1
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert (finding["kind"], finding["output"], finding["layer"]) == ("not_learning", "noise", "noise")
+    assert main(["diagnose", "heads", "--runs", class_and_flag_run[0]]) == 0
+
+
+def test_the_gradients_charts_leave_every_output_layer_out_as_the_diagnosis_does(class_and_flag_run):
+    from dashboard.views import gradients as views
+
+    series = views.layer_series(RunStore(class_and_flag_run[0]).run("heads"))
+    assert series.hidden == [series.layers.index("hidden")]
+    for figure in (views.unit_fraction_figure([series]), views.error_signal_figure([series])):
+        assert {trace.name for trace in figure.data if trace.name in series.layers} == {"hidden"}

@@ -36,3 +36,20 @@ def test_what_an_older_or_foreign_run_omits_reads_as_absent():
         {"name": 7, "kind": "image", "image_shape": [8, 8], "n_classes": 10, "class_names": [0, 1]}
     )
     assert full.name == "7" and full.image_shape == (8, 8) and full.classes == 10 and full.class_names == ("0", "1")
+
+
+def test_the_layers_of_the_outputs_read_from_run_json_or_by_name_or_as_the_last_layer():
+    layers = [{"name": name} for name in ("hidden", "head_a", "head_b", "tail")]
+    named = RunInfo.from_meta(
+        {"layers": layers, "outputs": [{"name": "a", "layer": "head_a"}, {"name": "b", "layer": "head_b"}]}, "r"
+    )
+    assert [named.output_layer(o).name for o in named.outputs] == ["head_a", "head_b"]
+    assert named.output_layers() == [1, 2]
+    # Written before outputs named their layer: the layer of the output's name; of several unknown, the last layer.
+    by_name = RunInfo.from_meta({"layers": layers, "outputs": [{"name": "head_a"}, {"name": "other"}]}, "r")
+    assert by_name.output_layer(by_name.outputs[1]) is None and by_name.output_layers() == [1]
+    unknown = RunInfo.from_meta({"layers": layers, "outputs": [{"name": "x"}, {"name": "y"}]}, "r")
+    assert unknown.output_layers() == [3]
+    one = RunInfo.from_meta({"layers": layers, "outputs": [{"name": "x"}]}, "r")
+    assert one.output_layer(one.outputs[0]).name == "tail" and one.output_layers() == [3]
+    assert RunInfo.from_meta({"layers": layers}, "r").output_layers() == [3]  # before outputs were recorded

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from core.analysis.metrics import output_series
 from core.store import Run, Snapshot, StoreError, main_weight
 
 KINDS = (
@@ -149,6 +150,7 @@ class Finding:
     message: str  # one paragraph naming the layer, the epoch and the evidence, ending with the fix
     evidence: dict = field(default_factory=dict)  # the measured values, JSON-ready
     fix: str = ""
+    output: str | None = None  # the model output it is about, named only for a model of several outputs
 
     @property
     def severe(self) -> bool:
@@ -161,8 +163,10 @@ class Finding:
         return head if sep else self.kind.replace("_", " ").capitalize()
 
     def brief(self) -> dict:
-        """The `{kind, layer, epoch, message}` record of `show RUN --json`."""
-        return {"kind": self.kind, "layer": self.layer, "epoch": self.epoch, "message": self.message}
+        """The `{kind, layer, epoch, message}` record of `show RUN --json`, with `output` for a finding about one
+        output of a model of several."""
+        brief = {"kind": self.kind, "layer": self.layer, "epoch": self.epoch, "message": self.message}
+        return brief if self.output is None else {**brief, "output": self.output}
 
 
 def diagnose(run: Run, thresholds: Thresholds = Thresholds()) -> list[Finding]:
@@ -189,7 +193,8 @@ class _Series:
     names: list[str]
     activations: list[str | None]
     units: list[int | None]  # the last dimension of each layer's output (units or channels)
-    kernel_layers: list[int]  # layers with a kernel, input side first (the output layer is the last one)
+    kernel_layers: list[int]  # layers with a kernel, input side first
+    output_layers: list[int]  # the recorded layers that give the model's outputs (`RunInfo.output_layers`)
     epochs: list[int]
     kernel_grad: np.ndarray  # (S, L) ‖∂loss/∂kernel‖ on the probe set
     error_signal: np.ndarray  # (S, L) ‖∂loss/∂output‖: the error signal each layer receives
@@ -207,16 +212,18 @@ class _Series:
     chance: float  # the accuracy of always answering the probe's most common class (NaN without labels)
     nan_epoch: int | None
     config: dict
+    heads: list[_Head]  # per model output, what the checks of how it learns read (one, unnamed, for one output)
 
     @classmethod
     def of(cls, run: Run) -> _Series:
         snapshots = run.epoch_snapshots()
         layers = run.layers
-        return cls(
+        series = cls(
             names=[str(layer.get("name", f"layer {i}")) for i, layer in enumerate(layers)],
             activations=[layer.get("activation") for layer in layers],
             units=[_units(layer) for layer in layers],
             kernel_layers=[i for i, layer in enumerate(layers) if main_weight(layer)],
+            output_layers=run.info.output_layers(),
             epochs=[int(s.epoch) for s in snapshots],
             kernel_grad=run.layer_series("grad", main_weight, "norm", snapshots=snapshots),
             error_signal=run.layer_series("grad", "output", "norm", snapshots=snapshots),
@@ -234,22 +241,98 @@ class _Series:
             chance=_chance(run),
             nan_epoch=run.meta.get("nan_epoch"),
             config=run.meta.get("config") or {},
+            heads=[],
         )
+        series.heads = _heads(run, snapshots, series)
+        return series
+
+    @property
+    def several(self) -> bool:
+        """Whether the model has several outputs: findings about one of them name it."""
+        return any(head.name is not None for head in self.heads)
+
+    @property
+    def loss_text(self) -> str:
+        """ "probe loss", which for a model of several outputs is their compiled loss together."""
+        return "probe loss (all outputs together)" if self.several else "probe loss"
 
     @property
     def hidden(self) -> list[int]:
-        """Every recorded layer but the last (the output, whose confident or zero outputs are no problem)."""
-        return list(range(len(self.names) - 1))
+        """Every recorded layer but the output layers (whose confident or zero outputs are no problem)."""
+        return [i for i in range(len(self.names)) if i not in self.output_layers]
 
     @property
     def hidden_kernel_layers(self) -> list[int]:
-        return [i for i in self.kernel_layers if i != len(self.names) - 1]
+        return [i for i in self.kernel_layers if i not in self.output_layers]
 
     def untrained(self, thresholds: Thresholds) -> np.ndarray:
         """(S,) bool: the probe loss is still above (1 - min_loss_drop) x its value before training."""
-        start = self.loss[0] if self.loss.size else math.nan
-        with np.errstate(invalid="ignore"):
-            return np.isfinite(self.loss) & np.isfinite(start) & (self.loss > (1 - thresholds.min_loss_drop) * start)
+        return _untrained(self.loss, thresholds)
+
+
+@dataclass
+class _Head:
+    """One model output, as the checks of whether it learns read it: (S,) series like `_Series`'s."""
+
+    name: str | None  # None for the only output of a model (messages then name none)
+    layer: str | None  # the recorded layer that gives it (None: not recorded, or the only output)
+    loss: np.ndarray  # its probe loss: the probe loss for one output, its own cross-entropy for one of several
+    accuracy: np.ndarray  # its probe accuracy (NaN when its targets are not classes)
+    chance: float
+    train_loss: np.ndarray  # Keras's `loss` log, or `<name>_loss` for one of several outputs
+    train_accuracy: np.ndarray  # `accuracy`, or `<name>_accuracy`
+    val_loss: np.ndarray  # `val_loss`, or `val_<name>_loss`
+
+    @property
+    def of(self) -> str:
+        """ " of output `cls`" for one of several outputs, else nothing."""
+        return "" if self.name is None else f" of output `{self.name}`"
+
+
+def _heads(run: Run, snapshots: list[Snapshot], series: _Series) -> list[_Head]:
+    """The model's outputs: for one, the probe loss and accuracy the snapshots record and Keras's logs; for
+    several, each one's own cross-entropy and accuracy on the probe (from its stored predictions and truth) and
+    its own Keras logs (`<name>_loss`, `<name>_accuracy`, `val_<name>_loss`)."""
+    outputs = run.info.outputs
+    if len(outputs) <= 1:
+        only = _Head(
+            None,
+            None,
+            series.loss,
+            series.accuracy,
+            series.chance,
+            series.train_loss,
+            series.train_accuracy,
+            series.val_loss,
+        )
+        return [only]
+    heads = []
+    for output in outputs:
+        measured = output_series(run, output.index, snapshots)
+        accuracy = measured.accuracy
+        if output.index == run.info.probe.primary_output:  # what the snapshots record, where they hold no predictions
+            accuracy = np.where(np.isfinite(accuracy), accuracy, series.accuracy)
+        layer = run.info.output_layer(output)
+        heads.append(
+            _Head(
+                name=output.name,
+                layer=None if layer is None else layer.name,
+                loss=measured.crossentropy,
+                accuracy=accuracy,
+                chance=measured.chance,
+                train_loss=_log_series(snapshots, f"{output.name}_loss"),
+                train_accuracy=_log_series(snapshots, f"{output.name}_accuracy"),
+                val_loss=_log_series(snapshots, f"val_{output.name}_loss"),
+            )
+        )
+    return heads
+
+
+def _untrained(loss: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """(S,) bool: `loss` is still above (1 - min_loss_drop) x its value before training."""
+    start = loss[0] if loss.size else math.nan
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(loss) & np.isfinite(start) & (loss > (1 - thresholds.min_loss_drop) * start)
 
 
 def _units(layer: dict) -> int | None:
@@ -432,7 +515,7 @@ def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
     }
     message = (
         f"Vanishing gradients: from epoch {series.epochs[start]}, the gradient of `{series.names[first]}` has shrunk to "
-        f"{_g(shrunk[start])} of its value before training ({_g(series.kernel_grad[start, first])}), while the probe loss "
+        f"{_g(shrunk[start])} of its value before training ({_g(series.kernel_grad[start, first])}), while the {series.loss_text} "
         f"is still {series.loss[start]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
     )
     return [Finding("vanishing_gradients", series.names[first], series.epochs[start], message, evidence, fix)]
@@ -624,7 +707,7 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
     message = (
         f"Learning rate too low: from epoch {series.epochs[start]} to {series.epochs[end]}, even the fastest-moving "
         f"layer, `{series.names[layer]}`, changes its weights by only {_g(fastest[start])} of their norm per epoch "
-        f"(below {_g(thresholds.update_ratio_low)}; healthy runs move ~1e-3 or more), and the probe loss is still "
+        f"(below {_g(thresholds.update_ratio_low)}; healthy runs move ~1e-3 or more), and the {series.loss_text} is still "
         f"{series.loss[end]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
     )
     return [Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)]
@@ -676,7 +759,7 @@ def _diverged(series: _Series, thresholds: Thresholds, median_update: np.ndarray
         "epochs": [series.epochs[start], series.epochs[end]],
     }
     message = (
-        f"Learning rate too high: from epoch {series.epochs[start]} to {series.epochs[end]}, the probe loss stayed between "
+        f"Learning rate too high: from epoch {series.epochs[start]} to {series.epochs[end]}, the {series.loss_text} stayed between "
         f"{stretch_loss.min():.3g} and {stretch_loss.max():.3g}, above its {start_loss:.3g} before training (more than "
         f"{thresholds.divergence:.0%} above): training made the network worse than untrained{_moved(series, layer, start, end)}. {fix}"
     )
@@ -731,7 +814,7 @@ def _oscillating(series: _Series, thresholds: Thresholds, median_update: np.ndar
     }
     jump_text = ", ".join(f"{loss[t - 1]:.3g} to {loss[t]:.3g} at epoch {series.epochs[t]}" for t in jumps)
     message = (
-        f"Learning rate too high: the probe loss reached {loss[reference]:.3g} at epoch {series.epochs[reference]} and "
+        f"Learning rate too high: the {series.loss_text} reached {loss[reference]:.3g} at epoch {series.epochs[reference]} and "
         f"from epoch {series.epochs[start]} to {series.epochs[end]} never went below it, jumping up by "
         f"{thresholds.loss_rise:.0%} or more {len(jumps)} times ({jump_text}), while the weights moved by {_g(typical_update)}x "
         f"their norm per epoch (median over layers and epochs; above {_g(thresholds.update_ratio_high)})"
@@ -763,23 +846,28 @@ def _ending(series: _Series, thresholds: Thresholds, condition: np.ndarray) -> t
     return (start, last) if last - start + 1 >= thresholds.persistence else None
 
 
-def _accuracy_text(series: _Series, accuracy: float) -> str:
-    return f"{accuracy:.3g} (chance: {series.chance:.3g}, the share of the most common class)"
+def _accuracy_text(accuracy: float, chance: float) -> str:
+    return f"{accuracy:.3g} (chance: {chance:.3g}, the share of the most common class)"
 
 
 def _not_learning(series: _Series, thresholds: Thresholds) -> list[Finding]:
-    start_loss, chance = series.loss[0] if series.loss.size else math.nan, series.chance
+    """Per output of classes: its probe loss is still at its starting level and its accuracy near chance."""
+    return [finding for head in series.heads for finding in _head_not_learning(series, head, thresholds)]
+
+
+def _head_not_learning(series: _Series, head: _Head, thresholds: Thresholds) -> list[Finding]:
+    start_loss, chance = head.loss[0] if head.loss.size else math.nan, head.chance
     if not (np.isfinite(start_loss) and np.isfinite(chance)):
         return []
     with np.errstate(invalid="ignore"):
-        near_chance = np.array([_gap_closed(a, chance) for a in series.accuracy]) < thresholds.chance_gap
-        level = series.untrained(thresholds) & (series.loss <= (1 + thresholds.divergence) * start_loss)
+        near_chance = np.array([_gap_closed(a, chance) for a in head.accuracy]) < thresholds.chance_gap
+        level = _untrained(head.loss, thresholds) & (head.loss <= (1 + thresholds.divergence) * start_loss)
         stuck = level & near_chance
     stretch = _ending(series, thresholds, stuck)
     if stretch is None:
         return []
     start, end = stretch
-    loss, accuracy = series.loss[end], series.accuracy[end]
+    loss, accuracy = head.loss[end], head.accuracy[end]
     steps = int(series.steps[end] - series.steps[0])
     evidence = {
         "probe_loss": float(loss),
@@ -792,23 +880,36 @@ def _not_learning(series: _Series, thresholds: Thresholds) -> list[Finding]:
         "loss_threshold": thresholds.min_loss_drop,
         "accuracy_threshold": thresholds.chance_gap,
         "epochs": [series.epochs[start], series.epochs[end]],
+        **({"output": head.name} if head.name is not None else {}),
     }
-    layer = None  # the whole network
+    layer = head.layer  # the whole network (None), or the layer of the output that does not learn
     fix = (
         f"Try: a higher learning rate{_lr_text(series)} or more epochs if the loss is creeping down; otherwise check "
         "that the labels match the inputs and that the inputs are scaled (standardized, or pixels in [0, 1])."
     )
+    if head.name is not None:
+        fix = f"{fix} For one output of several, also check its targets and its weight in `loss_weights`."
+    loss_text = "probe loss" if head.name is None else "probe loss (its cross-entropy)"
     message = (
         f"Not learning: from epoch {series.epochs[start]} to {series.epochs[end]} ({steps} optimizer steps in all), the "
-        f"probe loss is {loss:.3g}, against {start_loss:.3g} before training (less than the {thresholds.min_loss_drop:.0%} "
-        f"drop that learning brings), and the probe accuracy is {_accuracy_text(series, accuracy)}, less than "
-        f"{thresholds.chance_gap:.0%} of the way from chance to 100%. {fix}"
+        f"{loss_text}{head.of} is {loss:.3g}, against {start_loss:.3g} before training (less than the "
+        f"{thresholds.min_loss_drop:.0%} drop that learning brings), and the probe accuracy{head.of} is "
+        f"{_accuracy_text(accuracy, chance)}, less than {thresholds.chance_gap:.0%} of the way from chance to 100%. {fix}"
     )
-    return [Finding("not_learning", layer, series.epochs[start], message, evidence, fix)]
+    return [Finding("not_learning", layer, series.epochs[start], message, evidence, fix, head.name)]
 
 
 def _overfitting(series: _Series, thresholds: Thresholds) -> list[Finding]:
-    val, train = series.val_loss, series.train_loss
+    """Of each output whose validation loss Keras logs apart (`val_<name>_loss`, several outputs), else of the
+    model's validation loss."""
+    named = [head for head in series.heads if head.name is not None and np.isfinite(head.val_loss).any()]
+    if named:
+        return [finding for head in named for finding in _overfitting_of(series, thresholds, head)]
+    return _overfitting_of(series, thresholds, None)
+
+
+def _overfitting_of(series: _Series, thresholds: Thresholds, head: _Head | None) -> list[Finding]:
+    val, train = (series.val_loss, series.train_loss) if head is None else (head.val_loss, head.train_loss)
     if not np.isfinite(val).any():
         return []
     best = int(np.nanargmin(val))
@@ -819,7 +920,9 @@ def _overfitting(series: _Series, thresholds: Thresholds) -> list[Finding]:
     if stretch is None or not train_falling[stretch[1]]:
         return []
     start, end = stretch
-    layer = None  # the whole network
+    name = None if head is None else head.name
+    layer = None if head is None else head.layer  # the whole network, or the output's layer
+    of = "" if head is None else head.of
     evidence = {
         "val_loss_lowest": float(val[best]),
         "lowest_at_epoch": series.epochs[best],
@@ -829,29 +932,35 @@ def _overfitting(series: _Series, thresholds: Thresholds) -> list[Finding]:
         "val_loss_threshold": thresholds.val_loss_rise,
         "train_loss_threshold": thresholds.train_loss_drop,
         "epochs": [series.epochs[start], series.epochs[end]],
+        **({"output": name} if name is not None else {}),
     }
     fix = (
         "Try: stopping at the lowest validation loss (`keras.callbacks.EarlyStopping(restore_best_weights=True)`), "
         "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller network."
     )
     message = (
-        f"Overfitting: the validation loss was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from epoch "
+        f"Overfitting: the validation loss{of} was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from epoch "
         f"{series.epochs[start]} to {series.epochs[end]} it stayed {thresholds.val_loss_rise:.0%} or more above that and "
-        f"ended at {val[end]:.3g}, while the training loss fell from {train[best]:.3g} to {train[end]:.3g} "
+        f"ended at {val[end]:.3g}, while the training loss{of} fell from {train[best]:.3g} to {train[end]:.3g} "
         f"({1 - train[end] / train[best]:.0%} lower). The network learns its training samples, not the task. {fix}"
     )
-    return [Finding("overfitting", layer, series.epochs[start], message, evidence, fix)]
+    return [Finding("overfitting", layer, series.epochs[start], message, evidence, fix, name)]
 
 
 def _capacity(series: _Series, thresholds: Thresholds) -> list[Finding]:
-    train_loss = series.train_loss
-    train_accuracy = np.where(np.isfinite(series.train_accuracy), series.train_accuracy, series.accuracy)
-    chance = series.chance
+    """Per output of classes: it learns, but its training accuracy stops short of fitting the training data."""
+    return [finding for head in series.heads for finding in _head_capacity(series, head, thresholds)]
+
+
+def _head_capacity(series: _Series, head: _Head, thresholds: Thresholds) -> list[Finding]:
+    train_loss = head.train_loss if np.isfinite(head.train_loss).any() else series.train_loss
+    train_accuracy = np.where(np.isfinite(head.train_accuracy), head.train_accuracy, head.accuracy)
+    chance = head.chance
     if not np.isfinite(chance):
         return []
     with np.errstate(invalid="ignore"):
         short = np.array([_gap_closed(a, chance) for a in train_accuracy]) < thresholds.capacity_fit
-        learned = ~series.untrained(thresholds) & np.isfinite(series.loss)
+        learned = ~_untrained(head.loss, thresholds) & np.isfinite(head.loss)
         plateau = np.r_[False, train_loss[1:] > (1 - thresholds.plateau) * train_loss[:-1]]
     stretch = _ending(series, thresholds, short & learned & plateau)
     if stretch is None:
@@ -870,22 +979,25 @@ def _capacity(series: _Series, thresholds: Thresholds) -> list[Finding]:
         "train_loss": float(loss),
         "train_loss_at_start_of_plateau": float(train_loss[start - 1]),
         "narrowest_layer_units": series.units[narrowest],
-        "probe_loss_before_training": float(series.loss[0]),
+        "probe_loss_before_training": float(head.loss[0]),
         "accuracy_threshold": thresholds.capacity_fit,
         "plateau_threshold": thresholds.plateau,
         "epochs": [series.epochs[start], series.epochs[end]],
+        **({"output": head.name} if head.name is not None else {}),
     }
     fix = (
         "Try: wider or more hidden layers (`--hidden`), less regularization (`--l2`, `--dropout`), or a less "
         "restrictive architecture; the gradients reach every layer, so the optimizer is not the problem."
     )
+    data = "this data" if head.name is None else f"the targets of output `{head.name}`"
     message = (
-        f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss fell by less "
-        f"than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the training accuracy "
-        f"stayed at {_accuracy_text(series, accuracy)}, less than {thresholds.capacity_fit:.0%} of the way from chance "
-        f"to fitting the training data. No other finding explains it: the network{width} cannot represent this data. {fix}"
+        f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss{head.of} fell "
+        f"by less than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the training "
+        f"accuracy{head.of} stayed at {_accuracy_text(accuracy, chance)}, less than {thresholds.capacity_fit:.0%} of the "
+        f"way from chance to fitting the training data. No other finding explains it: the network{width} cannot "
+        f"represent {data}. {fix}"
     )
-    return [Finding("capacity", layer, series.epochs[start], message, evidence, fix)]
+    return [Finding("capacity", layer, series.epochs[start], message, evidence, fix, head.name)]
 
 
 def _g(value) -> str:

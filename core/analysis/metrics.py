@@ -9,14 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.store import Run, Snapshot
+from core.store import Run, Snapshot, StoreError
 
 __all__ = [
     "LayerMetrics",
+    "OutputSeries",
     "UnitExamples",
     "cka_to_final",
     "layer_metrics",
     "layer_width",
+    "output_series",
     "probed_outputs",
     "sketch_cka",
     "unit_examples",
@@ -151,6 +153,69 @@ def probed_outputs(run: Run, snapshot: Snapshot | None = None) -> list[int]:
         probes = record.get("linear_probes") if isinstance(record, dict) else None
         found.update(int(key) for key in probes or {})
     return sorted(found)
+
+
+@dataclass(frozen=True)
+class OutputSeries:
+    """How one model output did on the probe set at each captured epoch, computed from its stored predictions and
+    truth (`Snapshot.predictions(k)`, `Probe.targets[k]`): (epochs,) arrays, NaN where a snapshot holds no
+    predictions or the output has no such measure."""
+
+    epochs: list[int]
+    accuracy: np.ndarray  # outputs of classes: the share of probe samples whose most probable class is the true one
+    crossentropy: np.ndarray  # outputs of classes: the mean -log of the probability given to the true class
+    squared_error: np.ndarray  # regression outputs: the mean squared error over samples and columns
+    chance: float  # outputs of classes: the share of the probe's most common class (NaN otherwise)
+
+
+def output_series(run: Run, output: int, snapshots: list[Snapshot] | None = None) -> OutputSeries:
+    """Model output `output`'s probe accuracy and cross-entropy (classes) or squared error (regression values) per
+    snapshot, against its own truth. Only a model of several outputs stores each one's predictions apart; for one
+    output, `pred/probs` is its predictions."""
+    snapshots = run.epoch_snapshots() if snapshots is None else snapshots
+    kinds = {o.index: o.kind for o in run.info.outputs}
+    kind = kinds.get(output, "classes" if run.info.probe.has_labels and output == 0 else None)
+    count = len(snapshots)
+    accuracy, crossentropy, squared = np.full(count, np.nan), np.full(count, np.nan), np.full(count, np.nan)
+    truth = _output_truth(run, output)
+    chance = math.nan
+    if truth is not None and kind == "classes" and truth.ndim == 1 and truth.size:
+        labels = truth.astype(np.int64)
+        chance = float(np.bincount(labels).max() / labels.size) if labels.min() >= 0 else math.nan
+    several = len(run.info.outputs) > 1
+    for row, snapshot in enumerate(snapshots):
+        # Of several outputs, each one's own (`predictions` falls back to the primary output's where it has none).
+        predicted = snapshot.array(f"pred/{int(output)}/probs") if several else snapshot.predictions()
+        if truth is None or predicted is None or predicted.ndim != 2 or predicted.shape[0] != truth.shape[0]:
+            continue
+        predicted = predicted.astype(np.float64)
+        if kind == "classes" and not math.isnan(chance) and predicted.shape[1] >= 2:
+            labels = truth.astype(np.int64)
+            if labels.max() < predicted.shape[1]:
+                accuracy[row] = float(np.mean(predicted.argmax(axis=1) == labels))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    chosen = np.clip(predicted[np.arange(labels.size), labels], 1e-7, 1.0)
+                    crossentropy[row] = float(-np.mean(np.log(chosen)))
+        elif kind == "values":
+            values = truth.reshape(truth.shape[0], -1).astype(np.float64)
+            if values.shape[1] == predicted.shape[1]:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    squared[row] = float(np.mean((predicted - values) ** 2))
+    for measure in (accuracy, crossentropy, squared):
+        measure[~np.isfinite(measure)] = np.nan
+    return OutputSeries([int(s.epoch) for s in snapshots], accuracy, crossentropy, squared, chance)
+
+
+def _output_truth(run: Run, output: int) -> np.ndarray | None:
+    """The probe's truth of `output` (its class ids or values); a run written before outputs were stored: `y`."""
+    try:
+        probe = run.probe()
+    except StoreError:
+        return None
+    truth = probe.targets.get(output)
+    if truth is None and not probe.targets and output == run.info.probe.primary_output:
+        truth = probe.y
+    return None if truth is None else np.asarray(truth)
 
 
 def _number(value) -> float | None:

@@ -403,12 +403,15 @@ class Recorder(keras.callbacks.Callback):
                 )
                 ids = None
             kind = None if target is None else "classes" if ids is not None else _target_kind(target)
-            activation = getattr(getattr(producing_layer(tensor), "activation", None), "__name__", None)
+            producer = producing_layer(tensor)
+            activation = getattr(getattr(producer, "activation", None), "__name__", None)
+            recorded = next((layer.path for layer in self._layers if layer.layer is producer), None)
             self._outputs.append(
                 {
                     "name": name,
                     "kind": kind,
                     "shape": [None if d is None else int(d) for d in tensor.shape[1:]],
+                    **({"layer": recorded} if recorded is not None else {}),  # the recorded layer that gives it
                     "head": {
                         "logits": activation in (None, "linear") and _loss_takes_logits(model, loss),
                         "sigmoid": activation == "sigmoid",

@@ -143,6 +143,7 @@ OUTPUT_FIELDS: dict[str, Check] = {
     "name": TEXT,
     "kind": _optional((lambda value: value in OUTPUT_KINDS, "classes, values or multilabel")),
     "shape": _optional(SHAPE),
+    "layer": _optional(TEXT),
 }
 OBJECTS = {"dataset": DATASET_FIELDS, "probe": PROBE_FIELDS, "input": INPUT_FIELDS, "model": MODEL_FIELDS}
 

@@ -146,6 +146,7 @@ class OutputInfo:
     name: str
     kind: str | None = None
     shape: tuple[int | None, ...] | None = None
+    layer: str | None = None  # the recorded layer that gives it (None: not recorded, or a run before 2026-12-05)
 
     @classmethod
     def from_meta(cls, index: int, record: dict) -> OutputInfo:
@@ -154,6 +155,7 @@ class OutputInfo:
             name=str(record.get("name")),
             kind=_text(record.get("kind")),
             shape=_shape(record.get("shape")),
+            layer=_text(record.get("layer")),
         )
 
 
@@ -196,3 +198,20 @@ class RunInfo:
     def layer(self, name: str) -> LayerInfo | None:
         """The recorded layer called `name`, or None."""
         return next((layer for layer in self.layers if layer.name == name), None)
+
+    def output_layer(self, output: OutputInfo) -> LayerInfo | None:
+        """The recorded layer that gives model output `output`: the one run.json names; in runs that name none
+        (written before 2026-12-05) the layer of the output's name, else, for a model of one output, the last
+        recorded layer. None when the run did not record it."""
+        found = self.layer(output.layer or output.name)
+        if found is None and output.layer is None and len(self.outputs) == 1 and self.layers:
+            found = self.layers[-1]
+        return found
+
+    def output_layers(self) -> list[int]:
+        """Positions of the recorded layers that give a model output, in the order of the outputs. A run that
+        lists no outputs (written before December 2026: one output), or none of whose outputs' layers is known,
+        has its last recorded layer, as before outputs were recorded."""
+        found = (self.output_layer(output) for output in self.outputs)
+        indices = list(dict.fromkeys(layer.index for layer in found if layer is not None))
+        return indices or ([len(self.layers) - 1] if self.layers else [])

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.analysis.diagnosis import diagnose
 from dashboard import context
-from dashboard.data import output_caption, snapshot_at
+from dashboard.data import snapshot_at
 from dashboard.views import gradients as views
 from dashboard.views.spec import frozen
 from dashboard.views.text import plain, plain_with_code
@@ -183,8 +183,11 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
             st.error(finding_text(finding), icon=":material/error:")
         else:
             st.warning(finding_text(finding), icon=":material/warning:")
-    if which := output_caption(run, None):
-        st.caption(f"Of this model's outputs, the diagnosis reads the accuracy of the primary output, {plain(which)}.")
+    if len(run.info.outputs) > 1:
+        st.caption(
+            "This model has several outputs: the diagnosis reads each output of classes' own accuracy and loss, "
+            "and leaves every output layer out of the dead and saturated units; a finding about one output names it."
+        )
     for other, key in zip(others, keys[1:]):
         found = findings_for(*key)
         kinds = ", ".join(dict.fromkeys(f.title.lower() for f in found))

@@ -55,9 +55,16 @@ class LayerSeries:
     percentiles: np.ndarray  # (S, L, 5) activation percentiles ACTIVATION_PERCENTILES
     dead: np.ndarray  # (S, L) fraction of dead units
     saturated: np.ndarray  # (S, L) fraction of saturated units
+    outputs: tuple[int, ...] = ()  # the layers that give the model's outputs (empty: the last one)
 
     def gradient(self, role: str) -> np.ndarray:
         return self.bias_grad if role == "bias" else self.kernel_grad
+
+    @property
+    def hidden(self) -> list[int]:
+        """Every layer but the output layers, as the diagnosis counts them (`RunInfo.output_layers`)."""
+        outputs = set(self.outputs) if self.outputs else {len(self.layers) - 1}
+        return [i for i in range(len(self.layers)) if i not in outputs]
 
 
 def spaced(count: int, cap: int, keep: int | None = None) -> np.ndarray:
@@ -98,6 +105,7 @@ def layer_series(run: Run, epoch: int | None = None, cap: int = MAX_EPOCHS) -> L
         percentiles=percentiles,
         dead=series("activation", "dead_fraction"),
         saturated=series("activation", "saturated_fraction"),
+        outputs=tuple(run.info.output_layers()),
     )
 
 
@@ -270,10 +278,15 @@ def gradient_flow_figure(runs: list[LayerSeries], role: str = "kernel", epoch: i
 
 
 def error_signal_figure(runs: list[LayerSeries], epoch: int | None = None) -> go.Figure:
-    """‖∂loss/∂output‖ per hidden layer. The output layer is left out: its gradient is with respect to the
+    """‖∂loss/∂output‖ per hidden layer. The output layers are left out: their gradient is with respect to the
     model's outputs (probabilities, for a softmax), on another scale, and runs recorded before that gradient
     was measured hold 0 for it."""
-    hidden = lambda s: s.error_signal[:, : max(len(s.layers) - 1, 0)]  # noqa: E731
+
+    def hidden(series: LayerSeries) -> np.ndarray:
+        values = np.array(series.error_signal, dtype=np.float64)  # a copy: the output layers' columns undrawn
+        values[:, [i for i in range(values.shape[1]) if i not in series.hidden]] = np.nan
+        return values
+
     return layer_lines_figure(runs, hidden, "‖∂loss/∂output‖", epoch=epoch)
 
 
@@ -292,7 +305,7 @@ def unit_fraction_figure(runs: list[LayerSeries], epoch: int | None = None) -> g
     for index, series in enumerate(runs):
         colours = depth_colours(len(series.layers))
         for col, values in ((1, series.dead), (2, series.saturated)):
-            for column in range(max(len(series.layers) - 1, 0)):
+            for column in series.hidden:
                 layer = series.layers[column]
                 hover = layer + (f" · {labels[index]}" if len(runs) > 1 else "")
                 figure.add_trace(
