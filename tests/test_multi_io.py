@@ -873,3 +873,8 @@ def test_the_gradients_charts_leave_every_output_layer_out_as_the_diagnosis_does
     assert series.hidden == [series.layers.index("hidden")]
     for figure in (views.unit_fraction_figure([series]), views.error_signal_figure([series])):
         assert {trace.name for trace in figure.data if trace.name in series.layers} == {"hidden"}
+    run = RunStore(class_and_flag_run[0]).run("heads")
+    assert views.hidden_layers(run) == series.hidden
+    assert [a.text for a in views.percentile_figure([series]).layout.annotations] == ["hidden"]
+    states = views.unit_states(run.epoch_snapshots()[-1], series.hidden)
+    assert states.shape[0] == 1 and len(views.unit_strip_figure(states, ["hidden"], 3).data[0].y) == 1

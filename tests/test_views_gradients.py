@@ -155,9 +155,9 @@ def test_percentile_bands_have_one_panel_per_hidden_layer(run):
 
 def test_unit_states_mark_dead_and_saturated_units(run):
     snapshot = run.epoch_snapshots()[-1]
-    states = views.unit_states(snapshot, LAYERS)
+    states = views.unit_states(snapshot, views.hidden_layers(run))
     assert states.tolist() == [[1, 0, 0, 0], [0, 0, 0, 2]]
-    figure = views.unit_strip_figure(states, LAYERS, 3)
+    figure = views.unit_strip_figure(states, LAYERS[:2], 3)
     assert list(figure.data[0].y) == ["dense_0", "dense_1"]
 
 
@@ -193,5 +193,5 @@ def test_real_runs_draw_without_gaps(gradient_runs):  # noqa: F811
     figure = views.gradient_flow_figure([vanishing, relu])
     assert all(np.isfinite(np.asarray(t.y, dtype=float)).all() for t in figure.data if t.x[0] is not None)
     assert views.batch_norms(store.run("relu_he")).norms.shape[1] == len(store.run("relu_he").layers)
-    states = views.unit_states(store.run("dead").epoch_snapshots()[-1], list(vanishing.layers[:4]))
+    states = views.unit_states(store.run("dead").epoch_snapshots()[-1], [0, 1, 2])
     assert (states[0] == 1).mean() > 0.5  # most of dense_0 is dead

@@ -126,11 +126,12 @@ def show(run, others, role: str, live: bool) -> None:
 
     st.subheader("Activation percentiles per layer")
     st.plotly_chart(percentiles(keys, epoch, layer), key="percentiles", config=CHART_CONFIG)
-    shown = len(views.percentile_panels(len(run.layers), layer))
+    hidden = views.hidden_layers(run)
+    shown = len(views.percentile_panels(hidden, layer))
     spread = (
-        f" This run has {len(run.layers) - 1} hidden layers: {shown} of them are drawn, spread from first to last, "
+        f" This run has {len(hidden)} hidden layers: {shown} of them are drawn, spread from first to last, "
         "with the one chosen in the sidebar."
-        if shown < len(run.layers) - 1
+        if shown < len(hidden)
         else ""
     )
     st.caption(
@@ -185,7 +186,7 @@ def diagnosis(run, others, keys, has_gradients: bool) -> None:
             st.warning(finding_text(finding), icon=":material/warning:")
     if len(run.info.outputs) > 1:
         st.caption(
-            "This model has several outputs: the diagnosis reads each output of classes' own accuracy and loss, "
+            "This model has several outputs: the diagnosis judges each output of classes by its own accuracy and loss, "
             "and leaves every output layer out of the dead and saturated units; a finding about one output names it."
         )
     for other, key in zip(others, keys[1:]):
@@ -287,8 +288,9 @@ def unit_fractions(keys, epoch):
 @st.cache_resource(max_entries=16, show_spinner=False)
 def unit_strip(key, epoch):
     run = _run(key[0])
-    layers = [layer.get("name", f"layer {i}") for i, layer in enumerate(run.layers)]
-    return frozen(views.unit_strip_figure(views.unit_states(snapshot_at(run, epoch), layers), layers, epoch))
+    hidden = views.hidden_layers(run)
+    names = [run.layers[i].get("name", f"layer {i}") for i in hidden]
+    return frozen(views.unit_strip_figure(views.unit_states(snapshot_at(run, epoch), hidden), names, epoch))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)

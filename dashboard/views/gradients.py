@@ -67,6 +67,12 @@ class LayerSeries:
         return [i for i in range(len(self.layers)) if i not in outputs]
 
 
+def hidden_layers(run: Run) -> list[int]:
+    """Positions of the recorded layers that give no model output (`RunInfo.output_layers`), as `LayerSeries.hidden`."""
+    outputs = set(run.info.output_layers())
+    return [i for i in range(len(run.layers)) if i not in outputs]
+
+
 def spaced(count: int, cap: int, keep: int | None = None) -> np.ndarray:
     """Sorted positions of at most `cap` (+1 for `keep`) of `count` items, evenly spaced, first and last included."""
     if count <= cap:
@@ -494,14 +500,13 @@ def _trim_empty_bins(density: np.ndarray) -> np.ndarray:
 # Activation percentile bands (Glorot & Bengio 2010, figure 2)
 
 
-def percentile_panels(layers: int, chosen: int | None = None, limit: int = MAX_PERCENTILE_PANELS) -> list[int]:
-    """The hidden layers (of `layers` recorded, the output last) that get a percentile panel: all of them up to
-    `limit`, else an even spread from first to last hidden layer that includes `chosen`."""
-    hidden = max(layers - 1, 1)
-    if hidden <= limit:
-        return list(range(hidden))
-    picks = {round(j * (hidden - 1) / (limit - 2)) for j in range(limit - 1)}
-    if chosen is not None and 0 <= chosen < hidden:
+def percentile_panels(hidden: list[int], chosen: int | None = None, limit: int = MAX_PERCENTILE_PANELS) -> list[int]:
+    """The hidden layers (positions among the recorded layers, `LayerSeries.hidden`) that get a percentile panel:
+    all of them up to `limit`, else an even spread from first to last hidden layer that includes `chosen`."""
+    if len(hidden) <= limit:
+        return list(hidden)
+    picks = {hidden[round(j * (len(hidden) - 1) / (limit - 2))] for j in range(limit - 1)}
+    if chosen in hidden:
         picks.add(chosen)
     return sorted(picks)
 
@@ -511,7 +516,7 @@ def percentile_figure(
 ) -> go.Figure:
     """One panel per hidden layer (at most `MAX_PERCENTILE_PANELS`, see `percentile_panels`): 25–75% band, median
     line and 2%/98% dotted lines over epochs, one colour per run."""
-    shown = percentile_panels(len(runs[0].layers), chosen) if runs else [0]
+    shown = (percentile_panels(runs[0].hidden, chosen) or [0]) if runs else [0]
     hidden = len(shown)
     rows = math.ceil(hidden / columns)
     titles = [runs[0].layers[i] for i in shown] if runs else [""]
@@ -530,7 +535,7 @@ def percentile_figure(
         colour = palette[index % len(palette)]
         fill = _rgba(colour, 0.22)
         for column, layer in enumerate(shown):
-            if layer >= len(series.layers) - 1:
+            if layer not in series.hidden:  # a compared run with fewer layers, or this one's output layer there
                 continue
             row, col = column // columns + 1, column % columns + 1
             p = series.percentiles[:, layer]  # (S, 5): 2, 25, 50, 75, 98
@@ -607,11 +612,11 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 # Which units: a strip per layer at one epoch
 
 
-def unit_states(snapshot: Snapshot, layers: list[str]) -> np.ndarray:
-    """(hidden layers, max units) 0 = active, 1 = dead, 2 = saturated, NaN past a layer's width."""
-    hidden = max(len(layers) - 1, 0)
+def unit_states(snapshot: Snapshot, hidden: list[int]) -> np.ndarray:
+    """(len(hidden), max units) 0 = active, 1 = dead, 2 = saturated, NaN past a layer's width: a row for each of
+    the `hidden` layers (positions among the recorded layers, `LayerSeries.hidden`)."""
     rows = []
-    for index in range(hidden):
+    for index in hidden:
         dead, saturated = snapshot.layer_array(index, "dead_units"), snapshot.layer_array(index, "saturated_units")
         present = dead if dead is not None else saturated
         if present is None:  # neither array was recorded
@@ -624,14 +629,15 @@ def unit_states(snapshot: Snapshot, layers: list[str]) -> np.ndarray:
             state[dead.astype(bool)] = 1
         rows.append(state[:MAX_UNITS])
     width = max((len(r) for r in rows), default=0)
-    matrix = np.full((hidden, max(width, 1)), np.nan)
+    matrix = np.full((len(hidden), max(width, 1)), np.nan)
     for index, row in enumerate(rows):
         matrix[index, : len(row)] = row
     return matrix
 
 
 def unit_strip_figure(states: np.ndarray, layers: list[str], epoch: int) -> go.Figure:
-    """Every unit of every hidden layer (rows) coloured by state at `epoch`: which units are dead or saturated."""
+    """Every unit of every hidden layer (rows, named by `layers`) coloured by state at `epoch`: which units are dead
+    or saturated."""
     hidden = list(layers[: states.shape[0]])
     scale = []
     for value, colour in enumerate(UNIT_COLOURS):
