@@ -186,7 +186,8 @@ def _show(args: argparse.Namespace) -> int:
             print(f"  damaged: {name} ({why}); the rest of the run is shown without it")
     for layer in summary["layers"]:
         print(
-            f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} {layer['params'] or 0:>8} params"
+            f"  {layer['name']:<24} {layer['type'] or '':<20} {str(layer['output_shape'] or ''):<16} "
+            f"{layer['params'] or 0:>8} params"
         )
     if len(summary["outputs"]) > 1:
         described = (

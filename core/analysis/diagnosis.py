@@ -364,8 +364,8 @@ def _finite_or_nan(value) -> float:
 
 
 def update_ratios_per_epoch(run: Run, snapshots: list[Snapshot] | None = None, role=main_weight) -> np.ndarray:
-    """(snapshots, layers) ‖Δw‖/‖w‖ of `role` per epoch: each snapshot's ratio divided by the epochs since the one before.
-    `role` names the weight, or picks it per layer (by default each layer's kernel, see `main_weight`).
+    """(snapshots, layers) ‖Δw‖/‖w‖ of `role` per epoch: each snapshot's ratio divided by the epochs since the one
+    before. `role` names the weight, or picks it per layer (by default each layer's kernel, see `main_weight`).
 
     NaN before training and where a layer has no such weight. Taking a snapshot every 5 epochs then reads on the
     same scale as every epoch (exactly so when the weights drift steadily, as they do early in training).
@@ -514,9 +514,9 @@ def _vanishing(series: _Series, thresholds: Thresholds) -> list[Finding]:
         "epochs": [series.epochs[start], series.epochs[end]],
     }
     message = (
-        f"Vanishing gradients: from epoch {series.epochs[start]}, the gradient of `{series.names[first]}` has shrunk to "
-        f"{_g(shrunk[start])} of its value before training ({_g(series.kernel_grad[start, first])}), while the {series.loss_text} "
-        f"is still {series.loss[start]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
+        f"Vanishing gradients: from epoch {series.epochs[start]}, the gradient of `{series.names[first]}` has shrunk "
+        f"to {_g(shrunk[start])} of its value before training ({_g(series.kernel_grad[start, first])}), while the "
+        f"{series.loss_text} is still {series.loss[start]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
     )
     return [Finding("vanishing_gradients", series.names[first], series.epochs[start], message, evidence, fix)]
 
@@ -582,9 +582,10 @@ def _exploding(series: _Series, thresholds: Thresholds) -> list[Finding]:
                 "epochs": [series.epochs[start], series.epochs[end]],
             }
             message = (
-                f"Exploding gradients: from epoch {series.epochs[start]}, the gradient norm of `{series.names[layer]}` is "
-                f"{growth[start, layer]:.3g}x its value before training ({_g(series.kernel_grad[0, layer])} → "
-                f"{_g(series.kernel_grad[start, layer])}) and stays above {thresholds.exploding_growth:g}x. {fix}"
+                f"Exploding gradients: from epoch {series.epochs[start]}, the gradient norm of "
+                f"`{series.names[layer]}` is {growth[start, layer]:.3g}x its value before training "
+                f"({_g(series.kernel_grad[0, layer])} → {_g(series.kernel_grad[start, layer])}) and stays above "
+                f"{thresholds.exploding_growth:g}x. {fix}"
             )
             return [Finding("exploding_gradients", series.names[layer], series.epochs[start], message, evidence, fix)]
     ratios = _depth_ratios(series)
@@ -703,12 +704,15 @@ def _learning_rate(series: _Series, thresholds: Thresholds) -> list[Finding]:
         "probe_loss_before_training": _json_number(series.loss[0]),
         "epochs": [series.epochs[start], series.epochs[end]],
     }
-    fix = f"Try: a learning rate 10 to 100 times higher{_lr_text(series)}, or Adam, whose steps do not shrink with the gradient."
+    fix = (
+        f"Try: a learning rate 10 to 100 times higher{_lr_text(series)}, or Adam, whose steps do not shrink with the "
+        "gradient."
+    )
     message = (
         f"Learning rate too low: from epoch {series.epochs[start]} to {series.epochs[end]}, even the fastest-moving "
         f"layer, `{series.names[layer]}`, changes its weights by only {_g(fastest[start])} of their norm per epoch "
-        f"(below {_g(thresholds.update_ratio_low)}; healthy runs move ~1e-3 or more), and the {series.loss_text} is still "
-        f"{series.loss[end]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
+        f"(below {_g(thresholds.update_ratio_low)}; healthy runs move ~1e-3 or more), and the {series.loss_text} is "
+        f"still {series.loss[end]:.3g} (it started at {series.loss[0]:.3g}). {fix}"
     )
     return [Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)]
 
@@ -759,9 +763,10 @@ def _diverged(series: _Series, thresholds: Thresholds, median_update: np.ndarray
         "epochs": [series.epochs[start], series.epochs[end]],
     }
     message = (
-        f"Learning rate too high: from epoch {series.epochs[start]} to {series.epochs[end]}, the {series.loss_text} stayed between "
-        f"{stretch_loss.min():.3g} and {stretch_loss.max():.3g}, above its {start_loss:.3g} before training (more than "
-        f"{thresholds.divergence:.0%} above): training made the network worse than untrained{_moved(series, layer, start, end)}. {fix}"
+        f"Learning rate too high: from epoch {series.epochs[start]} to {series.epochs[end]}, the {series.loss_text} "
+        f"stayed between {stretch_loss.min():.3g} and {stretch_loss.max():.3g}, above its {start_loss:.3g} before "
+        f"training (more than {thresholds.divergence:.0%} above): training made the network worse than "
+        f"untrained{_moved(series, layer, start, end)}. {fix}"
     )
     return Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)
 
@@ -814,11 +819,11 @@ def _oscillating(series: _Series, thresholds: Thresholds, median_update: np.ndar
     }
     jump_text = ", ".join(f"{loss[t - 1]:.3g} to {loss[t]:.3g} at epoch {series.epochs[t]}" for t in jumps)
     message = (
-        f"Learning rate too high: the {series.loss_text} reached {loss[reference]:.3g} at epoch {series.epochs[reference]} and "
-        f"from epoch {series.epochs[start]} to {series.epochs[end]} never went below it, jumping up by "
-        f"{thresholds.loss_rise:.0%} or more {len(jumps)} times ({jump_text}), while the weights moved by {_g(typical_update)}x "
-        f"their norm per epoch (median over layers and epochs; above {_g(thresholds.update_ratio_high)})"
-        f"{_moved(series, layer, start, end)}. {fix}"
+        f"Learning rate too high: the {series.loss_text} reached {loss[reference]:.3g} at epoch "
+        f"{series.epochs[reference]} and from epoch {series.epochs[start]} to {series.epochs[end]} never went below "
+        f"it, jumping up by {thresholds.loss_rise:.0%} or more {len(jumps)} times ({jump_text}), while the weights "
+        f"moved by {_g(typical_update)}x their norm per epoch (median over layers and epochs; above "
+        f"{_g(thresholds.update_ratio_high)}){_moved(series, layer, start, end)}. {fix}"
     )
     return Finding("learning_rate", series.names[layer], series.epochs[start], message, evidence, fix)
 
@@ -891,10 +896,11 @@ def _head_not_learning(series: _Series, head: _Head, thresholds: Thresholds) -> 
         fix = f"{fix} For one output of several, also check its targets and its weight in `loss_weights`."
     loss_text = "probe loss" if head.name is None else "probe loss (its cross-entropy)"
     message = (
-        f"Not learning: from epoch {series.epochs[start]} to {series.epochs[end]} ({steps} optimizer steps in all), the "
-        f"{loss_text}{head.of} is {loss:.3g}, against {start_loss:.3g} before training (less than the "
+        f"Not learning: from epoch {series.epochs[start]} to {series.epochs[end]} ({steps} optimizer steps in all), "
+        f"the {loss_text}{head.of} is {loss:.3g}, against {start_loss:.3g} before training (less than the "
         f"{thresholds.min_loss_drop:.0%} drop that learning brings), and the probe accuracy{head.of} is "
-        f"{_accuracy_text(accuracy, chance)}, less than {thresholds.chance_gap:.0%} of the way from chance to 100%. {fix}"
+        f"{_accuracy_text(accuracy, chance)}, less than {thresholds.chance_gap:.0%} of the way from chance to 100%. "
+        f"{fix}"
     )
     return [Finding("not_learning", layer, series.epochs[start], message, evidence, fix, head.name)]
 
@@ -936,13 +942,15 @@ def _overfitting_of(series: _Series, thresholds: Thresholds, head: _Head | None)
     }
     fix = (
         "Try: stopping at the lowest validation loss (`keras.callbacks.EarlyStopping(restore_best_weights=True)`), "
-        "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller network."
+        "more training data or augmentation, dropout (`--dropout 0.2`), weight decay (`--l2 1e-4`), or a smaller "
+        "network."
     )
     message = (
-        f"Overfitting: the validation loss{of} was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from epoch "
-        f"{series.epochs[start]} to {series.epochs[end]} it stayed {thresholds.val_loss_rise:.0%} or more above that and "
-        f"ended at {val[end]:.3g}, while the training loss{of} fell from {train[best]:.3g} to {train[end]:.3g} "
-        f"({1 - train[end] / train[best]:.0%} lower). The network learns its training samples, not the task. {fix}"
+        f"Overfitting: the validation loss{of} was lowest at epoch {series.epochs[best]} ({val[best]:.3g}); from "
+        f"epoch {series.epochs[start]} to {series.epochs[end]} it stayed {thresholds.val_loss_rise:.0%} or more above "
+        f"that and ended at {val[end]:.3g}, while the training loss{of} fell from {train[best]:.3g} to "
+        f"{train[end]:.3g} ({1 - train[end] / train[best]:.0%} lower). The network learns its training samples, not "
+        f"the task. {fix}"
     )
     return [Finding("overfitting", layer, series.epochs[start], message, evidence, fix, name)]
 
@@ -991,11 +999,11 @@ def _head_capacity(series: _Series, head: _Head, thresholds: Thresholds) -> list
     )
     data = "this data" if head.name is None else f"the targets of output `{head.name}`"
     message = (
-        f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss{head.of} fell "
-        f"by less than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the training "
-        f"accuracy{head.of} stayed at {_accuracy_text(accuracy, chance)}, less than {thresholds.capacity_fit:.0%} of the "
-        f"way from chance to fitting the training data. No other finding explains it: the network{width} cannot "
-        f"represent {data}. {fix}"
+        f"Too little capacity: from epoch {series.epochs[start]} to {series.epochs[end]}, the training loss{head.of} "
+        f"fell by less than {thresholds.plateau:.0%} per epoch ({train_loss[start - 1]:.3g} to {loss:.3g}) while the "
+        f"training accuracy{head.of} stayed at {_accuracy_text(accuracy, chance)}, less than "
+        f"{thresholds.capacity_fit:.0%} of the way from chance to fitting the training data. No other finding "
+        f"explains it: the network{width} cannot represent {data}. {fix}"
     )
     return [Finding("capacity", layer, series.epochs[start], message, evidence, fix, head.name)]
 
