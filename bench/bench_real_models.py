@@ -11,7 +11,9 @@ snapshot file, the layers recorded, and with --pages the first chart of each das
 run, painted in headless Chromium (page clock).
 
     python bench/bench_real_models.py [--models mobilenetv2,resnet50] [--rounds 3] [--samples 512] [--epochs 3]
-                                      [--variants plain,recorder,tensorboard] [--pages]
+                                      [--variants plain,recorder,recorder-device,tensorboard] [--pages]
+
+`recorder-device` is the same Recorder with `reduce="device"`: every reduction inside the compiled probe pass.
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def child(args) -> None:
     model = getattr(keras.applications, MODELS[args.model])(weights=None, input_shape=(SIZE, SIZE, 3), classes=CLASSES)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks, recorder = [], None
-    if args.variant == "recorder":
-        recorder = Recorder(args.runs, probe=(x, y), name=f"{args.model} round {args.round}")
+    if args.variant in ("recorder", "recorder-device"):
+        reduce = "device" if args.variant == "recorder-device" else "auto"  # auto: the host, on a CPU-only machine
+        recorder = Recorder(args.runs, probe=(x, y), name=f"{args.model} round {args.round}", reduce=reduce)
         callbacks.append(recorder)
     elif args.variant == "tensorboard":
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(args.runs, "tb", str(args.round)), histogram_freq=1))
@@ -194,10 +197,10 @@ def main() -> None:
             wall = statistics.median(r["total"] / p["total"] for r, p in zip(rows, results["plain"]))
             rss = statistics.median(r["rss_mb"] / p["rss_mb"] for r, p in zip(rows, results["plain"]))
             line = (
-                f"  {variant:12s} wall {statistics.median(r['total'] for r in rows):6.1f} s ({wall:.2f}x)  "
+                f"  {variant:15s} wall {statistics.median(r['total'] for r in rows):6.1f} s ({wall:.2f}x)  "
                 f"peak RSS {statistics.median(r['rss_mb'] for r in rows):6.0f} MB ({rss:.2f}x)"
             )
-            if variant == "recorder":
+            if variant.startswith("recorder"):
                 line += (
                     f"  written {statistics.median(r['written'] for r in rows):.1f} s after fit  largest snapshot "
                     f"{max(r['snapshot_mb'] for r in rows):.1f} MB  layers {rows[-1]['layers']} of "

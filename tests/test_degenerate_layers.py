@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 from apptest_pages import open_app
+from captures import outputs_capture
 from conftest import REPO
 
-from core.capture.snapshot import RawCapture, SnapshotBuilder
+from core.capture.snapshot import SnapshotBuilder
 from core.store import RunStore
 
 SAMPLES = 64
@@ -35,19 +36,7 @@ def outputs() -> dict[str, np.ndarray]:
 def test_every_degenerate_layer_is_written_with_what_could_be_computed_and_why_not_the_rest():
     layers = outputs()
     builder = SnapshotBuilder(activations=["relu"] * len(layers), labels=np.arange(SAMPLES) % 2, components=3)
-    raw = RawCapture(
-        kind="epoch",
-        epoch=0,
-        step=0,
-        batch=None,
-        logs={},
-        outputs=list(layers.values()),
-        predictions=np.full((SAMPLES, 2), 0.5, np.float32),
-        loss=0.69,
-        weights=[{} for _ in layers],
-        weight_grads=[],
-        output_grad_norms=[None] * len(layers),
-    )
+    raw = outputs_capture(list(layers.values()), loss=0.69)
     meta, arrays = builder.build(raw)
     records = dict(zip(layers, meta["layers"]))
     healthy = records["healthy"]
@@ -182,19 +171,7 @@ def test_the_pca_of_a_pooled_layer_states_its_grid_and_true_shares_of_the_pooled
     rng = np.random.default_rng(1)
     wide = (rng.standard_normal((80, 24, 24, 16)) * np.linspace(0.1, 3, 16)).astype(np.float32)
     builder = SnapshotBuilder(activations=["linear"], labels=None, components=4)
-    raw = RawCapture(
-        kind="epoch",
-        epoch=0,
-        step=0,
-        batch=None,
-        logs={},
-        outputs=[wide],
-        predictions=np.full((80, 2), 0.5, np.float32),
-        loss=None,
-        weights=[{}],
-        weight_grads=[],
-        output_grad_norms=[None],
-    )
+    raw = outputs_capture([wide])
     meta, arrays = builder.build(raw)
     record = meta["layers"][0]["pca"]
     assert record["pooled"] == [12, 12]

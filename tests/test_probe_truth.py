@@ -9,9 +9,10 @@ probe read (`probe_components`), and the page's caption says what that leaves ou
 
 import numpy as np
 import pytest
+from captures import outputs_capture
 
 from core.capture.reduced import FEATURE_COMPONENTS, ReducedCapture, ReducedLayer, build_reduced
-from core.capture.snapshot import RawCapture, SnapshotBuilder
+from core.capture.snapshot import SnapshotBuilder
 from dashboard.views import layers as views
 
 SAMPLES, WIDTH = 800, 64
@@ -35,21 +36,7 @@ def builder(labels) -> SnapshotBuilder:
 
 
 def host_record(features, labels) -> dict:
-    n = len(features)
-    raw = RawCapture(
-        kind="epoch",
-        epoch=0,
-        step=0,
-        batch=None,
-        logs={},
-        outputs=[features],
-        predictions=np.full((n, 2), 0.5, np.float32),
-        loss=None,
-        weights=[{}],
-        weight_grads=[],
-        output_grad_norms=[None],
-    )
-    meta, _ = builder(labels).build(raw)
+    meta, _ = builder(labels).build(outputs_capture([features]))
     return meta["layers"][0]
 
 

@@ -4,6 +4,7 @@ real analysis (`SnapshotBuilder`), the store and the view functions."""
 
 import numpy as np
 import pytest
+from captures import outputs_capture
 
 from core.capture.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunStore, RunWriter, variance_ratios
@@ -38,20 +39,7 @@ def exact_shares(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def capture(epoch: int, output: np.ndarray) -> RawCapture:
-    n = len(output)
-    return RawCapture(
-        kind="epoch",
-        epoch=epoch,
-        step=epoch,
-        batch=None,
-        logs={},
-        outputs=[output],
-        predictions=np.full((n, 2), 0.5, np.float32),
-        loss=None,
-        weights=[{}],
-        weight_grads=[],
-        output_grad_norms=[None],
-    )
+    return outputs_capture([output], epoch)
 
 
 @pytest.fixture(scope="module")
