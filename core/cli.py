@@ -190,11 +190,12 @@ def _show(args: argparse.Namespace) -> int:
             f"{layer['params'] or 0:>8} params"
         )
     if len(summary["outputs"]) > 1:
-        described = (
-            f"{o['name']} ({o['kind'] or 'no targets'}{', primary' if o['primary'] else ''})"
-            for o in summary["outputs"]
-        )
-        print(f"  outputs: {', '.join(described)}")
+        print("  outputs, the model on the probe at the last snapshot:")
+        for output in summary["outputs"]:
+            print(
+                f"    {output['name']} ({output['kind'] or 'no targets'}{', primary' if output['primary'] else ''})"
+                + _output_scores(output)
+            )
     history = summary["metrics"]
     if history.get("loss"):
         print(
@@ -213,6 +214,17 @@ def _show(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _output_scores(output: dict) -> str:
+    """ ": accuracy 0.70 (chance 0.56)" or ": squared error 2.09" of one `show --json` output entry; "" without."""
+    accuracy, error = output.get("accuracy"), output.get("squared_error")
+    if accuracy and accuracy[-1] is not None:
+        chance = output.get("chance_accuracy")
+        return f": accuracy {accuracy[-1]:.3g}" + (f" (chance {chance:.3g})" if chance is not None else "")
+    if error and error[-1] is not None:
+        return f": squared error {error[-1]:.3g}"
+    return ""
 
 
 def _recover(args: argparse.Namespace) -> int:

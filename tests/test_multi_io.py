@@ -476,8 +476,9 @@ def test_core_show_names_each_output_and_the_primary_one(two_io_run):
         command = [sys.executable, "-m", "core", "show", "two", "--runs", two_io_run, *extra]
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
 
-    assert "outputs: cls (classes, primary), reg (values)" in show()
-    outputs = json.loads(show("--json"))["outputs"]
+    text, outputs = show(), json.loads(show("--json"))["outputs"]
+    assert f"    cls (classes, primary): accuracy {outputs[0]['accuracy'][-1]:.3g} (chance " in text
+    assert f"    reg (values): squared error {outputs[1]['squared_error'][-1]:.3g}\n" in text
     assert [{key: o[key] for key in ("name", "kind", "primary", "layer")} for o in outputs] == [
         {"name": "cls", "kind": "classes", "primary": True, "layer": "cls"},
         {"name": "reg", "kind": "values", "primary": False, "layer": "reg"},
