@@ -1,6 +1,6 @@
 """The recovery journal and `python -m core recover`: snapshots a budget held back survive a SIGKILL of training.
 
-`killed_runs` (conftest) records a deterministic fit twice in subprocesses: live (`budget=None`, the reference)
+`killed_runs` (conftest) records a deterministic fit twice in one subprocess: live (`budget=None`, the reference)
 and with the default budget, SIGKILLed as soon as `fit` returns, while its snapshots are still held back in
 memory. Recovering the killed run must give the reference's snapshots.
 """
