@@ -170,51 +170,55 @@ def runs_copy(recorded_runs, tmp_path) -> str:
 
 KILLED_EPOCHS = 6
 
+# One process records the fit twice, each from the same seed: live (run "live"), then with the budget holding its
+# snapshots back, SIGKILLed as soon as `fit` returns (run "killed"). One TensorFlow import for both.
 KILLED_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import keras, numpy as np, tensorflow as tf
     from core import Recorder
 
-    keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 6)).astype("float32"); y = (x[:, 0] + x[:, 1] > 0).astype("int64") + (x[:, 2] > 1)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3, activation="softmax")])
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    mode = sys.argv[2]
-    recorder = Recorder(sys.argv[1], probe=(x, y), run_id=mode, budget=None if mode == "live" else 0.03)
-    model.fit(x, y, epochs={epochs}, batch_size=32, callbacks=[recorder], verbose=0)
-    if mode == "killed":
-        os.kill(os.getpid(), signal.SIGKILL)  # the snapshots held back for the budget are not written yet
-    recorder.wait()
+    for mode in ("live", "killed"):
+        keras.backend.clear_session()  # the same layer names for both
+        keras.utils.set_random_seed(0)  # the same weights and batches for both
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        recorder = Recorder(sys.argv[1], probe=(x, y), run_id=mode, budget=None if mode == "live" else 0.03)
+        model.fit(x, y, epochs={epochs}, batch_size=32, callbacks=[recorder], verbose=0)
+        if mode == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)  # the snapshots held back for the budget are not written yet
+        assert recorder.wait(120), "the live run was not written within 120 s"
     """
-).format(repo=str(REPO), epochs=KILLED_EPOCHS)
+).format(epochs=KILLED_EPOCHS)
 
 
-def _record_killable(root: Path, mode: str) -> None:
+def _record_killable(root: Path | str) -> None:
+    """Record KILLED_SCRIPT's runs "live" and "killed" into the store at `root`, and wait until the killed run's
+    recording process has exited."""
     # Nothing may run beside training (however idle the machine looks): every snapshot is held back at the kill.
     script = KILLED_SCRIPT.replace(
         "from core import Recorder",
         "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(root), mode],
+        [sys.executable, "-c", script, str(root)],
         capture_output=True,
         text=True,
         timeout=240,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
-    expected = -signal.SIGKILL if mode == "killed" else 0
-    assert result.returncode == expected, result.stderr[-3000:]
-    if mode == "killed":  # its recording process outlives it, writing what it was handed, then exits on EOF
-        from core.store import RunStore
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    # The killed run's recording process outlives it, writing what it was handed, then exits on EOF.
+    from core.store import RunStore
 
-        deadline = time.monotonic() + 120
-        while RunStore(str(root)).run(mode).status == "running":
-            assert time.monotonic() < deadline, "the killed fit's recording process did not exit within 120 s"
-            time.sleep(0.1)
+    deadline = time.monotonic() + 120
+    while RunStore(str(root)).run("killed").status == "running":
+        assert time.monotonic() < deadline, "the killed fit's recording process did not exit within 120 s"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -223,8 +227,7 @@ def killed_runs(tmp_path_factory) -> Path:
     returned, its snapshots still held back for the budget ("killed"). Recorded once per test run."""
 
     def record(root: Path) -> str:
-        _record_killable(root, "live")
-        _record_killable(root, "killed")
+        _record_killable(root)
         return ""
 
     return made_once(tmp_path_factory, "recover", record)[0]

@@ -70,20 +70,32 @@ def test_the_share_link_keeps_the_weights_toggle(open_page):
     assert query["grad_role"] == ["bias"] and query["run"] == ["vanishing"]
 
 
-_UNLABELLED = """
-import sys, numpy as np, keras
+# Two small fits, each into a store of its own (argv[1]/unlabelled, argv[1]/normalised), recorded in one subprocess:
+# one TensorFlow import for both.
+_RECORD = """
+import os, sys, numpy as np, keras
 from core import Recorder
 rng = np.random.default_rng(0)
 x = rng.normal(size=(128, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
 model.compile("adam", "sparse_categorical_crossentropy")
-model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv[1], probe=(x, None), name="unlabelled")])
+unlabelled = Recorder(os.path.join(sys.argv[1], "unlabelled"), probe=(x, None), name="unlabelled")
+model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[unlabelled])
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(name="norm"),
+                          keras.layers.Activation("relu", name="relu"), keras.layers.Dense(2, activation="softmax", name="out")])
+model.compile("adam", "sparse_categorical_crossentropy")
+normalised = Recorder(os.path.join(sys.argv[1], "normalised"), probe=(x, y), name="normalised")
+model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[normalised])
+assert unlabelled.wait(120) and normalised.wait(120)
 """
 
 
 def test_a_run_without_labels_claims_nothing_about_its_gradients(recorded):
-    root = recorded(_UNLABELLED)
+    root = recorded(_RECORD) / "unlabelled"
     [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
     at = open_app(root, "gradients", run=run_id)
     assert not at.exception
@@ -111,22 +123,9 @@ def test_a_run_without_labels_claims_nothing_about_its_gradients(recorded):
     assert "classes" not in strip and "prediction" in strip
 
 
-_NORMALISED = """
-import sys, numpy as np, keras
-from core import Recorder
-rng = np.random.default_rng(0)
-x = rng.normal(size=(128, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
-keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(name="norm"),
-                          keras.layers.Activation("relu", name="relu"), keras.layers.Dense(2, activation="softmax", name="out")])
-model.compile("adam", "sparse_categorical_crossentropy")
-model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[Recorder(sys.argv[1], probe=(x, y), name="normalised")])
-"""
-
-
 @pytest.mark.parametrize("layer, drawn", [("norm", False), ("relu", False), ("dense", True)])
 def test_a_layer_without_the_weight_gets_a_note_instead_of_an_empty_gradient_histogram(recorded, layer, drawn):
-    root = recorded(_NORMALISED)
+    root = recorded(_RECORD) / "normalised"
     [run_id] = [p.name for p in root.iterdir() if p.is_dir()]
     at = open_app(root, "gradients", run=run_id, layer=layer)
     assert not at.exception

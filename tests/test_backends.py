@@ -123,8 +123,9 @@ print(json.dumps({"backend": backend, "tensorflow_before_fit": tensorflow_before
 )
 
 
-# Fits the MLP for 4 epochs with snapshots held back for the budget (argv[3] "killed": then SIGKILLs itself once the
-# last capture is journaled, before the held-back snapshots are written) or analysed live (argv[3] "live").
+# Fits the MLP for 4 epochs twice, in one process: analysed live (run "live"), then with snapshots held back for the
+# budget (run "killed"), SIGKILLing itself once the last capture is journaled, before the held-back snapshots are
+# written.
 _KILLABLE = (
     _MODELS
     + r"""
@@ -132,17 +133,17 @@ import glob, time
 from core.capture import worker
 
 worker._idle_seconds = lambda: None  # nothing runs beside training, however idle the machine: all is held back
-mode = sys.argv[3]
-recorder = Recorder(root, probe=(x, y), run_id=mode, components=3, budget=None if mode == "live" else 0.03)
-fit(build("mlp"), [recorder], epochs=4)
-if mode == "killed":
-    # The worker's thread journals each capture as it takes it over: wait for the last one (milliseconds), while the
-    # first held-back snapshot's probe pass is still being compiled.
-    deadline = time.monotonic() + 60
-    while not glob.glob(os.path.join(root, mode, "journal", "*-capture-epoch-4-*.npz")) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    os.kill(os.getpid(), signal.SIGKILL)
-assert recorder.wait(120)
+for mode in ("live", "killed"):
+    recorder = Recorder(root, probe=(x, y), run_id=mode, components=3, budget=None if mode == "live" else 0.03)
+    fit(build("mlp"), [recorder], epochs=4)
+    if mode == "killed":
+        # The worker's thread journals each capture as it takes it over: wait for the last one (milliseconds), while
+        # the first held-back snapshot's probe pass is still being compiled.
+        deadline = time.monotonic() + 60
+        while not glob.glob(os.path.join(root, mode, "journal", "*-capture-epoch-4-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+    assert recorder.wait(120)
 """
 )
 
@@ -342,10 +343,9 @@ def test_a_fit_killed_on_jax_is_recovered_on_jax_as_it_was_recorded_live(tmp_pat
     unwritten come out as the same fit recorded live wrote them."""
     _given(tmp_path / "given.npz")
     root, env = tmp_path / "runs", {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    for mode, status in (("live", 0), ("killed", -signal.SIGKILL)):
-        command = [sys.executable, "-c", _KILLABLE, str(root), str(tmp_path / "given.npz"), mode]
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-        assert result.returncode == status, result.stderr[-3000:]
+    command = [sys.executable, "-c", _KILLABLE, str(root), str(tmp_path / "given.npz")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     killed = RunStore(str(root)).run("killed")
     unwritten = killed.unwritten_captures()
     assert unwritten >= 1 and unwritten + len(killed.snapshots()) == 5

@@ -68,13 +68,27 @@ def test_viewer_mode_refuses_to_train(tmp_path):
     assert manager.jobs() == []
 
 
-def test_a_job_trains_a_real_run_in_another_process(tmp_path):
-    root = str(tmp_path / "runs")
+@pytest.fixture(scope="module")
+def spiral_job(tmp_path_factory):
+    """(root, manager, job, what the manager did at the start): one real training job, shared by the tests that
+    read a finished job (one TensorFlow import for them all). What holds only while it runs is taken as it starts:
+    whether it was running and known to the manager, and the refusal of a second job (None if there was none)."""
+    root = str(tmp_path_factory.mktemp("jobs") / "runs")
     manager = JobManager(root, JobLimits(max_jobs=1))
     job = manager.start(TrainForm(dataset="spiral", hidden="8", epochs=2, name="job test"))
-    assert job.running and manager.get(job.run_id) is job
-    with pytest.raises(JobRefused, match="already running"):  # one at a time here
-        manager.start(TrainForm(epochs=1))
+    started = {"running": job.running, "known": manager.get(job.run_id) is job, "second": None}
+    try:
+        manager.start(TrainForm(epochs=1))  # one at a time here
+    except JobRefused as refused:
+        started["second"] = refused
+    yield root, manager, job, started
+    manager.shutdown()
+
+
+def test_a_job_trains_a_real_run_in_another_process(spiral_job):
+    root, _, job, started = spiral_job
+    assert started["running"] and started["known"]
+    assert isinstance(started["second"], JobRefused) and "already running" in str(started["second"])
     job.process.wait(180)
     assert job.state == "finished", job.log_tail()
     assert status_of(root, job.run_id) == ("finished", 2)
@@ -135,11 +149,10 @@ def test_a_browser_clearing_the_server_caches_keeps_the_jobs_and_their_limit(tmp
         manager.shutdown()
 
 
-def test_a_training_job_announces_its_stages_in_order(tmp_path):
+def test_a_training_job_announces_its_stages_in_order(spiral_job):
     from core.settings import STAGE_PREFIX, TRAINING_STAGES
 
-    manager = JobManager(str(tmp_path / "runs"), JobLimits())
-    job = manager.start(TrainForm(dataset="spiral", hidden="4", epochs=1, name="stages"))
+    _, _, job, _ = spiral_job
     assert job.process.wait(180) == 0, job.log_tail()
     announced = [
         line.removeprefix(STAGE_PREFIX) for line in job.log_tail(200).splitlines() if line.startswith(STAGE_PREFIX)

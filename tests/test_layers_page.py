@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from apptest_pages import open_app, shown
-from conftest import last_line, run_python
+from gradient_fixtures import gradient_runs  # noqa: F401  (a fixture)
 
 from core.store import RunStore
 from dashboard.views.layers import CAPTIONS
@@ -102,15 +102,10 @@ def test_picking_another_unit_and_layer_keeps_the_page_consistent(spiral_run_dir
     assert "Units of output" in [h.value for h in at.header]
 
 
-def test_a_tabular_run_shows_feature_values(tmp_path):
-    """A run recorded by the real recorder on a tabular data set (no plane, no images)."""
-
-    script = (
-        "import sys; from core.training.trainer import TrainingSpec, train; "
-        "print(train(TrainingSpec(dataset='iris', hidden=(6,), activation='tanh', epochs=1, runs=sys.argv[1])))"
-    )
-    run_id = last_line(run_python(script, str(tmp_path), timeout=180))
-    at = layers_page(tmp_path, run=run_id, unit="2")
+def test_a_tabular_run_shows_feature_values(gradient_runs):  # noqa: F811
+    """A run recorded by the real recorder on a tabular data set (no plane, no images): gradient_fixtures' iris run
+    (32-32-32 ReLU, 8 epochs), recorded once for the whole test run."""
+    at = layers_page(gradient_runs, run="iris", unit="2")
     assert not at.exception
     figures = charts(at)
     assert list(figures) == SHARED_CHARTS + ["unit_features"]

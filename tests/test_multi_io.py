@@ -7,33 +7,11 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
+from multi_io_models import data as _data  # noqa: E402
+from multi_io_models import two_in_two_out as _two_in_two_out  # noqa: E402
+
 from core import Recorder  # noqa: E402
 from core.store import RunStore  # noqa: E402
-
-
-def _data(n=96, seed=0):
-    rng = np.random.default_rng(seed)
-    left = rng.normal(size=(n, 4)).astype("float32")
-    right = rng.normal(size=(n, 3)).astype("float32")
-    classes = (left[:, 0] + right[:, 0] > 0).astype("int64") + (left[:, 1] > 1).astype("int64")  # 3 classes
-    value = (left[:, 2] - 0.5 * right[:, 1]).astype("float32")[:, None]  # a regression target
-    return left, right, classes, value
-
-
-def _two_in_two_out(regression_first=False, seed=0):
-    """Inputs `left` (4) and `right` (3); a softmax head `cls` over 3 classes and a linear head `reg`."""
-    keras.utils.set_random_seed(seed)
-    left = keras.Input((4,), name="left")
-    right = keras.Input((3,), name="right")
-    joined = keras.layers.Concatenate(name="joined")([left, right])
-    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(joined)
-    cls = keras.layers.Dense(3, activation="softmax", name="cls")(hidden)
-    reg = keras.layers.Dense(1, name="reg")(hidden)
-    outputs = [reg, cls] if regression_first else [cls, reg]
-    model = keras.Model([left, right], outputs)
-    losses = {"cls": "sparse_categorical_crossentropy", "reg": "mse"}
-    model.compile("adam", [losses[name] for name in model.output_names])
-    return model
 
 
 def _record(tmp_path, model, probe, fit_x, fit_y, **options):
@@ -209,14 +187,18 @@ def test_inputs_of_different_lengths_are_refused_at_construction(tmp_path):
 _ON_JAX = r"""
 import sys
 import numpy as np
+
+# Nothing here needs TensorFlow on JAX, but keras.utils.set_random_seed imports it (when installed) only to seed it:
+# seconds of CPU time. Unimportable, as on a machine with JAX alone.
+sys.modules["tensorflow"] = None
 import keras
 sys.path.insert(0, sys.argv[2])
-from test_multi_io import _data, _two_in_two_out
+from multi_io_models import data, two_in_two_out
 from core import Recorder
 
 assert keras.backend.backend() == "jax"
-left, right, classes, value = _data()
-model = _two_in_two_out()
+left, right, classes, value = data()
+model = two_in_two_out()
 recorder = Recorder(sys.argv[1], probe=({"left": left, "right": right}, [classes, value]), budget=None, grad_every=2,
                     analysis="thread", run_id="jax")
 model.fit([left, right], [classes, value], epochs=2, batch_size=16, callbacks=[recorder], verbose=0)

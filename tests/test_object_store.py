@@ -1,7 +1,7 @@
 """The run store, the recovery journal and recovery on object storage: a real S3 server (moto), `memory://` and
 `file://` URLs, next to a local folder.
 
-The kill test records a deterministic fit into `s3://BUCKET/runs` twice, in subprocesses (conftest's
+The kill test records a deterministic fit into `s3://BUCKET/runs` twice, in one subprocess (conftest's
 `KILLED_SCRIPT`): live, and SIGKILLed as `fit` returns with its snapshots still held back. It then recovers the
 killed run from the bucket with `python -m core recover` and reads both back through the store reader and the
 dashboard.
@@ -209,8 +209,7 @@ def s3_killed(s3_server):
     bucket = s3_server.new_bucket()
     url = f"s3://{bucket}/runs"
     with s3_server.environment():
-        _record_killable(url, "live")
-        _record_killable(url, "killed")
+        _record_killable(url)
     return url, bucket
 
 

@@ -1,6 +1,6 @@
 """The recovery journal and `python -m core recover`: snapshots a budget held back survive a SIGKILL of training.
 
-`killed_runs` (conftest) records a deterministic fit twice in subprocesses: live (`budget=None`, the reference)
+`killed_runs` (conftest) records a deterministic fit twice in one subprocess: live (`budget=None`, the reference)
 and with the default budget, SIGKILLed as soon as `fit` returns, while its snapshots are still held back in
 memory. Recovering the killed run must give the reference's snapshots.
 """
@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,17 @@ class Doubler(keras.layers.Layer):
 """
 
 
+_BETWEEN = "--- the second attempt ---\n"
+_TWO_RECOVERIES = f"""
+import sys
+from core.cli import main
+print(f"exit {{main(['recover', 'custom', '--runs', sys.argv[1]])}}", flush=True)
+sys.stdin.readline()
+print({_BETWEEN!r}, end="", file=sys.stderr, flush=True)
+print(f"exit {{main(['recover', 'custom', '--runs', sys.argv[1], '--import', 'strata_test_layers'])}}", flush=True)
+"""
+
+
 def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkeypatch):
     import importlib
 
@@ -181,22 +193,37 @@ def test_custom_layers_need_their_module_named_and_then_recover(tmp_path, monkey
         },
     )
 
-    def recover(*extra):  # from the user's folder, where their module is
-        return subprocess.run(
-            [sys.executable, "-m", "core", "recover", "custom", "--runs", root, *extra],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        )
-
-    failed = recover()
-    assert failed.returncode == cli.EXIT_USAGE and "--import MODULE" in failed.stderr
-    assert "register_keras_serializable" in failed.stderr
-    assert RunStore(root).run("custom").unwritten_captures() == 1  # the journal stays for a later attempt
-    done = recover("--import", "strata_test_layers")
-    assert done.returncode == 0, done.stderr[-2000:]
+    # `recover` from the user's folder, where their module is: without naming it, then (once this test has read the
+    # store) naming it; both in one process, which loads TensorFlow once. Each attempt's exit code comes on stdout.
+    attempts = subprocess.Popen(
+        [sys.executable, "-c", _TWO_RECOVERIES, root],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    try:
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(attempts.stdout.readline().strip()), daemon=True)
+        reader.start()
+        reader.join(240)
+        if first != [f"exit {cli.EXIT_USAGE}"]:
+            attempts.kill()
+            pytest.fail(
+                f"the first attempt gave {first} (within 240 s):\n{attempts.communicate(timeout=30)[1][-2000:]}"
+            )
+        assert RunStore(root).run("custom").unwritten_captures() == 1  # the journal stays for a later attempt
+        out, err = attempts.communicate("go on\n", timeout=240)
+    finally:
+        if attempts.poll() is None:
+            attempts.kill()
+            attempts.wait(30)
+    assert _BETWEEN in err, err[-2000:]
+    failed = err.split(_BETWEEN)[0]  # what the first attempt wrote
+    assert "--import MODULE" in failed and "register_keras_serializable" in failed
+    assert attempts.returncode == 0 and out.strip().splitlines()[-1] == "exit 0", err[-2000:]
     run = RunStore(root).run("custom")
     assert run.unwritten_captures() == 0 and len(run.snapshots()) == 1
     np.testing.assert_allclose(
