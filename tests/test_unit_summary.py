@@ -1,5 +1,4 @@
-"""core/analysis/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py,
-RunWriter)."""
+"""core/analysis/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py, RunWriter)."""
 
 from __future__ import annotations
 
