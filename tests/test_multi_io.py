@@ -319,7 +319,9 @@ def test_every_page_opens_on_a_run_of_two_inputs_and_two_outputs_and_says_which_
     if page == "layers":
         assert any("primary output, “cls” (classes)" in shown(c.value) for c in at.caption)
     if page == "gradients":
-        assert any("the diagnosis reads each output of classes' own accuracy" in shown(c.value) for c in at.caption)
+        assert any(
+            "the diagnosis judges each output of classes by its own accuracy" in shown(c.value) for c in at.caption
+        )
 
 
 def test_a_regression_model_stores_its_true_values_for_the_views(tmp_path):
