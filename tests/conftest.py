@@ -64,8 +64,12 @@ import json, sys
 from core.training.trainer import TrainingSpec, train
 root = sys.argv[1]
 ids = {
-    "spiral": train(TrainingSpec(dataset="spiral", hidden=(8, 8), epochs=3, lr=0.01, runs=root, name="spiral 8-8 fixture")),
-    "digits": train(TrainingSpec(dataset="digits", hidden=(16,), epochs=2, probe_size=300, runs=root, name="digits 16 fixture")),
+    "spiral": train(
+        TrainingSpec(dataset="spiral", hidden=(8, 8), epochs=3, lr=0.01, runs=root, name="spiral 8-8 fixture")
+    ),
+    "digits": train(
+        TrainingSpec(dataset="digits", hidden=(16,), epochs=2, probe_size=300, runs=root, name="digits 16 fixture")
+    ),
 }
 print(json.dumps(ids))
 """
@@ -185,7 +189,8 @@ KILLED_SCRIPT = textwrap.dedent(
         keras.backend.clear_session()  # the same layer names for both
         keras.utils.set_random_seed(0)  # the same weights and batches for both
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3, activation="softmax")])
+                                  keras.layers.Dense(8, activation="tanh"),
+                                  keras.layers.Dense(3, activation="softmax")])
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         recorder = Recorder(sys.argv[1], probe=(x, y), run_id=mode, budget=None if mode == "live" else 0.03)
         model.fit(x, y, epochs={epochs}, batch_size=32, callbacks=[recorder], verbose=0)

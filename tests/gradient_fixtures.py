@@ -58,7 +58,8 @@ _TRAIN = """
 import json, sys
 from core.training.trainer import TrainingSpec, train
 root, specs = sys.argv[1], json.loads(sys.argv[2])
-ids = {name: train(TrainingSpec(**{**spec, "hidden": tuple(spec["hidden"])}, probe_size=300, runs=root, run_id=name, name=name))
+ids = {name: train(TrainingSpec(**{**spec, "hidden": tuple(spec["hidden"])},
+                                probe_size=300, runs=root, run_id=name, name=name))
        for name, spec in specs.items()}
 print(json.dumps(ids))
 """

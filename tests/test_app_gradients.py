@@ -79,14 +79,16 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(128, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
 
 keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                          keras.layers.Dense(2, activation="softmax")])
 model.compile("adam", "sparse_categorical_crossentropy")
 unlabelled = Recorder(os.path.join(sys.argv[1], "unlabelled"), probe=(x, None), name="unlabelled")
 model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[unlabelled])
 
 keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(name="norm"),
-                          keras.layers.Activation("relu", name="relu"), keras.layers.Dense(2, activation="softmax", name="out")])
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="dense"),
+                          keras.layers.BatchNormalization(name="norm"), keras.layers.Activation("relu", name="relu"),
+                          keras.layers.Dense(2, activation="softmax", name="out")])
 model.compile("adam", "sparse_categorical_crossentropy")
 normalised = Recorder(os.path.join(sys.argv[1], "normalised"), probe=(x, y), name="normalised")
 model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[normalised])

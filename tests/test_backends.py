@@ -43,11 +43,13 @@ backend = keras.backend.backend()
 
 def build(name):
     layers = {
-        "mlp": [keras.layers.Dense(8, activation="relu", name="hidden_a"), keras.layers.Dense(6, activation="tanh", name="hidden_b")],
+        "mlp": [keras.layers.Dense(8, activation="relu", name="hidden_a"),
+                keras.layers.Dense(6, activation="tanh", name="hidden_b")],
         "bn": [keras.layers.Dense(8, name="dense"), keras.layers.BatchNormalization(name="norm"),
                keras.layers.Activation("relu", name="relu"), keras.layers.Dropout(0.25, seed=7, name="drop")],
     }[name]
-    model = keras.Sequential([keras.Input((4,)), *layers, keras.layers.Dense(3, activation="softmax", name="out")], name=name)
+    model = keras.Sequential([keras.Input((4,)), *layers, keras.layers.Dense(3, activation="softmax", name="out")],
+                             name=name)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dense):
             layer.set_weights([given[f"{name}/{layer.name}/kernel"], given[f"{name}/{layer.name}/bias"]])
@@ -118,7 +120,8 @@ for recorded, reference in zip(bn.variables, plain.variables):
     out[f"recorded/{recorded.path}"], out[f"plain/{recorded.path}"] = np.array(recorded), np.array(reference)
 np.savez(out_path, **out)
 print(json.dumps({"backend": backend, "tensorflow_before_fit": tensorflow_before_fit,
-                  "probe_pass": type(recorder._capture_fn).__module__, "probe_tf_loaded": "core.capture.probe_tf" in sys.modules}))
+                  "probe_pass": type(recorder._capture_fn).__module__,
+                  "probe_tf_loaded": "core.capture.probe_tf" in sys.modules}))
 '''
 )
 
@@ -140,7 +143,8 @@ for mode in ("live", "killed"):
         # The worker's thread journals each capture as it takes it over: wait for the last one (milliseconds), while
         # the first held-back snapshot's probe pass is still being compiled.
         deadline = time.monotonic() + 60
-        while not glob.glob(os.path.join(root, mode, "journal", "*-capture-epoch-4-*.npz")) and time.monotonic() < deadline:
+        last = os.path.join(root, mode, "journal", "*-capture-epoch-4-*.npz")
+        while not glob.glob(last) and time.monotonic() < deadline:
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
     assert recorder.wait(120)
@@ -333,7 +337,8 @@ def test_an_unsupported_backend_is_refused_when_the_recorder_is_made():
     assert result.stdout.splitlines() == [
         "Strata records on the TensorFlow and JAX backends; the 'numpy' backend is not supported yet: set "
         "KERAS_BACKEND=tensorflow or jax",
-        "Strata records on the TensorFlow and JAX backends; PyTorch is not supported yet: set KERAS_BACKEND=tensorflow or jax",
+        "Strata records on the TensorFlow and JAX backends; PyTorch is not supported yet: set "
+        "KERAS_BACKEND=tensorflow or jax",
     ]
     assert not (REPO / "unused").exists()
 

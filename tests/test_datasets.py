@@ -1,4 +1,5 @@
-"""Tests for core.training.datasets: built-in sets, user files, splits, subsets, errors, and staying free of TensorFlow."""
+"""Tests for core.training.datasets: built-in sets, user files, splits, subsets, errors, and staying free of
+TensorFlow."""
 
 import subprocess
 import sys
@@ -251,7 +252,8 @@ def test_stratified_subset_quotas_add_up_when_shares_are_fractional():
 
 def test_importing_datasets_does_not_import_tensorflow():
     code = (
-        "import core.training.datasets, sys; core.training.datasets.load_dataset('digits'); core.training.datasets.load_dataset('moons'); "
+        "import core.training.datasets, sys; "
+        "core.training.datasets.load_dataset('digits'); core.training.datasets.load_dataset('moons'); "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -49,8 +49,8 @@ image_y = (image_x[:, :10, :, 0].mean(axis=(1, 2)) > 0).astype("int64")
 def build(name):
     keras.utils.set_random_seed(3)
     if name == "mlp":
-        layers = [keras.Input((2,)), keras.layers.Dense(24, activation="relu"), keras.layers.Dense(12, activation="tanh"),
-                  keras.layers.Dense(3, activation="softmax")]
+        layers = [keras.Input((2,)), keras.layers.Dense(24, activation="relu"),
+                  keras.layers.Dense(12, activation="tanh"), keras.layers.Dense(3, activation="softmax")]
     else:
         layers = [keras.Input((20, 20, 2)), keras.layers.Conv2D(16, 3, activation="relu"),
                   keras.layers.MaxPooling2D(2), keras.layers.Conv2D(8, 3, activation="sigmoid"),
@@ -66,7 +66,8 @@ for name, (x, y) in {"mlp": (plane_x, plane_y), "cnn": (image_x, image_y)}.items
     for reduce in ("host", "device"):
         model.set_weights(start)
         model.optimizer.iterations.assign(0)  # plain SGD keeps no other state
-        recorder = Recorder(root, probe=(x, y), analysis="thread", budget=None, reduce=reduce, run_id=f"{name}-{reduce}")
+        recorder = Recorder(root, probe=(x, y), analysis="thread", budget=None, reduce=reduce,
+                            run_id=f"{name}-{reduce}")
         model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, callbacks=[recorder])
         recorder.wait()
 print("ok")
@@ -248,8 +249,8 @@ def test_auto_reduces_on_the_host_of_a_machine_without_an_accelerator():
 
 
 def _residual_cnn(blocks: int):
-    """A residual CNN of 4 * blocks + 3 recorded layers: a stem convolution, `blocks` blocks of two convolutions, an Add and
-    a ReLU, then pooling and a softmax head."""
+    """A residual CNN of 4 * blocks + 3 recorded layers: a stem convolution, `blocks` blocks of two convolutions, an
+    Add and a ReLU, then pooling and a softmax head."""
     import keras
 
     keras.utils.set_random_seed(0)

@@ -220,7 +220,8 @@ def test_a_lasso_on_the_strip_selects_every_sample_inside_not_only_the_drawn_one
     page.goto(f"{base}/?run={ids['spiral']}")
     wait_for_charts(page, 2)
     strip = page.locator(".js-plotly-plot").first
-    box = strip.evaluate("""g => { const r = g.getBoundingClientRect(), x = g._fullLayout.xaxis, y = g._fullLayout.yaxis;
+    box = strip.evaluate("""g => {
+        const r = g.getBoundingClientRect(), x = g._fullLayout.xaxis, y = g._fullLayout.yaxis;
         return {left: r.left + x._offset, top: r.top + y._offset, width: x._length, height: y._length,
                 x: x.range, y: y.range}; }""")
     # a rectangle over the middle of the input panel, drawn as a lasso (the strip's drag mode)

@@ -217,9 +217,11 @@ EXIT_SCRIPT = textwrap.dedent(
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[Recorder({root!r}, probe=(x, y), run_id="exit", budget=0.0001)])
+    recorder = Recorder({root!r}, probe=(x, y), run_id="exit", budget=0.0001)
+    model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=[recorder])
     print("AT RETURN", len(RunStore({root!r}).run("exit").snapshots()), flush=True)
     """
 )

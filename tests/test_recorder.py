@@ -917,27 +917,31 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
 
     shell = InteractiveShell.instance()
     x, y = _toy_data()
-    shell.user_ns.update(dict(Recorder=Recorder, _mlp=_mlp, _RaiseAtEpoch=_RaiseAtEpoch, keras=keras, x=x, y=y, root={root!r}))
+    shell.user_ns.update(dict(Recorder=Recorder, _mlp=_mlp, _RaiseAtEpoch=_RaiseAtEpoch, keras=keras, x=x, y=y,
+                              root={root!r}))
     cells = {{
         "stopped": "KeyboardInterrupt()",  # what the notebook's stop button raises inside fit
         "failed": "ValueError('bad batch')",
         "threaded": None,
     }}
     hooks = len(shell.events.callbacks["post_run_cell"])
-    shell.run_cell("for _ in range(3): _mlp().fit(x, y, epochs=1, verbose=0, callbacks=[Recorder(root, probe=(x, y))])\\n"
+    shell.run_cell("for _ in range(3): _mlp().fit(x, y, epochs=1, verbose=0, "
+                   "callbacks=[Recorder(root, probe=(x, y))])\\n"
                    "during = len(get_ipython().events.callbacks['post_run_cell'])")  # a sweep keeps no recorder alive
     print("RESULT", "hooks left by a cell of finished fits:", shell.user_ns["during"] - hooks, flush=True)
     for name, error in cells.items():
         if error is None:  # a fit on a thread of its own outlives its cell: the cell must leave it alone
             shell.run_cell("import os, threading, time; r = Recorder(root, probe=(x, y), run_id='threaded'); "
                            "t = threading.Thread(target=lambda: _mlp().fit(x, y, epochs=3, verbose=0, "
-                           "callbacks=[r, keras.callbacks.LambdaCallback(on_epoch_end=lambda e, l: time.sleep(1.0))])); "
+                           "callbacks=[r, keras.callbacks.LambdaCallback("
+                           "on_epoch_end=lambda e, l: time.sleep(1.0))])); "
                            "t.start()" + chr(10) +  # the cell ends once the run exists, seconds before its fit does
                            "while not os.path.exists(os.path.join(root, 'threaded', 'run.json')): time.sleep(0.05)")
             print("RESULT", name, RunStore({root!r}).run(name).status, flush=True)
             shell.run_cell("t.join()")
         else:
-            shell.run_cell(f"_mlp().fit(x, y, epochs=5, verbose=0, callbacks=[Recorder(root, probe=(x, y), run_id={{name!r}}), "
+            shell.run_cell("_mlp().fit(x, y, epochs=5, verbose=0, "
+                           f"callbacks=[Recorder(root, probe=(x, y), run_id={{name!r}}), "
                            f"_RaiseAtEpoch(2, {{error}})])")
         wait_for_all()  # the run is ended when its cell finishes, and written in the background
         run = RunStore({root!r}).run(name)

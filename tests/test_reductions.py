@@ -141,10 +141,12 @@ values = rng.standard_normal((20, 300)).astype(np.float32)
 top, bottom = compiled(lambda v: reductions.extreme_rows(v, 8))(ops.convert_to_tensor(values))
 out["extreme/top"], out["extreme/bottom"] = np.asarray(top), np.asarray(bottom)
 
-for name, shape, limit in [("square", (10, 48, 48, 8), 4096), ("uneven", (6, 7, 5, 64), 256), ("sequence", (5, 33, 16), 128), ("narrow", (4, 3, 3, 2), 4096)]:
+for name, shape, limit in [("square", (10, 48, 48, 8), 4096), ("uneven", (6, 7, 5, 64), 256),
+                           ("sequence", (5, 33, 16), 128), ("narrow", (4, 3, 3, 2), 4096)]:
     output = rng.standard_normal(shape).astype(np.float32)
     out[f"pool_{name}/input"] = output
-    out[f"pool_{name}/features"] = np.asarray(compiled(lambda a: reductions.analysis_features(a, limit)[0])(ops.convert_to_tensor(output)))
+    pool = compiled(lambda a: reductions.analysis_features(a, limit)[0])
+    out[f"pool_{name}/features"] = np.asarray(pool(ops.convert_to_tensor(output)))
     out[f"units_{name}"] = np.asarray(compiled(reductions.unit_means)(ops.convert_to_tensor(output)))
 
 rows = np.sort(np.random.default_rng(0).choice(300, size=256, replace=False))
@@ -152,7 +154,8 @@ for name, width in [("narrow", 64), ("wide", 700)]:
     features = rng.standard_normal((300, width)).astype(np.float32) + 5.0
     out[f"sketch_{name}/input"] = features
     out[f"sketch_{name}/rows"] = rows
-    out[f"sketch_{name}/sketch"] = np.asarray(compiled(lambda f: reductions.cka_sketch(f, rows))(ops.convert_to_tensor(features)))
+    sketch = compiled(lambda f: reductions.cka_sketch(f, rows))
+    out[f"sketch_{name}/sketch"] = np.asarray(sketch(ops.convert_to_tensor(features)))
 for index, layer in enumerate(cka_layers()):
     out[f"cka_layers/{index}"] = layer
 layers = [ops.convert_to_tensor(layer) for layer in cka_layers()]

@@ -200,7 +200,10 @@ def test_concurrent_reader_never_sees_a_partial_snapshot(tmp_path):
 
 
 def test_reader_does_not_import_tensorflow():
-    code = "import core, core.store, core.analysis.summary, core.cli, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = (
+        "import core, core.store, core.analysis.summary, core.cli, sys; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 

@@ -97,7 +97,9 @@ def test_the_run_picker_lists_the_runs_newest_first_and_the_status_of_the_chosen
     assert not at.exception
     picker = at.sidebar.selectbox(key="run")
     assert picker.options == ["beta", "alpha"] and picker.value == "alpha"
-    assert _captions(at)[0] == ":blue[:material/check_circle:] **synthetic 3x5x60** · finished · synthetic · epoch 4/4"
+    assert _captions(at)[0] == (
+        ":blue[:material/check_circle:] **synthetic 3x5x60** · finished · synthetic · epoch 4/4"
+    )
 
 
 def test_a_live_run_shows_its_progress_and_follows_the_newest_epoch(odd_root):

@@ -1,4 +1,5 @@
-"""core/capture/sink.py on its own: the frame format, and RunSink turning recorder messages into a run the reader accepts.
+"""core/capture/sink.py on its own: the frame format, and RunSink turning recorder messages into a run the reader
+accepts.
 
 The messages are built the way core/capture/recorder.py builds them (`attach`, `probe`, `snapshot` with a RawCapture,
 `batch_gradients`, `epoch`, `end`), on a run created as the recorder creates it (`RunWriter`), with numpy only.

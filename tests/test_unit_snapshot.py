@@ -1,5 +1,5 @@
-"""core/capture/snapshot.py on its own: `analysis_features` pooling and `SnapshotBuilder` on synthetic outputs whose structure
-is known (numpy only)."""
+"""core/capture/snapshot.py on its own: `analysis_features` pooling and `SnapshotBuilder` on synthetic outputs whose
+structure is known (numpy only)."""
 
 from __future__ import annotations
 

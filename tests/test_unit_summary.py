@@ -1,4 +1,5 @@
-"""core/analysis/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py, RunWriter)."""
+"""core/analysis/summary.py on its own: `run_summary` of runs written with numpy only (dashboard/synthetic.py,
+RunWriter)."""
 
 from __future__ import annotations
 

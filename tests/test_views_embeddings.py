@@ -40,7 +40,8 @@ def drawn(traces):
 def test_view_modules_import_neither_streamlit_nor_tensorflow():
     code = (
         "import sys; import dashboard.views.embeddings, dashboard.views.runs, dashboard.data, dashboard.state, "
-        "dashboard.jobs, dashboard.synthetic; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
+        "dashboard.jobs, dashboard.synthetic; "
+        "print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

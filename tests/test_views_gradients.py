@@ -55,7 +55,10 @@ def run(tmp_path):
 
 
 def test_view_module_imports_neither_streamlit_nor_tensorflow():
-    code = "import sys, dashboard.views.gradients; print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
+    code = (
+        "import sys, dashboard.views.gradients; "
+        "print(sorted(m for m in ('streamlit', 'tensorflow', 'keras') if m in sys.modules))"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )

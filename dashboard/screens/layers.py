@@ -10,6 +10,7 @@ from core.store.run_info import parse_layer_key
 from dashboard import context, data
 from dashboard.data import output_caption, snapshot_at
 from dashboard.views import layers as views
+from dashboard.views.embeddings import columns, component_title
 from dashboard.views.spec import frozen
 from dashboard.views.text import plain
 
@@ -353,11 +354,8 @@ def bent_plane(run_id, count, epoch, layer, components):
         projection = snapshot.projection(index, "plane_pca")
         if projection is not None:  # a layer with fewer components than asked for is flat along the missing ones
             coords = projection.coords
-            picked = [
-                coords[:, c - 1] if c <= coords.shape[1] else np.zeros(len(coords), coords.dtype) for c in components
-            ]
-            panels.append((info.get("name", f"layer {index}"), np.stack(picked, axis=1)))
-            titles.append(tuple(f"PC{c}" if c <= coords.shape[1] else f"no PC{c}: 0" for c in components[:2]))
+            panels.append((info.get("name", f"layer {index}"), np.stack(columns(coords, components), axis=1)))
+            titles.append(tuple(component_title(c, coords.shape[1]) for c in components[:2]))
     chosen = run.layers[layer].get("name") if run.layers else None
     return frozen(
         views.bent_plane_figure(

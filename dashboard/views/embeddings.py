@@ -150,13 +150,18 @@ def axis_title(component: int, variance: np.ndarray | None) -> str:
     """ "PC2 · 18%": the component (counted from 1) and the share of the layer's variance it explains. A component
     the layer does not have (a 1-unit layer has one) is drawn flat at 0, and says so."""
     if variance is not None and component > len(variance):
-        return f"no PC{component} (the layer has {len(variance)}): 0"
+        return component_title(component, len(variance))
     if variance is None or variance[component - 1] is None:
         return f"PC{component}"
     if not np.any(np.asarray(variance, np.float64) > 0):  # a constant layer: shares of nothing are not "0%"
         return f"PC{component} · no variance"
     share = float(variance[component - 1])
     return f"PC{component} · {share:.0%}" if math.isfinite(share) else f"PC{component}"
+
+
+def component_title(component: int, count: int) -> str:
+    """ "PC2" for a layer with `count` components, or "no PC2 (the layer has 1): 0" where it has too few."""
+    return f"PC{component}" if component <= count else f"no PC{component} (the layer has {count}): 0"
 
 
 def columns(coords: np.ndarray, components: tuple[int, ...]) -> list[np.ndarray]:
