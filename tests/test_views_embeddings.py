@@ -383,3 +383,14 @@ def test_a_regression_target_colours_continuously_and_classes_categorically():
     assert len({colour for _, colour in stepped}) == 3  # one flat colour per class, no gradient between them
     table = views.sample_table([1], None, predicted, None, values=truth)
     assert table[0]["true value"] == -2.0 and table[0]["prediction"] == -2.5
+
+
+def test_a_component_the_layer_lacks_is_named_so_and_drawn_at_zero():
+    coords = np.arange(6.0).reshape(6, 1)  # a 1-unit layer: one component
+    first, second = views.columns(coords, (1, 2))
+    np.testing.assert_array_equal(first, coords[:, 0])
+    np.testing.assert_array_equal(second, np.zeros(6))
+    assert views.component_title(1, 1) == "PC1"
+    assert views.component_title(2, 1) == "no PC2 (the layer has 1): 0"
+    assert views.component_title(2, 1, short=True) == "no PC2: 0"
+    assert views.axis_title(2, np.array([1.0])) == views.component_title(2, 1)

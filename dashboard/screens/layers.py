@@ -355,7 +355,7 @@ def bent_plane(run_id, count, epoch, layer, components):
         if projection is not None:  # a layer with fewer components than asked for is flat along the missing ones
             coords = projection.coords
             panels.append((info.get("name", f"layer {index}"), np.stack(columns(coords, components), axis=1)))
-            titles.append(tuple(component_title(c, coords.shape[1]) for c in components[:2]))
+            titles.append(tuple(component_title(c, coords.shape[1], short=True) for c in components[:2]))
     chosen = run.layers[layer].get("name") if run.layers else None
     return frozen(
         views.bent_plane_figure(

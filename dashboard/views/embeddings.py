@@ -159,9 +159,12 @@ def axis_title(component: int, variance: np.ndarray | None) -> str:
     return f"PC{component} · {share:.0%}" if math.isfinite(share) else f"PC{component}"
 
 
-def component_title(component: int, count: int) -> str:
-    """ "PC2" for a layer with `count` components, or "no PC2 (the layer has 1): 0" where it has too few."""
-    return f"PC{component}" if component <= count else f"no PC{component} (the layer has {count}): 0"
+def component_title(component: int, count: int, short: bool = False) -> str:
+    """ "PC2" for a layer with `count` components, or "no PC2 (the layer has 1): 0" where it has too few
+    ("no PC2: 0" when `short`, for a small panel)."""
+    if component <= count:
+        return f"PC{component}"
+    return f"no PC{component}: 0" if short else f"no PC{component} (the layer has {count}): 0"
 
 
 def columns(coords: np.ndarray, components: tuple[int, ...]) -> list[np.ndarray]:
