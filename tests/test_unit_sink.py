@@ -186,10 +186,28 @@ def test_frames_round_trip_through_bytesio():
     assert [m[0] for m in back] == ["attach", "snapshot", "end"]
     assert back[0] == messages[0] and back[2] == messages[2]
     np.testing.assert_array_equal(back[1][1]["raw"], np.arange(5.0))
-    # Each frame is an 8-byte little-endian length, then that many bytes.
+    # Each frame begins with the pickle's length and the count of its out-of-band buffers, little-endian.
     data = stream.getvalue()
-    (first,) = FRAME_HEADER.unpack(data[: FRAME_HEADER.size])
-    assert FRAME_HEADER.size == 8 and 0 < first < len(data)
+    first, buffers = FRAME_HEADER.unpack(data[: FRAME_HEADER.size])
+    assert FRAME_HEADER.size == 12 and 0 < first < len(data) and buffers == 0
+
+
+def test_arrays_cross_out_of_band_and_are_read_without_a_copy():
+    outputs = np.arange(250_000, dtype=np.float32).reshape(500, 500)  # 1 MB
+    message = ("snapshot", {"outputs": [outputs, np.asfortranarray(outputs), outputs[::2, ::3]], "epoch": 1})
+    stream = io.BytesIO()
+    write_frame(stream, message)
+    data = stream.getvalue()
+    size, count = FRAME_HEADER.unpack_from(data)
+    assert count == 2 and size < 200_000  # the contiguous arrays' memory is not in the pickle; the strided copy is
+    assert data.endswith(outputs.tobytes() + np.asfortranarray(outputs).tobytes(order="A"))
+    ((kind, payload),) = read_frames(io.BytesIO(data))
+    assert kind == "snapshot" and payload["epoch"] == 1
+    for back, sent in zip(payload["outputs"], message[1]["outputs"]):
+        np.testing.assert_array_equal(back, sent)
+    whole, fortran, strided = payload["outputs"]
+    assert fortran.flags.f_contiguous and not whole.flags.owndata and not fortran.flags.owndata  # views of the read
+    assert whole.flags.writeable  # the sink may work on them in place
 
 
 def test_frames_round_trip_through_a_real_pipe():
@@ -203,12 +221,14 @@ def test_frames_round_trip_through_a_real_pipe():
     assert back[7] == ("epoch", {"epoch": 7, "values": list(range(7))})
 
 
-@pytest.mark.parametrize("cut", [3, FRAME_HEADER.size + 5])  # inside the second header; inside its body
+# inside the second header; inside its buffer lengths; inside its pickle; inside its array's buffer
+@pytest.mark.parametrize("cut", [3, FRAME_HEADER.size + 5, FRAME_HEADER.size + 20, -5])
 def test_a_truncated_last_frame_ends_the_frames_quietly(cut):
     whole = io.BytesIO()
     write_frame(whole, ("probe", {"k": 1}))
     first = len(whole.getvalue())
-    write_frame(whole, ("snapshot", {"seq": 0, "data": "x" * 100}))
+    write_frame(whole, ("snapshot", {"seq": 0, "data": "x" * 100, "outputs": np.zeros(1000)}))
+    cut = cut if cut > 0 else len(whole.getvalue()) - first + cut
     truncated = io.BytesIO(whole.getvalue()[: first + cut])
     assert list(read_frames(truncated)) == [("probe", {"k": 1})]
 
@@ -264,7 +284,7 @@ def test_the_sink_child_process_finishes_what_it_received_when_input_is_cut(tmp_
     messages = _messages(root, "cut")[:3]  # attach, probe, snapshot 0
     for message in messages:
         write_frame(stream, message)
-    data = stream.getvalue() + FRAME_HEADER.pack(1000) + b"partial"  # a writer killed mid-frame
+    data = stream.getvalue() + FRAME_HEADER.pack(1000, 0) + b"partial"  # a writer killed mid-frame
     result = subprocess.run(
         [sys.executable, "-m", "core.capture.sink"], input=data, capture_output=True, cwd=REPO, timeout=120
     )

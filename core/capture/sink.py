@@ -2,7 +2,9 @@
 
 `core.Recorder` sends plain messages (numpy arrays and dicts); `RunSink` turns them into store files. By
 default the sink runs in a child process (`python -m core.capture.sink`, fed pickled frames on stdin), so the numpy
-analysis never competes with training for the GIL. If the parent dies, even by SIGKILL, the child still
+analysis never competes with training for the GIL. A frame carries its arrays' memory out of band (pickle protocol 5):
+written straight from the arrays and read straight into the arrays, so a capture of every layer's outputs is never
+copied into a pickle on either side. If the parent dies, even by SIGKILL, the child still
 finishes every capture it has received, then exits at end of input. This module is numpy-only.
 """
 
@@ -21,7 +23,8 @@ from core.analysis import measures
 from core.capture.snapshot import RawCapture, SnapshotBuilder
 from core.store import RunWriter
 
-FRAME_HEADER = struct.Struct("<Q")  # byte length of the pickled message that follows
+FRAME_HEADER = struct.Struct("<QI")  # byte length of the pickled message that follows, count of its buffers
+BUFFER_LENGTH = struct.Struct("<Q")  # byte length of each out-of-band buffer, after the header
 CPU_REPORT = struct.Struct("<d")  # written back after each message: this process's CPU seconds so far
 
 
@@ -108,9 +111,15 @@ class RunSink:
 
 
 def write_frame(stream, message: tuple) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(FRAME_HEADER.pack(len(data)))
+    """One frame: the header, each buffer's length, the pickled message, then the buffers (numpy arrays' memory)."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    stream.write(FRAME_HEADER.pack(len(data), len(views)))
+    stream.write(b"".join(BUFFER_LENGTH.pack(view.nbytes) for view in views))
     stream.write(data)
+    for view in views:
+        stream.write(view)
     stream.flush()
 
 
@@ -120,11 +129,29 @@ def read_frames(stream):
         header = stream.read(FRAME_HEADER.size)
         if len(header) < FRAME_HEADER.size:
             return
-        (size,) = FRAME_HEADER.unpack(header)
+        size, count = FRAME_HEADER.unpack(header)
+        lengths = stream.read(BUFFER_LENGTH.size * count)
         data = stream.read(size)
-        if len(data) < size:
+        if len(lengths) < BUFFER_LENGTH.size * count or len(data) < size:
             return
-        yield pickle.loads(data)
+        buffers = []
+        for (length,) in BUFFER_LENGTH.iter_unpack(lengths):
+            buffer = bytearray(length)  # the array's own memory: numpy takes it over without a copy
+            if not _read_into(stream, buffer):
+                return
+            buffers.append(buffer)
+        yield pickle.loads(data, buffers=buffers)
+
+
+def _read_into(stream, buffer: bytearray) -> bool:
+    """Fill `buffer` from `stream`; False at end of input first."""
+    view, filled = memoryview(buffer), 0
+    while filled < len(buffer):
+        count = stream.readinto(view[filled:])
+        if not count:
+            return False
+        filled += count
+    return True
 
 
 def main() -> int:
