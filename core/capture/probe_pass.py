@@ -120,20 +120,17 @@ class ProbePass(ABC):
     def _compile(self, model: keras.Model, layers: list[RecordedLayer], variables: list) -> tuple:
         """(infer, gradients), compiled by the backend: see the class docstring."""
 
-    def __call__(self, x, y, grid, state) -> dict:
+    def __call__(self, x, y, grid, state, on_host: bool = False) -> dict:
         """`x` and `y` as the model takes them: one tensor, or a list or dict of them (several inputs or outputs),
         every one with a row per probe sample. Predictions come back as one tensor, or a list in the order of
-        `model.outputs`."""
+        `model.outputs`. `on_host`: the recorded outputs come back as numpy arrays, each chunk copied into them
+        as it is computed, so the pass never holds the outputs twice (chunks and their concatenation)."""
         count = sample_count(x)
-        step = self.output_chunk
-        chunks = [
-            self._infer(_rows(x, i, i + step), None if y is None else _rows(y, i, i + step), state)
-            for i in range(0, count, step)
-        ]
+        predictions, outputs, loss = self._inferred(x, y, count, state, on_host)
         result = {
-            "predictions": _flat_predictions(_joined([c[0] for c in chunks])),
-            "outputs": [_joined([c[1][i] for c in chunks]) for i in range(len(self.weights))],
-            "loss": sum(float(c[2]) for c in chunks) / count if self.with_loss else None,
+            "predictions": predictions,
+            "outputs": outputs,
+            "loss": loss / count if self.with_loss else None,
             "weights": [[state[i] for i in group] for group in self.weights],
         }
         if self.with_loss:
@@ -156,13 +153,32 @@ class ProbePass(ABC):
             result["weight_grads"] = [[] for _ in self.weights]
             result["output_grad_norms"] = [None] * len(self.weights)
         if self.plane:
-            plane = [
-                self._infer(grid[i : i + self.output_chunk], None, state)
-                for i in range(0, int(grid.shape[0]), self.output_chunk)
-            ]
-            result["plane_predictions"] = _flat_predictions(_joined([c[0] for c in plane]))
-            result["plane_outputs"] = [_joined([c[1][i] for c in plane]) for i in range(len(self.weights))]
+            result["plane_predictions"], result["plane_outputs"], _ = self._inferred(
+                grid, None, int(grid.shape[0]), state, on_host
+            )
         return result
+
+    def _inferred(self, x, y, count: int, state, on_host: bool) -> tuple:
+        """(predictions, [each recorded layer's output], summed loss) of inference over `count` rows, in chunks."""
+        step = self.output_chunk
+        predictions, chunks, outputs, loss = [], [], None, 0.0
+        for start in range(0, count, step):
+            chunk = self._infer(
+                _rows(x, start, start + step), None if y is None else _rows(y, start, start + step), state
+            )
+            predictions.append(chunk[0])
+            if chunk[2] is not None:
+                loss += float(chunk[2])
+            if not on_host:
+                chunks.append(chunk[1])
+                continue
+            if outputs is None:
+                outputs = [np.empty((count, *o.shape[1:]), keras.backend.standardize_dtype(o.dtype)) for o in chunk[1]]
+            for target, output in zip(outputs, chunk[1]):
+                target[start : start + step] = keras.ops.convert_to_numpy(output)
+        if not on_host:
+            outputs = [_joined([c[i] for c in chunks]) for i in range(len(self.weights))]
+        return _flat_predictions(_joined(predictions)), outputs, loss
 
 
 def sample_count(x) -> int:

@@ -842,7 +842,7 @@ def run_capture_pass(
     or as a ReducedCapture when the pass reduces on the device (`reducing_pass`)."""
     if isinstance(capture_fn, ReducingPass):
         return capture_fn.capture(inputs, state, **fields)
-    result = capture_fn(*inputs, state)
+    result = capture_fn(*inputs, state, on_host=True)
     result = {key: _to_numpy(value) for key, value in result.items()}
     roles = [_roles(layer) for layer in layers]
     measured = result["loss"] is not None
