@@ -125,7 +125,8 @@ def test_subsampling_takes_the_same_rows_from_every_input_and_target(tmp_path):
 
 
 def test_gradient_rows_are_taken_from_every_input_in_chunks(tmp_path, monkeypatch):
-    """A probe pass cut into chunks (outputs and gradients) records what one whole pass records."""
+    """A probe pass cut into chunks (outputs, copied chunk by chunk into the host's arrays, and gradients) records
+    what one whole pass records."""
     from core.capture import probe_pass
 
     left, right, classes, value = _data(n=80)
@@ -138,6 +139,9 @@ def test_gradient_rows_are_taken_from_every_input_in_chunks(tmp_path, monkeypatc
     for a, b in zip(whole.epoch_snapshots(), chunked.epoch_snapshots()):
         np.testing.assert_allclose(a.predictions(1), b.predictions(1), rtol=1e-4, atol=1e-5)
         for index in range(len(whole.layers)):
+            activation_a, activation_b = a.layer(index)["activation"], b.layer(index)["activation"]
+            assert activation_a["mean"] == pytest.approx(activation_b["mean"], rel=1e-4, abs=1e-6)
+            assert activation_a["percentiles"] == pytest.approx(activation_b["percentiles"], rel=1e-4, abs=1e-6)
             grad_a, grad_b = a.layer(index).get("grad", {}), b.layer(index).get("grad", {})
             assert grad_a.keys() == grad_b.keys()
             for role in grad_a:
