@@ -210,6 +210,15 @@ recorder.wait()
 rows = recorder.probe_indices
 predicted_cls, predicted_reg = model.predict([left[rows], right[rows]], verbose=0)
 np.savez(sys.argv[1] + "/truth.npz", rows=rows, cls=predicted_cls, reg=predicted_reg)
+
+# During an epoch Keras's JAX trainer empties the metric variables, among them each output's loss that
+# compute_loss updates. A probe pass traced then (a slow machine) must not read them: trace fresh passes so.
+from core.capture.recorder import _capture_function, _gradient_norm_function, _read_state
+state = _read_state(model, recorder._variables)
+model._purge_model_variables(metrics_variables=True)
+probe = _capture_function(model, recorder._layers, recorder._variables, True, False)(*recorder._inputs, state)
+norms = _gradient_norm_function(model, recorder._layers, recorder._variables)(*recorder._grad_inputs, state)
+np.savez(sys.argv[1] + "/purged.npz", loss=float(probe["loss"]), norms=np.asarray(norms))
 """
 
 
@@ -238,6 +247,8 @@ def test_several_inputs_and_outputs_record_on_jax(tmp_path):
     assert last.layer(run.info.layer("hidden").index)["grad"]["kernel"]["norm"] > 0
     steps, norms = run.batch_gradient_norms()  # the per-batch gradient pass on JAX, with both inputs and targets
     assert len(steps) == 6 and np.all(norms[:, run.info.layer("hidden").index] > 0), done.stderr[-3000:]
+    purged = np.load(tmp_path / "purged.npz")  # passes traced while the trainer had emptied its metric variables
+    assert np.isfinite(purged["loss"]) and purged["norms"][run.info.layer("hidden").index] > 0
 
 
 # ---------------------------------------------------------------------------------------------------

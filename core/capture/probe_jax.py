@@ -35,10 +35,20 @@ def _run(
     outputs: dict = {}
     # collect_losses: losses a layer adds in its call (activity regularization) stay in the scope, as in
     # `stateless_call(return_losses=True)`, instead of leaking traced values onto the layer.
-    with keras.StatelessScope(state_mapping=list(zip(variables, state)), collect_losses=True):
+    with keras.StatelessScope(
+        state_mapping=list(zip(variables, state)) + _scratch(model, variables), collect_losses=True
+    ):
         predictions = forward_recording(model, x, outputs, training, zeros)
         loss = None if y is None else model.compute_loss(x=x, y=y, y_pred=predictions, training=training)
     return predictions, [outputs[i] for i in layer_ids], loss
+
+
+def _scratch(model: keras.Model, variables: list) -> list:
+    """Zeros for the metric variables `compute_loss` updates (the loss of each output of a model with several):
+    Keras's JAX trainer empties those variables during an epoch (`_purge_model_variables`), so a pass that runs
+    beside training must not read them, and its updates stay in the scope."""
+    mapped = {id(v) for v in variables}
+    return [(v, jnp.zeros(v.shape, v.dtype)) for v in model.metrics_variables if id(v) not in mapped]
 
 
 def _with_weights(state: list, positions: list[int], weights: list) -> list:
