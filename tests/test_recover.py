@@ -86,7 +86,10 @@ def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
     _assert_same_snapshots(recovered, reference.snapshots()[: len(recovered)])
     assert len(recovered) >= EPOCHS  # every epoch but the capture in progress at the kill
     assert run.history()["loss"] == pytest.approx(reference.history()["loss"][: len(run.history()["loss"])])
-    assert run.meta["epochs_done"] == EPOCHS and run.probe().size == reference.probe().size
+    # The last epoch's log goes to the recording thread's queue just before its capture, so a kill that takes the
+    # capture can take the log too: then the run says one epoch fewer, as its snapshots do.
+    assert len(recovered) - 1 <= run.meta["epochs_done"] <= EPOCHS
+    assert run.probe().size == reference.probe().size
     assert run.meta["recovered_snapshots"] == run.meta["snapshots"] - written_before
     assert not (Path(killed_root) / "killed" / JOURNAL_DIR).exists() and run.unwritten_captures() == 0
     assert cli.main(["recover", "killed", "--runs", killed_root]) == cli.EXIT_USAGE  # nothing left to do: a clear error
