@@ -30,6 +30,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("STRATA_EXIT_WAIT", "120")  # a test process never waits long at exit
+# Where PYTHONDONTWRITEBYTECODE is set (this machine sets it), each of the suite's ~100 subprocesses compiled the
+# project's modules from source again: ~0.7 s of CPU in each that imports the recorder. Bytecode cached under
+# __pycache__ (ignored by git) is written once and read by the rest; the test processes write it too.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 # The tests' JAX models are tiny, so compiling them costs more than running them: without LLVM's optimisations XLA
 # compiles the JAX recordings in about 60% of the CPU time (the same operations; the tests compare within float
 # tolerance). Every subprocess inherits it. TensorFlow on the CPU does not compile through XLA, so it is unaffected.
