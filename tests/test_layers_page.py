@@ -119,20 +119,20 @@ def test_a_tabular_run_shows_feature_values(gradient_runs):  # noqa: F811
 
 
 def choose(page, combobox, option: str) -> None:
-    """Pick `option` in a selectbox once the app has finished its script run (a rerun landing while the menu
-    is open would close it)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    """Pick `option` in a selectbox once the app's script run has finished (a run that ends while the menu is open
+    redraws the selectbox and closes it). Streamlit marks its app element with the script's state; the status
+    widget, which appears only after a delay, can miss a run that has just started.
 
-    wanted = page.get_by_role("option").filter(has_text=re.compile(f"^{re.escape(option)}$"))
-    for attempt in range(3):  # a rerun that lands after the wait still closes the menu: open it again, at most twice
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-        combobox.click()
-        try:
-            wanted.click(timeout=30_000)
-            return
-        except PlaywrightTimeout:
-            if attempt == 2:
-                raise
+    Streamlit's dropdown closes on any scroll of the page, and focusing its first option can itself scroll the
+    main area when the page is taller than the window. So the page must fit its window (see `PAGE`): then nothing
+    can scroll and the menu stays open."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=60_000)
+    combobox.fill(option)  # typing opens the menu, filtered to the option
+    page.get_by_role("option").filter(has_text=re.compile(f"^{re.escape(option)}$")).click(timeout=30_000)
+
+
+# Taller than the Layers page of a 2-D run (~3,900 px at this width), so the page never scrolls (see `choose`).
+PAGE = {"width": 1400, "height": 4400}
 
 
 @pytest.mark.browser
@@ -148,7 +148,7 @@ def test_the_page_renders_in_chromium_and_the_unit_goes_into_the_link(recorded_r
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page = browser.new_page(viewport=PAGE)
             errors = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"{base}/layers?run={ids['spiral']}&layer=dense_1")
