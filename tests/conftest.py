@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import forkserver
 import pytest
 
 os.environ.setdefault("STRATA_EXIT_WAIT", "120")  # a test process never waits long at exit
@@ -84,21 +85,29 @@ print(json.dumps(ids))
 """
 
 
-def run_python(script: str, *args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    """Run Python source in a subprocess, in the repository, with TensorFlow's start-up logging off: how tests train
-    a model, so that the test process itself never imports TensorFlow. With `check`, a non-zero exit fails the
-    test and shows the end of the subprocess's stderr."""
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+def run_python(
+    script: str, *args: str, timeout: float = 240, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run Python source in a subprocess, in the repository, with TensorFlow's start-up logging off (or in `env`, a
+    whole environment): how tests train a model, so that the test process itself never imports TensorFlow. With
+    `check`, a non-zero exit fails the test and shows the end of the subprocess's stderr.
+
+    For scripts that load TensorFlow anyway: the process is forked from one that has imported it (see
+    tests/forkserver.py). A script that must show what a fresh process imports runs `subprocess` itself."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"} if env is None else env
+    if forkserver.SERVER.agrees(env):
+        result = forkserver.SERVER.run(script, args, env, timeout)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+        )
     if check:
         assert result.returncode == 0, f"the subprocess failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
     return result
+
+
+# `run_python(CORE, "train", …)` is `python -m core train …`, for the commands that load TensorFlow.
+CORE = "import runpy; runpy.run_module('core', run_name='__main__', alter_sys=True)"
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:
@@ -218,13 +227,7 @@ def _record_killable(root: Path | str) -> None:
         "from core import Recorder",
         "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(root)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    result = run_python(script, str(root), check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     # The killed run's recording process outlives it, writing what it was handed, then exits on EOF.
     from core.store import RunStore

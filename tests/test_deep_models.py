@@ -2,13 +2,10 @@
 default, any set the user names (by name, pattern or type), or all of them, and every page opens on each."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from apptest_pages import open_app
-from conftest import REPO
+from conftest import run_python
 
 from core.store import RunStore
 
@@ -115,20 +112,8 @@ def test_the_cli_records_the_layers_it_is_given_by_name_pattern_or_type(tmp_path
     runs = ["--runs", str(tmp_path), "--quiet"]
     layers = ["--hidden", "8,8", "--batch-norm", "--epochs", "1", "--layers", "dense_1,activation_*,BatchNormalization"]
     wrong = ["--hidden", "8", "--epochs", "1", "--layers", "nothing_*"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _CLI,
-            json.dumps([["train", "--dataset", "iris", *layers, *runs], ["train", "--dataset", "iris", *wrong, *runs]]),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [["train", "--dataset", "iris", *layers, *runs], ["train", "--dataset", "iris", *wrong, *runs]]
+    result = run_python(_CLI, json.dumps(commands))
     *recorded, first, second = result.stdout.strip().splitlines()
     assert first == "exit 0", result.stderr[-2000:]
     run = RunStore(str(tmp_path)).run(recorded[-1])

@@ -13,8 +13,6 @@ host's accuracy; `tests/test_layer_metrics.py` checks it on a trained network wh
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +75,10 @@ print("ok")
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
 def store(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    env = {**os.environ, "KERAS_BACKEND": request.param, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", _RECORD, str(root)], env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    import conftest
+
+    conftest.run_python(_RECORD, str(root), env=env, timeout=TIMEOUT)
     return RunStore(str(root))
 
 
@@ -206,15 +203,7 @@ def test_a_killed_device_reducing_fit_is_recovered_as_it_was_recorded_live(tmp_p
 
     with pytest.raises(KeyboardInterrupt):  # interrupted: the second recovery resumes from the stored coordinates
         recover(str(tmp_path), "killed", stop_after_two)
-    done = subprocess.run(
-        [sys.executable, "-m", "core", "recover", "killed", "--runs", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    conftest.run_python(conftest.CORE, "recover", "killed", "--runs", str(tmp_path), timeout=TIMEOUT)
     recovered = store.run("killed").epoch_snapshots()
     live = store.run("live").epoch_snapshots()[: len(recovered)]
     assert len(recovered) >= conftest.KILLED_EPOCHS  # every epoch but the capture in progress at the kill

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import CORE, run_python
 
 from core.store import RunStore
 
@@ -81,10 +82,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "B
 
 
 def record(root, mode: str, *args: str, timeout: float = 300) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode, str(root), *args], capture_output=True, text=True, timeout=timeout, env=ENV
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(SCRIPT, mode, str(root), *args, timeout=timeout, env=ENV)
 
 
 def free_ports(count: int) -> list[int]:
@@ -178,13 +176,6 @@ def test_a_killed_chief_leaves_an_interrupted_run_that_recovers(tmp_path):
     run = store.run("worker-run")
     assert run.status == "interrupted" and [summary.id for summary in store.list_runs()] == ["worker-run"]
     assert run.unwritten_captures() + len(run.snapshots()) >= 2  # epochs 0 and 1: written, or held in the journal
-    result = subprocess.run(
-        [sys.executable, "-m", "core", "recover", "worker-run", "--runs", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=ENV,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(CORE, "recover", "worker-run", "--runs", str(tmp_path), env=ENV)
     run = RunStore(str(tmp_path)).run("worker-run")
     assert run.status == "interrupted" and run.epochs()[:2] == [0, 1] and run.unwritten_captures() == 0

@@ -953,14 +953,9 @@ NOTEBOOK_SCRIPT = textwrap.dedent(
 def test_in_a_notebook_a_fit_stopped_or_failed_is_ended_when_its_cell_finishes(tmp_path):
     pytest.importorskip("IPython")
     script = NOTEBOOK_SCRIPT.format(repo=REPO, root=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-        cwd=REPO,
-    )
+    from conftest import run_python  # here: the script imports this module, outside pytest
+
+    result = run_python(script, timeout=300, check=False)
     lines = [line.removeprefix("RESULT ") for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines == [  # the shell prints each cell's traceback in between, as a notebook shows it
         "hooks left by a cell of finished fits: 0",

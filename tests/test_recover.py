@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KILLED_EPOCHS
+from conftest import CORE, KILLED_EPOCHS, run_python
 
 from core import cli
 from core.store import RunStore, RunWriter, StoreError
@@ -66,15 +66,7 @@ def test_a_killed_fit_leaves_its_held_back_snapshots_in_the_journal(killed_runs,
 def test_recover_writes_exactly_the_snapshots_the_live_run_wrote(killed_root):
     # On a loaded machine training is slow enough that the budget lets a snapshot or two be written before the kill.
     written_before = len(RunStore(killed_root).run("killed").snapshots())
-    result = subprocess.run(
-        [sys.executable, "-m", "core", "recover", "killed", "--runs", killed_root],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(CORE, "recover", "killed", "--runs", killed_root)
     store = RunStore(killed_root)
     run, reference = store.run("killed"), store.run("live")
     # The kill comes as `fit` returns: whether its end had reached the journal by then depends on the machine's load,

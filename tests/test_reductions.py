@@ -13,8 +13,6 @@ one, with the components in their true order.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,16 +167,10 @@ print("ok", backend)
 @pytest.fixture(scope="module", params=BACKENDS)
 def computed(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param) / "reductions.npz"
-    env = {**os.environ, "KERAS_BACKEND": request.param, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", _WORKER, str(path), str(REPO)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    from conftest import run_python  # here: the worker imports this module, outside pytest
+
+    run_python(_WORKER, str(path), str(REPO), env=env, timeout=TIMEOUT)
     return dict(np.load(path))
 
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict, fields
 
 import pytest
+from conftest import CORE, run_python
 
 from core import settings
 from core.cli import _parser
@@ -126,30 +127,9 @@ def test_the_default_run_learns_the_spiral(tmp_path):
     Measured at epoch 8 (seed 0): 0.88, and 0.97 after the default 30. The old defaults (lr 1e-3, batch 32, noise
     0.1) ended the README's 40-epoch example at 0.605-0.645 (seeds 0-2)."""
     root = str(tmp_path / "runs")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core",
-            "train",
-            "--epochs",
-            "8",
-            "--every",
-            "8",
-            "--probe-size",
-            "200",
-            "--quiet",
-            "--runs",
-            root,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    result = run_python(
+        CORE, "train", "--epochs", "8", "--every", "8", "--probe-size", "200", "--quiet", "--runs", root
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     run = RunStore(root).run(result.stdout.strip().splitlines()[-1])
     config = run.meta["config"]
     assert (config["dataset"], config["lr"], config["batch_size"], config["noise"]) == ("spiral", 0.01, 16, 0.03)
