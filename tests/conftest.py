@@ -106,6 +106,16 @@ def run_python(
     return result
 
 
+def python_process(script: str, *args: str, env: dict[str, str] | None = None, stdout=None, stderr=None):
+    """`subprocess.Popen` of Python source, as `run_python` runs it, for a test that works beside the script: with
+    `stdout` and `stderr` as Popen takes them, and text pipes. Forked (see tests/forkserver.py) where it can be."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"} if env is None else env
+    if forkserver.SERVER.agrees(env):
+        return forkserver.SERVER.popen(script, args, env, stdout, stderr)
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True)
+
+
 # `run_python(CORE, "train", …)` is `python -m core train …`, for the commands that load TensorFlow.
 CORE = "import runpy; runpy.run_module('core', run_name='__main__', alter_sys=True)"
 

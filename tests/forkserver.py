@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
+from subprocess import CompletedProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ START_TIMEOUT = 180  # seconds for the server's imports, on a loaded machine
 IMPORT_TIME = ("KERAS_BACKEND", "PYTHONPATH", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
 
 _SERVER = r"""
-import json, os, socket, struct, sys, types
+import json, os, signal, socket, struct, sys, types
 
 path = sys.argv[1]
 import tensorflow, keras  # the import each script would otherwise pay
@@ -46,24 +46,41 @@ assert keras.backend.backend() == "tensorflow"
 
 listener = socket.socket(socket.AF_UNIX)
 listener.bind(path)
-listener.listen()
+listener.listen(16)
 print("ready", flush=True)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the monitors below are reaped as they exit
 
 def send(connection, value):
     connection.sendall(struct.pack("!q", value))
 
+parent = os.getppid()
+listener.settimeout(2)
 while True:
-    connection, _ = listener.accept()
+    try:
+        connection, _ = listener.accept()
+    except TimeoutError:
+        if os.getppid() != parent:  # the test process is gone (killed): so is the need for the server
+            sys.exit(0)
+        continue
+    connection.settimeout(None)
+    _, fds, _, _ = socket.recv_fds(connection, 1, 3)  # the child's stdin, stdout and stderr
     with connection.makefile("rb") as stream:
         request = json.loads(stream.readline())
-    pid = os.fork()
-    if pid == 0:
+    if os.fork() == 0:  # a monitor, so that the server serves the next request at once
         listener.close()
-        connection.close()
-        break
-    send(connection, pid)
-    _, status = os.waitpid(pid, 0)
-    send(connection, os.waitstatus_to_exitcode(status))
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        pid = os.fork()
+        if pid == 0:
+            connection.close()
+            break
+        for fd in fds:
+            os.close(fd)
+        send(connection, pid)
+        _, status = os.waitpid(pid, 0)
+        send(connection, os.waitstatus_to_exitcode(status))
+        os._exit(0)
+    for fd in fds:
+        os.close(fd)
     connection.close()
 
 # The child: become `python -c script args…`, in the request's folder and environment.
@@ -72,19 +89,104 @@ os.environ.clear()
 os.environ.update(request["env"])
 sys.stdout.flush()
 sys.stderr.flush()
-for fd, name in ((0, os.devnull), (1, request["stdout"]), (2, request["stderr"])):
-    opened = os.open(name, os.O_RDONLY if fd == 0 else os.O_WRONLY)
-    os.dup2(opened, fd)
-    os.close(opened)
+for target, fd in enumerate(fds):
+    os.dup2(fd, target)
+    os.close(fd)
 import numpy
 numpy.random.seed()  # a fresh process draws its own seed; a forked one would share the server's
 sys.argv = ["-c", *request["args"]]
 main = types.ModuleType("__main__")
 main.__dict__["__builtins__"] = __builtins__
 sys.modules["__main__"] = main
-del json, socket, struct, types, listener, connection, stream, pid, path, send
+del json, signal, socket, struct, types, listener, connection, stream, fds, fd, target, pid, path, parent, send
 exec(compile(request["script"], "<string>", "exec"), main.__dict__)
 """
+
+
+class Forked:
+    """A script forked from the server, with the part of `subprocess.Popen`'s interface that the tests use: pid,
+    stdout, stderr, poll, wait, communicate, send_signal, kill, terminate and returncode. `stdout` and `stderr` are
+    as Popen takes them: PIPE (a text stream), DEVNULL, None (this process's own) or an open file."""
+
+    def __init__(self, address: str, script: str, args: tuple[str, ...], env: dict[str, str], stdout, stderr) -> None:
+        self.args = ["python", "-c", script, *args]
+        self.returncode: int | None = None
+        ends, mine = [os.open(os.devnull, os.O_RDONLY)], []
+        for given, own in ((stdout, 1), (stderr, 2)):
+            if given == subprocess.PIPE:
+                read, write = os.pipe()
+                mine.append(open(read, encoding="utf-8", errors="replace"))  # noqa: SIM115 (closed with the process)
+                ends.append(write)
+            elif given == subprocess.DEVNULL:
+                mine.append(None)
+                ends.append(os.open(os.devnull, os.O_WRONLY))
+            else:  # this process's own, or an open file
+                mine.append(None)
+                ends.append(os.dup(own if given is None else given.fileno()))
+        self.stdout, self.stderr = mine
+        self._connection = socket.socket(socket.AF_UNIX)
+        try:
+            self._connection.settimeout(60)
+            self._connection.connect(address)
+            socket.send_fds(self._connection, [b"\0"], ends)
+            self._connection.sendall(
+                json.dumps({"script": script, "args": list(args), "cwd": str(REPO), "env": env}).encode() + b"\n"
+            )
+        finally:
+            for fd in ends:
+                os.close(fd)
+        self.pid = _read_int(self._connection)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], 0)
+            if ready:
+                self._finish()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._finish()
+        assert self.returncode is not None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, str | None]:
+        """Read the piped outputs to their end, then wait: (stdout, stderr), None for one not piped."""
+        read: dict[int, str] = {}
+        readers = [
+            threading.Thread(target=lambda i=i, stream=stream: read.__setitem__(i, stream.read()), daemon=True)
+            for i, stream in enumerate((self.stdout, self.stderr))
+            if stream is not None
+        ]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout)
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        self.wait(timeout)
+        return read.get(0), read.get(1)
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, number)
+            except ProcessLookupError:  # it has just exited (its monitor reaps it at once)
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def _finish(self) -> None:
+        self._connection.settimeout(60)
+        self.returncode = _read_int(self._connection)
+        self._connection.close()
 
 
 class ForkServer:
@@ -99,39 +201,28 @@ class ForkServer:
     def agrees(self, env: dict[str, str]) -> bool:
         """Whether a child of the server would see `env` as a fresh process would."""
         base = self._env or self._start_env()
-        return all(env.get(name) == base.get(name) for name in IMPORT_TIME) and env.get("KERAS_BACKEND") in (
-            None,
-            "tensorflow",
-        )
+        same = all(env.get(name) == base.get(name) for name in IMPORT_TIME)
+        return same and env.get("KERAS_BACKEND") in (None, "tensorflow")
 
-    def run(
-        self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float
-    ) -> subprocess.CompletedProcess:
-        """`subprocess.run([python, "-c", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout)`, forked from the server."""
+    def popen(self, script: str, args: tuple[str, ...], env: dict[str, str], stdout=None, stderr=None) -> Forked:
+        """`subprocess.Popen([python, "-c", script, *args], cwd=REPO, env=env, stdout=stdout, stderr=stderr)`,
+        forked from the server."""
         with self._lock:
             self._ensure_started()
-            out, err = (self._folder / "stdout", self._folder / "stderr")
-            out.write_bytes(b"")
-            err.write_bytes(b"")
-            request = {"script": script, "args": list(args), "cwd": str(REPO), "env": env}
-            request.update(stdout=str(out), stderr=str(err))
-            deadline = time.monotonic() + timeout
-            with socket.socket(socket.AF_UNIX) as connection:
-                connection.settimeout(60)
-                connection.connect(str(self._folder / "socket"))
-                connection.sendall(json.dumps(request).encode() + b"\n")
-                pid = _read_int(connection)
-                connection.settimeout(max(deadline - time.monotonic(), 0.01))
-                try:
-                    code = _read_int(connection)
-                except TimeoutError:
-                    os.kill(pid, signal.SIGKILL)
-                    connection.settimeout(60)
-                    _read_int(connection)
-                    command = ["python", "-c", "…"]
-                    raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text()) from None
-            return subprocess.CompletedProcess(["python", "-c", script, *args], code, out.read_text(), err.read_text())
+        return Forked(str(self._folder / "socket"), script, args, env, stdout, stderr)
+
+    def run(self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float) -> CompletedProcess:
+        """`subprocess.run([python, "-c", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=timeout)`, forked from the server."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = self.popen(script, args, env, out, err)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise subprocess.TimeoutExpired(process.args, timeout, *map(_text, (out, err))) from None
+            return CompletedProcess(process.args, process.wait(), *map(_text, (out, err)))
 
     def _start_env(self) -> dict[str, str]:
         return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -162,6 +253,11 @@ class ForkServer:
             self._process.kill()
             self._process.wait(30)
         self._process = None
+
+
+def _text(file) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", errors="replace")
 
 
 def _read_int(connection: socket.socket) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import python_process
 
 from core.store import RunStore
 
@@ -175,17 +176,8 @@ def recorded(tmp_path_factory) -> dict:
     running = {}
     for backend in BACKENDS:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
-        command = [
-            sys.executable,
-            "-c",
-            _RECORD,
-            str(folder / backend),
-            str(folder / "given.npz"),
-            str(folder / f"{backend}.npz"),
-        ]
-        running[backend] = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        paths = [str(folder / backend), str(folder / "given.npz"), str(folder / f"{backend}.npz")]
+        running[backend] = python_process(_RECORD, *paths, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     results = {}
     try:
         for backend, process in running.items():

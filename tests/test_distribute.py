@@ -14,12 +14,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
+from subprocess import PIPE
 
 import numpy as np
 import pytest
-from conftest import CORE, run_python
+from conftest import CORE, python_process, run_python
 
 from core.store import RunStore
 
@@ -97,14 +97,9 @@ def free_ports(count: int) -> list[int]:
 
 def workers(root, extra_env=None) -> list[subprocess.Popen]:
     ports = ",".join(map(str, free_ports(2)))
+    env = {**ENV, **(extra_env or {})}
     return [
-        subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, "worker", str(root), str(index), ports],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**ENV, **(extra_env or {})},
-        )
+        python_process(SCRIPT, "worker", str(root), str(index), ports, env=env, stdout=PIPE, stderr=PIPE)
         for index in range(2)
     ]
 

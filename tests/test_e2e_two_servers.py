@@ -8,12 +8,12 @@ surely opened while the run is still training; every wait has a timeout."""
 import os
 import re
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from conftest import python_process
 from test_e2e_browser import CHROMIUM, browser, start_server  # noqa: F401  (browser is a fixture)
 
 from core.store import RunNotFound, RunStore
@@ -76,14 +76,7 @@ def test_two_servers_on_one_store_both_follow_a_training_run_to_its_end(browser,
     root.mkdir()
     gate = tmp_path / "go-on"
     servers = [start_server(str(root)) for _ in range(2)]
-    trainer = subprocess.Popen(
-        [sys.executable, "-c", TRAIN, str(root), str(gate)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    trainer = python_process(TRAIN, str(root), str(gate), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     contexts = []
     try:
         wait_for_run(str(root), trainer)

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -19,6 +18,12 @@ from core import Recorder  # noqa: E402
 from core.store import RunStore  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python_process(script: str, **popen):
+    from conftest import python_process  # here: a script below imports this module, outside pytest
+
+    return python_process(script, **popen)
 
 
 def _toy_data(n=64, seed=0):
@@ -706,12 +711,7 @@ CRASH_SCRIPT = textwrap.dedent(
 def test_sigkill_mid_run_leaves_every_completed_snapshot_readable(tmp_path):
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root)
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    process = _python_process(script, stdout=subprocess.PIPE)
     for line in process.stdout:
         if line.strip() == "epoch 6":
             break
@@ -740,12 +740,7 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
             "from core import Recorder; from core.capture import worker; worker._idle_seconds = lambda: None",
         )
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    process = _python_process(script, stdout=subprocess.PIPE)
     for line in process.stdout:
         if line.strip() == "epoch 3":
             break
@@ -764,9 +759,7 @@ def test_sigkill_while_snapshots_are_held_back_leaves_a_readable_interrupted_run
 def test_concurrent_reader_follows_a_live_training_run(tmp_path):
     root = str(tmp_path)
     script = CRASH_SCRIPT.format(repo=REPO, root=root).replace("epochs=1000", "epochs=8")
-    process = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    )
+    process = _python_process(script, stdout=subprocess.DEVNULL)
     seen, deadline = [], time.time() + 120
     reader = None
     while time.time() < deadline and process.poll() is None:
