@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KILLED_EPOCHS, _record_killable
+from conftest import CORE, KILLED_EPOCHS, _record_killable, run_python
 from s3_server import s3_fixture, s3_server_fixture  # noqa: F401 (the `s3` and `s3_server` fixtures)
 
 from core import cli
@@ -235,15 +234,7 @@ def test_a_fit_killed_while_recording_to_s3_is_recovered_from_the_bucket(s3, s3_
         [sys.executable, "-m", "core", "runs", "--runs", url], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert f"interrupted ({len(held - written)} unwritten)" in listing.stdout, listing.stderr[-2000:]
-    result = subprocess.run(
-        [sys.executable, "-m", "core", "recover", "killed", "--runs", url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(CORE, "recover", "killed", "--runs", url)
     assert f"wrote {len(held - written)} held-back snapshot(s)" in result.stdout
 
     store = RunStore(url)  # the dashboard's reader, fresh
