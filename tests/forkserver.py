@@ -9,8 +9,9 @@ in its own process, so a crash, a SIGKILL or an exit code is the script's, exact
 Python's normal shutdown (atexit, non-daemon threads) ends it.
 
 Only what is decided at import time cannot differ from a fresh process: the Keras backend, PYTHONPATH (the path
-Python computed at start) and the XLA flags. `run` forks only for an environment that agrees with the server's on
-these, and starts a real subprocess for any other.
+Python computed at start), the XLA flags and TensorFlow's log level. `run_python` and `python_process`
+(tests/conftest.py) fork only for an environment that agrees with the server's on these (`agrees`), and start a
+real subprocess for any other.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from subprocess import CompletedProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What a child cannot change after the server's imports.
 START_TIMEOUT = 180  # seconds for the server's imports, on a loaded machine
 
+# What a child cannot change after the server's imports.
 IMPORT_TIME = ("KERAS_BACKEND", "PYTHONPATH", "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")
 
 _SERVER = r"""
