@@ -94,13 +94,14 @@ def run_python(
 
     For scripts that load TensorFlow anyway: the process is forked from one that has imported it (see
     tests/forkserver.py). A script that must show what a fresh process imports runs `subprocess` itself."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"} if env is None else env
-    if forkserver.SERVER.agrees(env):
-        result = forkserver.SERVER.run(script, args, env, timeout)
-    else:
-        result = subprocess.run(
-            [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
-        )
+    process = python_process(script, *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check:
         assert result.returncode == 0, f"the subprocess failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
     return result

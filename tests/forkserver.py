@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
-from subprocess import CompletedProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,13 +162,18 @@ class Forked:
             for i, stream in enumerate((self.stdout, self.stderr))
             if stream is not None
         ]
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0)
+
         for reader in readers:
             reader.start()
         for reader in readers:
-            reader.join(timeout)
+            reader.join(remaining())
             if reader.is_alive():
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-        self.wait(timeout)
+        self.wait(remaining())
         return read.get(0), read.get(1)
 
     def send_signal(self, number: int) -> None:
@@ -212,19 +217,6 @@ class ForkServer:
             self._ensure_started()
         return Forked(str(self._folder / "socket"), script, args, env, stdout, stderr)
 
-    def run(self, script: str, args: tuple[str, ...], env: dict[str, str], timeout: float) -> CompletedProcess:
-        """`subprocess.run([python, "-c", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout)`, forked from the server."""
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            process = self.popen(script, args, env, out, err)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise subprocess.TimeoutExpired(process.args, timeout, *map(_text, (out, err))) from None
-            return CompletedProcess(process.args, process.wait(), *map(_text, (out, err)))
-
     def _start_env(self) -> dict[str, str]:
         return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -254,11 +246,6 @@ class ForkServer:
             self._process.kill()
             self._process.wait(30)
         self._process = None
-
-
-def _text(file) -> str:
-    file.seek(0)
-    return file.read().decode("utf-8", errors="replace")
 
 
 def _read_int(connection: socket.socket) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 
@@ -76,8 +77,6 @@ print("ok")
 def store(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     env = {**os.environ, "KERAS_BACKEND": request.param, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    import conftest
-
     conftest.run_python(_RECORD, str(root), env=env, timeout=TIMEOUT)
     return RunStore(str(root))
 
@@ -187,8 +186,6 @@ def test_a_killed_device_reducing_fit_is_recovered_as_it_was_recorded_live(tmp_p
     """The recovery journal's fit (conftest's KILLED_SCRIPT) with `reduce="device"`: recorded live, and SIGKILLed with
     its snapshots held back, then `python -m core recover`. The recovery reduces on the device too, resuming the
     axes from the stored coordinates of the snapshots written before the kill."""
-    import conftest
-
     script = conftest.KILLED_SCRIPT.replace("run_id=mode,", "run_id=mode, reduce='device',")
     assert script != conftest.KILLED_SCRIPT
     monkeypatch.setattr(conftest, "KILLED_SCRIPT", script)  # read by _record_killable
